@@ -1,0 +1,58 @@
+"""Method registry lookups and the doctest examples in camlens.methods."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import camlens.methods
+from camlens.methods import GradCAMPlusPlus, available_methods, get_method
+from camlens.methods.base import _REGISTRY
+
+MODULES = sorted(info.name for info in pkgutil.iter_modules(camlens.methods.__path__))
+
+
+@pytest.mark.parametrize("spelling", ["gradcam++", "Grad-CAM++", "gradcampp", "gradcam_pp"])
+def test_gradcampp_spellings(spelling: str) -> None:
+    assert type(get_method(spelling)) is GradCAMPlusPlus
+
+
+def test_unknown_name_lists_suggestions() -> None:
+    with pytest.raises(ValueError, match="Did you mean.*'gradcam'") as info:
+        get_method("gradcan")
+    assert "Available: cam, eigencam" in str(info.value)
+
+
+def test_method_instance_is_passed_through() -> None:
+    method = GradCAMPlusPlus()
+    assert get_method(method) is method
+
+
+def test_available_methods_lists_all_eight() -> None:
+    assert available_methods() == [
+        "cam",
+        "eigencam",
+        "eigengradcam",
+        "gradcam",
+        "gradcam++",
+        "hirescam",
+        "layercam",
+        "xgradcam",
+    ]
+
+
+def test_every_registered_method_is_exported() -> None:
+    assert {cls.__name__ for cls in _REGISTRY.values()} <= set(camlens.methods.__all__)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_doctests(module_name: str) -> None:
+    module = importlib.import_module(f"camlens.methods.{module_name}")
+    result = doctest.testmod(module)
+    assert result.failed == 0
+    # base.py holds the shared machinery only; every module defining a method has an example.
+    if any(cls.__module__ == module.__name__ for cls in _REGISTRY.values()):
+        assert result.attempted > 0
