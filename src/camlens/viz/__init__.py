@@ -1,0 +1,21 @@
+"""Visualisation of class activation maps: normalise, resize, colour, overlay, lay out, save.
+
+Pure numpy and matplotlib (through the Agg canvas, never pyplot); matplotlib and PIL are
+imported only by the functions that use them, so importing this package stays cheap.
+"""
+
+from .color import colorize, overlay, to_rgb_uint8
+from .figures import figure_to_png_bytes, panel, save_png
+from .maps import NORMALIZE_MODES, normalize, resize_bilinear
+
+__all__ = [
+    "NORMALIZE_MODES",
+    "normalize",
+    "resize_bilinear",
+    "to_rgb_uint8",
+    "colorize",
+    "overlay",
+    "panel",
+    "figure_to_png_bytes",
+    "save_png",
+]

@@ -1,0 +1,89 @@
+"""Figures of images and heatmaps side by side, and PNG output."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .color import to_rgb_uint8
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["panel", "figure_to_png_bytes", "save_png"]
+
+_CELL_INCHES = 3.0
+
+
+def panel(
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[Sequence[str | None]] | None = None,
+) -> Figure:
+    """A grid figure with one subplot per entry of ``rows``, axes hidden.
+
+    Each entry is an image (anything :func:`~camlens.viz.to_rgb_uint8` takes) or a 2-D float
+    heatmap in ``[0, 1]``, drawn with the ``"jet"`` colormap and no colorbar. ``titles``,
+    when given, has the same shape as ``rows``; ``None`` or ``""`` leaves a cell untitled.
+    Typical uses: one row of (image, heatmap, overlay), or two rows to compare a pair.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [list(row) for row in rows]
+    if not rows or not all(rows):
+        raise ValueError("rows must be a non-empty list of non-empty lists of images")
+    if titles is not None:
+        titles = [list(t) for t in titles]
+        if [len(t) for t in titles] != [len(r) for r in rows]:
+            raise ValueError(
+                "titles must have the same shape as rows: row lengths "
+                f"{[len(r) for r in rows]}, title lengths {[len(t) for t in titles]}"
+            )
+
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = Figure(figsize=(_CELL_INCHES * n_cols, _CELL_INCHES * n_rows), layout="constrained")
+    # Rendering through Agg keeps pyplot's global figure manager out of the picture.
+    FigureCanvasAgg(fig)
+    for r, row in enumerate(rows):
+        for c, entry in enumerate(row):
+            ax = fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1)
+            arr = np.asarray(entry)
+            if arr.ndim == 2 and np.issubdtype(arr.dtype, np.floating):
+                ax.imshow(arr, cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest")
+            else:
+                ax.imshow(to_rgb_uint8(arr), interpolation="nearest")
+            ax.set_axis_off()
+            if titles is not None and titles[r][c]:
+                ax.set_title(titles[r][c])
+    return fig
+
+
+def figure_to_png_bytes(fig: Figure, dpi: float = 100) -> bytes:
+    """The figure rendered as PNG file contents."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_png(array_uint8: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` ``uint8`` array as a PNG file,
+    creating missing parent folders. Returns the path written."""
+    from PIL import Image
+
+    arr = np.asarray(array_uint8)
+    if arr.dtype != np.uint8:
+        raise ValueError(
+            f"save_png needs a uint8 array; got {arr.dtype} "
+            "(convert with to_rgb_uint8 or colorize)"
+        )
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"save_png needs (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(arr)).save(out, format="PNG")
+    return out

@@ -1,0 +1,114 @@
+"""Operations on raw class activation maps: per-map normalisation and bilinear resizing."""
+
+from __future__ import annotations
+
+import operator
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["normalize", "resize_bilinear", "NORMALIZE_MODES"]
+
+NORMALIZE_MODES = ("minmax", "percentile")
+
+
+def _as_stack(maps: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """``maps`` as a float64 ``(N, h, w)`` stack, and whether the input was a single map."""
+    arr = np.asarray(maps, dtype=np.float64)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: maps must be (h, w) or (N, h, w); got shape {arr.shape}")
+    if arr.shape[-1] == 0 or arr.shape[-2] == 0:
+        raise ValueError(f"{name}: maps must not be empty; got shape {arr.shape}")
+    return (arr[None] if arr.ndim == 2 else arr), arr.ndim == 2
+
+
+def normalize(
+    maps: np.ndarray,
+    mode: str = "minmax",
+    percentiles: tuple[float, float] = (1.0, 99.0),
+) -> np.ndarray:
+    """Scale each map of ``maps`` (``(h, w)`` or ``(N, h, w)``) to ``[0, 1]``, on its own.
+
+    ``"minmax"`` maps the minimum to 0 and the maximum to 1. ``"percentile"`` first clips
+    to the ``percentiles`` (low, high) of the map, so a few extreme pixels don't wash out
+    the rest. A map with nothing to scale becomes all zeros, with a ``RuntimeWarning``.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(NORMALIZE_MODES)}")
+    p_lo, p_hi = (float(p) for p in percentiles)
+    if mode == "percentile" and not 0.0 <= p_lo < p_hi <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100; got {percentiles}")
+    stack, single = _as_stack(maps, "normalize")
+    bad = int(np.count_nonzero(~np.isfinite(stack)))
+    if bad:
+        raise ValueError(
+            f"normalize: maps contain {bad} non-finite value(s) (NaN or inf); "
+            "a map with them has no meaningful range"
+        )
+
+    lo = stack.min(axis=(1, 2), keepdims=True)
+    hi = stack.max(axis=(1, 2), keepdims=True)
+    constant = hi == lo
+    if mode == "percentile":
+        lo, hi = np.percentile(stack, [p_lo, p_hi], axis=(1, 2), keepdims=True)
+        stack = np.clip(stack, lo, hi)
+    flat = hi == lo
+
+    if flat.any():
+        n_const = int(constant.sum())
+        # In percentile mode a non-constant map can still have equal low and high percentiles.
+        n_clipped = int(flat.sum()) - n_const
+        what = []
+        if n_const:
+            what.append(
+                ("the map is" if single else f"{n_const} of {len(stack)} maps are")
+                + " constant (e.g. the gradient was zero at this layer)"
+            )
+        if n_clipped:
+            what.append(
+                ("the map has" if single else f"{n_clipped} of {len(stack)} maps have")
+                + f" equal percentiles {p_lo:g} and {p_hi:g} (mostly one value, e.g. a sparse"
+                " map; mode='minmax' keeps such maps)"
+            )
+        warnings.warn("; ".join(what) + "; set to zero", RuntimeWarning, stacklevel=2)
+
+    out = np.where(flat, 0.0, (stack - lo) / np.where(flat, 1.0, hi - lo))
+    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    return out[0] if single else out
+
+
+def _source_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index along one axis: the two source indices and the second one's weight."""
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, src - i0
+
+
+def resize_bilinear(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize ``(h, w)`` or ``(N, h, w)`` maps to ``size = (H, W)`` by bilinear interpolation.
+
+    Pixel centres are aligned the way OpenCV ``INTER_LINEAR``, PIL upsampling and torch
+    ``align_corners=False`` align them: output pixel ``d`` samples the source at
+    ``(d + 0.5) * in / out - 0.5``, clamped to the edge pixels.
+    """
+    stack, single = _as_stack(maps, "resize_bilinear")
+    if isinstance(size, (str, bytes)) or len(size) != 2:
+        raise ValueError(f"size must be (H, W); got {size!r}")
+    try:
+        out_h, out_w = (operator.index(s) for s in size)
+    except TypeError:
+        raise TypeError(f"size must be two integers (H, W); got {size!r}") from None
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f"size must be positive; got {(out_h, out_w)}")
+
+    # Bilinear is separable: interpolate along rows, then along columns.
+    y0, y1, wy = _source_taps(stack.shape[1], out_h)
+    x0, x1, wx = _source_taps(stack.shape[2], out_w)
+    wy = wy[:, None]
+    rows = stack[:, y0, :] * (1.0 - wy) + stack[:, y1, :] * wy
+    out = rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx
+    out = out.astype(np.float32)
+    return out[0] if single else out
