@@ -1,0 +1,397 @@
+"""The layer graph of a model and the automatic choice of the layer to explain.
+
+Adapters flatten a model into a :class:`LayerGraph`: one node per *call* of a layer, nested
+submodels expanded into their own layers (``"encoder/conv2d_5"``), in the order the model runs
+them. A layer that runs twice (a siamese encoder) gives two nodes, its two call sites.
+
+The rule for ``layer="auto"``: take the deepest node with a spatial output that every path from
+the input to the explained output passes through (a dominator of the output). Picking "the last
+convolution by index" is wrong on branching models: on InceptionV3 it is ``conv2d_94``, one branch
+of the last block, while every path passes through the concatenation ``mixed10``.
+
+Two refinements:
+
+* A map must be in one image's coordinates, so on a model with several image inputs the rule is
+  applied per input, among the layers that see only that input (before the branches merge). A
+  shared encoder then gives one layer with one call site per input image. Where no such layer
+  exists (images fused at the very start) the rule falls back to all inputs at once.
+* The explained output itself is taken only when no hidden layer qualifies: the gradient of a
+  score with respect to the output is the target's own selection, not the model's evidence.
+* When the chosen node is a pooling layer, its producer is preferred if it dominates too: same
+  content at twice the resolution (VGG16: ``block5_conv3`` rather than ``block5_pool``, as in the
+  Keras Grad-CAM example).
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+__all__ = ["GraphNode", "LayerGraph", "LayerChoice", "LayerReport", "choose_layers", "find_nodes"]
+
+_POOLING = {"MaxPooling2D", "AveragePooling2D", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"}
+
+
+@dataclass
+class GraphNode:
+    """One call of one layer (or raw operation).
+
+    ``shape`` is the output shape without the batch axis, channels-last ``(h, w, c)`` for
+    spatial outputs; entries may be ``None`` when unknown until an input is seen.
+    """
+
+    id: int
+    path: str
+    call: int
+    kind: str
+    shape: tuple[int | None, ...] | None
+    inputs: list[int] = field(default_factory=list)
+    is_input: bool = False
+    input_index: int | None = None
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the output is an image-like ``(h, w, c)`` map with ``h`` and ``w`` above 1
+        (an unknown size counts as spatial)."""
+        if self.shape is None or len(self.shape) != 3:
+            return False
+        return all(d is None or d > 1 for d in self.shape[:2])
+
+    @property
+    def label(self) -> str:
+        return self.path if self.call == 0 else f"{self.path}#{self.call}"
+
+
+@dataclass
+class LayerGraph:
+    """Nodes in run order (a topological order), the model's input and output nodes."""
+
+    nodes: list[GraphNode]
+    inputs: list[int]
+    outputs: list[int]
+    output_names: list[str]
+    input_names: list[str]
+    readable: bool = True
+    #: nested models by path, with the node that gives their output at each call
+    aliases: dict[str, list[int]] = field(default_factory=dict)
+
+    def successors(self) -> dict[int, list[int]]:
+        succ: dict[int, list[int]] = {n.id: [] for n in self.nodes}
+        for n in self.nodes:
+            for p in n.inputs:
+                succ[p].append(n.id)
+        return succ
+
+    def input_ancestry(self) -> dict[int, frozenset[int]]:
+        """For every node, the indices of the model inputs it depends on."""
+        anc: dict[int, frozenset[int]] = {}
+        for n in self.nodes:
+            if n.is_input:
+                anc[n.id] = frozenset({n.input_index}) if n.input_index is not None else frozenset()
+            else:
+                anc[n.id] = frozenset().union(*(anc[p] for p in n.inputs)) if n.inputs else frozenset()
+        return anc
+
+    def paths(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for n in self.nodes:
+            seen.setdefault(n.path, None)
+        return list(seen)
+
+
+def _dominators(graph: LayerGraph, roots: Iterable[int], sinks: Sequence[int]) -> dict[int, int | None]:
+    """Immediate dominators from a virtual root over ``roots`` (Cooper, Harvey and Kennedy,
+    "A Simple, Fast Dominance Algorithm"). The graph is a DAG listed in topological order, so one
+    pass in that order is enough. ``None`` stands for the virtual root. A virtual sink, id -1, is
+    added over ``sinks`` when there are several."""
+    order: dict[int, int] = {}
+    reach: set[int] = set(roots)
+    idom: dict[int, int | None] = {}
+
+    def intersect(a: int | None, b: int | None) -> int | None:
+        while a != b:
+            if a is None or b is None:
+                return None
+            while a is not None and b is not None and order[a] > order[b]:
+                a = idom[a]
+            while a is not None and b is not None and order[b] > order[a]:
+                b = idom[b]
+        return a
+
+    for n in graph.nodes:
+        if n.id in reach and n.id in roots:
+            order[n.id] = len(order)
+            idom[n.id] = None
+            continue
+        preds = [p for p in n.inputs if p in reach]
+        if not preds:
+            continue
+        reach.add(n.id)
+        order[n.id] = len(order)
+        d: int | None = preds[0]
+        for p in preds[1:]:
+            d = intersect(d, p)
+        idom[n.id] = d
+    live = [s for s in sinks if s in reach]
+    if len(sinks) > 1 and live:
+        d = live[0]
+        for s in live[1:]:
+            d = intersect(d, s)
+        order[-1] = len(order)
+        idom[-1] = d
+    return idom
+
+
+@dataclass
+class LayerChoice:
+    """The chosen nodes (one per call site that should be explained) and why."""
+
+    nodes: list[GraphNode]
+    reason: str
+
+    @property
+    def paths(self) -> list[str]:
+        return list(dict.fromkeys(n.path for n in self.nodes))
+
+
+def _shape_str(shape: tuple[int | None, ...] | None) -> str:
+    if shape is None:
+        return "?"
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+def _chain(idom: dict[int, int | None], sink: int) -> list[int]:
+    out = []
+    n: int | None = sink
+    while n is not None:
+        out.append(n)
+        n = idom.get(n)
+    return out
+
+
+def choose_layers(graph: LayerGraph, outputs: Sequence[int] | None = None) -> LayerChoice:
+    """Pick the layer(s) to explain for the given output indices (default: output 0).
+
+    Raises ``ValueError`` when no spatial layer dominates the output.
+    """
+    if not graph.readable:
+        return _fallback_choice(graph)
+    out_idx = list(outputs) if outputs else [0]
+    sinks = [graph.outputs[i] for i in out_idx]
+    sink = sinks[0] if len(sinks) == 1 else -1
+    by_id = {n.id: n for n in graph.nodes}
+    anc = graph.input_ancestry()
+    out_name = ", ".join(repr(graph.output_names[i]) for i in out_idx)
+
+    def pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, GraphNode | None] | None:
+        # The output itself is a last resort: the gradient of a score with respect to the output
+        # is only the target's own selection (a mask, a one-hot), not the model's evidence.
+        hidden = [nid for nid in chain if nid not in sinks]
+        found = _pick(hidden, only)
+        return found if found is not None else _pick([nid for nid in chain if nid in sinks], only)
+
+    def _pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, GraphNode | None] | None:
+        for nid in chain:
+            node = by_id.get(nid)
+            if node is None or node.is_input or not node.spatial:
+                continue
+            if only is not None and anc[nid] != only:
+                continue
+            if node.kind in _POOLING and len(node.inputs) == 1:
+                prev = by_id[node.inputs[0]]
+                if prev.spatial and not prev.is_input and (only is None or anc[prev.id] == only):
+                    return prev, node
+            return node, None
+        return None
+
+    chosen: list[GraphNode] = []
+    why: dict[str, tuple[GraphNode, GraphNode | None, list[str]]] = {}
+    missing: list[int] = []
+    image_inputs = [i for i, nid in enumerate(graph.inputs) if by_id[nid].spatial]
+    if not image_inputs:
+        raise ValueError(
+            "the model has no image-like input (batch, height, width, channels); "
+            f"inputs: {', '.join(f'{graph.input_names[i]} {_shape_str(by_id[n].shape)}' for i, n in enumerate(graph.inputs))}"
+        )
+    for i in image_inputs:
+        idom = _dominators(graph, [graph.inputs[i]], sinks)
+        if sink not in idom:
+            continue  # this input does not reach the explained output
+        found = pick(_chain(idom, sink), frozenset({i}) if len(graph.inputs) > 1 else None)
+        if found is None:
+            missing.append(i)
+            continue
+        chosen.append(found[0])
+        why.setdefault(found[0].path, (*found, []))[2].append(repr(graph.input_names[i]))
+    if missing and not chosen:
+        idom = _dominators(graph, graph.inputs, sinks)
+        found = pick(_chain(idom, sink), None) if sink in idom else None
+        if found is not None:
+            chosen.append(found[0])
+            why[found[0].path] = (*found, ["all inputs together"])
+    if not chosen:
+        raise ValueError(
+            f"no layer with a spatial output lies on every path to output {out_name}: "
+            "the model has no layer a CAM can be computed at. Give a layer explicitly with "
+            "layer=..., or use a pixel-attribution method."
+        )
+    reasons = [_reason(node, pooled, " and ".join(src), out_name) for node, pooled, src in why.values()]
+    return LayerChoice(chosen, "; ".join(reasons))
+
+
+def _reason(node: GraphNode, pooled: GraphNode | None, source: str, out_name: str) -> str:
+    if pooled is None:
+        return (
+            f"{node.path} ({node.kind}, {_shape_str(node.shape)}): the deepest layer with a "
+            f"spatial output that every path from {source} to output {out_name} passes through"
+        )
+    return (
+        f"{node.path} ({node.kind}, {_shape_str(node.shape)}): feeds the pooling layer "
+        f"{pooled.path} ({_shape_str(pooled.shape)}), the deepest spatial layer on every path "
+        f"from {source} to output {out_name}; same content at a finer resolution"
+    )
+
+
+def _fallback_choice(graph: LayerGraph) -> LayerChoice:
+    spatial = [n for n in graph.nodes if n.spatial and not n.is_input]
+    if not spatial:
+        raise ValueError("no layer of this model has a spatial output (batch, h, w, channels)")
+    last = spatial[-1]
+    warnings.warn(
+        f"the model's graph cannot be read, so the layer was chosen as the last one with a "
+        f"spatial output ({last.path}); check it, or pass layer=...",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    same = [n for n in spatial if n.path == last.path]
+    return LayerChoice(same, f"{last.path}: last layer with a spatial output (graph not readable)")
+
+
+def find_nodes(graph: LayerGraph, name: str) -> list[GraphNode]:
+    """All call sites of the layer called ``name``: a full path (``"encoder/conv2d_5"``), or a
+    plain name that is unique among the paths (``"conv2d_5"``). ``"path#k"`` picks call ``k``.
+    Raises ``ValueError`` with suggestions when there is no such layer."""
+    call: int | None = None
+    base = name
+    if "#" in name:
+        base, _, k = name.rpartition("#")
+        if not k.isdigit():
+            raise ValueError(f"bad call index in layer {name!r}; write 'path#0', 'path#1', ...")
+        call = int(k)
+    nodes = [n for n in graph.nodes if n.path == base]
+    if not nodes and base in graph.aliases:
+        by_id = {n.id: n for n in graph.nodes}
+        nodes = [by_id[i] for i in graph.aliases[base]]
+    if not nodes:
+        tail = [n for n in graph.nodes if n.path.rsplit("/", 1)[-1] == base]
+        paths = list(dict.fromkeys(n.path for n in tail))
+        if len(paths) > 1:
+            raise ValueError(
+                f"layer name {base!r} is ambiguous: {', '.join(paths)}; give the full path"
+            )
+        nodes = tail
+    if not nodes:
+        all_paths = graph.paths() + list(graph.aliases)
+        names = all_paths + [p.rsplit("/", 1)[-1] for p in all_paths]
+        close = list(dict.fromkeys(difflib.get_close_matches(base, names, n=3, cutoff=0.6)))
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"no layer {base!r} in the model.{hint} `camlens.layers(model)` (or `camlens layers "
+            "MODEL_FILE`) lists them."
+        )
+    if call is not None:
+        picked = [n for n in nodes if n.call == call]
+        if not picked:
+            raise ValueError(
+                f"layer {base!r} runs {len(nodes)} time(s); call #{call} does not exist"
+            )
+        nodes = picked
+    return nodes
+
+
+@dataclass
+class LayerRow:
+    path: str
+    calls: int
+    kind: str
+    shape: str
+    spatial: bool
+    dominates: bool
+    chosen: bool
+
+
+@dataclass
+class LayerReport:
+    """What ``camlens.layers(model)`` returns: every layer with its output shape, whether it
+    lies on every path to the output, which one ``layer="auto"`` picks and why."""
+
+    rows: list[LayerRow]
+    chosen: list[str]
+    reason: str
+    naive: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def candidates(self) -> list[LayerRow]:
+        """Spatial layers on every path to the output, deepest last."""
+        return [r for r in self.rows if r.spatial and r.dominates]
+
+    def __str__(self) -> str:
+        w = max([len(r.path) for r in self.rows] + [5])
+        lines = [f"{'layer':<{w}}  {'type':<22} {'output':<14} calls  on every path"]
+        for r in self.rows:
+            mark = "  <- chosen" if r.chosen else ""
+            dom = "yes" if r.dominates else ""
+            lines.append(f"{r.path:<{w}}  {r.kind:<22} {r.shape:<14} {r.calls:>5}  {dom:<3}{mark}")
+        lines.append("")
+        lines.append(f"chosen: {', '.join(self.chosen)}")
+        lines.append(f"why: {self.reason}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle) -> None:  # IPython
+        p.text(str(self))
+
+
+def layer_report(graph: LayerGraph, outputs: Sequence[int] | None = None) -> LayerReport:
+    """Build the :class:`LayerReport` for ``graph``."""
+    notes: list[str] = []
+    try:
+        choice = choose_layers(graph, outputs)
+        chosen_paths, reason = choice.paths, choice.reason
+    except ValueError as exc:
+        chosen_paths, reason = [], str(exc)
+    out_idx = list(outputs) if outputs else [0]
+    sinks = [graph.outputs[i] for i in out_idx] if graph.readable else []
+    dominating: set[int] = set()
+    if graph.readable:
+        sink = sinks[0] if len(sinks) == 1 else -1
+        for root in graph.inputs:
+            idom = _dominators(graph, [root], sinks)
+            if sink in idom:
+                dominating.update(_chain(idom, sink))
+    rows: dict[str, LayerRow] = {}
+    for n in graph.nodes:
+        if n.is_input:
+            continue
+        row = rows.get(n.path)
+        if row is None:
+            rows[n.path] = LayerRow(
+                n.path, 1, n.kind, _shape_str(n.shape), n.spatial, n.id in dominating,
+                n.path in chosen_paths,
+            )
+        else:
+            row.calls += 1
+            row.dominates = row.dominates or n.id in dominating
+    convs = [n for n in graph.nodes if "Conv" in n.kind and n.spatial]
+    naive = convs[-1].path if convs else None
+    if naive and chosen_paths and naive not in chosen_paths:
+        naive_row = rows[naive]
+        if not naive_row.dominates:
+            notes.append(
+                f"note: the last convolution by index, {naive}, is not on every path to the "
+                "output (it is one branch), so it would explain only part of the evidence."
+            )
+    return LayerReport(list(rows.values()), chosen_paths, reason, naive, notes)

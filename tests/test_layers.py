@@ -1,0 +1,136 @@
+"""The layer graph and the automatic layer choice: hand-built graphs and real architectures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import keras
+from keras import layers as L
+
+import camlens
+from camlens.layers import GraphNode, LayerGraph, choose_layers, find_nodes, layer_report
+
+
+def _graph(spec, outputs, inputs=("in",)):
+    """spec: list of (name, kind, shape, [input names]) in run order."""
+    nodes, ids = [], {}
+    for i, name in enumerate(inputs):
+        ids[name] = len(nodes)
+        nodes.append(GraphNode(len(nodes), name, 0, "InputLayer", (8, 8, 3), [], True, i))
+    for name, kind, shape, preds in spec:
+        path, _, call = name.partition("#")
+        ids[name] = len(nodes)
+        nodes.append(GraphNode(len(nodes), path, int(call or 0), kind, shape, [ids[p] for p in preds]))
+    return LayerGraph(nodes, [ids[n] for n in inputs], [ids[o] for o in outputs], list(outputs), list(inputs))
+
+
+def test_branches_are_skipped_for_their_merge():
+    # in -> a -> (b1, b2) -> cat -> gap -> out: b1 and b2 each see only part of the paths
+    g = _graph(
+        [
+            ("a", "Conv2D", (8, 8, 4), ["in"]),
+            ("b1", "Conv2D", (8, 8, 4), ["a"]),
+            ("b2", "Conv2D", (8, 8, 4), ["a"]),
+            ("cat", "Concatenate", (8, 8, 8), ["b1", "b2"]),
+            ("gap", "GlobalAveragePooling2D", (8,), ["cat"]),
+            ("out", "Dense", (2,), ["gap"]),
+        ],
+        ["out"],
+    )
+    choice = choose_layers(g)
+    assert [n.path for n in choice.nodes] == ["cat"]
+    report = layer_report(g)
+    assert report.naive == "b2" and "b2, is not on every path" in report.notes[0]
+    assert [r.path for r in report.candidates] == ["a", "cat"]
+
+
+def test_pooling_prefers_its_producer_and_one_by_one_is_not_spatial():
+    g = _graph(
+        [
+            ("conv", "Conv2D", (4, 4, 4), ["in"]),
+            ("pool", "MaxPooling2D", (2, 2, 4), ["conv"]),
+            ("squeeze", "Conv2D", (1, 1, 4), ["pool"]),
+            ("out", "Dense", (2,), ["squeeze"]),
+        ],
+        ["out"],
+    )
+    choice = choose_layers(g)
+    assert [n.path for n in choice.nodes] == ["conv"]
+    assert "feeds the pooling layer pool" in choice.reason
+
+
+def test_unknown_sizes_count_as_spatial_and_skip_connections_are_respected():
+    g = _graph(
+        [
+            ("c1", "Conv2D", (None, None, 4), ["in"]),
+            ("c2", "Conv2D", (None, None, 4), ["c1"]),
+            ("add", "Add", (None, None, 4), ["c1", "c2"]),
+            ("gap", "GlobalAveragePooling2D", (4,), ["add"]),
+            ("out", "Dense", (2,), ["gap"]),
+        ],
+        ["out"],
+    )
+    assert [n.path for n in choose_layers(g).nodes] == ["add"]
+
+
+def test_two_inputs_early_fusion_falls_back_to_all_inputs():
+    g = _graph(
+        [
+            ("cat", "Concatenate", (8, 8, 6), ["a", "b"]),
+            ("conv", "Conv2D", (8, 8, 4), ["cat"]),
+            ("gap", "GlobalAveragePooling2D", (4,), ["conv"]),
+            ("out", "Dense", (1,), ["gap"]),
+        ],
+        ["out"],
+        inputs=("a", "b"),
+    )
+    choice = choose_layers(g)
+    assert [n.path for n in choice.nodes] == ["conv"] and "all inputs together" in choice.reason
+
+
+def test_find_nodes_names_paths_calls_and_suggestions():
+    g = _graph(
+        [
+            ("enc/conv#0", "Conv2D", (8, 8, 4), ["in"]),
+            ("enc/conv#1", "Conv2D", (8, 8, 4), ["enc/conv#0"]),
+            ("out", "Dense", (2,), ["enc/conv#1"]),
+        ],
+        ["out"],
+    )
+    assert [n.call for n in find_nodes(g, "enc/conv")] == [0, 1]
+    assert [n.call for n in find_nodes(g, "conv#1")] == [1]
+    with pytest.raises(ValueError, match="Did you mean 'conv'"):
+        find_nodes(g, "conx")
+    with pytest.raises(ValueError, match="call #5 does not exist"):
+        find_nodes(g, "conv#5")
+
+
+EXPECTED = {
+    "VGG16": "block5_conv3",  # the Keras Grad-CAM example's choice
+    "ResNet50": "conv5_block3_out",
+    "InceptionV3": "mixed10",  # not conv2d_94-like branch convolutions
+    "Xception": "block14_sepconv2_act",
+    "MobileNetV2": "out_relu",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_keras_applications(name):
+    model = getattr(keras.applications, name)(weights=None)
+    report = camlens.layers(model)
+    assert report.chosen == [EXPECTED[name]]
+    assert EXPECTED[name] in str(report)
+    if name == "InceptionV3":
+        assert report.naive is not None and report.naive != "mixed10"
+        assert any("not on every path" in n for n in report.notes)
+
+
+def test_inception_explain_uses_mixed10_while_it_is_spatial():
+    model = keras.applications.InceptionV3(weights=None, input_shape=(139, 139, 3), classes=3)
+    x = np.random.default_rng(0).random((1, 139, 139, 3)).astype("float32")
+    exp = camlens.explain(model, x, target=camlens.targets.Logit(0))
+    assert exp.sites[0].layer == "mixed10" and exp.sites[0].shape == (3, 3, 2048)
+    assert exp.maps[0].shape == (1, 139, 139)
+    # at 75 px mixed10 is 1x1, no map at all: the choice moves up to the last spatial block
+    small = keras.applications.InceptionV3(weights=None, input_shape=(75, 75, 3), classes=3)
+    assert camlens.layers(small).chosen == ["mixed7"]
