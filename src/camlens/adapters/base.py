@@ -1,0 +1,158 @@
+"""What every adapter provides: the only layer of camlens that imports a deep-learning framework.
+
+An adapter wraps one model. It reads the model's layer graph, checks and prepares inputs, and
+runs the model with probes on chosen layers (see ``ARCHITECTURE.md``: a zero tensor added to the
+layer's output at each call site, whose gradient is the gradient at that output). Everything it
+returns is numpy, channels-last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..layers import GraphNode, LayerGraph
+from ..targets import Target
+
+__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs"]
+
+
+@dataclass
+class SiteCapture:
+    """Activations and gradients at one call site, ``(N, h, w, C)``."""
+
+    node: GraphNode
+    activations: np.ndarray
+    gradients: np.ndarray | None
+
+
+@dataclass
+class Capture:
+    outputs: list[np.ndarray]
+    scores: np.ndarray
+    sites: list[SiteCapture]
+
+
+@dataclass
+class InputSpec:
+    name: str
+    shape: tuple[int | None, ...]  # with the batch axis
+
+
+class ModelAdapter(Protocol):
+    framework: str
+
+    def graph(self) -> LayerGraph: ...
+
+    def input_specs(self) -> list[InputSpec]: ...
+
+    def output_names(self) -> list[str]: ...
+
+    def prepare(self, inputs: Any) -> list[np.ndarray]: ...
+
+    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+    def capture(
+        self,
+        inputs: list[np.ndarray],
+        nodes: Sequence[GraphNode],
+        target: Target,
+        need_gradients: bool = True,
+    ) -> Capture: ...
+
+    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray: ...
+
+
+def _shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def check_inputs(inputs: Any, specs: Sequence[InputSpec]) -> list[np.ndarray]:
+    """Turn what the user passed into one float32 array per model input, batch axis first.
+
+    Accepts one array for a one-input model, a list/tuple in input order, or a dict by input
+    name. A single image without the batch axis gets one. Integer images are cast to float32
+    without rescaling (preprocess as the model expects before calling camlens).
+    """
+    if isinstance(inputs, dict):
+        missing = [s.name for s in specs if s.name not in inputs]
+        if missing:
+            raise ValueError(f"inputs dict lacks {missing}; the model's inputs are {[s.name for s in specs]}")
+        arrays = [inputs[s.name] for s in specs]
+    elif isinstance(inputs, (list, tuple)) and len(specs) > 1:
+        arrays = list(inputs)
+    elif isinstance(inputs, (list, tuple)) and len(specs) == 1 and len(inputs) == 1 and np.ndim(inputs[0]) >= 2:
+        arrays = [inputs[0]]
+    else:
+        arrays = [inputs]
+    if len(arrays) != len(specs):
+        raise ValueError(
+            f"the model takes {len(specs)} inputs ({', '.join(s.name for s in specs)}); got "
+            f"{len(arrays)}. Pass a list with one array per input."
+        )
+    out = []
+    for arr, spec in zip(arrays, specs):
+        a = _as_float_array(arr, spec.name)
+        if a.ndim == len(spec.shape) - 1:
+            a = a[None]
+        if a.ndim != len(spec.shape):
+            raise ValueError(
+                f"input {spec.name!r} expects shape {_shape_str(spec.shape)} (batch first); got "
+                f"an array of shape {a.shape}"
+            )
+        if len(spec.shape) == 4:
+            _check_image_dims(a, spec)
+        else:
+            for got, want in zip(a.shape[1:], spec.shape[1:]):
+                if want is not None and got != want:
+                    raise ValueError(
+                        f"input {spec.name!r} expects shape {_shape_str(spec.shape)}; got {a.shape}"
+                    )
+        out.append(a)
+    sizes = {a.shape[0] for a in out}
+    if len(sizes) > 1:
+        raise ValueError(f"all inputs need the same batch size; got {[a.shape[0] for a in out]}")
+    if 0 in sizes:
+        raise ValueError("the batch is empty: give at least one image")
+    return out
+
+
+def _as_float_array(arr: Any, name: str) -> np.ndarray:
+    if hasattr(arr, "numpy") and not isinstance(arr, np.ndarray):
+        arr = arr.numpy()
+    a = np.asarray(arr)
+    if a.dtype == object or a.dtype.kind in "USVbcMm":
+        raise TypeError(
+            f"input {name!r} has dtype {a.dtype}; camlens needs numbers (float32 or uint8 images)"
+        )
+    a = a.astype(np.float32, copy=False)
+    if not np.isfinite(a).all():
+        raise ValueError(f"input {name!r} holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
+    return a
+
+
+def _check_image_dims(a: np.ndarray, spec: InputSpec) -> None:
+    _, h, w, c = spec.shape
+    got_c = a.shape[-1]
+    if c is not None and got_c != c:
+        fix = ""
+        if c == 3 and got_c == 1:
+            fix = " The image is grayscale: repeat its channel, np.repeat(x, 3, axis=-1)."
+        elif c == 1 and got_c in (3, 4):
+            fix = " The model is grayscale: convert, x[..., :3].mean(axis=-1, keepdims=True)."
+        elif c == 3 and got_c == 4:
+            fix = " The image has an alpha channel: drop it, x[..., :3]."
+        elif got_c == h or a.shape[1] == c:
+            fix = " It looks channels-first: move the channels last, np.moveaxis(x, 1, -1)."
+        raise ValueError(
+            f"input {spec.name!r} expects {c} channel(s), shape {_shape_str(spec.shape)}; got "
+            f"{got_c}, shape {a.shape}.{fix}"
+        )
+    if (h is not None and a.shape[1] != h) or (w is not None and a.shape[2] != w):
+        raise ValueError(
+            f"input {spec.name!r} expects images of {h}x{w} (height x width), shape "
+            f"{_shape_str(spec.shape)}; got {a.shape[1]}x{a.shape[2]}, shape {a.shape}. Resize "
+            f"the images first (PIL: img.resize(({w}, {h})))."
+        )

@@ -1,0 +1,407 @@
+"""Keras 3 adapter: Functional and Sequential models, nested and shared submodels.
+
+The layer graph is read from the model's own node lists, in the order Keras runs them
+(``Functional._run_through_graph``: depth by depth, deepest first), so the k-th time a probed
+layer runs is the k-th call site of the graph. Nested models are expanded into their layers.
+
+Probing replaces a layer's ``call`` on the instance for the duration of one explanation; the
+gradient of the score with respect to each call site comes from a small per-backend function.
+Only the TensorFlow backend is wired so far; the graph, probes and checks are backend-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..layers import GraphNode, LayerGraph
+from ..targets import Target
+from .base import Capture, InputSpec, SiteCapture, check_inputs
+
+__all__ = ["KerasAdapter", "is_keras_model"]
+
+_MISSING = object()
+
+
+def is_keras_model(model: Any) -> bool:
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is what this adapter is for
+        return False
+    return isinstance(model, keras.Model)
+
+
+def _is_functional(op: Any) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(op, Functional)
+
+
+def _inner_graph(op: Any) -> Any | None:
+    """The Functional that runs when ``op`` is called, for nested models; else ``None``."""
+    import keras
+
+    if isinstance(op, keras.Sequential):
+        return op._functional
+    if _is_functional(op):
+        return op
+    return None
+
+
+def _channels_last_shape(shape: Sequence[int | None], op: Any) -> tuple[int | None, ...]:
+    dims = tuple(shape[1:])
+    if len(dims) == 3 and getattr(op, "data_format", None) == "channels_first":
+        return (dims[1], dims[2], dims[0])
+    return dims
+
+
+class KerasAdapter:
+    """Adapter for a ``keras.Model`` built with the functional API or ``keras.Sequential``."""
+
+    framework = "keras"
+
+    def __init__(self, model: Any) -> None:
+        import keras
+
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"expected a keras.Model; got {type(model).__name__}")
+        self.model = model
+        self.backend = keras.backend.backend()
+        self._graph: LayerGraph | None = None
+        self._ops: dict[int, Any] = {}
+        self._channels_first: set[int] = set()
+
+    # ------------------------------------------------------------------ graph
+    def _top(self) -> Any:
+        import keras
+
+        model = self.model
+        if isinstance(model, keras.Sequential):
+            if model._functional is None:
+                raise ValueError(
+                    "this Sequential model has no known input shape yet; start it with "
+                    "keras.Input(shape=...) or call model.build((None, H, W, C)) before explaining"
+                )
+            return model._functional
+        if not _is_functional(model):
+            raise TypeError(
+                f"{type(model).__name__} is a subclassed keras.Model, whose layer graph cannot be "
+                "read; rebuild it with the functional API (keras.Model(inputs, outputs)) or "
+                "keras.Sequential, which keep the graph camlens needs"
+            )
+        return model
+
+    def graph(self) -> LayerGraph:
+        if self._graph is None:
+            self._graph = self._build_graph()
+        return self._graph
+
+    def _build_graph(self) -> LayerGraph:
+        top = self._top()
+        nodes: list[GraphNode] = []
+        aliases: dict[str, list[int]] = defaultdict(list)
+        calls: dict[int, int] = defaultdict(int)
+
+        def add(path: str, op: Any, shape: Sequence[int | None] | None, preds: list[int], **kw: Any) -> int:
+            nid = len(nodes)
+            dims = None if shape is None else _channels_last_shape(shape, op)
+            nodes.append(GraphNode(nid, path, calls[id(op)], type(op).__name__, dims, preds, **kw))
+            calls[id(op)] += 1
+            self._ops[nid] = op
+            if getattr(op, "data_format", None) == "channels_first" and dims is not None and len(dims) == 3:
+                self._channels_first.add(nid)
+            return nid
+
+        def walk(fmodel: Any, prefix: str, input_ids: list[int]) -> list[int]:
+            tensor_node: dict[int, int] = {id(x): n for x, n in zip(fmodel.inputs, input_ids)}
+            for depth in sorted(fmodel._nodes_by_depth, reverse=True):
+                for node in fmodel._nodes_by_depth[depth]:
+                    if not node.operation or node.is_input:
+                        continue
+                    if any(id(x) not in tensor_node for x in node.input_tensors):
+                        continue
+                    op = fmodel._get_operation_for_node(node)
+                    preds = [tensor_node[id(x)] for x in node.input_tensors]
+                    inner = _inner_graph(op)
+                    if inner is not None:
+                        outs = walk(inner, f"{prefix}{op.name}/", preds)
+                        aliases[prefix + op.name].append(outs[0])
+                    else:
+                        shape = node.outputs[0].shape if node.outputs else None
+                        nid = add(prefix + op.name, op, shape, preds)
+                        outs = [nid] * len(node.outputs)
+                    for x, o in zip(node.outputs, outs):
+                        tensor_node[id(x)] = o
+            return [tensor_node[id(x)] for x in fmodel.outputs]
+
+        input_ids = []
+        input_names = []
+        for i, x in enumerate(top.inputs):
+            op = x._keras_history.operation
+            input_names.append(op.name)
+            input_ids.append(add(op.name, op, x.shape, [], is_input=True, input_index=i))
+        outputs = walk(top, "", input_ids)
+        return LayerGraph(
+            nodes, input_ids, outputs, self.output_names(), input_names, aliases=dict(aliases)
+        )
+
+    def input_specs(self) -> list[InputSpec]:
+        top = self._top()
+        return [
+            InputSpec(x._keras_history.operation.name, tuple(x.shape)) for x in top.inputs
+        ]
+
+    def output_names(self) -> list[str]:
+        """Keys for dict outputs, else the producing layers' names (``name_1`` for repeats)."""
+        import keras
+
+        top = self._top()
+        struct = getattr(top, "_outputs_struct", None)
+        if isinstance(struct, dict):
+            return [".".join(map(str, p)) for p, _ in keras.tree.flatten_with_path(struct)]
+        names: list[str] = []
+        for x in top.outputs:
+            base = name = x._keras_history.operation.name
+            k = 0
+            while name in names:
+                k += 1
+                name = f"{base}_{k}"
+            names.append(name)
+        return names
+
+    def prepare(self, inputs: Any) -> list[np.ndarray]:
+        return check_inputs(inputs, self.input_specs())
+
+    def node_op(self, node: GraphNode) -> Any:
+        return self._ops[node.id]
+
+    # ------------------------------------------------------------------ running
+    def _call(self, inputs: list[np.ndarray]) -> list[Any]:
+        import keras
+
+        x = inputs[0] if len(inputs) == 1 else list(inputs)
+        return keras.tree.flatten(self.model(x, training=False))
+
+    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import keras
+
+        return [keras.ops.convert_to_numpy(y) for y in self._call(inputs)]
+
+    def capture(
+        self,
+        inputs: list[np.ndarray],
+        nodes: Sequence[GraphNode],
+        target: Target,
+        need_gradients: bool = True,
+    ) -> Capture:
+        import keras
+
+        graph = self.graph()
+        names = graph.output_names
+        wanted: dict[int, Any] = {}
+        for n in nodes:
+            wanted.setdefault(id(self._ops[n.id]), self._ops[n.id])
+        expected = {
+            key: sum(1 for m in graph.nodes if id(self._ops[m.id]) == key) for key in wanted
+        }
+        records: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
+        grad_fn = _GRADIENT_FUNCTIONS.get(self.backend)
+        if grad_fn is None:
+            raise NotImplementedError(
+                f"the Keras {self.backend!r} backend is not supported yet; set "
+                "KERAS_BACKEND=tensorflow"
+            )
+        logit_patch = self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+
+        def run(make_probe: Callable[[Any], tuple[Any, Any]]) -> tuple[list[Any], Any]:
+            def on_call(op: Any, y: Any) -> Any:
+                if not keras.ops.is_tensor(y):
+                    raise TypeError(
+                        f"layer {op.name!r} returns {type(y).__name__}, not one tensor; choose "
+                        "another layer"
+                    )
+                probed, probe = make_probe(y)
+                records[id(op)].append((y, probe))
+                return probed
+
+            with _probes(list(wanted.values()), on_call), logit_patch:
+                outs = self._call(inputs)
+                scores = target.score(outs, names, keras.ops)
+            return outs, scores
+
+        outs, scores, grads = grad_fn(run, records, need_gradients)
+        for key, op in wanted.items():
+            if len(records[key]) != expected[key]:
+                raise RuntimeError(
+                    f"layer {op.name!r} ran {len(records[key])} time(s) but the model's graph "
+                    f"calls it {expected[key]} time(s); camlens cannot tell the call sites apart"
+                )
+        sites = []
+        for n in nodes:
+            y, _ = records[id(self._ops[n.id])][n.call]
+            acts = keras.ops.convert_to_numpy(y).astype(np.float32)
+            g = grads.get((id(self._ops[n.id]), n.call)) if need_gradients else None
+            if g is not None:
+                g = np.asarray(g, dtype=np.float32)
+            if n.id in self._channels_first:
+                acts = np.moveaxis(acts, 1, -1)
+                g = None if g is None else np.moveaxis(g, 1, -1)
+            sites.append(SiteCapture(n, acts, g))
+        out_np = [keras.ops.convert_to_numpy(y) for y in outs]
+        score_np = np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
+        if score_np.shape[0] != inputs[0].shape[0]:
+            raise ValueError(
+                f"the target {target.describe()!r} gave {score_np.shape[0]} scores for "
+                f"{inputs[0].shape[0]} samples; a target must give one score per sample"
+            )
+        return Capture(out_np, score_np, sites)
+
+    # ------------------------------------------------------------------ heads
+    def _logit_patch(self, target: Target) -> contextlib.AbstractContextManager[None]:
+        """Skip the final softmax/sigmoid of the explained output(s) while explaining."""
+        graph = self.graph()
+        ops = []
+        for i in target.output_indices(graph.output_names):
+            ops.append(self._ops[graph.outputs[i]])
+        return _without_final_activation(ops)
+
+    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
+        """Kernel ``(C, classes)`` of the Dense layer that follows ``node`` through global
+        average pooling, for CAM. Raises ``ValueError`` when the model has no such head."""
+        graph = self.graph()
+        succ = graph.successors()
+        by_id = {n.id: n for n in graph.nodes}
+        path = [node.path]
+        cur = node.id
+        seen_gap = False
+        while True:
+            nxt = succ[cur]
+            if len(nxt) != 1:
+                break
+            cur = nxt[0]
+            kind = by_id[cur].kind
+            path.append(by_id[cur].path)
+            if kind == "GlobalAveragePooling2D" and not seen_gap:
+                seen_gap = True
+            elif kind == "Dropout" and seen_gap:
+                continue
+            elif kind == "Dense" and seen_gap:
+                kernel = keras_to_numpy(self._ops[cur].kernel)
+                if kernel.shape[0] != (node.shape or (None,))[-1]:
+                    break
+                if not self._feeds_output(cur, graph.outputs[output_index], by_id, succ):
+                    raise ValueError(
+                        f"CAM: the Dense layer {by_id[cur].path!r} after {node.path!r} does not "
+                        f"produce output {graph.output_names[output_index]!r}"
+                    )
+                return kernel
+            else:
+                break
+        raise ValueError(
+            f"CAM needs the layer to feed GlobalAveragePooling2D and then one Dense layer that "
+            f"gives the scores; after {node.path!r} the model has {' -> '.join(path[1:]) or 'nothing'}. "
+            "Use method='gradcam', which equals CAM on such heads and works on any model."
+        )
+
+    @staticmethod
+    def _feeds_output(nid: int, out: int, by_id: dict[int, GraphNode], succ: dict[int, list[int]]) -> bool:
+        while nid != out:
+            nxt = succ[nid]
+            if len(nxt) != 1 or by_id[nxt[0]].kind not in ("Activation", "Softmax", "Dropout"):
+                return False
+            nid = nxt[0]
+        return True
+
+
+def keras_to_numpy(x: Any) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+@contextlib.contextmanager
+def _probes(ops: Sequence[Any], on_call: Callable[[Any, Any], Any]) -> Iterator[None]:
+    """Route each op's output through ``on_call`` while the block runs; always restore.
+
+    The wrapper is set on the instance, shadowing the class's ``call``; an instance attribute
+    the user had set is put back as it was. ``object.__setattr__`` keeps Keras' attribute
+    tracking out of it.
+    """
+    saved: list[tuple[Any, Any]] = []
+    try:
+        for op in ops:
+            original = op.call
+            saved.append((op, op.__dict__.get("call", _MISSING)))
+
+            def wrapper(*args: Any, __op: Any = op, __call: Any = original, **kwargs: Any) -> Any:
+                return on_call(__op, __call(*args, **kwargs))
+
+            object.__setattr__(op, "call", wrapper)
+        yield
+    finally:
+        for op, old in reversed(saved):
+            if old is _MISSING:
+                object.__delattr__(op, "call")
+            else:
+                object.__setattr__(op, "call", old)
+
+
+_SQUASHING = ("softmax", "sigmoid", "log_softmax")
+
+
+@contextlib.contextmanager
+def _without_final_activation(ops: Sequence[Any]) -> Iterator[None]:
+    import keras
+
+    saved: list[tuple[Any, str, Any]] = []
+    try:
+        for op in ops:
+            act = getattr(op, "activation", None)
+            name = getattr(act, "__name__", "")
+            if type(op).__name__ == "Softmax" or (type(op).__name__ == "Activation" and name in _SQUASHING):
+                saved.append((op, "call", op.__dict__.get("call", _MISSING)))
+                object.__setattr__(op, "call", lambda x, *a, **k: x)
+            elif name in _SQUASHING:
+                saved.append((op, "activation", op.__dict__.get("activation", _MISSING)))
+                object.__setattr__(op, "activation", keras.activations.linear)
+        yield
+    finally:
+        for op, attr, old in reversed(saved):
+            if old is _MISSING:
+                object.__delattr__(op, attr)
+            else:
+                object.__setattr__(op, attr, old)
+
+
+def _tf_gradients(
+    run: Callable[[Callable[[Any], tuple[Any, Any]]], tuple[list[Any], Any]],
+    records: dict[int, list[tuple[Any, Any]]],
+    need_gradients: bool,
+) -> tuple[list[Any], Any, dict[tuple[int, int], np.ndarray]]:
+    import tensorflow as tf
+
+    # Only the probes are watched: no gradient with respect to the weights is ever computed.
+    with tf.GradientTape(watch_accessed_variables=False) as tape:
+
+        def make_probe(y: Any) -> tuple[Any, Any]:
+            if not need_gradients:
+                return y, None
+            z = tf.zeros_like(y)
+            tape.watch(z)
+            return y + z, z
+
+        outs, scores = run(make_probe)
+        total = tf.reduce_sum(scores)
+    grads: dict[tuple[int, int], np.ndarray] = {}
+    if need_gradients:
+        keys = [(k, i) for k, recs in records.items() for i in range(len(recs))]
+        probes = [records[k][i][1] for k, i in keys]
+        values = tape.gradient(total, probes, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = {key: v.numpy() for key, v in zip(keys, values)}
+    return outs, scores, grads
+
+
+_GRADIENT_FUNCTIONS: dict[str, Callable[..., Any]] = {"tensorflow": _tf_gradients}

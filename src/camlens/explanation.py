@@ -1,0 +1,207 @@
+"""The result of an explanation: maps per layer call site, and ways to show and save them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import viz
+
+__all__ = ["Site", "Explanation"]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One call of one layer: ``layer`` is its path, ``call`` which call (0 for the first),
+    ``input_index`` the model input whose image the map belongs to."""
+
+    layer: str
+    call: int
+    input_index: int
+    shape: tuple[int | None, ...] | None
+
+    @property
+    def label(self) -> str:
+        return self.layer if self.call == 0 else f"{self.layer}#{self.call}"
+
+
+@dataclass
+class Explanation:
+    """Maps for a batch of ``N`` samples, one per call site of the explained layer(s).
+
+    Attributes:
+        maps: one ``(N, H, W)`` float32 array per site, in [0, 1], at the size of its input.
+        raw_maps: one ``(N, h, w)`` array per site at the layer's resolution, before
+            normalisation (the method's own numbers).
+        sites: where each map comes from (layer path, call, input).
+        method, target: what was computed, for what score.
+        scores: ``(N,)`` the value of the target for each sample.
+        class_indices: ``(N,)`` the explained class, for class targets, else ``None``.
+        reason: why these layers were used.
+        inputs: the model inputs the maps belong to (for overlays), one array per input.
+    """
+
+    maps: list[np.ndarray]
+    raw_maps: list[np.ndarray]
+    sites: list[Site]
+    method: str
+    target: str
+    scores: np.ndarray
+    class_indices: np.ndarray | None
+    reason: str
+    inputs: list[np.ndarray] = field(repr=False, default_factory=list)
+    outputs: list[np.ndarray] = field(repr=False, default_factory=list)
+
+    @property
+    def map(self) -> np.ndarray:
+        """The ``(N, H, W)`` maps when there is exactly one call site."""
+        if len(self.maps) != 1:
+            raise ValueError(
+                f"this explanation has {len(self.maps)} call sites "
+                f"({', '.join(s.label for s in self.sites)}); use .maps[i]"
+            )
+        return self.maps[0]
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def _images_for(self, site: Site, images: Any) -> np.ndarray:
+        if images is None:
+            if not self.inputs:
+                raise ValueError("no images: pass the images to overlay on")
+            return self.inputs[site.input_index]
+        if isinstance(images, (list, tuple)) and len(self.inputs) > 1:
+            return np.asarray(images[site.input_index])
+        return np.asarray(images)
+
+    def overlay(
+        self,
+        images: Any = None,
+        cmap: str = "jet",
+        alpha: float = 0.4,
+        site: int | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Heatmaps blended onto the images, uint8 RGB ``(N, H, W, 3)``.
+
+        ``images``: the photos to draw on (any size: the map is resized to them); by default
+        the model inputs, rescaled for display. For a model with several inputs, a list with
+        one batch per input. Returns one array for a single site (or when ``site`` is given),
+        else a list with one array per site.
+        """
+        picked = range(len(self.sites)) if site is None else [site]
+        result = []
+        for k in picked:
+            imgs = self._images_for(self.sites[k], images)
+            if imgs.ndim in (2, 3) and (imgs.ndim == 2 or imgs.shape[-1] in (1, 3, 4)) and len(self) == 1:
+                imgs = imgs[None]
+            if imgs.shape[0] != len(self):
+                raise ValueError(f"{imgs.shape[0]} images given for {len(self)} maps")
+            result.append(viz.overlay(imgs, self.maps[k], cmap=cmap, alpha=alpha))
+        return result[0] if len(result) == 1 else result
+
+    def plot(self, index: int = 0, images: Any = None, cmap: str = "jet", alpha: float = 0.4) -> Any:
+        """A matplotlib Figure for sample ``index``: one row per site with the image, the
+        heatmap and the overlay (a siamese pair shows both images)."""
+        rows, titles = [], []
+        for k, s in enumerate(self.sites):
+            img = viz.to_rgb_uint8(self._images_for(s, images)[index])
+            rows.append([img, self.maps[k][index], viz.overlay(img, self.maps[k][index], cmap=cmap, alpha=alpha)])
+            titles.append([f"input {s.input_index}", f"{self.method} @ {s.label}", f"score {self.scores[index]:.4g}"])
+        return viz.panel(rows, titles=titles)
+
+    def show(self, index: int = 0, **kwargs: Any) -> None:
+        """Display :meth:`plot` in a notebook (or a matplotlib window)."""
+        fig = self.plot(index, **kwargs)
+        try:
+            from IPython.display import display
+
+            display(fig)
+        except ImportError:
+            import matplotlib.pyplot as plt
+
+            plt.figure(fig.number) if hasattr(fig, "number") else None
+            plt.show()
+
+    def _repr_png_(self) -> bytes:
+        return viz.figure_to_png_bytes(self.plot(0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "target": self.target,
+            "reason": self.reason,
+            "sites": [
+                {"layer": s.layer, "call": s.call, "input": s.input_index,
+                 "shape": None if s.shape is None else list(s.shape)}
+                for s in self.sites
+            ],
+            "scores": [float(v) for v in self.scores],
+            "class_indices": None if self.class_indices is None else [int(v) for v in self.class_indices],
+        }
+
+    def save(
+        self,
+        directory: str | os.PathLike[str],
+        images: Any = None,
+        names: Sequence[str] | None = None,
+        cmap: str = "jet",
+        alpha: float = 0.4,
+        write_json: bool = True,
+    ) -> list[Path]:
+        """Write, per sample and site, the overlay and the heatmap as PNG, and (unless
+        ``write_json=False``) ``explanation.json`` with layers, target and scores. Returns the
+        written paths."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        if names is None:
+            names = [f"{i:04d}" for i in range(len(self))]
+        if len(names) != len(self):
+            raise ValueError(f"{len(names)} names given for {len(self)} samples")
+        written = []
+        for k, s in enumerate(self.sites):
+            over = self.overlay(images, cmap=cmap, alpha=alpha, site=k)
+            tag = _safe(s.label)
+            for i, name in enumerate(names):
+                stem = f"{_safe(name)}_{self.method}_{tag}"
+                written.append(viz.save_png(over[i], out / f"{stem}_overlay.png"))
+                written.append(viz.save_png(viz.colorize(self.maps[k][i], cmap), out / f"{stem}_heatmap.png"))
+        if not write_json:
+            return written
+        meta = self.to_dict()
+        meta["files"] = [p.name for p in written]
+        meta["names"] = list(names)
+        (out / "explanation.json").write_text(json.dumps(meta, indent=2))
+        written.append(out / "explanation.json")
+        return written
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-") or "x"
+
+
+def finish_maps(
+    raw: np.ndarray, size: tuple[int, int], mode: str, where: str
+) -> np.ndarray:
+    """Resize raw maps to the input size and normalise them to [0, 1]; a constant map becomes
+    zeros with one warning that says where and why."""
+    up = viz.resize_bilinear(raw, size)
+    flat = up.reshape(up.shape[0], -1)
+    constant = np.flatnonzero(flat.max(axis=1) == flat.min(axis=1)) if flat.size else []
+    if len(constant):
+        warnings.warn(
+            f"the map at {where} is constant for sample(s) {list(map(int, constant))}: nothing "
+            "at this layer raises the score, or the gradient is zero (a saturated softmax: try "
+            "camlens.targets.Logit); it is returned as zeros",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return viz.normalize(up, mode=mode)

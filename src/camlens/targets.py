@@ -1,0 +1,321 @@
+"""What to explain: a scalar score per sample, computed from the model's outputs.
+
+A target turns the model's outputs into one score per sample, ``(N,)``; the methods explain that
+score. Targets run inside the framework's gradient computation, so they use the array functions
+``xp`` the adapter hands them (``keras.ops`` for Keras models) instead of numpy.
+
+Which output: every target takes ``output=`` (an index or a name) for models with several
+outputs; the default is the first output.
+
+Why ``Logit`` matters: a softmax output saturates. When the model is sure (p close to 1), the
+gradient of the probability almost vanishes and gradient maps fade to noise, and a probability
+also grows by lowering the other classes. The logit (the score before the softmax) has neither
+problem, which is why the Grad-CAM paper uses it. ``Logit`` asks the adapter to skip the final
+softmax (or sigmoid) activation of the output layer for the explanation.
+
+Any callable ``fn(output) -> (N,)`` is a target too, given the selected output tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "Target",
+    "ClassScore",
+    "Logit",
+    "RegressionScore",
+    "Similarity",
+    "SegmentationRegion",
+    "FunctionTarget",
+    "as_target",
+]
+
+
+class Target:
+    """Base class. Subclasses implement :meth:`score` and :meth:`describe`."""
+
+    #: whether the adapter should remove the final softmax/sigmoid of the output
+    wants_logits: bool = False
+
+    def __init__(self, output: int | str | None = None) -> None:
+        self.output = output
+
+    def output_indices(self, names: Sequence[str]) -> list[int]:
+        """Indices of the model outputs this target reads."""
+        return [_output_index(self.output, names)]
+
+    def select(self, outputs: Sequence[Any], names: Sequence[str]) -> Any:
+        return outputs[_output_index(self.output, names)]
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        """``(N,)`` scores from the list of model outputs (framework tensors)."""
+        raise NotImplementedError
+
+    def class_indices(self, outputs: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray | None:
+        """The class explained for each sample, for class targets; else ``None``."""
+        return None
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _suffix(self) -> str:
+        return "" if self.output is None else f" of output {self.output!r}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.describe()}>"
+
+
+def _output_index(output: int | str | None, names: Sequence[str]) -> int:
+    if output is None:
+        return 0
+    if isinstance(output, str):
+        if output not in names:
+            raise ValueError(f"no output named {output!r}; the model's outputs are {list(names)}")
+        return list(names).index(output)
+    if isinstance(output, (int, np.integer)) and not isinstance(output, bool):
+        if not -len(names) <= output < len(names):
+            raise ValueError(
+                f"output index {output} is out of range: the model has {len(names)} output(s) "
+                f"{list(names)}"
+            )
+        return int(output) % len(names)
+    raise TypeError(f"output must be an index or a name; got {output!r}")
+
+
+def _static_shape(t: Any) -> tuple:
+    return tuple(getattr(t, "shape", ()))
+
+
+class ClassScore(Target):
+    """The model's output for a class: ``output[n, k]`` (a probability for softmax outputs).
+
+    ``index``: one class for every sample, a sequence with one class per sample, or ``None``
+    for each sample's top class.
+    """
+
+    def __init__(self, index: int | Sequence[int] | None = None, output: int | str | None = None) -> None:
+        super().__init__(output)
+        if index is not None and not isinstance(index, (int, np.integer)):
+            index = [int(i) for i in index]
+        elif isinstance(index, (bool, np.bool_)):
+            raise TypeError("a class index must be an int, not a bool")
+        self.index = index
+
+    def _check(self, y: Any) -> int:
+        shape = _static_shape(y)
+        if len(shape) != 2:
+            raise ValueError(
+                f"{type(self).__name__} needs an output of shape (batch, classes); the output "
+                f"has shape {shape}. Use RegressionScore, SegmentationRegion or a callable."
+            )
+        k = shape[-1]
+        idx = [] if self.index is None else np.atleast_1d(self.index).tolist()
+        for i in idx:
+            if k is not None and not -k <= i < k:
+                raise ValueError(
+                    f"class index {i} is out of range: the output has {k} classes (0..{k - 1})"
+                )
+        if isinstance(self.index, list) and shape[0] is not None and len(self.index) != shape[0]:
+            raise ValueError(
+                f"{len(self.index)} class indices given for a batch of {shape[0]} samples"
+            )
+        return k
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        y = self.select(outputs, names)
+        k = self._check(y)
+        if self.index is None:
+            idx = xp.argmax(y, axis=-1)
+        elif isinstance(self.index, list):
+            idx = xp.convert_to_tensor(np.asarray(self.index) % k, dtype="int32")
+        else:
+            return y[:, int(self.index) % k]
+        return xp.take_along_axis(y, xp.expand_dims(xp.cast(idx, "int32"), -1), axis=-1)[:, 0]
+
+    def class_indices(self, outputs: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
+        y = np.asarray(outputs[_output_index(self.output, names)])
+        if self.index is None:
+            return y.argmax(axis=-1)
+        return np.broadcast_to(np.asarray(self.index) % y.shape[-1], (y.shape[0],)).copy()
+
+    def describe(self) -> str:
+        what = "top class" if self.index is None else f"class {self.index}"
+        return f"score of the {what}{self._suffix()}"
+
+
+class Logit(ClassScore):
+    """Like :class:`ClassScore`, but on the logit: the output layer's final softmax or sigmoid is
+    skipped for the explanation (see the module docs for why). On a model whose output already
+    is a logit this is the same as ``ClassScore``."""
+
+    wants_logits = True
+
+    def describe(self) -> str:
+        what = "top class" if self.index is None else f"class {self.index}"
+        return f"logit of the {what}{self._suffix()}"
+
+
+class RegressionScore(Target):
+    """One unit of a regression (or similarity-score) output: ``output[n, index]``.
+
+    ``index`` may be a tuple for outputs with more axes; ``None`` uses the whole output, which
+    must then have one value per sample (``(N,)`` or ``(N, 1)``).
+    """
+
+    def __init__(self, index: int | tuple[int, ...] | None = 0, output: int | str | None = None) -> None:
+        super().__init__(output)
+        self.index = index
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        y = self.select(outputs, names)
+        shape = _static_shape(y)
+        if self.index is None:
+            if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+                raise ValueError(
+                    f"RegressionScore(None) needs one value per sample; the output has shape "
+                    f"{shape}: give index=..."
+                )
+            return xp.reshape(y, (-1,))
+        index = self.index if isinstance(self.index, tuple) else (self.index,)
+        if len(index) != len(shape) - 1:
+            raise ValueError(
+                f"RegressionScore index {self.index!r} does not fit output shape {shape}: it needs "
+                f"{len(shape) - 1} index value(s)"
+            )
+        for i, (ix, d) in enumerate(zip(index, shape[1:])):
+            if d is not None and not -d <= ix < d:
+                raise ValueError(
+                    f"RegressionScore index {self.index!r} is out of range for output shape {shape}"
+                )
+        return y[(slice(None), *index)]
+
+    def describe(self) -> str:
+        return f"regression value {self.index!r}{self._suffix()}"
+
+
+class Similarity(Target):
+    """Cosine similarity between two embedding outputs, or between one output and a fixed
+    ``reference`` embedding (one vector, or one per sample).
+
+    ``Similarity(output=0, other=1)``: two outputs of one model (a siamese model that returns
+    both embeddings). ``Similarity(reference=emb)``: how much each input looks like ``emb``.
+    """
+
+    def __init__(
+        self,
+        output: int | str | None = 0,
+        other: int | str | None = None,
+        reference: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(output)
+        if (other is None) == (reference is None):
+            raise ValueError("Similarity needs exactly one of other=OUTPUT or reference=EMBEDDING")
+        self.other = other
+        self.reference = None if reference is None else np.asarray(reference, dtype=np.float32)
+
+    def output_indices(self, names: Sequence[str]) -> list[int]:
+        first = _output_index(self.output, names)
+        if self.other is None:
+            return [first]
+        return [first, _output_index(self.other, names)]
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        a = self.select(outputs, names)
+        a = xp.reshape(a, (_static_shape(a)[0] or -1, -1)) if len(_static_shape(a)) != 2 else a
+        if self.other is not None:
+            b = outputs[_output_index(self.other, names)]
+            if len(_static_shape(b)) != 2:
+                b = xp.reshape(b, (_static_shape(b)[0] or -1, -1))
+        else:
+            ref = self.reference.reshape(-1, self.reference.shape[-1])
+            if ref.shape[-1] != _static_shape(a)[-1]:
+                raise ValueError(
+                    f"reference embedding has {ref.shape[-1]} values; the output has "
+                    f"{_static_shape(a)[-1]}"
+                )
+            b = xp.convert_to_tensor(ref)
+        eps = 1e-12
+        dot = xp.sum(a * b, axis=-1)
+        na = xp.sqrt(xp.sum(a * a, axis=-1) + eps)
+        nb = xp.sqrt(xp.sum(b * b, axis=-1) + eps)
+        return dot / (na * nb)
+
+    def describe(self) -> str:
+        against = "a reference embedding" if self.other is None else f"output {self.other!r}"
+        return f"cosine similarity of output {self.output!r} with {against}"
+
+
+class SegmentationRegion(Target):
+    """Sum of a segmentation output's class channel over a region: ``sum_ij mask * out[n,i,j,k]``.
+
+    ``mask``: ``(H, W)`` (or ``(N, H, W)``) boolean or weight array in the output's resolution;
+    ``None`` sums over the whole image. The output must be ``(N, H, W, classes)``.
+    """
+
+    def __init__(self, index: int, mask: np.ndarray | None = None, output: int | str | None = None) -> None:
+        super().__init__(output)
+        self.index = int(index)
+        self.mask = None if mask is None else np.asarray(mask, dtype=np.float32)
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        y = self.select(outputs, names)
+        shape = _static_shape(y)
+        if len(shape) != 4:
+            raise ValueError(
+                f"SegmentationRegion needs an output of shape (N, H, W, classes); got {shape}"
+            )
+        k = shape[-1]
+        if k is not None and not -k <= self.index < k:
+            raise ValueError(f"class index {self.index} is out of range for {k} classes")
+        channel = y[..., self.index]
+        if self.mask is None:
+            return xp.sum(channel, axis=(1, 2))
+        if self.mask.shape[-2:] != tuple(shape[1:3]):
+            raise ValueError(
+                f"mask shape {self.mask.shape} does not match the output's {tuple(shape[1:3])}"
+            )
+        return xp.sum(channel * xp.convert_to_tensor(self.mask), axis=(1, 2))
+
+    def describe(self) -> str:
+        region = "whole image" if self.mask is None else f"region of {int((self.mask > 0).sum())} pixels"
+        return f"class {self.index} over the {region}{self._suffix()}"
+
+
+class FunctionTarget(Target):
+    """A user function ``fn(output) -> (N,)`` over the selected output tensor."""
+
+    def __init__(self, fn: Callable[[Any], Any], output: int | str | None = None) -> None:
+        super().__init__(output)
+        self.fn = fn
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        return self.fn(self.select(outputs, names))
+
+    def describe(self) -> str:
+        return f"{getattr(self.fn, '__name__', 'function')}(output){self._suffix()}"
+
+
+def as_target(target: Any, output: int | str | None = None) -> Target:
+    """Normalise what users pass as ``target``: ``None`` (top class), an int or list of ints
+    (class indices), a :class:`Target`, or a callable."""
+    if isinstance(target, Target):
+        if output is not None and target.output is None:
+            target = copy.copy(target)  # the caller's object stays as it was
+            target.output = output
+        return target
+    if target is None or (isinstance(target, (int, np.integer)) and not isinstance(target, bool)):
+        return ClassScore(target, output=output)
+    if isinstance(target, (list, tuple, np.ndarray)) and all(
+        isinstance(i, (int, np.integer)) for i in np.asarray(target).ravel().tolist()
+    ):
+        return ClassScore(list(np.asarray(target).ravel().tolist()), output=output)
+    if callable(target):
+        return FunctionTarget(target, output=output)
+    raise TypeError(
+        f"target must be None, a class index, a list of indices, a camlens.targets.Target or a "
+        f"callable; got {type(target).__name__}"
+    )

@@ -1,0 +1,6 @@
+"""Shared fixtures. The Keras backend is fixed before anything imports keras."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
