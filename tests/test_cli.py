@@ -342,3 +342,15 @@ def test_console_script_entry_point(model_file, tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2
     assert "absent.keras" in bad.stderr
+
+
+def test_h5_model_file(model_file, two_images, tmp_path, capsys):
+    import keras
+
+    h5 = tmp_path / "model.h5"
+    keras.saving.load_model(model_file, compile=False).save(h5)
+    assert main(["layers", str(h5)]) == 0
+    assert "last_conv" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main(["explain", str(h5), *map(str, two_images), "-o", str(out)]) == 0
+    assert len(_results(out)["images"]) == 2

@@ -473,3 +473,15 @@ def test_save_and_overlay(clf, tmp_path):
     assert big.shape == (2, 40, 30, 3)
     png = exp._repr_png_()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_non_square_input_maps_keep_the_input_size():
+    keras.utils.set_random_seed(10)
+    inp = keras.Input((12, 20, 3))
+    h = L.Conv2D(4, 3, strides=2, padding="same", activation="relu", name="conv")(inp)
+    out = L.Dense(2)(L.GlobalAveragePooling2D()(h))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(0).random((2, 12, 20, 3)).astype("float32")
+    exp = camlens.explain(model, x, method="layercam", normalize="percentile")
+    assert exp.raw_maps[0].shape == (2, 6, 10) and exp.maps[0].shape == (2, 12, 20)
+    assert exp.overlay().shape == (2, 12, 20, 3)

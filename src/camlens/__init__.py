@@ -7,7 +7,6 @@
 Deep-learning frameworks are imported only when a model of theirs is explained.
 """
 
-from __future__ import annotations
 
 from . import methods, targets, viz
 from .explain import explain, layers

@@ -1,0 +1,51 @@
+"""The public facade: __all__ is complete and importing camlens pulls in no framework."""
+
+import subprocess
+import sys
+import types
+
+import camlens
+
+
+def test_all_names_exist_and_public_members_are_listed():
+    for name in camlens.__all__:
+        assert hasattr(camlens, name), name
+    public = {
+        n for n, v in vars(camlens).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    }
+    assert public <= set(camlens.__all__), public - set(camlens.__all__)
+
+
+def test_import_is_light():
+    code = "import sys, camlens; print(sorted(m for m in ('keras', 'tensorflow', 'torch', 'jax', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_imagenet_classes_and_top_k():
+    import numpy as np
+
+    from camlens.samples import imagenet_classes, top_k
+
+    names = imagenet_classes()
+    assert len(names) == 1000 and names[281] == "tabby" and names[967] == "espresso"
+    logits = np.zeros(1000)
+    logits[967], logits[504] = 5.0, 4.0
+    best = top_k(logits, k=2)[0]
+    assert [(i, n) for i, n, _ in best] == [(967, "espresso"), (504, "coffee mug")]
+    e = np.exp([5.0, 4.0] + [0.0] * 998)
+    assert abs(best[0][2] - e[0] / e.sum()) < 1e-12
+
+
+def test_bundled_photos_load_offline():
+    import pytest
+
+    from camlens import samples
+
+    pics = samples.photos(["chelsea", "coffee", "grace_hopper", "china"])
+    assert pics["chelsea"].shape == (300, 451, 3) and pics["coffee"].shape == (400, 600, 3)
+    assert all(p.dtype.name == "uint8" and p.ndim == 3 for p in pics.values())
+    assert set(samples.PHOTOS) >= {"chelsea", "coffee", "astronaut", "rocket", "flower", "grace_hopper"}
+    with pytest.raises(ValueError, match="no bundled photo 'dog'.*chelsea"):
+        samples.photo("dog")
