@@ -79,3 +79,30 @@ def probe_free(model: keras.Model) -> bool:
     return all(
         "call" not in layer.__dict__ for layer in model._flatten_layers(include_self=True)
     )
+
+
+def backend_gradients(fn, *arrays):
+    """Gradients of ``sum(fn(*arrays))`` with respect to each array, with the Keras backend's
+    own autodiff (no camlens code): an independent reference for the probes."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        xs = [tf.convert_to_tensor(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(xs)
+            total = tf.reduce_sum(fn(*xs))
+        return [g.numpy() for g in tape.gradient(total, xs)]
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        grads = jax.grad(lambda *xs: jnp.sum(fn(*xs)), argnums=tuple(range(len(arrays))))(
+            *[jnp.asarray(a) for a in arrays]
+        )
+        return [np.asarray(g) for g in grads]
+    import torch
+
+    xs = [torch.tensor(np.asarray(a), requires_grad=True) for a in arrays]
+    total = fn(*xs).sum()
+    return [g.detach().numpy() for g in torch.autograd.grad(total, xs)]

@@ -207,49 +207,50 @@ class KerasAdapter:
         expected = {
             key: sum(1 for m in graph.nodes if id(self._ops[m.id]) == key) for key in wanted
         }
-        records: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
         grad_fn = _GRADIENT_FUNCTIONS.get(self.backend)
         if grad_fn is None:
             raise NotImplementedError(
-                f"the Keras {self.backend!r} backend is not supported yet; set "
-                "KERAS_BACKEND=tensorflow"
+                f"the Keras {self.backend!r} backend is not supported; use tensorflow, jax or torch"
             )
-        logit_patch = self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        def logit_patch() -> contextlib.AbstractContextManager[Any]:
+            # a fresh context each run: jax runs the model twice
+            return self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
 
-        def run(make_probe: Callable[[Any], tuple[Any, Any]]) -> tuple[list[Any], Any]:
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            records: dict[int, list[Any]] = defaultdict(list)
+
             def on_call(op: Any, y: Any) -> Any:
                 if not keras.ops.is_tensor(y):
                     raise TypeError(
                         f"layer {op.name!r} returns {type(y).__name__}, not one tensor; choose "
                         "another layer"
                     )
-                probed, probe = make_probe(y)
-                records[id(op)].append((y, probe))
-                return probed
+                key = (id(op), len(records[id(op)]))
+                records[id(op)].append(y)
+                return make_probe(key, y)
 
-            with _probes(list(wanted.values()), on_call), logit_patch:
+            with _probes(list(wanted.values()), on_call), logit_patch():
                 outs = self._call(inputs)
                 scores = target.score(outs, names, keras.ops)
-            return outs, scores
+            for key, op in wanted.items():
+                if len(records[key]) != expected[key]:
+                    raise RuntimeError(
+                        f"layer {op.name!r} ran {len(records[key])} time(s) but the model's graph "
+                        f"calls it {expected[key]} time(s); camlens cannot tell the call sites apart"
+                    )
+            acts = {(k, i): y for k, ys in records.items() for i, y in enumerate(ys)}
+            return outs, scores, acts
 
-        outs, scores, grads = grad_fn(run, records, need_gradients)
-        for key, op in wanted.items():
-            if len(records[key]) != expected[key]:
-                raise RuntimeError(
-                    f"layer {op.name!r} ran {len(records[key])} time(s) but the model's graph "
-                    f"calls it {expected[key]} time(s); camlens cannot tell the call sites apart"
-                )
+        outs, scores, acts, grads = grad_fn(run, need_gradients)
         sites = []
         for n in nodes:
-            y, _ = records[id(self._ops[n.id])][n.call]
-            acts = keras.ops.convert_to_numpy(y).astype(np.float32)
-            g = grads.get((id(self._ops[n.id]), n.call)) if need_gradients else None
-            if g is not None:
-                g = np.asarray(g, dtype=np.float32)
+            key = (id(self._ops[n.id]), n.call)
+            a = keras_to_numpy(acts[key]).astype(np.float32)
+            g = np.asarray(grads[key], dtype=np.float32) if need_gradients else None
             if n.id in self._channels_first:
-                acts = np.moveaxis(acts, 1, -1)
+                a = np.moveaxis(a, 1, -1)
                 g = None if g is None else np.moveaxis(g, 1, -1)
-            sites.append(SiteCapture(n, acts, g))
+            sites.append(SiteCapture(n, a, g))
         out_np = [keras.ops.convert_to_numpy(y) for y in outs]
         score_np = np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
         if score_np.shape[0] != inputs[0].shape[0]:
@@ -376,32 +377,93 @@ def _without_final_activation(ops: Sequence[Any]) -> Iterator[None]:
                 object.__setattr__(op, attr, old)
 
 
-def _tf_gradients(
-    run: Callable[[Callable[[Any], tuple[Any, Any]]], tuple[list[Any], Any]],
-    records: dict[int, list[tuple[Any, Any]]],
-    need_gradients: bool,
-) -> tuple[list[Any], Any, dict[tuple[int, int], np.ndarray]]:
+Key = tuple[int, int]  # (id of the probed op, call index)
+MakeProbe = Callable[[Key, Any], Any]
+Runner = Callable[[MakeProbe], tuple[list[Any], Any, dict[Key, Any]]]
+
+
+# Each backend's gradient function runs the model through ``run`` once with probes that add a
+# zero tensor at every call site, and returns (outputs, scores, activations, gradients) with
+# activations and gradients keyed by call site. Only the probes are differentiated: no
+# gradient with respect to the weights is computed.
+
+
+def _tf_gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]]:
     import tensorflow as tf
 
-    # Only the probes are watched: no gradient with respect to the weights is ever computed.
+    probes: dict[Key, Any] = {}
     with tf.GradientTape(watch_accessed_variables=False) as tape:
 
-        def make_probe(y: Any) -> tuple[Any, Any]:
+        def make_probe(key: Key, y: Any) -> Any:
             if not need_gradients:
-                return y, None
-            z = tf.zeros_like(y)
+                return y
+            z = probes[key] = tf.zeros_like(y)
             tape.watch(z)
-            return y + z, z
+            return y + z
 
-        outs, scores = run(make_probe)
+        outs, scores, acts = run(make_probe)
         total = tf.reduce_sum(scores)
-    grads: dict[tuple[int, int], np.ndarray] = {}
+    grads: dict[Key, Any] = {}
     if need_gradients:
-        keys = [(k, i) for k, recs in records.items() for i in range(len(recs))]
-        probes = [records[k][i][1] for k, i in keys]
-        values = tape.gradient(total, probes, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads = {key: v.numpy() for key, v in zip(keys, values)}
-    return outs, scores, grads
+        keys = list(probes)
+        values = tape.gradient(
+            total, [probes[k] for k in keys], unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        grads = {k: v.numpy() for k, v in zip(keys, values)}
+    return outs, scores, acts, grads
 
 
-_GRADIENT_FUNCTIONS: dict[str, Callable[..., Any]] = {"tensorflow": _tf_gradients}
+def _jax_gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]]:
+    import jax
+    import jax.numpy as jnp
+
+    if not need_gradients:
+        outs, scores, acts = run(lambda key, y: y)
+        return outs, scores, acts, {}
+    # jax differentiates functions of their arguments, so the probes must exist before the
+    # model runs: their shapes come from an abstract run (no computation, no compilation).
+    shapes = jax.eval_shape(lambda: run(lambda key, y: y)[2])
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+
+    def total(zs: dict[Key, Any]) -> tuple[Any, tuple[list[Any], Any, dict[Key, Any]]]:
+        outs, scores, acts = run(lambda key, y: y + zs[key])
+        return jnp.sum(scores), (outs, scores, acts)
+
+    grads, (outs, scores, acts) = jax.grad(total, has_aux=True)(zeros)
+    return outs, scores, acts, {k: np.asarray(v) for k, v in grads.items()}
+
+
+def _torch_gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]]:
+    import torch
+
+    probes: dict[Key, Any] = {}
+
+    def make_probe(key: Key, y: Any) -> Any:
+        if not need_gradients:
+            return y
+        z = probes[key] = torch.zeros_like(y, requires_grad=True)
+        return y + z
+
+    with torch.enable_grad():
+        outs, scores, acts = run(make_probe)
+        grads: dict[Key, Any] = {}
+        if need_gradients:
+            keys = list(probes)
+            values = torch.autograd.grad(
+                scores.sum(), [probes[k] for k in keys], allow_unused=True
+            )
+            grads = {
+                k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
+                    else v.detach().cpu().numpy())
+                for k, v in zip(keys, values)
+            }
+    acts = {k: v.detach() for k, v in acts.items()}
+    outs = [o.detach() for o in outs]
+    return outs, scores.detach(), acts, grads
+
+
+_GRADIENT_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "tensorflow": _tf_gradients,
+    "jax": _jax_gradients,
+    "torch": _torch_gradients,
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run the test suite once per Keras backend (the backend is fixed when keras is imported, so
+# each needs its own process). Extra arguments go to pytest. Exit 5 (no tests) counts as a pass.
+set -u
+status=0
+for backend in ${CAMLENS_BACKENDS:-tensorflow jax torch}; do
+    echo "=== KERAS_BACKEND=$backend"
+    KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "$@"
+    rc=$?
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then
+        status=$rc
+    fi
+done
+exit $status
