@@ -1,4 +1,5 @@
-"""The ``camlens`` command: ``camlens explain MODEL IMAGE...`` and ``camlens layers MODEL``.
+"""The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...`` and
+``camlens layers MODEL``.
 
 Exit status: 0 when everything worked, 1 when some images failed (the others are still done),
 2 for a bad command line or a model that cannot be used.
@@ -61,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
     e.add_argument("--cmap", default="jet", help="matplotlib colormap")
     e.add_argument("-o", "--out", default="camlens-out", help="output folder (default camlens-out)")
+
+    d = sub.add_parser("demo", help="a pretrained ImageNet model on bundled photos (offline)")
+    d.add_argument("--method", default="gradcam,cam",
+                   help="comma-separated methods (default gradcam,cam)")
+    d.add_argument("--image", action="append", default=None, metavar="PATH",
+                   help="your own photo instead of the bundled ones (repeatable)")
+    d.add_argument("--layer", default="auto", help="layer path, or auto (default)")
+    d.add_argument("-o", "--out", default="camlens-demo", help="output folder (default camlens-demo)")
 
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")
     lay.add_argument("model", help="a Keras model file (.keras or .h5)")
@@ -211,6 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "layers":
         return _cmd_layers(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        try:
+            return run_demo(args.out, [m.strip() for m in args.method.split(",") if m.strip()],
+                            args.image, layer=args.layer)
+        except (ValueError, ImportError) as exc:
+            print(f"camlens: {exc}", file=sys.stderr)
+            return 2
     return _cmd_explain(args)
 
 
