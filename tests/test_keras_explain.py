@@ -11,6 +11,7 @@ from keras import layers as L
 
 import camlens
 from camlens import targets
+from hand_computed import EXPECTED
 from keras_models import (
     backend_gradients,
     one_conv_input,
@@ -22,29 +23,11 @@ from keras_models import (
 )
 
 X = one_conv_input()
-POS = np.maximum(X[0, :, :, 0], 0.0)  # relu(x): every map below is a multiple of it
 
 
 @pytest.fixture(scope="module")
 def net():
     return one_conv_net()
-
-
-# ------------------------------------------------------------ exact values, hand computed
-# A_1 = 2x, A_2 = -x, G_1 = 3/16, G_2 = 1/16 everywhere; sum_ij x = 40.
-EXPECTED = {
-    # relu(3/16 * 2x + 1/16 * -x) = relu(5x/16)
-    "gradcam": 5 / 16 * POS,
-    # G constant over positions, so HiResCAM, Layer-CAM and XGrad-CAM reduce to Grad-CAM
-    "hirescam": 5 / 16 * POS,
-    "layercam": 5 / 16 * POS,
-    "xgradcam": 5 / 16 * POS,
-    # alpha_c = 1 / (2 + sum(A_c) G_c): alpha_1 = 1/(2 + 80*3/16) = 1/17, alpha_2 = 1/(2 - 40/16)
-    # = -2; w_c = 16 alpha_c G_c: w_1 = 3/17, w_2 = -2; relu(3/17*2x + 2x) = relu(40x/17)
-    "gradcam++": 40 / 17 * POS,
-    # CAM keeps the sign: 3*2x + 1*(-x) = 5x
-    "cam": 5 * X[0, :, :, 0],
-}
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))

@@ -17,7 +17,7 @@ __all__ = ["explain", "layers", "adapt"]
 
 
 def adapt(model: Any) -> ModelAdapter:
-    """The adapter for ``model`` (a Keras 3 model; PyTorch modules follow)."""
+    """The adapter for ``model``: a Keras 3 model or a ``torch.nn.Module``."""
     if all(hasattr(model, name) for name in ("capture", "graph", "prepare")):
         return model  # already an adapter
     if "keras" in sys.modules or type(model).__module__.startswith("keras"):
@@ -25,15 +25,13 @@ def adapt(model: Any) -> ModelAdapter:
 
         if is_keras_model(model):
             return KerasAdapter(model)
-    if "torch" in sys.modules:
-        import torch
+    from .adapters.torch import TorchAdapter, is_torch_module
 
-        if isinstance(model, torch.nn.Module):
-            raise NotImplementedError(
-                "PyTorch modules are not supported yet; a Keras 3 model is needed for now"
-            )
+    if is_torch_module(model):
+        return TorchAdapter(model)
     raise TypeError(
-        f"camlens explains Keras 3 models; got {type(model).__module__}.{type(model).__name__}"
+        f"camlens explains Keras 3 models and torch.nn.Module; got "
+        f"{type(model).__module__}.{type(model).__name__}"
     )
 
 
@@ -88,9 +86,11 @@ def explain(
 
     Args:
         model: a Keras 3 Functional or Sequential model (nested and shared submodels,
-            several inputs and outputs are fine). It is left exactly as it was.
+            several inputs and outputs are fine) or a ``torch.nn.Module``. It is left exactly
+            as it was.
         inputs: a batch ``(N, H, W, C)`` or one image ``(H, W, C)``, preprocessed as the model
-            expects; for several inputs a list (or a dict by input name).
+            expects; for several inputs a list (or a dict by input name). PyTorch modules also
+            take ``(N, C, H, W)`` tensors or arrays.
         method: a name from ``camlens.methods.available_methods()``: "cam", "gradcam",
             "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "eigengradcam".
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
@@ -173,11 +173,17 @@ def explain(
     )
 
 
-def layers(model: Any, output: int | str | None = None) -> LayerReport:
+def layers(model: Any, output: int | str | None = None, input_shape: Sequence[int] | None = None) -> LayerReport:
     """Every layer of ``model`` with its output shape and whether it lies on every path to the
     output, which one ``layer="auto"`` picks, and why. Print it, or read ``.chosen``,
-    ``.candidates`` and ``.reason``."""
+    ``.candidates`` and ``.reason``.
+
+    ``input_shape``: for PyTorch modules, which have no input shape of their own, the shape of
+    one input batch, e.g. ``(1, 3, 224, 224)``.
+    """
     adapter = adapt(model)
+    if input_shape is not None:
+        adapter.prepare(np.zeros(tuple(input_shape), np.float32))
     graph = adapter.graph()
     out_idx = ClassScore(output=output).output_indices(graph.output_names)
     return layer_report(graph, out_idx)

@@ -207,7 +207,7 @@ def choose_layers(graph: LayerGraph, outputs: Sequence[int] | None = None) -> La
         return None
 
     chosen: list[GraphNode] = []
-    why: dict[str, tuple[GraphNode, GraphNode | None, list[str]]] = {}
+    why: dict[str, tuple[GraphNode, GraphNode | None, list[str], list[str]]] = {}
     missing: list[int] = []
     image_inputs = [i for i, nid in enumerate(graph.inputs) if by_id[nid].spatial]
     if not image_inputs:
@@ -224,31 +224,36 @@ def choose_layers(graph: LayerGraph, outputs: Sequence[int] | None = None) -> La
             missing.append(i)
             continue
         chosen.append(found[0])
-        why.setdefault(found[0].path, (*found, []))[2].append(repr(graph.input_names[i]))
+        entry = why.setdefault(found[0].path, (*found, [], []))
+        entry[2].append(repr(graph.input_names[i]))
+        entry[3].append(found[0].label)
     if missing and not chosen:
         idom = _dominators(graph, graph.inputs, sinks)
         found = pick(_chain(idom, sink), None) if sink in idom else None
         if found is not None:
             chosen.append(found[0])
-            why[found[0].path] = (*found, ["all inputs together"])
+            why[found[0].path] = (*found, ["all inputs together"], [found[0].label])
     if not chosen:
         raise ValueError(
             f"no layer with a spatial output lies on every path to output {out_name}: "
             "the model has no layer a CAM can be computed at. Give a layer explicitly with "
             "layer=..., or use a pixel-attribution method."
         )
-    reasons = [_reason(node, pooled, " and ".join(src), out_name) for node, pooled, src in why.values()]
+    reasons = [
+        _reason(node, pooled, " and ".join(src), out_name, ", ".join(labels))
+        for node, pooled, src, labels in why.values()
+    ]
     return LayerChoice(chosen, "; ".join(reasons))
 
 
-def _reason(node: GraphNode, pooled: GraphNode | None, source: str, out_name: str) -> str:
+def _reason(node: GraphNode, pooled: GraphNode | None, source: str, out_name: str, labels: str) -> str:
     if pooled is None:
         return (
-            f"{node.path} ({node.kind}, {_shape_str(node.shape)}): the deepest layer with a "
+            f"{labels} ({node.kind}, {_shape_str(node.shape)}): the deepest layer with a "
             f"spatial output that every path from {source} to output {out_name} passes through"
         )
     return (
-        f"{node.path} ({node.kind}, {_shape_str(node.shape)}): feeds the pooling layer "
+        f"{labels} ({node.kind}, {_shape_str(node.shape)}): feeds the pooling layer "
         f"{pooled.path} ({_shape_str(pooled.shape)}), the deepest spatial layer on every path "
         f"from {source} to output {out_name}; same content at a finer resolution"
     )

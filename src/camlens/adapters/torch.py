@@ -1,0 +1,438 @@
+"""PyTorch adapter: any ``torch.nn.Module``.
+
+The layer graph comes from a ``torch.fx`` trace with shapes propagated from the first batch
+(a module has no input shape of its own). Layer names are module paths (``features.6.0``); a
+module called twice (a shared ReLU, a siamese encoder) gives two call sites. Where the module
+cannot be traced, the graph is the list of modules in the order they ran, and the automatic
+layer is the last one with a spatial output, with a warning.
+
+Probes are forward hooks that return ``output + z`` with ``z`` a zero tensor that requires
+grad; ``torch.autograd.grad`` then gives the gradient at each call site and nothing else
+(no parameter ``.grad`` is touched). Full backward hooks are avoided: in-place operations
+break them. During the explanation every module is in eval mode; each module's own
+``training`` flag is restored afterwards, also after an exception.
+
+camlens works channels-last: inputs may be given as ``(N, C, H, W)`` tensors or arrays, or
+``(N, H, W, C)`` arrays (told apart by which axis has 1 or 3 channels); activations come back
+as ``(N, h, w, C)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections import defaultdict
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..layers import GraphNode, LayerGraph
+from ..targets import Target
+from .base import Capture, InputSpec, SiteCapture, _as_float_array
+
+__all__ = ["TorchAdapter", "is_torch_module"]
+
+
+def is_torch_module(model: Any) -> bool:
+    import sys
+
+    if "torch" not in sys.modules:
+        return False
+    import torch
+
+    return isinstance(model, torch.nn.Module)
+
+
+class _TorchOps:
+    """The few array functions targets use, on torch tensors (names as in keras.ops)."""
+
+    @staticmethod
+    def argmax(x: Any, axis: int = -1) -> Any:
+        return x.argmax(dim=axis)
+
+    @staticmethod
+    def take_along_axis(x: Any, idx: Any, axis: int) -> Any:
+        import torch
+
+        return torch.take_along_dim(x, idx.long(), dim=axis)
+
+    @staticmethod
+    def expand_dims(x: Any, axis: int) -> Any:
+        return x.unsqueeze(axis)
+
+    @staticmethod
+    def cast(x: Any, dtype: str) -> Any:
+        import torch
+
+        return x.to(getattr(torch, dtype))
+
+    @staticmethod
+    def convert_to_tensor(x: Any, dtype: str | None = None) -> Any:
+        import torch
+
+        t = torch.as_tensor(np.asarray(x))
+        return t if dtype is None else t.to(getattr(torch, dtype))
+
+    @staticmethod
+    def reshape(x: Any, shape: Sequence[int]) -> Any:
+        return x.reshape(tuple(shape))
+
+    @staticmethod
+    def sum(x: Any, axis: Any = None) -> Any:
+        return x.sum() if axis is None else x.sum(dim=axis)
+
+    @staticmethod
+    def sqrt(x: Any) -> Any:
+        return x.sqrt()
+
+
+def _to_channels_last_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
+    dims = tuple(int(d) for d in shape[1:])
+    if len(dims) == 3:
+        return (dims[1], dims[2], dims[0])
+    return dims
+
+
+class TorchAdapter:
+    """Adapter for a ``torch.nn.Module``; inputs channels-first for the module itself."""
+
+    framework = "torch"
+
+    def __init__(self, module: Any) -> None:
+        import torch
+
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"expected a torch.nn.Module; got {type(module).__name__}")
+        self.model = module
+        self._graph: LayerGraph | None = None
+        self._example: list[np.ndarray] | None = None
+        self._modules = dict(module.named_modules())
+        self._node_module: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ inputs
+    def input_specs(self) -> list[InputSpec]:
+        if self._example is None:
+            return [InputSpec("input", (None, None, None, None))]
+        return [InputSpec(f"input_{i}", (None, *a.shape[1:])) for i, a in enumerate(self._example)]
+
+    def output_names(self) -> list[str]:
+        return self.graph().output_names
+
+    def prepare(self, inputs: Any) -> list[np.ndarray]:
+        """Channels-last float32 arrays, one per forward argument."""
+        arrays = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        out = []
+        for i, arr in enumerate(arrays):
+            name = f"input_{i}"
+            if hasattr(arr, "detach"):
+                arr = arr.detach().cpu().numpy()
+                a = _as_float_array(arr, name)
+                if a.ndim == 3:
+                    a = a[None]
+                if a.ndim == 4:
+                    a = np.moveaxis(a, 1, -1)  # tensors are channels-first by convention
+            else:
+                a = _as_float_array(arr, name)
+                if a.ndim == 3:
+                    a = a[None]
+                if a.ndim == 4 and a.shape[1] in (1, 3) and a.shape[-1] not in (1, 3):
+                    a = np.moveaxis(a, 1, -1)
+            if a.ndim != 4:
+                raise ValueError(
+                    f"{name}: expected images (N, C, H, W) or (N, H, W, C); got shape {a.shape}"
+                )
+            out.append(np.ascontiguousarray(a))
+        if len({a.shape[0] for a in out}) > 1:
+            raise ValueError(f"all inputs need the same batch size; got {[a.shape[0] for a in out]}")
+        if self._example is None or [a.shape[1:] for a in out] != [e.shape[1:] for e in self._example]:
+            self._example = [a[:1] for a in out]
+            self._graph = None  # shapes changed: propagate again
+        return out
+
+    def _tensors(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        import torch
+
+        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        return [
+            torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device=device, dtype=dtype)
+            for a in arrays
+        ]
+
+    # ------------------------------------------------------------------ graph
+    def graph(self) -> LayerGraph:
+        if self._graph is None:
+            if self._example is None:
+                raise ValueError(
+                    "a PyTorch module has no input shape of its own: explain a batch first, or "
+                    "call camlens.layers(model, input_shape=(1, 3, H, W))"
+                )
+            from torch.fx import symbolic_trace
+
+            try:
+                traced = symbolic_trace(self.model)
+            except Exception as exc:  # fx raises many types on untraceable Python
+                warnings.warn(
+                    f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); camlens falls back to the "
+                    "order in which modules run, and layer='auto' to the last spatial one",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._graph = self._run_order_graph()
+            else:
+                self._graph = self._fx_graph(traced)
+        return self._graph
+
+    def _fx_graph(self, gm: Any) -> LayerGraph:
+        import torch
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        with _eval_mode(self.model), torch.no_grad():
+            ShapeProp(gm).propagate(*self._tensors(self._example or []))
+        nodes: list[GraphNode] = []
+        ids: dict[str, int] = {}
+        calls: dict[str, int] = defaultdict(int)
+        inputs, input_names = [], []
+        outputs: list[int] = []
+        output_names: list[str] = []
+        aliases: dict[str, list[int]] = {}
+        for node in gm.graph.nodes:
+            meta = node.meta.get("tensor_meta")
+            shape = None
+            if meta is not None and hasattr(meta, "shape"):
+                shape = _to_channels_last_shape(meta.shape)
+            preds = [ids[a.name] for a in node.all_input_nodes if a.name in ids]
+            if node.op == "placeholder":
+                ids[node.name] = len(nodes)
+                inputs.append(len(nodes))
+                input_names.append(node.name)
+                nodes.append(GraphNode(len(nodes), node.name, 0, "Input", shape, [], True, len(inputs) - 1))
+            elif node.op == "output":
+                flat = _flatten_output_arg(node.args[0])
+                for k, (name, arg) in enumerate(flat):
+                    outputs.append(ids[arg.name])
+                    output_names.append(name)
+            elif node.op == "get_attr":
+                continue
+            else:
+                if node.op == "call_module":
+                    path = str(node.target)
+                    kind = type(self._modules[path]).__name__
+                else:
+                    path = node.name
+                    kind = getattr(node.target, "__name__", str(node.target))
+                nid = len(nodes)
+                ids[node.name] = nid
+                nodes.append(GraphNode(nid, path, calls[path], kind, shape, preds))
+                calls[path] += 1
+                if node.op == "call_module":
+                    self._node_module[nid] = path
+                for prefix in _module_prefixes(node):
+                    aliases.setdefault(prefix, [])
+                    aliases[prefix] = [nid]  # the last node inside a module gives its output
+        aliases = {k: v for k, v in aliases.items() if k not in calls}
+        return LayerGraph(nodes, inputs, outputs, output_names, input_names, aliases=aliases)
+
+    def _run_order_graph(self) -> LayerGraph:
+        """Modules in the order they ran on the example batch, without edges."""
+        import torch
+
+        records: list[tuple[str, tuple[int, ...] | None]] = []
+        handles = []
+        leaves = [(n, m) for n, m in self.model.named_modules() if n and not list(m.children())]
+        for name, mod in leaves:
+            def hook(m: Any, args: Any, out: Any, __name: str = name) -> None:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+                records.append((__name, shape))
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            with _eval_mode(self.model), torch.no_grad():
+                out = self.model(*self._tensors(self._example or []))
+        finally:
+            for h in handles:
+                h.remove()
+        nodes = [GraphNode(0, "input", 0, "Input", None, [], True, 0)]
+        calls: dict[str, int] = defaultdict(int)
+        for name, shape in records:
+            nid = len(nodes)
+            dims = None if shape is None else _to_channels_last_shape(shape)
+            nodes.append(GraphNode(nid, name, calls[name], type(self._modules[name]).__name__, dims, [nid - 1]))
+            self._node_module[nid] = name
+            calls[name] += 1
+        n_out = len(_flatten_output_value(out))
+        return LayerGraph(nodes, [0], [len(nodes) - 1] * n_out, [str(i) for i in range(n_out)], ["input"], readable=False)
+
+    # ------------------------------------------------------------------ running
+    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        with _eval_mode(self.model), torch.no_grad():
+            out = self.model(*self._tensors(inputs))
+        return [o.detach().cpu().numpy() for _, o in _flatten_output_value(out)]
+
+    def _module_for(self, node: GraphNode) -> Any:
+        path = self._node_module.get(node.id)
+        if path is None:
+            raise ValueError(
+                f"{node.path!r} is a function inside forward() ({node.kind}), not a module; "
+                "camlens probes modules: pick the module before or after it"
+            )
+        return self._modules[path]
+
+    def capture(
+        self,
+        inputs: list[np.ndarray],
+        nodes: Sequence[GraphNode],
+        target: Target,
+        need_gradients: bool = True,
+    ) -> Capture:
+        import torch
+
+        graph = self.graph()
+        names = graph.output_names
+        wanted: dict[int, Any] = {}
+        for n in nodes:
+            mod = self._module_for(n)
+            wanted.setdefault(id(mod), mod)
+        records: dict[int, list[Any]] = defaultdict(list)
+        probes: dict[tuple[int, int], Any] = {}
+
+        def hook(mod: Any, args: Any, out: Any) -> Any:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"module {type(mod).__name__} returns {type(out).__name__}, not one tensor; "
+                    "choose another layer"
+                )
+            key = (id(mod), len(records[id(mod)]))
+            records[id(mod)].append(out.detach())
+            if not need_gradients:
+                return None
+            z = probes[key] = torch.zeros_like(out, requires_grad=True)
+            return out + z
+
+        handles = [m.register_forward_hook(hook) for m in wanted.values()]
+        try:
+            with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
+                out = self.model(*self._tensors(inputs))
+                outs = [o for _, o in _flatten_output_value(out)]
+                scores = target.score(outs, names, _TorchOps)
+                grads: dict[tuple[int, int], np.ndarray] = {}
+                if need_gradients:
+                    keys = list(probes)
+                    values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+                    for k, v in zip(keys, values):
+                        grads[k] = (np.zeros(tuple(probes[k].shape), np.float32) if v is None
+                                    else v.detach().cpu().float().numpy())
+        finally:
+            for h in handles:
+                h.remove()
+        sites = []
+        for n in nodes:
+            mod = self._module_for(n)
+            recs = records[id(mod)]
+            if n.call >= len(recs):
+                raise RuntimeError(
+                    f"module {n.path!r} ran {len(recs)} time(s); call #{n.call} did not happen"
+                )
+            a = recs[n.call].cpu().float().numpy()
+            g = grads.get((id(mod), n.call)) if need_gradients else None
+            if a.ndim == 4:
+                a = np.moveaxis(a, 1, -1)
+                g = None if g is None else np.moveaxis(g, 1, -1)
+            sites.append(SiteCapture(n, a, g))
+        score_np = scores.detach().cpu().float().numpy().reshape(-1)
+        out_np = [o.detach().cpu().float().numpy() for o in outs]
+        return Capture(out_np, score_np, sites)
+
+    def _logit_patch(self, target: Target) -> contextlib.AbstractContextManager[Any]:
+        """Skip a final Softmax/Sigmoid module for Logit targets (torch models usually end
+        in logits already; then there is nothing to skip)."""
+        if not target.wants_logits:
+            return contextlib.nullcontext()
+        graph = self.graph()
+        mods = []
+        for i in target.output_indices(graph.output_names):
+            path = self._node_module.get(graph.outputs[i])
+            mod = self._modules.get(path) if path is not None else None
+            if mod is not None and type(mod).__name__ in ("Softmax", "Sigmoid", "LogSoftmax"):
+                mods.append(mod)
+        return _identity_hooks(mods)
+
+    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
+        """``(C, classes)`` weights of the Linear layer after global average pooling."""
+        graph = self.graph()
+        succ = graph.successors()
+        by_id = {n.id: n for n in graph.nodes}
+        cur, seen_pool, path = node.id, False, []
+        while len(succ[cur]) == 1:
+            cur = succ[cur][0]
+            n = by_id[cur]
+            path.append(n.path)
+            pooled = n.kind in ("AdaptiveAvgPool2d",) and n.shape is not None and n.shape[:2] == (1, 1)
+            if pooled or n.kind in ("mean", "adaptive_avg_pool2d"):
+                seen_pool = True
+            elif n.kind in ("flatten", "Flatten", "Dropout", "view", "reshape", "squeeze") and seen_pool:
+                continue
+            elif n.kind == "Linear" and seen_pool:
+                weight = self._modules[self._node_module[cur]].weight.detach().cpu().numpy()
+                if weight.shape[1] == (node.shape or (None,))[-1]:
+                    return weight.T.astype(np.float32)
+                break
+            else:
+                break
+        raise ValueError(
+            f"CAM needs the layer to feed global average pooling and then one Linear layer; after "
+            f"{node.path!r} the model has {' -> '.join(path) or 'nothing'}. Use method='gradcam', "
+            "which equals CAM on such heads and works on any model."
+        )
+
+
+def _module_prefixes(node: Any) -> list[str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    out = []
+    for value in stack.values():
+        path = value[0] if isinstance(value, tuple) else value
+        if isinstance(path, str) and path:
+            out.append(path)
+    return out
+
+
+def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(arg, (list, tuple)):
+        out: list[tuple[str, Any]] = []
+        for i, a in enumerate(arg):
+            out.extend(_flatten_output_arg(a, f"{prefix}{i}."))
+        return out
+    if isinstance(arg, dict):
+        out = []
+        for k, a in arg.items():
+            out.extend(_flatten_output_arg(a, f"{prefix}{k}."))
+        return out
+    return [(prefix.rstrip(".") or "output", arg)]
+
+
+def _flatten_output_value(value: Any) -> list[tuple[str, Any]]:
+    return _flatten_output_arg(value)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Eval mode for every module while the block runs; each module's own flag restored."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+@contextlib.contextmanager
+def _identity_hooks(mods: Sequence[Any]) -> Iterator[None]:
+    handles = [m.register_forward_hook(lambda mod, args, out: args[0]) for m in mods]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

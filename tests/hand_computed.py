@@ -1,0 +1,27 @@
+"""Maps of the one-convolution net, computed by hand (used for the Keras and PyTorch nets).
+
+x is 4x4 with values -5..10; a 1x1 convolution with kernels [2, -1] and no bias gives
+A_1 = 2x, A_2 = -x; global average pooling and a Dense/Linear layer with weights [3, 1] give
+S = 3 mean(A_1) + mean(A_2) = 5 mean(x) = 12.5, and dS/dA_c = w_c / 16 at every position.
+"""
+
+import numpy as np
+
+X = (np.arange(16, dtype="float32") - 5.0).reshape(1, 4, 4, 1)
+POS = np.maximum(X[0, :, :, 0], 0.0)  # relu(x): every map below is a multiple of it
+SCORE = 12.5
+
+# G_1 = 3/16, G_2 = 1/16 everywhere; sum_ij x = 40.
+EXPECTED = {
+    # relu(3/16 * 2x + 1/16 * -x) = relu(5x/16)
+    "gradcam": 5 / 16 * POS,
+    # G constant over positions, so HiResCAM, Layer-CAM and XGrad-CAM reduce to Grad-CAM
+    "hirescam": 5 / 16 * POS,
+    "layercam": 5 / 16 * POS,
+    "xgradcam": 5 / 16 * POS,
+    # alpha_c = 1 / (2 + sum(A_c) G_c): alpha_1 = 1/(2 + 80*3/16) = 1/17, alpha_2 = 1/(2 - 40/16)
+    # = -2; w_c = 16 alpha_c G_c: w_1 = 3/17, w_2 = -2; relu(3/17*2x + 2x) = relu(40x/17)
+    "gradcam++": 40 / 17 * POS,
+    # CAM keeps the sign: 3*2x + 1*(-x) = 5x
+    "cam": 5 * X[0, :, :, 0],
+}

@@ -1,0 +1,237 @@
+"""explain() on native PyTorch modules: exact numbers, call sites, modes and hooks restored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import camlens
+from camlens import targets
+from camlens.explain import adapt
+from hand_computed import EXPECTED, SCORE, X
+
+
+def one_conv_net() -> nn.Module:
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1, bias=False)
+    )
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([2.0, -1.0]).reshape(2, 1, 1, 1))
+        net[3].weight.copy_(torch.tensor([[3.0, 1.0]]))
+    return net
+
+
+X_NCHW = torch.from_numpy(np.moveaxis(X, -1, 1).copy())
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_one_conv_net_exact_maps(method):
+    net = one_conv_net()
+    exp = camlens.explain(net, X_NCHW, method=method, target=0)
+    assert exp.sites[0].layer == "0"
+    np.testing.assert_allclose(exp.raw_maps[0][0], EXPECTED[method], rtol=1e-6, atol=1e-6)
+    assert exp.scores[0] == pytest.approx(SCORE)
+    channels_last = camlens.explain(net, X, method=method, target=0)  # numpy NHWC works too
+    np.testing.assert_array_equal(channels_last.raw_maps[0], exp.raw_maps[0])
+
+
+def test_one_conv_net_activations_and_gradients():
+    net = one_conv_net()
+    adapter = adapt(net)
+    adapter.prepare(X)
+    conv = [n for n in adapter.graph().nodes if n.path == "0"]
+    cap = adapter.capture([X], conv, targets.RegressionScore(0))
+    np.testing.assert_allclose(cap.sites[0].activations[0, :, :, 0], 2 * X[0, :, :, 0])
+    np.testing.assert_allclose(cap.sites[0].gradients[0, :, :, 0], np.full((4, 4), 3 / 16), rtol=1e-6)
+    np.testing.assert_allclose(cap.sites[0].gradients[0, :, :, 1], np.full((4, 4), 1 / 16), rtol=1e-6)
+    assert all(p.grad is None for p in net.parameters())  # no parameter gradient computed
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        out = self.conv2(self.relu(self.bn(self.conv1(x))))
+        out += x  # in place, as torchvision's ResNet blocks do
+        return self.relu(out)  # the same ReLU module, called a second time
+
+
+class ResNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.layer1 = nn.Sequential(Block(8), Block(8))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.layer1(torch.relu(self.stem(x)))
+        return self.fc(self.drop(torch.flatten(self.pool(x), 1)))
+
+
+@pytest.fixture
+def resnetish():
+    torch.manual_seed(0)
+    return ResNetish()
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_auto_layer_is_the_second_call_of_the_shared_relu(resnetish):
+    report = camlens.layers(resnetish, input_shape=(1, 3, 16, 16))
+    assert report.chosen == ["layer1.1.relu"]
+    assert "layer1.1.relu#1" in report.reason
+    x = torch.rand(2, 3, 16, 16)
+    exp = camlens.explain(resnetish, x)
+    assert [(s.layer, s.call) for s in exp.sites] == [("layer1.1.relu", 1)]
+    # the probed activation is the block's output: compare with a plain forward
+    feats = {}
+    handle = resnetish.layer1.register_forward_hook(lambda m, a, out: feats.setdefault("out", out.detach()))
+    with torch.no_grad():
+        resnetish.eval()
+        logits = resnetish(x)
+    handle.remove()
+    cap = adapt(resnetish)
+    cap.prepare(x)
+    node = [n for n in cap.graph().nodes if n.label == "layer1.1.relu#1"]
+    got = cap.capture([np.moveaxis(x.numpy(), 1, -1)], node, targets.ClassScore()).sites[0].activations
+    np.testing.assert_allclose(got, np.moveaxis(feats["out"].numpy(), 1, -1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(exp.scores, logits.max(-1).values.numpy(), rtol=1e-5)
+
+
+def test_cam_equals_gradcam_times_z_and_modes_restored(resnetish):
+    resnetish.train()
+    resnetish.layer1[0].bn.eval()  # a per-module flag that must survive
+    flags = [m.training for m in resnetish.modules()]
+    before = {k: v.clone() for k, v in resnetish.state_dict().items()}
+    x = torch.rand(3, 3, 16, 16)
+    cam = camlens.explain(resnetish, x, method="cam")
+    grad = camlens.explain(resnetish, x, method="gradcam")
+    np.testing.assert_allclose(grad.raw_maps[0], np.maximum(cam.raw_maps[0], 0) / 256, rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(grad.raw_maps[0], camlens.explain(resnetish, x).raw_maps[0])  # dropout off
+    assert [m.training for m in resnetish.modules()] == flags
+    for k, v in resnetish.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm statistics untouched
+    assert _hooks(resnetish) == 0
+
+
+class Exploding(nn.Module):
+    armed = False
+
+    def forward(self, x):
+        if Exploding.armed:
+            raise RuntimeError("boom inside the model")
+        return x
+
+
+def test_hooks_and_modes_restored_after_exception_and_interrupt():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Exploding(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net.train()
+    x = torch.rand(1, 3, 8, 8)
+    Exploding.armed = True
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            camlens.explain(net, x, layer="1")
+    finally:
+        Exploding.armed = False
+    assert _hooks(net) == 0 and all(m.training for m in net.modules())
+
+    def interrupt(out):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        camlens.explain(net, x, target=interrupt)
+    assert _hooks(net) == 0 and all(m.training for m in net.modules())
+    assert all(p.grad is None for p in net.parameters())
+
+
+class Siamese(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2))
+        self.head = nn.Linear(2 * 4 * 4 * 4, 1)
+
+    def forward(self, a, b):
+        fa, fb = self.encoder(a), self.encoder(b)
+        return self.head(torch.cat([fa, fb], 1).flatten(1))
+
+
+def test_siamese_module_gives_one_site_per_image():
+    torch.manual_seed(2)
+    net = Siamese()
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    exp = camlens.explain(net, [a, b], target=targets.RegressionScore(0), method="hirescam")
+    assert [(s.layer, s.call, s.input_index) for s in exp.sites] == [("encoder.1", 0, 0), ("encoder.1", 1, 1)]
+    # independent reference: the same layers by hand, autograd on the activations
+    act_a = net.encoder[1](net.encoder[0](a)).detach().requires_grad_()
+    act_b = net.encoder[1](net.encoder[0](b)).detach().requires_grad_()
+    out = net.head(torch.cat([net.encoder[2](act_a), net.encoder[2](act_b)], 1).flatten(1))
+    ga, gb = torch.autograd.grad(out.sum(), [act_a, act_b])
+    want_a = torch.relu((ga * act_a).sum(1)).detach().numpy()
+    want_b = torch.relu((gb * act_b).sum(1)).detach().numpy()
+    np.testing.assert_allclose(exp.raw_maps[0], want_a, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(exp.raw_maps[1], want_b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:the map at")
+def test_logit_skips_a_final_softmax_module():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3), nn.Softmax(dim=1))
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        logits = net[:-1](x)
+    exp = camlens.explain(net, x, target=targets.Logit(2))
+    np.testing.assert_allclose(exp.scores, logits[:, 2].numpy(), rtol=1e-5)
+    prob = camlens.explain(net, x, target=2)
+    np.testing.assert_allclose(prob.scores, torch.softmax(logits, 1)[:, 2].numpy(), rtol=1e-5)
+    assert _hooks(net) == 0
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.last = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.conv(x)
+        if h.mean() > 100:  # data-dependent control flow: torch.fx cannot trace it
+            h = h * 2
+        return self.fc(self.last(h).mean((2, 3)))
+
+
+def test_untraceable_module_falls_back_with_a_warning():
+    torch.manual_seed(4)
+    net = Untraceable()
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.warns(RuntimeWarning, match="cannot trace"):
+        exp = camlens.explain(net, x)
+    assert exp.sites[0].layer == "last"
+    assert exp.maps[0].shape == (1, 8, 8)
+
+
+def test_bad_inputs_and_layers():
+    net = one_conv_net()
+    with pytest.raises(ValueError, match=r"expected images \(N, C, H, W\) or \(N, H, W, C\)"):
+        camlens.explain(net, np.zeros((4, 4), "float32"))
+    with pytest.raises(ValueError, match="no layer 'conv'"):
+        camlens.explain(net, X_NCHW, layer="conv")
+    with pytest.raises(ValueError, match="class index 3 is out of range"):
+        camlens.explain(net, X_NCHW, target=3)
+    with pytest.raises(ValueError, match="no input shape of its own"):
+        camlens.layers(net)
+    deep = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="CAM needs"):
+        camlens.explain(deep, X_NCHW, method="cam", layer="1")
