@@ -25,3 +25,10 @@ EXPECTED = {
     # CAM keeps the sign: 3*2x + 1*(-x) = 5x
     "cam": 5 * X[0, :, :, 0],
 }
+
+# Score-CAM: masks minmax(2x) = (x + 5)/15 and minmax(-x) = (10 - x)/15; with sum x = 40 and
+# sum x^2 = 440, the masked scores are s_1 = 5 mean(x (x + 5))/15 = 40/3 and
+# s_2 = 5 mean(x (10 - x))/15 = -5/6; w = softmax(s): w_1 = 1/(1 + exp(-85/6)), w_2 = 1 - w_1;
+# relu(w_1 * 2x + w_2 * (-x)) = (2 w_1 - w_2) relu(x)
+_W1 = 1.0 / (1.0 + np.exp(-85.0 / 6.0))
+EXPECTED["scorecam"] = (2 * _W1 - (1 - _W1)) * POS

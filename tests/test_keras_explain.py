@@ -476,3 +476,23 @@ def test_non_square_input_maps_keep_the_input_size():
     exp = camlens.explain(model, x, method="layercam", normalize="percentile")
     assert exp.raw_maps[0].shape == (2, 6, 10) and exp.maps[0].shape == (2, 12, 20)
     assert exp.overlay().shape == (2, 12, 20, 3)
+
+
+def test_scorecam_on_the_siamese_pair_masks_one_image_and_holds_the_other(pair):
+    model, encoder, xa, xb = pair
+    exp = camlens.explain(model, [xa, xb], method="scorecam", target=targets.RegressionScore(0))
+    assert [(s.layer, s.input_index) for s in exp.sites] == [("encoder/c2", 0), ("encoder/c2", 1)]
+    # by hand for sample 1, second image: masks from its own activations, first image fixed
+    c1, p1, c2, _ = encoder.layers
+    acts = keras.ops.convert_to_numpy(c2(p1(c1(xb))))[1]  # (16, 16, 8)
+    from camlens.viz import resize_bilinear
+
+    masks = resize_bilinear(np.moveaxis(acts, -1, 0), (32, 32))
+    lo, hi = masks.min((1, 2), keepdims=True), masks.max((1, 2), keepdims=True)
+    masks = np.where(hi > lo, (masks - lo) / np.where(hi > lo, hi - lo, 1), 0)
+    masked_b = xb[1][None] * masks[..., None]
+    fixed_a = np.repeat(xa[1:2], len(masks), axis=0)
+    s = model.predict([fixed_a, masked_b], verbose=0)[:, 0].astype(np.float64)
+    w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    want = np.maximum(np.einsum("hwc,c->hw", acts, w), 0)
+    np.testing.assert_allclose(exp.raw_maps[1][1], want, rtol=1e-4, atol=1e-6)

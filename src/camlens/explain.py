@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -153,8 +153,12 @@ def explain(
         if head is not None:
             assert class_idx is not None
             weights = head[k][:, class_idx].T
-        raw = algo(SiteData(acts, grads, weights))
         site = Site(node.path, node.call, _site_input(graph, node, anc), node.shape)
+        images, score = None, None
+        if algo.needs_model:
+            images = arrays[site.input_index]
+            score = _sample_scorer(adapter, arrays, site.input_index, tgt, class_idx, batch_size)
+        raw = algo(SiteData(acts, grads, weights, images, score))
         size = arrays[site.input_index].shape[1:3]
         maps.append(finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{algo.name} @ {site.label}"))
         raw_maps.append(raw)
@@ -171,6 +175,31 @@ def explain(
         inputs=arrays,
         outputs=outputs,
     )
+
+
+def _sample_scorer(
+    adapter: ModelAdapter,
+    arrays: list[np.ndarray],
+    which: int,
+    target: Target,
+    class_idx: np.ndarray | None,
+    batch_size: int,
+) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``score(n, batch)`` for methods that rerun the model on modified copies of sample
+    ``n``'s input ``which``: the other inputs are held at sample ``n``, the target at what was
+    explained for sample ``n``."""
+
+    def score(n: int, batch: np.ndarray) -> np.ndarray:
+        pinned = target.for_sample(n, class_idx)
+        out = []
+        for start in range(0, len(batch), batch_size):
+            part = batch[start : start + batch_size]
+            full = [np.repeat(a[n : n + 1], len(part), axis=0) for a in arrays]
+            full[which] = part
+            out.append(adapter.score(full, pinned))
+        return np.concatenate(out)
+
+    return score
 
 
 def layers(model: Any, output: int | str | None = None, input_shape: Sequence[int] | None = None) -> LayerReport:

@@ -62,6 +62,11 @@ class Target:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def for_sample(self, n: int, class_indices: np.ndarray | None) -> "Target":
+        """The target of sample ``n`` alone, for methods that rerun the model on modified
+        copies of one sample (a top-class target keeps the class it explained)."""
+        return self
+
     def _suffix(self) -> str:
         return "" if self.output is None else f" of output {self.output!r}"
 
@@ -135,6 +140,11 @@ class ClassScore(Target):
         else:
             return y[:, int(self.index) % k]
         return xp.take_along_axis(y, xp.expand_dims(xp.cast(idx, "int32"), -1), axis=-1)[:, 0]
+
+    def for_sample(self, n: int, class_indices: np.ndarray | None) -> "Target":
+        pinned = copy.copy(self)
+        pinned.index = int(class_indices[n]) if class_indices is not None else self.index
+        return pinned
 
     def class_indices(self, outputs: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
         y = np.asarray(outputs[_output_index(self.output, names)])

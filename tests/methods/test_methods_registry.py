@@ -31,7 +31,7 @@ def test_method_instance_is_passed_through() -> None:
     assert get_method(method) is method
 
 
-def test_available_methods_lists_all_eight() -> None:
+def test_available_methods_lists_every_method() -> None:
     assert available_methods() == [
         "cam",
         "eigencam",
@@ -40,6 +40,7 @@ def test_available_methods_lists_all_eight() -> None:
         "gradcam++",
         "hirescam",
         "layercam",
+        "scorecam",
         "xgradcam",
     ]
 

@@ -64,6 +64,8 @@ class ModelAdapter(Protocol):
 
     def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray: ...
 
+    def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray: ...
+
 
 def _shape_str(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"

@@ -190,6 +190,15 @@ class KerasAdapter:
 
         return [keras.ops.convert_to_numpy(y) for y in self._call(inputs)]
 
+    def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
+        """``(N,)`` target scores, no gradient: for methods that rerun the model."""
+        import keras
+
+        with self._logit_patch(target) if target.wants_logits else contextlib.nullcontext():
+            outs = self._call(inputs)
+            scores = target.score(outs, self.graph().output_names, keras.ops)
+        return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
+
     def capture(
         self,
         inputs: list[np.ndarray],

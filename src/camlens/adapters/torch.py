@@ -271,6 +271,16 @@ class TorchAdapter:
             out = self.model(*self._tensors(inputs))
         return [o.detach().cpu().numpy() for _, o in _flatten_output_value(out)]
 
+    def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
+        """``(N,)`` target scores, no gradient: for methods that rerun the model."""
+        import torch
+
+        with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+            out = self.model(*self._tensors(inputs))
+            outs = [o for _, o in _flatten_output_value(out)]
+            scores = target.score(outs, self.graph().output_names, _TorchOps)
+        return scores.detach().cpu().float().numpy().reshape(-1)
+
     def _module_for(self, node: GraphNode) -> Any:
         path = self._node_module.get(node.id)
         if path is None:

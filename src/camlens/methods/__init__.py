@@ -7,6 +7,7 @@ from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus
 from .hirescam import HiResCAM
 from .layercam import LayerCAM
+from .scorecam import ScoreCAM
 from .xgradcam import XGradCAM
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "LayerCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "ScoreCAM",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -37,11 +37,18 @@ class SiteData:
                   activations, or ``None`` for methods that need none.
     head_weights: ``(N, C)`` for CAM only: for each sample, the weights of the Dense unit of
                   the explained class, the layer after global average pooling.
+    images:       ``(N, H, W, c)`` for methods that run the model again (Score-CAM): the input
+                  image each map belongs to, as the model takes it.
+    score:        for those methods: ``score(n, batch)`` runs the model on ``batch``, modified
+                  copies of sample ``n``'s image ``(B, H, W, c)``, and returns the target score
+                  of sample ``n`` for each, ``(B,)`` (other model inputs held at sample ``n``).
     """
 
     activations: np.ndarray
     gradients: np.ndarray | None = None
     head_weights: np.ndarray | None = None
+    images: np.ndarray | None = None
+    score: Callable[[int, np.ndarray], np.ndarray] | None = None
 
 
 class CAMMethod:
@@ -50,6 +57,7 @@ class CAMMethod:
     name: ClassVar[str] = ""
     needs_gradients: ClassVar[bool] = True
     needs_head_weights: ClassVar[bool] = False
+    needs_model: ClassVar[bool] = False
 
     def __call__(self, data: SiteData) -> np.ndarray:
         raise NotImplementedError
