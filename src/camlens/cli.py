@@ -217,6 +217,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     if args.command == "layers":
         return _cmd_layers(args)
