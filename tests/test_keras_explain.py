@@ -90,8 +90,10 @@ def test_siamese_auto_layer_has_one_site_per_image(pair):
     assert [m.shape for m in exp.maps] == [(2, 32, 32), (2, 32, 32)]
     np.testing.assert_allclose(exp.scores, model.predict([xa, xb], verbose=0)[:, 0], rtol=1e-5)
     report = camlens.layers(model)
-    assert report.chosen == ["encoder/c2"]
+    assert report.chosen == ["encoder/c2", "encoder/c2#1"]
     assert "'input_1' and 'input_2'" in report.reason
+    again = camlens.explain(model, [xa, xb], target=targets.RegressionScore(0), layer=report.chosen)
+    np.testing.assert_array_equal(again.raw_maps[1], exp.raw_maps[1])
 
 
 def test_siamese_call_sites_match_an_independent_gradient(pair):

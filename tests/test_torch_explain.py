@@ -89,7 +89,7 @@ def _hooks(model):
 
 def test_auto_layer_is_the_second_call_of_the_shared_relu(resnetish):
     report = camlens.layers(resnetish, input_shape=(1, 3, 16, 16))
-    assert report.chosen == ["layer1.1.relu"]
+    assert report.chosen == ["layer1.1.relu#1"]
     assert "layer1.1.relu#1" in report.reason
     x = torch.rand(2, 3, 16, 16)
     exp = camlens.explain(resnetish, x)
@@ -235,3 +235,22 @@ def test_bad_inputs_and_layers():
     deep = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(8, 2))
     with pytest.raises(ValueError, match="CAM needs"):
         camlens.explain(deep, X_NCHW, method="cam", layer="1")
+
+
+class ReadsItsShape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        bs = x.size(0)  # a shape read: no path of evidence around the convolution
+        return self.fc(self.pool(self.act(self.conv(x))).view(bs, -1))
+
+
+def test_shape_reads_do_not_count_as_paths():
+    torch.manual_seed(5)
+    exp = camlens.explain(ReadsItsShape(), torch.rand(1, 3, 16, 16))
+    assert exp.sites[0].layer == "act"

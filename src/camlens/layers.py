@@ -333,6 +333,7 @@ class LayerReport:
     lies on every path to the output, which one ``layer="auto"`` picks and why."""
 
     rows: list[LayerRow]
+    #: the chosen call sites, as ``layer=`` takes them (``"path"``, ``"path#1"`` for a 2nd call)
     chosen: list[str]
     reason: str
     naive: str | None = None
@@ -366,8 +367,9 @@ def layer_report(graph: LayerGraph, outputs: Sequence[int] | None = None) -> Lay
     try:
         choice = choose_layers(graph, outputs)
         chosen_paths, reason = choice.paths, choice.reason
+        chosen_labels = [n.label for n in choice.nodes]
     except ValueError as exc:
-        chosen_paths, reason = [], str(exc)
+        chosen_paths, chosen_labels, reason = [], [], str(exc)
     out_idx = list(outputs) if outputs else [0]
     sinks = [graph.outputs[i] for i in out_idx] if graph.readable else []
     dominating: set[int] = set()
@@ -399,4 +401,4 @@ def layer_report(graph: LayerGraph, outputs: Sequence[int] | None = None) -> Lay
                 f"note: the last convolution by index, {naive}, is not on every path to the "
                 "output (it is one branch), so it would explain only part of the evidence."
             )
-    return LayerReport(list(rows.values()), chosen_paths, reason, naive, notes)
+    return LayerReport(list(rows.values()), chosen_labels, reason, naive, notes)

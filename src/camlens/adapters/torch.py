@@ -170,7 +170,8 @@ class TorchAdapter:
             from torch.fx import symbolic_trace
 
             try:
-                traced = symbolic_trace(self.model)
+                with _eval_mode(self.model):  # trace the inference branches
+                    traced = symbolic_trace(self.model)
             except Exception as exc:  # fx raises many types on untraceable Python
                 warnings.warn(
                     f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
@@ -214,6 +215,10 @@ class TorchAdapter:
                     outputs.append(ids[arg.name])
                     output_names.append(name)
             elif node.op == "get_attr":
+                continue
+            elif meta is None:
+                # not a tensor (x.size(0), x.dim(), ...): a shape read carries no evidence, and
+                # an edge through it would bypass every layer
                 continue
             else:
                 if node.op == "call_module":
