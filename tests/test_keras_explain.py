@@ -408,7 +408,7 @@ def test_zero_gradient_gives_zero_map_and_warning(clf):
 def test_cam_needs_a_gap_dense_head():
     model, _ = siamese()
     x = np.zeros((1, 32, 32, 3), "float32")
-    with pytest.raises(ValueError, match="CAM needs.*GlobalAveragePooling2D.*method='gradcam'"):
+    with pytest.raises(ValueError, match="CAM needs.*global average pooling.*after 'encoder/c2' the model has encoder/p2.*method='gradcam'"):
         camlens.explain(model, [x, x], method="cam", target=0)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..layers import GraphNode, LayerGraph
+from ..layers import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
 from .base import Capture, InputSpec, SiteCapture, check_inputs
 
@@ -282,39 +282,26 @@ class KerasAdapter:
         """Kernel ``(C, classes)`` of the Dense layer that follows ``node`` through global
         average pooling, for CAM. Raises ``ValueError`` when the model has no such head."""
         graph = self.graph()
-        succ = graph.successors()
-        by_id = {n.id: n for n in graph.nodes}
-        path = [node.path]
-        cur = node.id
-        seen_gap = False
-        while True:
-            nxt = succ[cur]
-            if len(nxt) != 1:
-                break
-            cur = nxt[0]
-            kind = by_id[cur].kind
-            path.append(by_id[cur].path)
-            if kind == "GlobalAveragePooling2D" and not seen_gap:
-                seen_gap = True
-            elif kind == "Dropout" and seen_gap:
-                continue
-            elif kind == "Dense" and seen_gap:
-                kernel = keras_to_numpy(self._ops[cur].kernel)
-                if kernel.shape[0] != (node.shape or (None,))[-1]:
-                    break
-                if not self._feeds_output(cur, graph.outputs[output_index], by_id, succ):
-                    raise ValueError(
-                        f"CAM: the Dense layer {by_id[cur].path!r} after {node.path!r} does not "
-                        f"produce output {graph.output_names[output_index]!r}"
-                    )
-                return kernel
-            else:
-                break
-        raise ValueError(
-            f"CAM needs the layer to feed GlobalAveragePooling2D and then one Dense layer that "
-            f"gives the scores; after {node.path!r} the model has {' -> '.join(path[1:]) or 'nothing'}. "
-            "Use method='gradcam', which equals CAM on such heads and works on any model."
+        dense = linear_head_after(
+            graph,
+            node,
+            is_pool=lambda n: n.kind == "GlobalAveragePooling2D",
+            passes=lambda n: n.kind == "Dropout",
+            is_dense=lambda n: n.kind == "Dense",
         )
+        kernel = keras_to_numpy(self._ops[dense.id].kernel)
+        if kernel.shape[0] != (node.shape or (None,))[-1]:
+            raise ValueError(
+                f"CAM: the Dense layer {dense.path!r} takes {kernel.shape[0]} features; "
+                f"{node.path!r} has {(node.shape or (None,))[-1]} channels"
+            )
+        by_id = {n.id: n for n in graph.nodes}
+        if not self._feeds_output(dense.id, graph.outputs[output_index], by_id, graph.successors()):
+            raise ValueError(
+                f"CAM: the Dense layer {dense.path!r} after {node.path!r} does not produce "
+                f"output {graph.output_names[output_index]!r}"
+            )
+        return kernel
 
     @staticmethod
     def _feeds_output(nid: int, out: int, by_id: dict[int, GraphNode], succ: dict[int, list[int]]) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..layers import GraphNode, LayerGraph
+from ..layers import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
 from .base import Capture, InputSpec, SiteCapture, _as_float_array
 
@@ -376,31 +376,21 @@ class TorchAdapter:
 
     def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
         """``(C, classes)`` weights of the Linear layer after global average pooling."""
-        graph = self.graph()
-        succ = graph.successors()
-        by_id = {n.id: n for n in graph.nodes}
-        cur, seen_pool, path = node.id, False, []
-        while len(succ[cur]) == 1:
-            cur = succ[cur][0]
-            n = by_id[cur]
-            path.append(n.path)
-            pooled = n.kind in ("AdaptiveAvgPool2d",) and n.shape is not None and n.shape[:2] == (1, 1)
-            if pooled or n.kind in ("mean", "adaptive_avg_pool2d"):
-                seen_pool = True
-            elif n.kind in ("flatten", "Flatten", "Dropout", "view", "reshape", "squeeze") and seen_pool:
-                continue
-            elif n.kind == "Linear" and seen_pool:
-                weight = self._modules[self._node_module[cur]].weight.detach().cpu().numpy()
-                if weight.shape[1] == (node.shape or (None,))[-1]:
-                    return weight.T.astype(np.float32)
-                break
-            else:
-                break
-        raise ValueError(
-            f"CAM needs the layer to feed global average pooling and then one Linear layer; after "
-            f"{node.path!r} the model has {' -> '.join(path) or 'nothing'}. Use method='gradcam', "
-            "which equals CAM on such heads and works on any model."
+        dense = linear_head_after(
+            self.graph(),
+            node,
+            is_pool=lambda n: (n.kind == "AdaptiveAvgPool2d" and n.shape is not None and n.shape[:2] == (1, 1))
+            or n.kind in ("mean", "adaptive_avg_pool2d"),
+            passes=lambda n: n.kind in ("flatten", "Flatten", "Dropout", "view", "reshape", "squeeze"),
+            is_dense=lambda n: n.kind == "Linear",
         )
+        weight = self._modules[self._node_module[dense.id]].weight.detach().cpu().numpy()
+        if weight.shape[1] != (node.shape or (None,))[-1]:
+            raise ValueError(
+                f"CAM: the Linear layer {dense.path!r} takes {weight.shape[1]} features; "
+                f"{node.path!r} has {(node.shape or (None,))[-1]} channels"
+            )
+        return weight.T.astype(np.float32)
 
 
 def _module_prefixes(node: Any) -> list[str]:
