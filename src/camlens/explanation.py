@@ -126,7 +126,10 @@ class Explanation:
         except ImportError:
             import matplotlib.pyplot as plt
 
-            plt.figure(fig.number) if hasattr(fig, "number") else None
+            # the figure is built without pyplot; give it a window of pyplot's to appear in
+            manager = plt.figure().canvas.manager
+            manager.canvas.figure = fig
+            fig.set_canvas(manager.canvas)
             plt.show()
 
     def _repr_png_(self) -> bytes:
