@@ -92,7 +92,8 @@ def explain(
             expects; for several inputs a list (or a dict by input name). PyTorch modules also
             take ``(N, C, H, W)`` tensors or arrays.
         method: a name from ``camlens.methods.available_methods()``: "cam", "gradcam",
-            "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "eigengradcam".
+            "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam", "eigengradcam",
+            "scorecam"; or a ``camlens.methods.CAMMethod`` instance (``ScoreCAM(batch_size=8)``).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable
