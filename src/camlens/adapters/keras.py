@@ -320,57 +320,53 @@ def keras_to_numpy(x: Any) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _probes(ops: Sequence[Any], on_call: Callable[[Any, Any], Any]) -> Iterator[None]:
-    """Route each op's output through ``on_call`` while the block runs; always restore.
-
-    The wrapper is set on the instance, shadowing the class's ``call``; an instance attribute
-    the user had set is put back as it was. ``object.__setattr__`` keeps Keras' attribute
-    tracking out of it.
-    """
-    saved: list[tuple[Any, Any]] = []
+def _instance_attrs(changes: Sequence[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Set ``obj.attr = value`` on each instance while the block runs; always put back what
+    was there (an instance attribute the user had set comes back as it was, one that was not
+    set is removed again). ``object.__setattr__`` keeps Keras' attribute tracking out of it."""
+    saved: list[tuple[Any, str, Any]] = []
     try:
-        for op in ops:
-            original = op.call
-            saved.append((op, op.__dict__.get("call", _MISSING)))
-
-            def wrapper(*args: Any, __op: Any = op, __call: Any = original, **kwargs: Any) -> Any:
-                return on_call(__op, __call(*args, **kwargs))
-
-            object.__setattr__(op, "call", wrapper)
+        for obj, attr, value in changes:
+            saved.append((obj, attr, obj.__dict__.get(attr, _MISSING)))
+            object.__setattr__(obj, attr, value)
         yield
     finally:
-        for op, old in reversed(saved):
+        for obj, attr, old in reversed(saved):
             if old is _MISSING:
-                object.__delattr__(op, "call")
+                object.__delattr__(obj, attr)
             else:
-                object.__setattr__(op, "call", old)
+                object.__setattr__(obj, attr, old)
+
+
+def _probes(ops: Sequence[Any], on_call: Callable[[Any, Any], Any]) -> contextlib.AbstractContextManager[None]:
+    """Route each op's output through ``on_call`` while the block runs: a wrapper set on the
+    instance shadows the class's ``call``."""
+
+    def wrap(op: Any) -> Callable[..., Any]:
+        original = op.call
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return on_call(op, original(*args, **kwargs))
+
+        return wrapper
+
+    return _instance_attrs([(op, "call", wrap(op)) for op in ops])
 
 
 _SQUASHING = ("softmax", "sigmoid", "log_softmax")
 
 
-@contextlib.contextmanager
-def _without_final_activation(ops: Sequence[Any]) -> Iterator[None]:
+def _without_final_activation(ops: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
     import keras
 
-    saved: list[tuple[Any, str, Any]] = []
-    try:
-        for op in ops:
-            act = getattr(op, "activation", None)
-            name = getattr(act, "__name__", "")
-            if type(op).__name__ == "Softmax" or (type(op).__name__ == "Activation" and name in _SQUASHING):
-                saved.append((op, "call", op.__dict__.get("call", _MISSING)))
-                object.__setattr__(op, "call", lambda x, *a, **k: x)
-            elif name in _SQUASHING:
-                saved.append((op, "activation", op.__dict__.get("activation", _MISSING)))
-                object.__setattr__(op, "activation", keras.activations.linear)
-        yield
-    finally:
-        for op, attr, old in reversed(saved):
-            if old is _MISSING:
-                object.__delattr__(op, attr)
-            else:
-                object.__setattr__(op, attr, old)
+    changes: list[tuple[Any, str, Any]] = []
+    for op in ops:
+        name = getattr(getattr(op, "activation", None), "__name__", "")
+        if type(op).__name__ == "Softmax" or (type(op).__name__ == "Activation" and name in _SQUASHING):
+            changes.append((op, "call", lambda x, *a, **k: x))
+        elif name in _SQUASHING:
+            changes.append((op, "activation", keras.activations.linear))
+    return _instance_attrs(changes)
 
 
 Key = tuple[int, int]  # (id of the probed op, call index)

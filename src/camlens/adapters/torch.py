@@ -265,7 +265,7 @@ class TorchAdapter:
             nodes.append(GraphNode(nid, name, calls[name], type(self._modules[name]).__name__, dims, [nid - 1]))
             self._node_module[nid] = name
             calls[name] += 1
-        n_out = len(_flatten_output_value(out))
+        n_out = len(_flatten_output_arg(out))
         return LayerGraph(nodes, [0], [len(nodes) - 1] * n_out, [str(i) for i in range(n_out)], ["input"], readable=False)
 
     # ------------------------------------------------------------------ running
@@ -274,7 +274,7 @@ class TorchAdapter:
 
         with _eval_mode(self.model), torch.no_grad():
             out = self.model(*self._tensors(inputs))
-        return [o.detach().cpu().numpy() for _, o in _flatten_output_value(out)]
+        return [o.detach().cpu().numpy() for _, o in _flatten_output_arg(out)]
 
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
         """``(N,)`` target scores, no gradient: for methods that rerun the model."""
@@ -282,7 +282,7 @@ class TorchAdapter:
 
         with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
             out = self.model(*self._tensors(inputs))
-            outs = [o for _, o in _flatten_output_value(out)]
+            outs = [o for _, o in _flatten_output_arg(out)]
             scores = target.score(outs, self.graph().output_names, _TorchOps)
         return scores.detach().cpu().float().numpy().reshape(-1)
 
@@ -330,7 +330,7 @@ class TorchAdapter:
         try:
             with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
                 out = self.model(*self._tensors(inputs))
-                outs = [o for _, o in _flatten_output_value(out)]
+                outs = [o for _, o in _flatten_output_arg(out)]
                 scores = target.score(outs, names, _TorchOps)
                 grads: dict[tuple[int, int], np.ndarray] = {}
                 if need_gradients:
@@ -415,10 +415,6 @@ def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
             out.extend(_flatten_output_arg(a, f"{prefix}{k}."))
         return out
     return [(prefix.rstrip(".") or "output", arg)]
-
-
-def _flatten_output_value(value: Any) -> list[tuple[str, Any]]:
-    return _flatten_output_arg(value)
 
 
 @contextlib.contextmanager
