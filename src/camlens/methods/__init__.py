@@ -1,6 +1,6 @@
 """CAM methods: numpy functions of a layer's activations and gradients, registered by name."""
 
-from .base import CAMMethod, SiteData, WeightedCAM, available_methods, get_method, register
+from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
 from .gradcam import GradCAM
@@ -13,6 +13,8 @@ from .xgradcam import XGradCAM
 __all__ = [
     "CAMMethod",
     "SiteData",
+    "PixelData",
+    "PixelMethod",
     "WeightedCAM",
     "available_methods",
     "get_method",

@@ -21,6 +21,8 @@ import numpy as np
 __all__ = [
     "SiteData",
     "CAMMethod",
+    "PixelData",
+    "PixelMethod",
     "WeightedCAM",
     "register",
     "get_method",
@@ -42,6 +44,15 @@ class SiteData:
     score:        for those methods: ``score(n, batch)`` runs the model on ``batch``, modified
                   copies of sample ``n``'s image ``(B, H, W, c)``, and returns the target score
                   of sample ``n`` for each, ``(B,)`` (other model inputs held at sample ``n``).
+    score_site:   for methods that change the layer's activations (Ablation-CAM):
+                  ``score_site(n, acts)`` with ``acts`` ``(B, h, w, C)`` replacement
+                  activations for sample ``n`` at this call site returns the target score of
+                  sample ``n`` for each, ``(B,)``; only the part of the model after the layer
+                  is recomputed.
+    capture:      for methods that average over modified inputs (Smooth Grad-CAM++):
+                  ``capture(n, batch)`` with ``batch`` ``(B, H, W, c)`` modified copies of
+                  sample ``n``'s image returns ``(activations, gradients)`` at this call site,
+                  each ``(B, h, w, C)``, for sample ``n``'s target.
     """
 
     activations: np.ndarray
@@ -49,15 +60,26 @@ class SiteData:
     head_weights: np.ndarray | None = None
     images: np.ndarray | None = None
     score: Callable[[int, np.ndarray], np.ndarray] | None = None
+    score_site: Callable[[int, np.ndarray], np.ndarray] | None = None
+    capture: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 class CAMMethod:
-    """Base of all methods: ``method(data) -> (N, h, w)`` raw map, float32."""
+    """Base of all layer methods: ``method(data) -> (N, h, w)`` raw map, float32.
+
+    The flags tell ``explain`` what to put in :class:`SiteData`: ``needs_gradients``
+    (``gradients``), ``needs_head_weights`` (``head_weights``), ``needs_model`` (``images``
+    and ``score``), ``needs_site_scorer`` (``score_site``), ``needs_capture`` (``images`` and
+    ``capture``).
+    """
 
     name: ClassVar[str] = ""
+    needs_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     needs_head_weights: ClassVar[bool] = False
     needs_model: ClassVar[bool] = False
+    needs_site_scorer: ClassVar[bool] = False
+    needs_capture: ClassVar[bool] = False
 
     def __call__(self, data: SiteData) -> np.ndarray:
         raise NotImplementedError
@@ -91,6 +113,59 @@ class WeightedCAM(CAMMethod):
         acts, grads = self._checked(data)
         w = self.weights(acts, grads, data).astype(np.float32)
         return np.maximum(np.einsum("nhwc,nc->nhw", acts, w), 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PixelData:
+    """What a pixel-attribution method receives: the explained inputs and ways to rerun the
+    model on modified copies of them.
+
+    images:   ``(N, H, W, c)`` the explained image of each sample, as the model takes it.
+    score:    ``score(n, batch)``: target score of sample ``n`` for each of ``batch``
+              ``(B, H, W, c)`` modified copies of its image, ``(B,)`` (other model inputs held
+              at sample ``n``, the target pinned to what was explained for sample ``n``).
+    gradient: ``gradient(n, batch)`` -> ``(scores (B,), grads (B, H, W, c))``: the same
+              scores and their gradient with respect to each copy; ``None`` where the method
+              needs none.
+    guided_gradient: as ``gradient`` with the Guided Backpropagation rule on every ReLU
+              (only negative gradients and negative inputs stopped), for Guided Backprop.
+    """
+
+    images: np.ndarray
+    score: Callable[[int, np.ndarray], np.ndarray]
+    gradient: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    guided_gradient: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+
+
+class PixelMethod(CAMMethod):
+    """Base of methods that attribute the score to input pixels, with no layer.
+
+    ``attribute(data)`` returns ``(attributions, info)``: ``(N, H, W, c)`` per-channel
+    attributions (``c`` is 1 for methods that perturb whole pixels) and a dict of
+    per-method facts (Integrated Gradients: ``completeness_error``). ``method(data)`` gives
+    the ``(N, H, W)`` raw map: the attributions reduced over channels by ``reduce``
+    ("sum", or "maxabs": the largest magnitude across channels, Simonyan et al.'s saliency).
+    ``signed`` says whether raw maps carry a meaningful sign (shown as magnitude).
+    """
+
+    needs_layer = False
+    needs_gradients = False
+    needs_guided = False
+    reduce: ClassVar[str] = "sum"
+    signed: ClassVar[bool] = False
+
+    def attribute(self, data: PixelData) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError
+
+    def reduce_channels(self, attributions: np.ndarray) -> np.ndarray:
+        a = np.asarray(attributions, dtype=np.float32)
+        if self.reduce == "maxabs":
+            return np.abs(a).max(axis=-1)
+        return a.sum(axis=-1)
+
+    def __call__(self, data: PixelData) -> np.ndarray:  # type: ignore[override]
+        attributions, _ = self.attribute(data)
+        return self.reduce_channels(attributions)
 
 
 _REGISTRY: dict[str, type[CAMMethod]] = {}
