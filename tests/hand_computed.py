@@ -32,3 +32,16 @@ EXPECTED = {
 # relu(w_1 * 2x + w_2 * (-x)) = (2 w_1 - w_2) relu(x)
 _W1 = 1.0 / (1.0 + np.exp(-85.0 / 6.0))
 EXPECTED["scorecam"] = (2 * _W1 - (1 - _W1)) * POS
+
+# Faster Score-CAM scores the k = 64 channels of largest variance: both of the two here.
+EXPECTED["fastscorecam"] = EXPECTED["scorecam"]
+
+# IS-CAM (10 steps): S is linear in the image, so each score is scaled by mean(k/10) = 11/20:
+# s_1 = 22/3, s_2 = -11/24, w_1 = 1/(1 + exp(-187/24)); relu(w_1 * 2x - w_2 * x) = (3 w_1 - 1) relu(x)
+_IS_W1 = 1.0 / (1.0 + np.exp(-187.0 / 24.0))
+EXPECTED["iscam"] = (3 * _IS_W1 - 1) * POS
+
+# Ablation-CAM at the conv layer: y = 12.5; without A_1, y_1 = mean(-x) = -2.5, w_1 = 15/12.5
+# = 1.2; without A_2, y_2 = 3 mean(2x) = 15, w_2 = -2.5/12.5 = -0.2; relu(2.4x + 0.2x) = 2.6 relu(x).
+# Needs explain() to pass SiteData.score_site.
+EXPECTED["ablationcam"] = 2.6 * POS

@@ -134,3 +134,83 @@ def test_inception_explain_uses_mixed10_while_it_is_spatial():
     # at 75 px mixed10 is 1x1, no map at all: the choice moves up to the last spatial block
     small = keras.applications.InceptionV3(weights=None, input_shape=(75, 75, 3), classes=3)
     assert camlens.layers(small).chosen == ["mixed7"]
+
+
+# ---------------------------------------------------------------------------- vision transformers
+
+
+def _vit_spec(tokens=17, mixer="MultiHeadAttention", head=("GetItem", "matmul")):
+    """Patch conv -> tokens -> two pre-norm blocks -> final norm -> class token slice or pooling
+    (``head[0]``) -> an optional projection of that vector (``head[1]``, like CLIP's ``x @ proj``)
+    -> Dense."""
+    spec = [
+        ("patch", "Conv2D", (4, 4, 8), ["in"]),
+        ("to_tokens", "Reshape", (16, 8), ["patch"]),
+        ("cls", "ClassToken", (tokens, 8), ["to_tokens"]),
+    ]
+    prev = "cls"
+    for b in range(2):
+        spec += [
+            (f"b{b}_norm1", "LayerNormalization", (tokens, 8), [prev]),
+            (f"b{b}_attn", mixer, (tokens, 8), [f"b{b}_norm1", f"b{b}_norm1"]),
+            (f"b{b}_add1", "Add", (tokens, 8), [prev, f"b{b}_attn"]),
+            (f"b{b}_norm2", "LayerNormalization", (tokens, 8), [f"b{b}_add1"]),
+            (f"b{b}_mlp", "Dense", (tokens, 8), [f"b{b}_norm2"]),
+            (f"b{b}_add2", "Add", (tokens, 8), [f"b{b}_add1", f"b{b}_mlp"]),
+        ]
+        prev = f"b{b}_add2"
+    spec += [("norm", "LayerNormalization", (tokens, 8), [prev]), ("read", head[0], (8,), ["norm"])]
+    last = "read"
+    if head[1]:
+        spec.append(("proj", head[1], (8,), ["read"]))
+        last = "proj"
+    return _graph(spec + [("out", "Dense", (3,), [last])], ["out"])
+
+
+def test_token_grid_of_token_shaped_nodes():
+    def node(shape):
+        return GraphNode(1, "x", 0, "Dense", shape, [0])
+
+    assert node((197, 768)).token_grid == (14, 14, 1)
+    assert node((196, 768)).token_grid == (14, 14, 0)
+    assert node((12, 8)).token_grid is None and node((2, 8)).token_grid is None
+    assert node((None, 8)).token_grid is None and node((14, 14, 8)).token_grid is None
+
+
+def test_vit_auto_layer_is_the_input_of_the_last_attention():
+    g = _vit_spec()
+    choice = choose_layers(g)
+    # not "norm", the deepest token layer on every path: only the class token reaches the head
+    # from it; a product of the class vector ("proj") mixes no tokens
+    assert [n.path for n in choice.nodes] == ["b1_norm1"]
+    assert "17x8 tokens = 1 extra + 4x4 patches" in choice.reason
+    assert "the input of b1_attn (MultiHeadAttention), the last layer that mixes tokens" in choice.reason
+    report = layer_report(g)
+    rows = {r.path: r for r in report.rows}
+    assert rows["b1_norm1"].chosen and rows["b1_norm1"].spatial and not rows["b1_norm1"].dominates
+    # torch.fx view of timm attention: the mixer is a matmul of per-head tensors
+    assert [n.path for n in choose_layers(_vit_spec(mixer="matmul")).nodes] == ["b1_norm1"]
+
+
+def test_vit_with_pooled_tokens_uses_the_final_norm():
+    g = _vit_spec(tokens=16, head=("GlobalAveragePooling1D", None))
+    choice = choose_layers(g)
+    assert [n.path for n in choice.nodes] == ["norm"]
+    assert "4x4 patches): the deepest token layer" in choice.reason
+    assert "read (GlobalAveragePooling1D) pools its tokens" in choice.reason
+
+
+def test_vit_without_a_known_token_mixer_keeps_the_spatial_rule():
+    # a mixer camlens cannot recognise: no token layer is trusted, the patch conv dominates
+    assert [n.path for n in choose_layers(_vit_spec(mixer="MyMixer")).nodes] == ["patch"]
+
+
+def test_token_grid_for_register_tokens():
+    g = _vit_spec(tokens=20)  # class token + 3 registers + 4x4 patches: not inferable
+    # without the grid only the 16 patch tokens before the extra ones read as a grid
+    assert [n.path for n in choose_layers(g).nodes] == ["to_tokens"]
+    choice = choose_layers(g, token_grid=(4, 4))
+    assert [n.path for n in choice.nodes] == ["b1_norm1"]
+    assert "20x8 tokens = 4 extra + 4x4 patches" in choice.reason
+    with pytest.raises(ValueError, match=r"token_grid must be \(grid_height, grid_width\)"):
+        choose_layers(g, token_grid=(4, -1))

@@ -3,16 +3,19 @@
     >>> import camlens
     >>> exp = camlens.explain(model, images, method="gradcam")   # doctest: +SKIP
     >>> exp.overlay(images)                                       # doctest: +SKIP
+    >>> camlens.feature_maps(model, image).save("features/")      # doctest: +SKIP
 
 Deep-learning frameworks are imported only when a model of theirs is explained.
 """
 
 
-from . import methods, targets, viz
+from . import methods, targets, tokens, viz
 from .explain import explain, layers
 from .explanation import Explanation, Site
+from .features import FeatureMaps, feature_maps
 from .layers import LayerReport
 from .methods import available_methods
+from .smooth import tta
 
 __version__ = "0.1.0"
 
@@ -21,10 +24,14 @@ __all__ = [
     "layers",
     "Explanation",
     "Site",
+    "feature_maps",
+    "FeatureMaps",
+    "tta",
     "LayerReport",
     "available_methods",
     "methods",
     "targets",
+    "tokens",
     "viz",
     "__version__",
 ]

@@ -1,5 +1,5 @@
-"""The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...`` and
-``camlens layers MODEL``.
+"""The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...``,
+``camlens features MODEL IMAGE`` and ``camlens layers MODEL``.
 
 Exit status: 0 when everything worked, 1 when some images failed (the others are still done),
 2 for a bad command line or a model that cannot be used.
@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = ["main"]
 
@@ -70,6 +70,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="your own photo instead of the bundled ones (repeatable)")
     d.add_argument("--layer", default="auto", help="layer path, or auto (default)")
     d.add_argument("-o", "--out", default="camlens-demo", help="output folder (default camlens-demo)")
+
+    f = sub.add_parser("features", help="write a grid of feature maps per layer for one image")
+    f.add_argument("model", help="a Keras model file (.keras or .h5), or 'bundled' for the "
+                                 "pretrained EfficientNet-Lite0 of `camlens demo`")
+    f.add_argument("image", help="an image file (PNG, JPEG, ...)")
+    f.add_argument("--layers", default="conv",
+                   help="conv (default: every convolution), spatial (every layer with a "
+                        "(h, w, C) output), auto, or layer names separated by commas")
+    f.add_argument("--max-channels", type=int, default=64, help="channels per grid (default 64)")
+    f.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
+                   help="pixel scaling a model file expects: none (0..255, default), unit "
+                        "(0..1), symmetric (-1..1); 'bundled' uses its own")
+    f.add_argument("--cmap", default="viridis", help="matplotlib colormap (default viridis)")
+    f.add_argument("-o", "--out", default="camlens-features",
+                   help="output folder (default camlens-features)")
 
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")
     lay.add_argument("model", help="a Keras model file (.keras or .h5)")
@@ -216,12 +231,83 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_features(args: argparse.Namespace) -> int:
+    from .explain import adapt
+    from .features import LAYER_SETS, feature_maps
+    from .io import PREPROCESSING, ImageError, load_image
+    from .viz.color import _get_cmap
+
+    if args.max_channels < 1:
+        print(f"camlens: --max-channels must be at least 1; got {args.max_channels}", file=sys.stderr)
+        return 2
+    names = [n.strip() for n in args.layers.split(",") if n.strip()]
+    if not names:
+        print(f"camlens: --layers is empty; give {', '.join(LAYER_SETS)} or layer names", file=sys.stderr)
+        return 2
+    layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
+    try:
+        _get_cmap(args.cmap)  # fail before the model loads
+    except ValueError as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    prep: Callable[[Any], Any]
+    if args.model == "bundled":
+        if args.preprocess is not None:
+            print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
+            return 2
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        from .models import efficientnet_lite0
+        from .models.efficientnet_lite import preprocess as lite_preprocess
+
+        prep = lite_preprocess
+        try:
+            model = efficientnet_lite0(pretrained=True)
+        except (ImportError, OSError, ValueError) as exc:
+            print(f"camlens: {exc}", file=sys.stderr)
+            return 2
+        size: tuple[int | None, int | None] | None = None
+        channels = 3
+    else:
+        model = _load_model_or_exit(args.model)
+        try:
+            specs = adapt(model).input_specs()
+        except (TypeError, ValueError) as exc:
+            print(f"camlens: {exc}", file=sys.stderr)
+            return 2
+        if len(specs) != 1 or len(specs[0].shape) != 4:
+            print(
+                f"camlens: the command line reads one-image models; this one takes "
+                f"{[s.shape for s in specs]}. Use the Python API, camlens.feature_maps(model, [a, b]).",
+                file=sys.stderr,
+            )
+            return 2
+        _, h, w, c = specs[0].shape
+        size, channels = (h, w), c or 3
+        prep = PREPROCESSING[args.preprocess or "none"]
+    try:
+        pixels = load_image(args.image, size, channels=channels)
+    except ImageError as exc:
+        print(f"camlens: skipped {exc}", file=sys.stderr)
+        return 1
+    try:
+        fmaps = feature_maps(model, prep(pixels), layers)
+        files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
+    except (ValueError, TypeError) as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    print(f"layers: {fmaps.reason}")
+    print(f"wrote {len(files) - 2} feature grid(s), overview.png and index.json to {args.out}/")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     if args.command == "layers":
         return _cmd_layers(args)
+    if args.command == "features":
+        return _cmd_features(args)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -46,6 +46,10 @@ class Explanation:
         class_indices: ``(N,)`` the explained class, for class targets, else ``None``.
         reason: why these layers were used.
         inputs: the model inputs the maps belong to (for overlays), one array per input.
+        outputs: the model's outputs on the inputs.
+        details: per site, what the method reports beyond the map (pixel attributions:
+            ``"attributions"`` ``(N, H, W, c)``; Integrated Gradients also
+            ``"completeness_error"``), else empty dicts.
     """
 
     maps: list[np.ndarray]
@@ -58,6 +62,7 @@ class Explanation:
     reason: str
     inputs: list[np.ndarray] = field(repr=False, default_factory=list)
     outputs: list[np.ndarray] = field(repr=False, default_factory=list)
+    details: list[dict[str, Any]] = field(repr=False, default_factory=list)
 
     @property
     def map(self) -> np.ndarray:

@@ -20,6 +20,17 @@ Two refinements:
 * When the chosen node is a pooling layer, its producer is preferred if it dominates too: same
   content at twice the resolution (VGG16: ``block5_conv3`` rather than ``block5_pool``, as in the
   Keras Grad-CAM example).
+
+Vision transformers: a token layer, output ``(T, C)`` with ``T`` or ``T - 1`` a perfect square
+(197 = class token + 14 x 14 patches), counts as a map over its patch grid (see
+:mod:`camlens.tokens`). The deepest token layer on every path is useless on a ViT, though: after
+the last attention the tokens are no longer mixed and the head reads only the class token, so the
+gradient at the final norm (or any later token layer) is zero at every patch. So a token
+dominator is taken only when a layer that combines tokens (attention, a matrix product, pooling
+over tokens) follows it, and then the last node of its shape on every path into that layer: the
+input of the last attention (``blocks[-1].norm1`` in timm-style ViTs, the common choice), which
+every path from the patch tokens to the output passes through. Spatial ``(h, w, C)`` layers are
+chosen exactly as before.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ import difflib
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
+
+from .tokens import TokenGrid, check_grid, guess_grid, infer_grid
 
 __all__ = [
     "GraphNode",
@@ -40,6 +53,10 @@ __all__ = [
 ]
 
 _POOLING = {"MaxPooling2D", "AveragePooling2D", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"}
+# Operations that combine tokens, by kind in lower case (Keras layers and ops, torch modules and
+# functions): any kind naming attention, products of token matrices, and pooling over tokens.
+_TOKEN_PRODUCTS = {"matmul", "bmm", "baddbmm", "einsum"}
+_TOKEN_POOLING = {"globalaveragepooling1d", "globalmaxpooling1d", "mean", "max", "amax", "sum"}
 
 
 @dataclass
@@ -68,8 +85,28 @@ class GraphNode:
         return all(d is None or d > 1 for d in self.shape[:2])
 
     @property
+    def token_grid(self) -> TokenGrid | None:
+        """For a token layer (output ``(T, C)``, ``T`` or ``T - 1`` a perfect square above 1, as
+        in a vision transformer), how its tokens form a patch grid; else ``None``."""
+        return grid_of(self)
+
+    @property
     def label(self) -> str:
         return self.path if self.call == 0 else f"{self.path}#{self.call}"
+
+
+def grid_of(node: GraphNode, token_grid: object = None) -> TokenGrid | None:
+    """The patch grid of ``node``'s ``(T, C)`` token output: inferred from ``T`` (see
+    :func:`camlens.tokens.guess_grid`), or ``token_grid=(gh, gw)`` with ``T - gh * gw >= 0``
+    leading extra tokens. ``None`` for other shapes."""
+    if node.is_input or node.shape is None or len(node.shape) != 2 or node.shape[0] is None:
+        return None
+    if token_grid is None:
+        return guess_grid(node.shape[0])
+    gh, gw = check_grid(token_grid, "token_grid")
+    if gh * gw > node.shape[0] or gh * gw < 2:
+        return None
+    return infer_grid(node.shape[0], (gh, gw))
 
 
 @dataclass
@@ -179,11 +216,21 @@ def _chain(idom: dict[int, int | None], sink: int) -> list[int]:
     return out
 
 
-def choose_layers(graph: LayerGraph, outputs: Sequence[int] | None = None) -> LayerChoice:
+# How a choice came about: a pooling layer it feeds ("pool"), the last token mixer after a token
+# layer ("mix"), a pooling over the tokens ("tokens"); None for a plain dominator.
+_Via = tuple[str, GraphNode] | None
+
+
+def choose_layers(
+    graph: LayerGraph, outputs: Sequence[int] | None = None, token_grid: object = None
+) -> LayerChoice:
     """Pick the layer(s) to explain for the given output indices (default: output 0).
 
-    Raises ``ValueError`` when no spatial layer dominates the output.
+    ``token_grid``: ``(gh, gw)`` patches for token layers whose grid cannot be inferred (extra
+    tokens other than one class token). Raises ``ValueError`` when no spatial layer qualifies.
     """
+    if token_grid is not None:
+        check_grid(token_grid, "token_grid")
     if not graph.readable:
         return _fallback_choice(graph)
     out_idx = list(outputs) if outputs else [0]
@@ -192,30 +239,68 @@ def choose_layers(graph: LayerGraph, outputs: Sequence[int] | None = None) -> La
     by_id = {n.id: n for n in graph.nodes}
     anc = graph.input_ancestry()
     out_name = ", ".join(repr(graph.output_names[i]) for i in out_idx)
+    succ = graph.successors()
+    upstream = _ancestors(graph, sinks)
 
-    def pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, GraphNode | None] | None:
+    def mixes_tokens(n: GraphNode) -> bool:
+        kind = n.kind.lower()
+        if "attention" in kind or kind in _TOKEN_PRODUCTS:
+            # a product of per-sample vectors (a projection after the class token) mixes nothing
+            return any(len(by_id[p].shape or ()) >= 2 for p in n.inputs)
+        if kind in _TOKEN_POOLING:
+            return len(n.shape or ()) == 1 and any(grid_of(by_id[p], token_grid) for p in n.inputs)
+        return False
+
+    def token_pick(node: GraphNode, only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:
+        # Only a token layer whose tokens are combined later has a gradient at the patches.
+        seen, stack = set(), list(succ[node.id])
+        while stack:
+            m = stack.pop()
+            if m not in seen and m in upstream:
+                seen.add(m)
+                stack.extend(succ[m])
+        mixers = [n for n in graph.nodes if n.id in seen and mixes_tokens(n)]
+        if not mixers:
+            return None
+        mixer_ids = {n.id for n in mixers}
+        idom = _dominators(graph, [node.id], [n.id for n in mixers])
+        for nid in _chain(idom, mixers[0].id if len(mixers) == 1 else -1):
+            cand = by_id.get(nid)
+            if cand is None or nid in mixer_ids or cand.shape != node.shape:
+                continue
+            if only is None or anc[nid] == only:
+                last = mixers[-1]
+                return cand, ("tokens" if last.kind.lower() in _TOKEN_POOLING else "mix", last)
+        return None
+
+    def pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:
         # The output itself is a last resort: the gradient of a score with respect to the output
         # is only the target's own selection (a mask, a one-hot), not the model's evidence.
         hidden = [nid for nid in chain if nid not in sinks]
         found = _pick(hidden, only)
         return found if found is not None else _pick([nid for nid in chain if nid in sinks], only)
 
-    def _pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, GraphNode | None] | None:
+    def _pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:
         for nid in chain:
             node = by_id.get(nid)
-            if node is None or node.is_input or not node.spatial:
+            if node is None or node.is_input:
                 continue
             if only is not None and anc[nid] != only:
+                continue
+            if not node.spatial:
+                found = token_pick(node, only) if grid_of(node, token_grid) else None
+                if found is not None:
+                    return found
                 continue
             if node.kind in _POOLING and len(node.inputs) == 1:
                 prev = by_id[node.inputs[0]]
                 if prev.spatial and not prev.is_input and (only is None or anc[prev.id] == only):
-                    return prev, node
+                    return prev, ("pool", node)
             return node, None
         return None
 
     chosen: list[GraphNode] = []
-    why: dict[str, tuple[GraphNode, GraphNode | None, list[str], list[str]]] = {}
+    why: dict[str, tuple[GraphNode, _Via, list[str], list[str]]] = {}
     missing: list[int] = []
     image_inputs = [i for i, nid in enumerate(graph.inputs) if by_id[nid].spatial]
     if not image_inputs:
@@ -248,21 +333,52 @@ def choose_layers(graph: LayerGraph, outputs: Sequence[int] | None = None) -> La
             "layer=..., or use a pixel-attribution method."
         )
     reasons = [
-        _reason(node, pooled, " and ".join(src), out_name, ", ".join(labels))
-        for node, pooled, src, labels in why.values()
+        _reason(node, via, " and ".join(src), out_name, ", ".join(labels), grid_of(node, token_grid))
+        for node, via, src, labels in why.values()
     ]
     return LayerChoice(chosen, "; ".join(reasons))
 
 
-def _reason(node: GraphNode, pooled: GraphNode | None, source: str, out_name: str, labels: str) -> str:
-    if pooled is None:
+def _ancestors(graph: LayerGraph, sinks: Sequence[int]) -> set[int]:
+    by_id = {n.id: n for n in graph.nodes}
+    seen: set[int] = set()
+    stack = [s for s in sinks if s in by_id]
+    while stack:
+        nid = stack.pop()
+        if nid not in seen:
+            seen.add(nid)
+            stack.extend(by_id[nid].inputs)
+    return seen
+
+
+def _reason(
+    node: GraphNode, via: _Via, source: str, out_name: str, labels: str, grid: TokenGrid | None
+) -> str:
+    shape = _shape_str(node.shape)
+    if grid is not None:
+        extra = f"{grid.extra} extra + " if grid.extra else ""
+        shape += f" tokens = {extra}{grid.height}x{grid.width} patches"
+    if via is None:
         return (
-            f"{labels} ({node.kind}, {_shape_str(node.shape)}): the deepest layer with a "
+            f"{labels} ({node.kind}, {shape}): the deepest layer with a "
             f"spatial output that every path from {source} to output {out_name} passes through"
         )
+    how, other = via
+    if how == "mix":
+        return (
+            f"{labels} ({node.kind}, {shape}): the input of {other.path} ({other.kind}), the last "
+            f"layer that mixes tokens on the way from {source} to output {out_name}; every path "
+            "from the patch tokens to the output passes through it, while later token layers "
+            "reach the output only through the class token (their gradient is zero at the patches)"
+        )
+    if how == "tokens":
+        return (
+            f"{labels} ({node.kind}, {shape}): the deepest token layer on every path from "
+            f"{source} to output {out_name}; {other.path} ({other.kind}) pools its tokens"
+        )
     return (
-        f"{labels} ({node.kind}, {_shape_str(node.shape)}): feeds the pooling layer "
-        f"{pooled.path} ({_shape_str(pooled.shape)}), the deepest spatial layer on every path "
+        f"{labels} ({node.kind}, {shape}): feeds the pooling layer "
+        f"{other.path} ({_shape_str(other.shape)}), the deepest spatial layer on every path "
         f"from {source} to output {out_name}; same content at a finer resolution"
     )
 
@@ -399,11 +515,13 @@ class LayerReport:
         p.text(str(self))
 
 
-def layer_report(graph: LayerGraph, outputs: Sequence[int] | None = None) -> LayerReport:
-    """Build the :class:`LayerReport` for ``graph``."""
+def layer_report(
+    graph: LayerGraph, outputs: Sequence[int] | None = None, token_grid: object = None
+) -> LayerReport:
+    """Build the :class:`LayerReport` for ``graph`` (``token_grid`` as in :func:`choose_layers`)."""
     notes: list[str] = []
     try:
-        choice = choose_layers(graph, outputs)
+        choice = choose_layers(graph, outputs, token_grid)
         chosen_paths, reason = choice.paths, choice.reason
         chosen_labels = [n.label for n in choice.nodes]
     except ValueError as exc:
@@ -424,7 +542,8 @@ def layer_report(graph: LayerGraph, outputs: Sequence[int] | None = None) -> Lay
         row = rows.get(n.path)
         if row is None:
             rows[n.path] = LayerRow(
-                n.path, 1, n.kind, _shape_str(n.shape), n.spatial, n.id in dominating,
+                n.path, 1, n.kind, _shape_str(n.shape),
+                n.spatial or grid_of(n, token_grid) is not None, n.id in dominating,
                 n.path in chosen_paths,
             )
         else:

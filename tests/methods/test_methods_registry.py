@@ -23,7 +23,7 @@ def test_gradcampp_spellings(spelling: str) -> None:
 def test_unknown_name_lists_suggestions() -> None:
     with pytest.raises(ValueError, match="Did you mean.*'gradcam'") as info:
         get_method("gradcan")
-    assert "Available: cam, eigencam" in str(info.value)
+    assert "Available: ablationcam, cam, eigencam" in str(info.value)
 
 
 def test_method_instance_is_passed_through() -> None:
@@ -33,14 +33,26 @@ def test_method_instance_is_passed_through() -> None:
 
 def test_available_methods_lists_every_method() -> None:
     assert available_methods() == [
+        "ablationcam",
         "cam",
         "eigencam",
         "eigengradcam",
+        "fastscorecam",
         "gradcam",
         "gradcam++",
+        "guidedbackprop",
+        "guidedgradcam",
         "hirescam",
+        "integratedgradients",
+        "iscam",
         "layercam",
+        "occlusion",
+        "rise",
+        "saliency",
         "scorecam",
+        "smoothgrad",
+        "smoothgradcam++",
+        "sscam",
         "xgradcam",
     ]
 

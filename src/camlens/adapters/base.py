@@ -9,14 +9,14 @@ returns is numpy, channels-last.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..layers import GraphNode, LayerGraph
 from ..targets import Target
 
-__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs"]
+__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants"]
 
 
 @dataclass
@@ -65,6 +65,27 @@ class ModelAdapter(Protocol):
     def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray: ...
 
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray: ...
+
+    def site_scorer(
+        self, inputs: list[np.ndarray], node: GraphNode, target: Target
+    ) -> Callable[[np.ndarray], np.ndarray]: ...
+
+    def input_gradients(
+        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def descendants(graph: LayerGraph, nid: int) -> set[int]:
+    """Every node computed from node ``nid`` (not ``nid`` itself)."""
+    succ = graph.successors()
+    seen: set[int] = set()
+    stack = list(succ[nid])
+    while stack:
+        m = stack.pop()
+        if m not in seen:
+            seen.add(m)
+            stack.extend(succ[m])
+    return seen
 
 
 def _shape_str(shape: Sequence[int | None]) -> str:

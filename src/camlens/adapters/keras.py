@@ -19,11 +19,13 @@ import numpy as np
 
 from ..layers import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
-from .base import Capture, InputSpec, SiteCapture, check_inputs
+from .base import Capture, InputSpec, SiteCapture, check_inputs, descendants
 
 __all__ = ["KerasAdapter", "is_keras_model"]
 
 _MISSING = object()
+
+Source = tuple[int, int]  # (graph node id, which of its outputs)
 
 
 def is_keras_model(model: Any) -> bool:
@@ -73,6 +75,9 @@ class KerasAdapter:
         self._graph: LayerGraph | None = None
         self._ops: dict[int, Any] = {}
         self._channels_first: set[int] = set()
+        # for each graph node that is a call: the Keras node and where its input tensors come from
+        self._calls: dict[int, tuple[Any, list[Source]]] = {}
+        self._output_srcs: list[Source] = []
 
     # ------------------------------------------------------------------ graph
     def _top(self) -> Any:
@@ -115,27 +120,30 @@ class KerasAdapter:
                 self._channels_first.add(nid)
             return nid
 
-        def walk(fmodel: Any, prefix: str, input_ids: list[int]) -> list[int]:
-            tensor_node: dict[int, int] = {id(x): n for x, n in zip(fmodel.inputs, input_ids)}
+        # Each Keras tensor is known as (graph node, which of its outputs): the pairs let
+        # ``_run_nodes`` replay any part of the expanded graph.
+        def walk(fmodel: Any, prefix: str, sources: list[Source]) -> list[Source]:
+            tensor_src: dict[int, Source] = {id(x): s for x, s in zip(fmodel.inputs, sources)}
             for depth in sorted(fmodel._nodes_by_depth, reverse=True):
                 for node in fmodel._nodes_by_depth[depth]:
                     if not node.operation or node.is_input:
                         continue
-                    if any(id(x) not in tensor_node for x in node.input_tensors):
+                    if any(id(x) not in tensor_src for x in node.input_tensors):
                         continue
                     op = fmodel._get_operation_for_node(node)
-                    preds = [tensor_node[id(x)] for x in node.input_tensors]
+                    srcs = [tensor_src[id(x)] for x in node.input_tensors]
                     inner = _inner_graph(op)
                     if inner is not None:
-                        outs = walk(inner, f"{prefix}{op.name}/", preds)
-                        aliases[prefix + op.name].append(outs[0])
+                        outs = walk(inner, f"{prefix}{op.name}/", srcs)
+                        aliases[prefix + op.name].append(outs[0][0])
                     else:
                         shape = node.outputs[0].shape if node.outputs else None
-                        nid = add(prefix + op.name, op, shape, preds)
-                        outs = [nid] * len(node.outputs)
+                        nid = add(prefix + op.name, op, shape, list(dict.fromkeys(s[0] for s in srcs)))
+                        self._calls[nid] = (node, srcs)
+                        outs = [(nid, k) for k in range(len(node.outputs))]
                     for x, o in zip(node.outputs, outs):
-                        tensor_node[id(x)] = o
-            return [tensor_node[id(x)] for x in fmodel.outputs]
+                        tensor_src[id(x)] = o
+            return [tensor_src[id(x)] for x in fmodel.outputs]
 
         input_ids = []
         input_names = []
@@ -143,9 +151,14 @@ class KerasAdapter:
             op = x._keras_history.operation
             input_names.append(op.name)
             input_ids.append(add(op.name, op, x.shape, [], is_input=True, input_index=i))
-        outputs = walk(top, "", input_ids)
+        self._output_srcs = walk(top, "", [(i, 0) for i in input_ids])
         return LayerGraph(
-            nodes, input_ids, outputs, self.output_names(), input_names, aliases=dict(aliases)
+            nodes,
+            input_ids,
+            [s[0] for s in self._output_srcs],
+            self.output_names(),
+            input_names,
+            aliases=dict(aliases),
         )
 
     def input_specs(self) -> list[InputSpec]:
@@ -194,9 +207,14 @@ class KerasAdapter:
         """``(N,)`` target scores, no gradient: for methods that rerun the model."""
         import keras
 
-        with self._logit_patch(target) if target.wants_logits else contextlib.nullcontext():
-            outs = self._call(inputs)
-            scores = target.score(outs, self.graph().output_names, keras.ops)
+        graph = self.graph()
+        with _no_grad(self.backend), (
+            self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        ):
+            values = self._input_values(inputs)
+            self._run_nodes(values, [n.id for n in graph.nodes if not n.is_input], lean=True)
+            outs = [_pick(values[n], k) for n, k in self._output_srcs]
+            scores = target.score(outs, graph.output_names, keras.ops)
         return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
 
     def capture(
@@ -216,11 +234,8 @@ class KerasAdapter:
         expected = {
             key: sum(1 for m in graph.nodes if id(self._ops[m.id]) == key) for key in wanted
         }
-        grad_fn = _GRADIENT_FUNCTIONS.get(self.backend)
-        if grad_fn is None:
-            raise NotImplementedError(
-                f"the Keras {self.backend!r} backend is not supported; use tensorflow, jax or torch"
-            )
+        grad_fn = self._gradient_function()
+
         def logit_patch() -> contextlib.AbstractContextManager[Any]:
             # a fresh context each run: jax runs the model twice
             return self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
@@ -269,6 +284,123 @@ class KerasAdapter:
             )
         return Capture(out_np, score_np, sites)
 
+    def input_gradients(
+        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With ``guided`` every
+        ReLU of the model passes back only positive gradients at positive inputs (Guided
+        Backpropagation) while this call runs."""
+        import keras
+
+        graph = self.graph()
+        grad_fn = self._gradient_function()
+        key: Key = (-1, which)
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+            xs[which] = make_probe(key, xs[which])
+            patches = contextlib.ExitStack()
+            with patches:
+                if target.wants_logits:
+                    patches.enter_context(self._logit_patch(target))
+                if guided:
+                    patches.enter_context(_guided_relus(self.backend, self._ops.values()))
+                outs = self._call(xs)
+                scores = target.score(outs, graph.output_names, keras.ops)
+            return outs, scores, {key: xs[which]}
+
+        _, scores, _, grads = grad_fn(run, True)
+        g = np.asarray(grads[key], dtype=np.float32)
+        return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def _gradient_function(self) -> Callable[..., Any]:
+        grad_fn = _GRADIENT_FUNCTIONS.get(self.backend)
+        if grad_fn is None:
+            raise NotImplementedError(
+                f"the Keras {self.backend!r} backend is not supported; use tensorflow, jax or torch"
+            )
+        return grad_fn
+
+    def site_scorer(
+        self, inputs: list[np.ndarray], node: GraphNode, target: Target
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """For one sample (``inputs`` with batch 1): a function from replacement activations
+        ``(B, h, w, C)`` at ``node`` to the target scores ``(B,)``.
+
+        Only the layers after ``node`` run on the replacements: the values they need from
+        elsewhere (another input's branch) are computed once here, at batch 1, and repeated.
+        Layers are replayed from the model's own nodes, so the result is what the whole model
+        gives with ``node``'s output replaced.
+        """
+        import keras
+
+        graph = self.graph()
+        if node.id not in self._calls:
+            raise ValueError(f"{node.path!r} is not a layer call that can be replaced")
+        after = descendants(graph, node.id)
+        needed = {p for d in after for p in graph.nodes[d].inputs if p not in after and p != node.id}
+        before = [n.id for n in graph.nodes if not n.is_input and n.id not in after and n.id != node.id]
+        with _no_grad(self.backend):
+            values = self._input_values(inputs)
+            self._run_nodes(values, before)
+        cached = {p: values[p] for p in needed}
+        names = graph.output_names
+        order = sorted(after)
+        channels_first = node.id in self._channels_first
+
+        def score(acts: np.ndarray) -> np.ndarray:
+            a = np.asarray(acts, dtype=np.float32)
+            if channels_first:
+                a = np.moveaxis(a, -1, 1)
+            b = a.shape[0]
+            vals: dict[int, Any] = {p: _repeat(v, b) for p, v in cached.items()}
+            vals[node.id] = keras.ops.convert_to_tensor(a)
+            with _no_grad(self.backend), (
+                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+            ):
+                self._run_nodes(vals, order, lean=True)
+                outs = [_pick(vals[n], k) for n, k in self._output_srcs]
+                s = target.score(outs, names, keras.ops)
+            return np.asarray(keras_to_numpy(s), np.float32).reshape(-1)
+
+        return score
+
+    def _input_values(self, inputs: Sequence[np.ndarray]) -> dict[int, Any]:
+        import keras
+
+        graph = self.graph()
+        return {nid: keras.ops.convert_to_tensor(a) for nid, a in zip(graph.inputs, inputs)}
+
+    def _run_nodes(self, values: dict[int, Any], todo: Sequence[int], lean: bool = False) -> None:
+        """Call the layers of the graph nodes ``todo`` (in graph order) as the model calls
+        them, reading their inputs from ``values`` and writing their outputs there.
+
+        ``lean``: drop each value once its last reader has run (the model outputs stay), so
+        memory holds a few layers' activations instead of all of them, as Keras' own run
+        keeps them to the end."""
+        import keras
+
+        last: dict[int, int] = {}
+        if lean:
+            keep = {n for n, _ in self._output_srcs}
+            for nid in todo:
+                for p, _ in self._calls[nid][1]:
+                    if p not in keep:
+                        last[p] = nid
+        for nid in todo:
+            knode, srcs = self._calls[nid]
+            op = self._ops[nid]
+            tensors = {id(x): _pick(values[p], k) for x, (p, k) in zip(knode.input_tensors, srcs)}
+            args, kwargs = knode.arguments.fill_in(tensors)
+            if "training" in getattr(op, "_call_context_args", ()):
+                kwargs["training"] = False
+            flat = keras.tree.flatten(op(*args, **kwargs))
+            values[nid] = flat[0] if len(flat) == 1 else flat
+            del tensors, args, kwargs
+            for p, _ in self._calls[nid][1]:
+                if last.get(p) == nid:
+                    values.pop(p, None)
+
     # ------------------------------------------------------------------ heads
     def _logit_patch(self, target: Target) -> contextlib.AbstractContextManager[None]:
         """Skip the final softmax/sigmoid of the explained output(s) while explaining."""
@@ -313,6 +445,27 @@ class KerasAdapter:
         return True
 
 
+def _pick(value: Any, k: int) -> Any:
+    return value[k] if isinstance(value, list) else value
+
+
+def _repeat(value: Any, n: int) -> Any:
+    import keras
+
+    if isinstance(value, list):
+        return [_repeat(v, n) for v in value]
+    return keras.ops.repeat(value, n, axis=0) if n != 1 else value
+
+
+def _no_grad(backend: str) -> contextlib.AbstractContextManager[Any]:
+    """No autograd graph for runs that need no gradient (only the torch backend builds one)."""
+    if backend == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
 def keras_to_numpy(x: Any) -> np.ndarray:
     import keras
 
@@ -351,6 +504,73 @@ def _probes(ops: Sequence[Any], on_call: Callable[[Any, Any], Any]) -> contextli
         return wrapper
 
     return _instance_attrs([(op, "call", wrap(op)) for op in ops])
+
+
+def _guided_relus(backend: str, ops: Any) -> contextlib.AbstractContextManager[None]:
+    """Swap every ReLU of the model (``activation="relu"``/``"relu6"`` of any layer, an
+    ``Activation`` layer, a plain ``ReLU`` layer) for one with the Guided Backpropagation
+    gradient, on the instances, while the block runs."""
+    changes: list[tuple[Any, str, Any]] = []
+    seen: set[int] = set()
+    for op in ops:
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        act = getattr(op, "activation", None)
+        name = getattr(act, "__name__", "")
+        if type(op).__name__ == "ReLU":
+            if float(getattr(op, "negative_slope", 0) or 0) == 0 and float(getattr(op, "threshold", 0) or 0) == 0:
+                top = getattr(op, "max_value", None)
+                fn = guided_relu(backend, None if top is None else float(top))
+                changes.append((op, "call", lambda x, *a, __fn=fn, **k: __fn(x)))
+        elif name in ("relu", "relu6") and callable(act):
+            changes.append((op, "activation", guided_relu(backend, 6.0 if name == "relu6" else None)))
+    return _instance_attrs(changes)
+
+
+def guided_relu(backend: str, max_value: float | None = None) -> Callable[[Any], Any]:
+    """``min(max(x, 0), max_value)`` whose gradient passes only positive gradients at inputs
+    inside ``(0, max_value)`` (Springenberg et al., "Striving for Simplicity", 2015)."""
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.custom_gradient
+        def tf_guided(x: Any) -> Any:
+            y = tf.nn.relu(x) if max_value is None else tf.clip_by_value(x, 0.0, max_value)
+
+            def grad(dy: Any) -> Any:
+                gate = tf.logical_and(x > 0, dy > 0)
+                if max_value is not None:
+                    gate = tf.logical_and(gate, x < max_value)
+                return dy * tf.cast(gate, dy.dtype)
+
+            return y, grad
+
+        return tf_guided
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        @jax.custom_vjp
+        def jax_guided(x: Any) -> Any:
+            return jnp.maximum(x, 0) if max_value is None else jnp.clip(x, 0, max_value)
+
+        def fwd(x: Any) -> tuple[Any, Any]:
+            return jax_guided(x), x
+
+        def bwd(x: Any, dy: Any) -> tuple[Any]:
+            gate = (x > 0) & (dy > 0)
+            if max_value is not None:
+                gate = gate & (x < max_value)
+            return (dy * gate.astype(dy.dtype),)
+
+        jax_guided.defvjp(fwd, bwd)
+        return jax_guided
+    if backend == "torch":
+        from .torch import guided_relu_torch
+
+        return lambda x: guided_relu_torch(x, max_value)
+    raise NotImplementedError(f"Guided Backpropagation on the Keras {backend!r} backend")
 
 
 _SQUASHING = ("softmax", "sigmoid", "log_softmax")

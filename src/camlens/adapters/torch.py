@@ -108,6 +108,8 @@ class TorchAdapter:
         self._example: list[np.ndarray] | None = None
         self._modules = dict(module.named_modules())
         self._node_module: dict[int, str] = {}
+        self._gm: Any = None  # the fx GraphModule, when the module could be traced
+        self._fx_node: dict[int, str] = {}  # graph node id -> fx node name
 
     # ------------------------------------------------------------------ inputs
     def input_specs(self) -> list[InputSpec]:
@@ -183,6 +185,7 @@ class TorchAdapter:
                 self._graph = self._run_order_graph()
             else:
                 self._graph = self._fx_graph(traced)
+                self._gm = traced
         return self._graph
 
     def _fx_graph(self, gm: Any) -> LayerGraph:
@@ -229,6 +232,7 @@ class TorchAdapter:
                     kind = getattr(node.target, "__name__", str(node.target))
                 nid = len(nodes)
                 ids[node.name] = nid
+                self._fx_node[nid] = node.name
                 nodes.append(GraphNode(nid, path, calls[path], kind, shape, preds))
                 calls[path] += 1
                 if node.op == "call_module":
@@ -360,6 +364,150 @@ class TorchAdapter:
         out_np = [o.detach().cpu().float().numpy() for o in outs]
         return Capture(out_np, score_np, sites)
 
+    def input_gradients(
+        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``, channels-last. With
+        ``guided`` every ``nn.ReLU``/``nn.ReLU6`` module passes back only positive gradients
+        at positive inputs (Guided Backpropagation) while this call runs."""
+        import torch
+
+        graph = self.graph()
+        tensors = self._tensors(inputs)
+        x = tensors[which].requires_grad_(True)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_eval_mode(self.model))
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(self._logit_patch(target))
+            if guided:
+                stack.enter_context(self._guided_relus())
+            out = self.model(*tensors)
+            scores = target.score([o for _, o in _flatten_output_arg(out)], graph.output_names, _TorchOps)
+            (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
+        grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
+            g.detach().cpu().float().numpy(), 1, -1
+        )
+        return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
+
+    def _guided_relus(self) -> contextlib.AbstractContextManager[None]:
+        import torch
+
+        if self._gm is not None:
+            functional = [
+                n.name for n in self._gm.graph.nodes
+                if (n.op == "call_function" and getattr(n.target, "__name__", "") in ("relu", "relu_", "relu6"))
+                or (n.op == "call_method" and n.target in ("relu", "relu_"))
+            ]
+            if functional:
+                warnings.warn(
+                    f"{len(functional)} ReLU(s) called as functions in forward() "
+                    f"({', '.join(functional[:3])}{'...' if len(functional) > 3 else ''}) keep their "
+                    "plain gradient; Guided Backpropagation swaps the rule of nn.ReLU and nn.ReLU6 "
+                    "modules only",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        mods = [
+            (m, 6.0 if isinstance(m, torch.nn.ReLU6) else None)
+            for m in self.model.modules()
+            if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))
+        ]
+        return _instance_forwards([(m, lambda x, __top=top: guided_relu_torch(x, __top)) for m, top in mods])
+
+    def site_scorer(
+        self, inputs: list[np.ndarray], node: GraphNode, target: Target
+    ) -> Any:
+        """For one sample (``inputs`` with batch 1): a function from replacement activations
+        ``(B, h, w, C)`` at ``node`` to the target scores ``(B,)``.
+
+        With an fx graph only the nodes after ``node`` run on the replacements (the values
+        they need from elsewhere are computed once per batch size and kept); without one the
+        whole module runs with ``node``'s output replaced by a forward hook.
+        """
+        import torch
+
+        graph = self.graph()
+        mod = self._module_for(node)
+        names = graph.output_names
+        tensors_1 = self._tensors(inputs)
+        if self._gm is None:
+            def whole(acts: np.ndarray) -> np.ndarray:
+                b = acts.shape[0]
+                repl = self._activation_tensor(acts, tensors_1[0])
+                count = [0]
+
+                def hook(m: Any, args: Any, out: Any) -> Any:
+                    k = count[0]
+                    count[0] += 1
+                    return repl if k == node.call else None
+
+                handle = mod.register_forward_hook(hook)
+                try:
+                    with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+                        out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
+                        s = target.score([o for _, o in _flatten_output_arg(out)], names, _TorchOps)
+                finally:
+                    handle.remove()
+                return s.detach().cpu().float().numpy().reshape(-1)
+
+            return whole
+
+        fx_nodes = list(self._gm.graph.nodes)
+        start = self._fx_node[node.id]
+        after: set[str] = set()
+        frontier = [n for n in fx_nodes if n.name == start]
+        while frontier:
+            for u in frontier.pop().users:
+                if u.name not in after:
+                    after.add(u.name)
+                    frontier.append(u)
+        needed = {a.name for n in fx_nodes if n.name in after for a in n.all_input_nodes
+                  if a.name not in after and a.name != start}
+        caches: dict[int, dict[str, Any]] = {}
+        gm = self._gm
+
+        class Replay(torch.fx.Interpreter):
+            def __init__(self, mode: str, values: dict[str, Any]) -> None:
+                super().__init__(gm)
+                self.mode, self.values = mode, values
+
+            def run_node(self, n: Any) -> Any:
+                if self.mode == "record":
+                    if n.name in after or n.name == start:
+                        return None
+                    out = super().run_node(n)
+                    if n.name in needed:
+                        self.values[n.name] = out
+                    return out
+                if n.name == start:
+                    return self.values[start]
+                if n.name in after:
+                    return super().run_node(n)
+                return self.values.get(n.name)
+
+        def score(acts: np.ndarray) -> np.ndarray:
+            b = acts.shape[0]
+            with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+                if b not in caches:
+                    caches[b] = {}
+                    Replay("record", caches[b]).run(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
+                values = dict(caches[b])
+                values[start] = self._activation_tensor(acts, tensors_1[0])
+                out = Replay("replay", values).run(*[None] * len(tensors_1))
+                s = target.score([o for _, o in _flatten_output_arg(out)], names, _TorchOps)
+            return s.detach().cpu().float().numpy().reshape(-1)
+
+        return score
+
+    @staticmethod
+    def _activation_tensor(acts: np.ndarray, like: Any) -> Any:
+        import torch
+
+        a = np.asarray(acts, dtype=np.float32)
+        if a.ndim == 4:
+            a = np.moveaxis(a, -1, 1)
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device=like.device, dtype=like.dtype)
+
     def _logit_patch(self, target: Target) -> contextlib.AbstractContextManager[Any]:
         """Skip a final Softmax/Sigmoid module for Logit targets (torch models usually end
         in logits already; then there is nothing to skip)."""
@@ -427,6 +575,58 @@ def _eval_mode(model: Any) -> Iterator[None]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextlib.contextmanager
+def _instance_forwards(changes: Sequence[tuple[Any, Any]]) -> Iterator[None]:
+    """Give each module its own ``forward`` while the block runs; the instance attribute is
+    removed again afterwards (also after an exception)."""
+    done: list[tuple[Any, Any]] = []
+    try:
+        for mod, fn in changes:
+            done.append((mod, mod.__dict__.get("forward", _UNSET)))
+            mod.forward = fn
+        yield
+    finally:
+        for mod, old in reversed(done):
+            if old is _UNSET:
+                del mod.forward
+            else:
+                mod.forward = old
+
+
+_UNSET = object()
+
+
+def guided_relu_torch(x: Any, max_value: float | None = None) -> Any:
+    """ReLU (or ReLU clipped at ``max_value``) with the Guided Backpropagation gradient."""
+    return _guided_relu_function().apply(x, max_value)
+
+
+_GUIDED: list[Any] = []
+
+
+def _guided_relu_function() -> Any:
+    if not _GUIDED:
+        import torch
+
+        class GuidedReLU(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, x: Any, max_value: float | None) -> Any:
+                ctx.save_for_backward(x)
+                ctx.max_value = max_value
+                return x.clamp(min=0) if max_value is None else x.clamp(0, max_value)
+
+            @staticmethod
+            def backward(ctx: Any, dy: Any) -> Any:
+                (x,) = ctx.saved_tensors
+                gate = (x > 0) & (dy > 0)
+                if ctx.max_value is not None:
+                    gate = gate & (x < ctx.max_value)
+                return dy * gate.to(dy.dtype), None
+
+        _GUIDED.append(GuidedReLU)
+    return _GUIDED[0]
 
 
 @contextlib.contextmanager

@@ -1,13 +1,16 @@
 """CAM methods: numpy functions of a layer's activations and gradients, registered by name."""
 
 from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register
+from .ablationcam import AblationCAM
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
 from .gradcam import GradCAM
-from .gradcampp import GradCAMPlusPlus
+from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
 from .layercam import LayerCAM
-from .scorecam import ScoreCAM
+from .perturbation import RISE, Occlusion
+from .pixel import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad, guided_gradcam
+from .scorecam import ISCAM, SSCAM, FastScoreCAM, ScoreCAM
 from .xgradcam import XGradCAM
 
 __all__ = [
@@ -28,4 +31,17 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "ScoreCAM",
+    "FastScoreCAM",
+    "SSCAM",
+    "ISCAM",
+    "AblationCAM",
+    "SmoothGradCAMPlusPlus",
+    "Saliency",
+    "SmoothGrad",
+    "IntegratedGradients",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "guided_gradcam",
+    "Occlusion",
+    "RISE",
 ]

@@ -1,11 +1,39 @@
-"""Score-CAM."""
+"""Score-CAM and its variants: Faster Score-CAM (top-k channels), SS-CAM (smoothed), IS-CAM
+(integrated).
+
+All four weight channel ``c`` by ``softmax_c(s)`` where ``s_c`` is the target score of the image
+multiplied by the channel's mask ``H_c`` (averaged over a few modified copies in SS-CAM and
+IS-CAM). They share :func:`normalised_masks` and one scoring loop, which builds at most
+``batch_size`` masked copies at a time whatever the channel count: with the 1280 channels of
+EfficientNet-Lite0 at 224 px, all masked copies at once would take 770 MB.
+"""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 from ..viz import resize_bilinear
+from ._checks import non_negative, positive_int, seed_or_none
 from .base import CAMMethod, SiteData, register
+
+__all__ = ["normalised_masks", "ScoreCAM", "FastScoreCAM", "SSCAM", "ISCAM"]
+
+
+def normalised_masks(acts: np.ndarray, channels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``(K, H, W)`` Score-CAM masks of ``channels`` (``K`` indices) of one sample's ``(h, w, C)``
+    activations: each channel upsampled bilinearly to ``size`` and min-max scaled to [0, 1].
+    A constant channel gives an all-zero mask (no division by zero)."""
+    masks = resize_bilinear(np.moveaxis(acts[..., channels], -1, 0), size)
+    low = masks.min(axis=(1, 2), keepdims=True)
+    span = masks.max(axis=(1, 2), keepdims=True) - low
+    return np.divide(masks - low, span, out=np.zeros_like(masks), where=span > 0)
+
+
+def _softmax(s: np.ndarray) -> np.ndarray:
+    w = np.exp(s - s.max())
+    return w / w.sum()
 
 
 @register
@@ -18,8 +46,8 @@ class ScoreCAM(CAMMethod):
     ``H_c = minmax(upsample(A[n, :, :, c]))`` (bilinear to the input size, scaled to [0, 1]);
     ``s_c = S(x * H_c)``, the target score of the masked image; ``w = softmax_c(s)``;
     map ``= relu(sum_c w_c A[n, :, :, c])``. A constant channel gives an all-zero mask (no
-    division by zero). Masked copies are built and scored ``batch_size`` channels at a time,
-    so memory stays at ``batch_size`` images whatever the channel count.
+    division by zero). Masked copies are built and scored ``batch_size`` at a time, so memory
+    stays at ``batch_size`` images whatever the channel count.
 
     The masks are upsampled with half-pixel centres, as camlens upsamples every map
     (pytorch-grad-cam upsamples Score-CAM masks with ``align_corners=True``).
@@ -40,34 +68,228 @@ class ScoreCAM(CAMMethod):
     needs_model = True
 
     def __init__(self, batch_size: int = 32) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = positive_int(self.name, "batch_size", batch_size)
 
-    def channel_scores(self, data: SiteData, n: int) -> np.ndarray:
-        """``(C,)`` target scores of sample ``n``'s image masked by each channel."""
+    # --- what the variants override -------------------------------------------------------
+
+    @property
+    def copies_per_channel(self) -> int:
+        """How many modified copies of each masked image are scored (their scores averaged)."""
+        return 1
+
+    def scored_channels(self, acts: np.ndarray) -> np.ndarray:
+        """Sorted indices of the channels of one sample's ``(h, w, C)`` activations that are
+        scored; the others get weight 0."""
+        return np.arange(acts.shape[-1])
+
+    def masked_copies(
+        self,
+        image: np.ndarray,
+        masks: np.ndarray,
+        channels: np.ndarray,
+        copies: np.ndarray,
+        key: tuple[int, ...],
+    ) -> np.ndarray:
+        """``(B, H, W, c)`` images to score: ``image`` times ``masks[b]``, the mask of channel
+        ``channels[b]``, for copy number ``copies[b]``; ``key`` seeds any noise."""
+        return image[None] * masks[..., None]
+
+    def _entropy(self) -> int | None:
+        return None
+
+    # --- the shared loop ------------------------------------------------------------------
+
+    def channel_scores(self, data: SiteData, n: int, channels: np.ndarray | None = None) -> np.ndarray:
+        """``(K,)`` target scores of sample ``n``'s image masked by each of ``channels``
+        (default: all), averaged over the method's copies of each."""
+        return self._channel_scores(data, n, channels, self._entropy())
+
+    def _channel_scores(
+        self, data: SiteData, n: int, channels: np.ndarray | None, entropy: int | None
+    ) -> np.ndarray:
         assert data.images is not None and data.score is not None
         acts = np.asarray(data.activations[n], dtype=np.float32)
         image = np.asarray(data.images[n], dtype=np.float32)
-        size = image.shape[:2]
-        scores = []
-        for start in range(0, acts.shape[-1], self.batch_size):
-            chunk = np.moveaxis(acts[..., start : start + self.batch_size], -1, 0)
-            masks = resize_bilinear(chunk, size)
-            low = masks.min(axis=(1, 2), keepdims=True)
-            span = masks.max(axis=(1, 2), keepdims=True) - low
-            masks = np.divide(masks - low, span, out=np.zeros_like(masks), where=span > 0)
-            scores.append(np.asarray(data.score(n, image[None] * masks[..., None]), dtype=np.float64))
-        return np.concatenate(scores)
+        if image.ndim != 3:
+            raise ValueError(f"{self.name}: images must be (N, H, W, c); got sample shape {image.shape}")
+        chans = np.arange(acts.shape[-1]) if channels is None else np.asarray(channels, dtype=np.intp)
+        reps = self.copies_per_channel
+        total = len(chans) * reps
+        sums = np.zeros(len(chans), dtype=np.float64)
+        # Copies run channel-major: copy j is copy j % reps of channel j // reps. Only the masks
+        # of this chunk's channels are built, so memory is bounded by batch_size, not by C.
+        for start in range(0, total, self.batch_size):
+            job = np.arange(start, min(start + self.batch_size, total))
+            which, copy = np.divmod(job, reps)
+            first = int(which[0])
+            masks = normalised_masks(acts, chans[first : int(which[-1]) + 1], image.shape[:2])
+            batch = self.masked_copies(
+                image, masks[which - first], chans[which], copy, (n,) if entropy is None else (entropy, n)
+            )
+            s = np.asarray(data.score(n, batch), dtype=np.float64).reshape(-1)
+            if s.shape != (len(job),):
+                raise ValueError(
+                    f"{self.name}: score(n, batch) must return one score per copy, {len(job)}; got "
+                    f"shape {s.shape}"
+                )
+            np.add.at(sums, which, s)
+        return sums / reps
 
     def __call__(self, data: SiteData) -> np.ndarray:
         acts, _ = self._checked(data)
         if data.images is None or data.score is None:
-            raise ValueError("scorecam runs the model on masked images: it needs images and score")
+            raise ValueError(f"{self.name} runs the model on masked images: it needs images and score")
+        entropy = self._entropy()  # one per call; each sample's noise is keyed by its index too
         out = np.zeros(acts.shape[:3], dtype=np.float32)
         for n in range(acts.shape[0]):
-            s = self.channel_scores(data, n)
-            w = np.exp(s - s.max())
-            w /= w.sum()
-            out[n] = np.maximum(np.einsum("hwc,c->hw", acts[n], w.astype(np.float32)), 0.0)
+            chans = self.scored_channels(acts[n])
+            w = np.zeros(acts.shape[-1], dtype=np.float32)
+            w[chans] = _softmax(self._channel_scores(data, n, chans, entropy))
+            out[n] = np.maximum(np.einsum("hwc,c->hw", acts[n], w), 0.0)
         return out
+
+
+@register
+class FastScoreCAM(ScoreCAM):
+    """Faster Score-CAM: Score-CAM over the ``k`` channels of largest spatial variance only.
+
+    The channel selection of "Faster Score-CAM" (https://github.com/tabayashi0117/Score-CAM,
+    2020, also in tf-keras-vis); the weights are Score-CAM's:
+    ``V_c = var_ij A[n, i, j, c]``; the ``k`` channels of largest ``V_c`` (ties: the lower
+    index) are scored as in Score-CAM and ``w = softmax`` over them; every other channel gets
+    ``w_c = 0``. A low-variance channel is nearly flat: it adds little spatial detail to the
+    map (``w_c`` is at most 1) yet costs a model run like any other. ``k = 64`` by default: 1280
+    model runs become 64 for EfficientNet-Lite0 (``benchmarks/scorecam_memory.py`` measures
+    what that costs in faithfulness). With ``k >= C`` it is Score-CAM exactly.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from camlens.methods import FastScoreCAM, SiteData
+        >>> A = np.zeros((1, 2, 2, 2)); A[0, 0, 0, 0] = 1; A[0, 1, 1, 1] = 0.5   # var 3/16, 3/64
+        >>> x = np.ones((1, 2, 2, 1))
+        >>> score = lambda n, batch: batch[:, 0, 0, 0]
+        >>> FastScoreCAM(k=1)(SiteData(A, images=x, score=score))[0].tolist()   # channel 0 only
+        [[1.0, 0.0], [0.0, 0.0]]
+    """
+
+    name = "fastscorecam"
+
+    def __init__(self, k: int = 64, batch_size: int = 32) -> None:
+        super().__init__(batch_size)
+        self.k = positive_int(self.name, "k", k)
+
+    def scored_channels(self, acts: np.ndarray) -> np.ndarray:
+        var = acts.reshape(-1, acts.shape[-1]).astype(np.float64).var(axis=0)
+        return np.sort(np.argsort(-var, kind="stable")[: self.k])
+
+
+@register
+class SSCAM(ScoreCAM):
+    """SS-CAM (Smoothed Score-CAM): each channel's score averaged over noisy copies of its mask.
+
+    Wang, Naidu, Michael and Kundu, "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
+    Localization", arXiv:2006.14255, 2020.
+
+    The paper's first variant, noise on the mask (the second adds it to the masked input):
+    ``s_c = (1/N) sum_i S(x * (H_c + sigma eps_ci))`` with ``eps_ci`` standard normal noise of
+    the input's spatial size (the same for every image channel), ``N = n_samples``; then as
+    Score-CAM, ``w = softmax_c(s)``, map ``= relu(sum_c w_c A[n, :, :, c])``. ``sigma`` is in
+    mask units (masks lie in [0, 1]); the defaults are the paper's, ``N = 35``, ``sigma = 2``.
+    A constant channel's mask is zero, so its copies are pure noise times the image.
+
+    Each copy's noise is drawn from its own stream keyed by ``(seed, sample, channel, copy)``,
+    so the map does not depend on ``batch_size``; ``seed=None`` draws fresh noise per call.
+
+    Example::
+
+        >>> import numpy as np
+        >>> from camlens.methods import SSCAM, SiteData
+        >>> A = np.zeros((1, 2, 2, 2)); A[0, 0, 0, 0] = 1; A[0, 1, 1, 1] = 1
+        >>> data = SiteData(A, images=np.ones((1, 2, 2, 1)), score=lambda n, b: b[:, 0, 0, 0])
+        >>> a = SSCAM(n_samples=4, seed=0)(data); b = SSCAM(n_samples=4, seed=0, batch_size=3)(data)
+        >>> bool((a == b).all())                      # the noise does not depend on batch_size
+        True
+    """
+
+    name = "sscam"
+
+    def __init__(
+        self, n_samples: int = 35, sigma: float = 2.0, seed: int | None = None, batch_size: int = 32
+    ) -> None:
+        super().__init__(batch_size)
+        self.n_samples = positive_int(self.name, "n_samples", n_samples)
+        self.sigma = non_negative(self.name, "sigma", sigma)
+        self.seed = seed_or_none(self.name, seed)
+
+    @property
+    def copies_per_channel(self) -> int:
+        return self.n_samples
+
+    def _entropy(self) -> int | None:
+        return int(np.random.SeedSequence(self.seed).entropy)  # type: ignore[arg-type]
+
+    def masked_copies(
+        self,
+        image: np.ndarray,
+        masks: np.ndarray,
+        channels: np.ndarray,
+        copies: np.ndarray,
+        key: tuple[int, ...],
+    ) -> np.ndarray:
+        size = image.shape[:2]
+        noise = np.stack(
+            [
+                np.random.default_rng(np.random.SeedSequence(key[0], spawn_key=(*key[1:], int(c), int(i))))
+                .standard_normal(size, dtype=np.float32)
+                for c, i in zip(channels, copies)
+            ]
+        )
+        return image[None] * (masks + np.float32(self.sigma) * noise)[..., None]
+
+
+@register
+class ISCAM(ScoreCAM):
+    """IS-CAM (Integrated Score-CAM): each channel's score averaged along the path from the
+    black image to the masked image.
+
+    Naidu, Ghosh, Maurya, Nayak K and Kundu, "IS-CAM: Integrated Score-CAM for axiomatic-based
+    explanations", arXiv:2010.03023, 2020.
+
+    ``s_c = (1/N) sum_{k=1..N} S(x * (k/N) H_c)`` with ``N = n_steps`` (a right Riemann sum of
+    the integral over ``t`` in [0, 1] of ``S(x * t H_c)``, as in Integrated Gradients); then as
+    Score-CAM, ``w = softmax_c(s)``, map ``= relu(sum_c w_c A[n, :, :, c])``. ``n_steps = 10``
+    as in the paper; ``n_steps = 1`` is Score-CAM. (The paper's Algorithm 1 adds ``(k/N) H_c``
+    to a running mask, so its later steps scale the mask past 1; camlens keeps to the
+    integration path the paper describes.)
+
+    Example::
+
+        >>> import numpy as np
+        >>> from camlens.methods import ISCAM, SiteData
+        >>> A = np.zeros((1, 2, 2, 2)); A[0, 0, 0, 0] = 1; A[0, 1, 1, 1] = 1
+        >>> data = SiteData(A, images=np.ones((1, 2, 2, 1)), score=lambda n, b: b[:, 0, 0, 0])
+        >>> ISCAM(n_steps=2)(data).astype(float).round(3).tolist()   # s = (3/4, 0): softmax
+        [[[0.679, 0.0], [0.0, 0.321]]]
+    """
+
+    name = "iscam"
+
+    def __init__(self, n_steps: int = 10, batch_size: int = 32) -> None:
+        super().__init__(batch_size)
+        self.n_steps = positive_int(self.name, "n_steps", n_steps)
+
+    @property
+    def copies_per_channel(self) -> int:
+        return self.n_steps
+
+    def masked_copies(
+        self,
+        image: np.ndarray,
+        masks: np.ndarray,
+        channels: np.ndarray,
+        copies: np.ndarray,
+        key: tuple[int, ...],
+    ) -> np.ndarray:
+        scale = ((copies + 1) / self.n_steps).astype(np.float32)
+        return image[None] * (scale[:, None, None] * masks)[..., None]

@@ -1,4 +1,5 @@
-"""Visualisation of class activation maps: normalise, resize, colour, overlay, lay out, save.
+"""Visualisation of class activation maps: normalise, resize, colour, overlay, lay out, save;
+feature-map grids.
 
 Pure numpy and matplotlib (through the Agg canvas, never pyplot); matplotlib and PIL are
 imported only by the functions that use them, so importing this package stays cheap.
@@ -6,6 +7,7 @@ imported only by the functions that use them, so importing this package stays ch
 
 from .color import colorize, overlay, to_rgb_uint8
 from .figures import figure_to_png_bytes, panel, save_png
+from .grid import RANKS, feature_grid, feature_grid_array, feature_overview, rank_channels
 from .maps import NORMALIZE_MODES, normalize, resize_bilinear
 
 __all__ = [
@@ -18,4 +20,9 @@ __all__ = [
     "panel",
     "figure_to_png_bytes",
     "save_png",
+    "RANKS",
+    "rank_channels",
+    "feature_grid",
+    "feature_grid_array",
+    "feature_overview",
 ]
