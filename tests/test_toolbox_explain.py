@@ -14,16 +14,7 @@ from camlens import methods, targets
 from camlens.explain import adapt
 from hand_computed import SCORE, X
 from keras_models import one_conv_net, probe_free, small_classifier
-
-
-def torch_one_conv_net() -> nn.Module:
-    net = nn.Sequential(
-        nn.Conv2d(1, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1, bias=False)
-    )
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([2.0, -1.0]).reshape(2, 1, 1, 1))
-        net[3].weight.copy_(torch.tensor([[3.0, 1.0]]))
-    return net
+from torch_models import one_conv_net as torch_one_conv_net
 
 
 def torch_small_cnn() -> nn.Module:

@@ -11,16 +11,8 @@ import camlens
 from camlens import targets
 from camlens.explain import adapt
 from hand_computed import EXPECTED, SCORE, X
+from torch_models import one_conv_net
 
-
-def one_conv_net() -> nn.Module:
-    net = nn.Sequential(
-        nn.Conv2d(1, 2, 1, bias=False), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1, bias=False)
-    )
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([2.0, -1.0]).reshape(2, 1, 1, 1))
-        net[3].weight.copy_(torch.tensor([[3.0, 1.0]]))
-    return net
 
 
 X_NCHW = torch.from_numpy(np.moveaxis(X, -1, 1).copy())

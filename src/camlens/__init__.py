@@ -9,7 +9,7 @@ Deep-learning frameworks are imported only when a model of theirs is explained.
 """
 
 
-from . import methods, targets, tokens, viz
+from . import methods, metrics, report, targets, tokens, viz
 from .explain import explain, layers
 from .explanation import Explanation, Site
 from .features import FeatureMaps, feature_maps
@@ -30,6 +30,8 @@ __all__ = [
     "LayerReport",
     "available_methods",
     "methods",
+    "metrics",
+    "report",
     "targets",
     "tokens",
     "viz",

@@ -1,5 +1,6 @@
 """The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...``,
-``camlens features MODEL IMAGE`` and ``camlens layers MODEL``.
+``camlens features MODEL IMAGE``, ``camlens layers MODEL``, ``camlens report MODEL IMAGE...``,
+``camlens evaluate MODEL IMAGE...`` and ``camlens app [MODEL]``.
 
 Exit status: 0 when everything worked, 1 when some images failed (the others are still done),
 2 for a bad command line or a model that cannot be used.
@@ -86,9 +87,64 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--out", default="camlens-features",
                    help="output folder (default camlens-features)")
 
+    r = sub.add_parser("report", help="one self-contained HTML page: overlays per method, top "
+                                      "classes, layers, optional faithfulness metrics")
+    r.add_argument("model", help="a Keras model file (.keras or .h5), or 'bundled' for the "
+                                 "pretrained EfficientNet-Lite0 of `camlens demo`")
+    r.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    r.add_argument("--methods", default="gradcam",
+                   help="comma-separated methods (default gradcam), e.g. gradcam,scorecam")
+    r.add_argument("--metrics", default="",
+                   help="comma-separated faithfulness metrics (deletion, insertion, average_drop, "
+                        "increase_in_confidence, road); none by default")
+    r.add_argument("--top", type=int, default=5, help="predictions listed per image (default 5)")
+    r.add_argument("--layer", default="auto", help="layer path, or auto (default)")
+    r.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names: a text file with one per line or a JSON list ('bundled' "
+                        "uses the ImageNet names)")
+    r.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
+                   help="pixel scaling a model file expects: none (0..255, default), unit "
+                        "(0..1), symmetric (-1..1); 'bundled' uses its own")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--title", default=None, help="page title (default: the model file name)")
+    r.add_argument("-o", "--out", default="camlens-report.html",
+                   help="the HTML file to write (default camlens-report.html)")
+
+    ev = sub.add_parser("evaluate", help="faithfulness metrics of each method's heatmaps, as tables")
+    ev.add_argument("model", help="a Keras model file (.keras or .h5), or 'bundled' for the "
+                                  "pretrained EfficientNet-Lite0 of `camlens demo`")
+    ev.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    ev.add_argument("--methods", default="gradcam,gradcam++,scorecam",
+                    help="comma-separated methods (default gradcam,gradcam++,scorecam)")
+    ev.add_argument("--metrics", default="deletion,insertion,average_drop,increase_in_confidence",
+                    help="comma-separated: deletion, insertion, average_drop, "
+                         "increase_in_confidence (default: these four), road")
+    ev.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default 100)")
+    ev.add_argument("--score", choices=("probability", "logit", "raw"), default="probability",
+                    help="the score the metrics read: probability of the class (default), logit, raw")
+    ev.add_argument("--layer", default="auto", help="layer path, or auto (default)")
+    ev.add_argument("--target", type=_parse_target, default=None,
+                    help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
+    ev.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
+                    help="pixel scaling a model file expects: none (0..255, default), unit "
+                         "(0..1), symmetric (-1..1); 'bundled' uses its own")
+    ev.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
+
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")
     lay.add_argument("model", help="a Keras model file (.keras or .h5)")
     lay.add_argument("--output", default=None, help="which model output, for models with several")
+
+    a = sub.add_parser("app", help="a local web page to explain photos (needs camlens[app])")
+    a.add_argument("model", nargs="?", default=None,
+                   help="a Keras model file (.keras or .h5); default: the bundled EfficientNet-Lite0")
+    a.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this computer only)")
+    a.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    a.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
+                   help="pixel scaling a model file expects: none (0..255, default), unit (0..1), "
+                        "symmetric (-1..1)")
+    a.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload (default 8 MB)")
     return p
 
 
@@ -232,7 +288,6 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from .explain import adapt
     from .features import LAYER_SETS, feature_maps
     from .io import PREPROCESSING, ImageError, load_image
     from .viz.color import _get_cmap
@@ -252,36 +307,20 @@ def _cmd_features(args: argparse.Namespace) -> int:
         return 2
     prep: Callable[[Any], Any]
     if args.model == "bundled":
-        if args.preprocess is not None:
-            print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
-            return 2
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        from .models import efficientnet_lite0
+        loaded = _bundled_model(args.preprocess is not None)
+        if isinstance(loaded, int):
+            return loaded
         from .models.efficientnet_lite import preprocess as lite_preprocess
 
-        prep = lite_preprocess
-        try:
-            model = efficientnet_lite0(pretrained=True)
-        except (ImportError, OSError, ValueError) as exc:
-            print(f"camlens: {exc}", file=sys.stderr)
-            return 2
+        model, prep = loaded, lite_preprocess
         size: tuple[int | None, int | None] | None = None
         channels = 3
     else:
         model = _load_model_or_exit(args.model)
-        try:
-            specs = adapt(model).input_specs()
-        except (TypeError, ValueError) as exc:
-            print(f"camlens: {exc}", file=sys.stderr)
-            return 2
-        if len(specs) != 1 or len(specs[0].shape) != 4:
-            print(
-                f"camlens: the command line reads one-image models; this one takes "
-                f"{[s.shape for s in specs]}. Use the Python API, camlens.feature_maps(model, [a, b]).",
-                file=sys.stderr,
-            )
-            return 2
-        _, h, w, c = specs[0].shape
+        spec = _one_image_input(model, "camlens.feature_maps(model, [a, b])")
+        if isinstance(spec, int):
+            return spec
+        _, h, w, c = spec
         size, channels = (h, w), c or 3
         prep = PREPROCESSING[args.preprocess or "none"]
     try:
@@ -300,14 +339,267 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_app(args: argparse.Namespace) -> int:
+    if args.model is None and args.preprocess is not None:
+        print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
+        return 2
+    if not 0 < args.max_upload_mb <= 1024 or not 0 < args.port < 65536:
+        print("camlens: --max-upload-mb must be in (0, 1024] and --port in 1..65535", file=sys.stderr)
+        return 2
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    try:
+        from .app import serve
+    except ImportError as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    try:
+        serve(args.model, host=args.host, port=args.port, preprocess=args.preprocess,
+              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    except (OSError, ValueError, ImportError, TypeError) as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _read_class_names(path: str) -> list[str]:
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        names = json.loads(text)
+        if not isinstance(names, list):
+            raise ValueError(f"{path}: expected a JSON list of class names")
+        return [str(n) for n in names]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import check_options, write_report
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    try:  # bad names fail before the model loads
+        check_options(methods, metrics, args.top)
+    except ValueError as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {}
+    if args.model == "bundled":
+        if args.preprocess is not None or args.classes is not None:
+            print("camlens: the bundled model has its own scaling and ImageNet class names; "
+                  "drop --preprocess and --classes", file=sys.stderr)
+            return 2
+        loaded = _bundled_model(False)
+        if isinstance(loaded, int):
+            return loaded
+        model = loaded
+        from .demo import _display
+        from .models.efficientnet_lite import preprocess as lite_preprocess
+        from .samples import imagenet_classes
+
+        options.update(preprocess=lite_preprocess, display=_display, resize=False,
+                       class_names=imagenet_classes())
+        title = args.title or "EfficientNet-Lite0 (ImageNet)"
+    else:
+        from .io import PREPROCESSING
+
+        if args.classes is not None:
+            try:
+                options["class_names"] = _read_class_names(args.classes)
+            except (OSError, ValueError) as exc:
+                print(f"camlens: --classes: {exc}", file=sys.stderr)
+                return 2
+        model = _load_model_or_exit(args.model)
+        options["preprocess"] = PREPROCESSING[args.preprocess or "none"]
+        title = args.title or Path(args.model).name
+    try:
+        report = write_report(args.out, model, args.images, methods=methods, metrics=metrics,
+                              top=args.top, layer=args.layer, batch_size=args.batch_size,
+                              title=title, progress=None, **options)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    failed = report.failed
+    size = Path(args.out).stat().st_size
+    print(f"wrote {args.out} ({len(report.images) - len(failed)} image(s), "
+          f"{', '.join(report.methods)}; {size / 1e6:.1f} MB)")
+    for r in failed:
+        print(f"camlens: skipped {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _one_image_input(model: Any, api: str) -> Any:
+    """The shape ``(None, H, W, C)`` of the model's one image input, or an exit status after
+    saying why the command line cannot use the model (``api``: what to use instead)."""
+    from .explain import adapt
+
+    try:
+        specs = adapt(model).input_specs()
+    except (TypeError, ValueError) as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        print(
+            f"camlens: the command line takes one-image models; this one takes "
+            f"{[s.shape for s in specs]}. Use the Python API, {api}.",
+            file=sys.stderr,
+        )
+        return 2
+    return specs[0].shape
+
+
+def _bundled_model(preprocess_given: bool) -> Any:
+    """The bundled pretrained EfficientNet-Lite0, or an exit status after saying what is wrong."""
+    if preprocess_given:
+        print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
+        return 2
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    from .models import efficientnet_lite0
+
+    try:
+        return efficientnet_lite0(pretrained=True)
+    except (ImportError, OSError, ValueError) as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+
+
+def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], Any, int] | int:
+    """(model, preprocess, input size or None, channels) for ``camlens evaluate``, or an exit
+    status."""
+    from .io import PREPROCESSING
+
+    if args.model == "bundled":
+        loaded = _bundled_model(args.preprocess is not None)
+        if isinstance(loaded, int):
+            return loaded
+        from .models.efficientnet_lite import preprocess_batch
+
+        return loaded, preprocess_batch, None, 3
+    model = _load_model_or_exit(args.model)
+    spec = _one_image_input(model, "camlens.metrics")
+    if isinstance(spec, int):
+        return spec
+    _, h, w, c = spec
+    return model, PREPROCESSING[args.preprocess or "none"], (h, w), c or 3
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .explain import explain
+    from .io import ImageError, load_image
+    from .methods import get_method
+    from .metrics import METRICS, evaluate
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    cli_metrics = [m for m in METRICS if m not in ("pointing_game", "energy_pointing_game")]
+    problems = []
+    if not methods:
+        problems.append("--methods is empty; give e.g. gradcam,scorecam")
+    if not names:
+        problems.append(f"--metrics is empty; choose from {', '.join(cli_metrics)}")
+    bad = [m for m in names if m not in cli_metrics]
+    if bad:
+        problems.append(f"unknown metric(s) {', '.join(bad)}: choose from {', '.join(cli_metrics)} "
+                        "(the pointing games need boxes: use camlens.metrics in Python)")
+    if args.steps < 1:
+        problems.append(f"--steps must be at least 1; got {args.steps}")
+    if args.batch_size < 1:
+        problems.append(f"--batch-size must be at least 1; got {args.batch_size}")
+    for m in methods:
+        try:
+            get_method(m)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        for text in problems:
+            print(f"camlens: {text}", file=sys.stderr)
+        return 2
+    loaded = _evaluate_model(args)
+    if isinstance(loaded, int):
+        return loaded
+    model, prep, size, channels = loaded
+    failed: list[tuple[str, str]] = []
+    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    for path in args.images:
+        try:
+            img = load_image(path, size, channels=channels)
+        except ImageError as exc:
+            failed.append((path, str(exc)))
+            continue
+        x = np.asarray(prep(img[None]), dtype=np.float32)[0]
+        groups.setdefault(x.shape, []).append((path, x))  # models without a fixed size: by size
+    report: dict[str, Any] = {}
+    for method in methods:
+        rows: list[dict[str, Any]] = []
+        sites, score = "", ""
+        for group in groups.values():
+            x = np.stack([g[1] for g in group])
+            try:
+                exp = explain(model, x, method=method, target=args.target, layer=args.layer,
+                              batch_size=args.batch_size)
+                results = evaluate(model, exp, names, steps=args.steps, batch_size=args.batch_size,
+                                   score=args.score)
+            except (ValueError, TypeError, NotImplementedError) as exc:
+                print(f"camlens: {method}: {exc}", file=sys.stderr)
+                return 2
+            sites = ", ".join(s.label for s in exp.sites)
+            score = next(iter(results.values())).score
+            for i, (path, _) in enumerate(group):
+                row: dict[str, Any] = {"image": path}
+                if exp.class_indices is not None:
+                    row["class"] = int(exp.class_indices[i])
+                row.update({n: float(results[n].per_image[i]) for n in names})
+                rows.append(row)
+        if rows:
+            mean = {n: float(np.nanmean([r[n] for r in rows])) for n in names}
+            report[method] = {"layer": sites, "score": score, "images": rows, "mean": mean}
+            print(_metrics_table(method, report[method], names))
+            print()
+    if report:
+        low = [n for n in names if not METRICS[n]]
+        high = [n for n in names if METRICS[n]]
+        print("; ".join(part for part in (
+            f"lower is better: {', '.join(low)}" if low else "",
+            f"higher is better: {', '.join(high)}" if high else "") if part))
+    if args.json and report:
+        data = {"model": args.model, "steps": args.steps, "score": args.score, "metrics": names,
+                "higher_is_better": {n: METRICS[n] for n in names}, "methods": report,
+                "failed": [{"image": p, "error": e} for p, e in failed]}
+        Path(args.json).write_text(json.dumps(data, indent=2))
+        print(f"wrote {args.json}")
+    for _, message in failed:
+        print(f"camlens: skipped {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) -> str:
+    """One method's numbers: a row per image and the mean."""
+    labels = [str(r["image"]) for r in result["images"]] + ["mean"]
+    first = max(len("image"), *(len(t) for t in labels))
+    widths = [max(len(n), 10) for n in names]
+    lines = [f"{method} at {result['layer']} (score: {result['score']})",
+             "  ".join([f"{'image':<{first}}", *(f"{n:>{w}}" for n, w in zip(names, widths))])]
+    for label, row in zip(labels, [*result["images"], result["mean"]]):
+        lines.append("  ".join([f"{label:<{first}}", *(f"{row[n]:>{w}.4f}" for n, w in zip(names, widths))]))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     if args.command == "layers":
         return _cmd_layers(args)
+    if args.command == "app":
+        return _cmd_app(args)
     if args.command == "features":
         return _cmd_features(args)
+    if args.command == "report":
+        return _cmd_report(args)
+    if args.command == "evaluate":
+        return _cmd_evaluate(args)
     if args.command == "demo":
         from .demo import run_demo
 

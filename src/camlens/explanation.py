@@ -119,7 +119,16 @@ class Explanation:
             img = viz.to_rgb_uint8(self._images_for(s, images)[index])
             rows.append([img, self.maps[k][index], viz.overlay(img, self.maps[k][index], cmap=cmap, alpha=alpha)])
             titles.append([f"input {s.input_index}", f"{self.method} @ {s.label}", f"score {self.scores[index]:.4g}"])
-        return viz.panel(rows, titles=titles)
+        fig = viz.panel(rows, titles=titles)
+        fig.suptitle(self._headline(index))
+        return fig
+
+    def _headline(self, index: int) -> str:
+        """``"gradcam: score of the top class, class 281"``: what sample ``index`` explains."""
+        text = f"{self.method}: {self.target}"
+        if self.class_indices is not None:
+            text += f", class {int(self.class_indices[index])}"
+        return text
 
     def show(self, index: int = 0, **kwargs: Any) -> None:
         """Display :meth:`plot` in a notebook (or a matplotlib window)."""
@@ -139,6 +148,46 @@ class Explanation:
 
     def _repr_png_(self) -> bytes:
         return viz.figure_to_png_bytes(self.plot(0))
+
+    def _repr_html_(self) -> str:
+        """The notebook view of sample 0: per call site the image, the map and the overlay
+        (inline PNGs, no matplotlib), the target, its score and the layer; text is escaped."""
+        import html
+
+        from .report._encode import data_uri
+
+        def esc(text: object) -> str:
+            return html.escape(str(text), quote=True)
+
+        def img(arr: np.ndarray, alt: str) -> str:
+            src, w, h = data_uri(arr, max_side=256, fmt="png")
+            pixelated = "image-rendering:pixelated;" if max(w, h) < 96 else ""
+            return (f'<img src="{src}" width="{w}" height="{h}" alt="{esc(alt)}" '
+                    f'style="width:150px;height:auto;{pixelated}">')
+
+        if len(self) == 0:
+            return f"<p>camlens {esc(self.method)}: an empty explanation (no samples)</p>"
+        more = f" &middot; sample 1 of {len(self)} (<code>.plot(i)</code> for the others)" if len(self) > 1 else ""
+        head = (f"<b>{esc(self._headline(0))}</b> &middot; score {float(self.scores[0]):.4g}{more}")
+        cols = ["input", "map", "overlay"] if self.inputs else ["map"]
+        rows = []
+        for k, s in enumerate(self.sites):
+            heat = self.maps[k][0]
+            cells = []
+            if self.inputs:
+                picture = viz.to_rgb_uint8(self.inputs[s.input_index][0])
+                cells.append(img(picture, f"input {s.input_index}"))
+            cells.append(img(viz.colorize(heat), f"map at {s.label}"))
+            if self.inputs:
+                cells.append(img(viz.overlay(picture, heat), f"overlay at {s.label}"))
+            layer = f"{esc(s.label)}<br><small>input {s.input_index}</small>"
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{layer}</td></tr>")
+        header = "".join(f"<th>{c}</th>" for c in [*cols, "layer"])
+        return (
+            f'<div class="camlens-explanation"><div>{head}</div>'
+            f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+            f"<details><summary>why this layer</summary>{esc(self.reason)}</details></div>"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

