@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,3 +27,113 @@ def test_scorecam_memory_smoke():
     rows = lines[header + 2 :]
     assert rows and rows[0].startswith("keras scorecam")
     assert rows[0].split()[2] == "24"  # the tiny model's channels at the chosen layer
+
+
+def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "tensorflow"))
+    proc = subprocess.run(
+        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _table(stdout: str, first_column: str) -> tuple[list[str], list[list[str]]]:
+    """The header's columns and the rows' cells of a benchmark's table."""
+    lines = stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(first_column))
+    rows = []
+    for line in lines[at + 2 :]:
+        if not line.strip() or line.startswith(("target:", "===")):
+            break
+        rows.append(line.split())
+    return lines[at].split(), rows
+
+
+def test_speed_limit_smoke_through_the_one_command():
+    """``benchmarks/run.py --smoke`` runs Grad-CAM against the forward pass on the caller's
+    Keras backend and on native PyTorch; every row has its times and ratios (never checked:
+    timings are the machine's)."""
+    pytest.importorskip("keras")
+    proc = _run(str(BENCHMARKS / "run.py"), "--smoke", "--only", "speed_limit")
+    assert "=== speed_limit: exit status 0" in proc.stdout
+    header, rows = _table(proc.stdout, "backend")
+    assert header[:6] == ["backend", "model", "batch", "forward", "predict", "gradcam"]
+    backends = {r[0] for r in rows}
+    assert backends & {"Keras/TensorFlow", "Keras/JAX", "Keras/PyTorch"}
+    for r in rows:
+        assert r[1] == "tiny" and r[2] in ("1", "2")
+        float(r[3]), float(r[5]), float(r[6])  # forward, gradcam, gradcam / forward
+        if r[0] in ("PyTorch", "Keras/PyTorch"):
+            assert r[8] == "0"  # parameter gradients computed during explain
+    if importlib.util.find_spec("torch") is not None:
+        assert "PyTorch" in backends
+
+
+def test_peers_smoke():
+    """Every method against grad-cam and torchcam where they are installed (grad-cam through
+    the torchvision stand-in in tests/stubs when torchvision cannot be imported)."""
+    pytest.importorskip("torch")
+    proc = _run(str(BENCHMARKS / "peers.py"), "--smoke")
+    header, rows = _table(proc.stdout, "method")
+    assert header[:5] == ["method", "library", "batch", "rounds", "best"]
+    ours = [r for r in rows if r[1] == "camlens"]
+    assert [r[0] for r in ours] == ["gradcam", "gradcam++", "scorecam", "ablationcam"]
+    for lib, module in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam")):
+        if importlib.util.find_spec(module) is not None:
+            assert any(r[1] == lib and r[0] == "gradcam" for r in rows)
+    assert any(r[:2] == ["ablationcam", "torchcam"] and "no such method" in " ".join(r) for r in rows) or (
+        importlib.util.find_spec("torchcam") is None
+    )
+
+
+def test_run_names_the_benchmarks():
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run.py"), "--only", "nope"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "speed_limit, peers, scorecam_memory" in proc.stderr
+
+
+def test_faithfulness_smoke():
+    """Every registered method on two bundled photos shrunk for a tiny random model: one row per
+    method with four metrics and two times (never checked), then the random-map reference."""
+    pytest.importorskip("keras")
+    from camlens.methods import available_methods
+
+    proc = _run(str(BENCHMARKS / "faithfulness.py"), "--smoke")
+    header, rows = _table(proc.stdout, "method")
+    assert header == ["method", "deletion", "insertion", "avg_drop_%", "incr_conf_%", "explain_s/img", "metrics_s/img"]
+    assert [r[0] for r in rows] == [*available_methods(), "random_map"]
+    for r in rows[:-1]:
+        assert len(r) == 7
+        deletion, insertion = (float(c.rstrip("*")) for c in r[1:3])
+        assert 0 <= deletion <= 1 and 0 <= insertion <= 1
+    assert not any(c.endswith("*") for c in rows[-1])  # the reference is never marked best
+    for column in range(1, 7):
+        assert any(r[column].endswith("*") for r in rows[:-1])
+    assert "sscam: SSCAM(" in proc.stdout  # the lighter settings are stated
+
+
+def test_faithfulness_names_a_bad_method():
+    pytest.importorskip("keras")
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "faithfulness.py"), "--smoke", "--methods", "gradcam,gradkam"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "no method 'gradkam'" in proc.stderr and "gradcam" in proc.stderr
+
+
+def test_metrics_speed_smoke():
+    """Deletion and insertion curves of the tiny model: every row's model calls (counted at the
+    adapter and by the result) are within the issue's bound steps / batch size + 1."""
+    pytest.importorskip("keras")
+    proc = _run(str(BENCHMARKS / "metrics_speed.py"), "--smoke")
+    header, rows = _table(proc.stdout, "metric")
+    assert header[:8] == ["metric", "S", "B", "calls", ".batches", "ceil", "bound", "holds"]
+    assert {r[0] for r in rows} == {"deletion", "insertion"} and len(rows) == 8
+    for r in rows:
+        steps, batch, calls, batches, ceil = (int(c) for c in r[1:6])
+        assert calls == batches == ceil and calls <= steps / batch + 1
+        assert r[7] == "yes"

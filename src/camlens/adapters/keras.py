@@ -12,6 +12,7 @@ Only the TensorFlow backend is wired so far; the graph, probes and checks are ba
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
 
@@ -226,46 +227,76 @@ class KerasAdapter:
     ) -> Capture:
         import keras
 
+        if need_gradients and self.backend in _COMPILERS:
+            compiled = _compiled_capture(self, inputs, nodes, target)
+            if compiled is not None:
+                outs, scores, acts, grads = compiled
+                return self._capture_result(inputs, nodes, target, outs, scores, acts, grads, True)
+        grad_fn = self._gradient_function()
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            return self._probed_run(inputs, nodes, target, make_probe)
+
+        outs, scores, acts, grads = grad_fn(run, need_gradients)
+        return self._capture_result(inputs, nodes, target, outs, scores, acts, grads, need_gradients)
+
+    def _probed_run(
+        self, inputs: Sequence[Any], nodes: Sequence[GraphNode], target: Target, make_probe: MakeProbe
+    ) -> tuple[list[Any], Any, dict[Key, Any]]:
+        """Run the model with ``make_probe(key, y)`` applied to the output ``y`` of each call
+        site in ``nodes``; ``(outputs, scores, activations by call site)``."""
+        import keras
+
         graph = self.graph()
-        names = graph.output_names
         wanted: dict[int, Any] = {}
         for n in nodes:
             wanted.setdefault(id(self._ops[n.id]), self._ops[n.id])
         expected = {
             key: sum(1 for m in graph.nodes if id(self._ops[m.id]) == key) for key in wanted
         }
-        grad_fn = self._gradient_function()
+        # Only the call sites asked for get a probe: a layer that also runs early in the
+        # network would otherwise pull the backward pass through the whole network.
+        sites = {(id(self._ops[n.id]), n.call) for n in nodes}
+        records: dict[int, list[Any]] = defaultdict(list)
 
-        def logit_patch() -> contextlib.AbstractContextManager[Any]:
-            # a fresh context each run: jax runs the model twice
-            return self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        def on_call(op: Any, y: Any) -> Any:
+            if not keras.ops.is_tensor(y):
+                raise TypeError(
+                    f"layer {op.name!r} returns {type(y).__name__}, not one tensor; choose "
+                    "another layer"
+                )
+            key = (id(op), len(records[id(op)]))
+            records[id(op)].append(y)
+            return make_probe(key, y) if key in sites else y
 
-        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
-            records: dict[int, list[Any]] = defaultdict(list)
+        # a fresh logit patch each run: jax runs the model twice
+        with _probes(list(wanted.values()), on_call), (
+            self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        ):
+            outs = self._call(inputs)
+            scores = target.score(outs, graph.output_names, keras.ops)
+        for key, op in wanted.items():
+            if len(records[key]) != expected[key]:
+                raise RuntimeError(
+                    f"layer {op.name!r} ran {len(records[key])} time(s) but the model's graph "
+                    f"calls it {expected[key]} time(s); camlens cannot tell the call sites apart"
+                )
+        acts = {(k, i): y for k, ys in records.items() for i, y in enumerate(ys) if (k, i) in sites}
+        return outs, scores, acts
 
-            def on_call(op: Any, y: Any) -> Any:
-                if not keras.ops.is_tensor(y):
-                    raise TypeError(
-                        f"layer {op.name!r} returns {type(y).__name__}, not one tensor; choose "
-                        "another layer"
-                    )
-                key = (id(op), len(records[id(op)]))
-                records[id(op)].append(y)
-                return make_probe(key, y)
+    def _capture_result(
+        self,
+        inputs: list[np.ndarray],
+        nodes: Sequence[GraphNode],
+        target: Target,
+        outs: list[Any],
+        scores: Any,
+        acts: dict[Key, Any],
+        grads: dict[Key, Any],
+        need_gradients: bool,
+    ) -> Capture:
+        import keras
 
-            with _probes(list(wanted.values()), on_call), logit_patch():
-                outs = self._call(inputs)
-                scores = target.score(outs, names, keras.ops)
-            for key, op in wanted.items():
-                if len(records[key]) != expected[key]:
-                    raise RuntimeError(
-                        f"layer {op.name!r} ran {len(records[key])} time(s) but the model's graph "
-                        f"calls it {expected[key]} time(s); camlens cannot tell the call sites apart"
-                    )
-            acts = {(k, i): y for k, ys in records.items() for i, y in enumerate(ys)}
-            return outs, scores, acts
-
-        outs, scores, acts, grads = grad_fn(run, need_gradients)
         sites = []
         for n in nodes:
             key = (id(self._ops[n.id]), n.call)
@@ -653,25 +684,165 @@ def _torch_gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any,
     def make_probe(key: Key, y: Any) -> Any:
         if not need_gradients:
             return y
+        # Autograd records from the first probe on: the layers before it run as under
+        # no_grad (Keras variables require grad, so they would otherwise record the whole
+        # network); the mode set here ends with the no_grad block below.
+        torch.set_grad_enabled(True)
         z = probes[key] = torch.zeros_like(y, requires_grad=True)
         return y + z
 
-    with torch.enable_grad():
+    with torch.no_grad():
         outs, scores, acts = run(make_probe)
-        grads: dict[Key, Any] = {}
-        if need_gradients:
-            keys = list(probes)
-            values = torch.autograd.grad(
-                scores.sum(), [probes[k] for k in keys], allow_unused=True
-            )
-            grads = {
-                k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
-                    else v.detach().cpu().numpy())
-                for k, v in zip(keys, values)
-            }
+    grads: dict[Key, Any] = {}
+    if need_gradients:
+        keys = list(probes)
+        values: Sequence[Any] = [None] * len(keys)
+        if scores.requires_grad:  # else no probe is upstream of the score
+            values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+        grads = {
+            k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
+                else v.detach().cpu().numpy())
+            for k, v in zip(keys, values)
+        }
     acts = {k: v.detach() for k, v in acts.items()}
     outs = [o.detach() for o in outs]
     return outs, scores.detach(), acts, grads
+
+
+# Keras runs eagerly on TensorFlow and JAX, one operation at a time, with Python and dispatch
+# costs for every operation (and jax.grad over that pays them again). For class targets,
+# ``capture`` instead compiles the whole probed run (model, score, gradient at the probes) once
+# per model, set of call sites and kind of target, with tf.function or jax.jit; they keep one
+# compiled program per input shape. Weights are read at run time, not baked in: tf.function
+# captures the variables themselves, and the jax function takes their values as arguments
+# (mapped in a StatelessScope). The class indices are arguments too, so a new class does not
+# compile again. A compiled function holds its model only weakly; its cache entry goes with
+# the model.
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def clear_compiled_cache() -> None:
+    """Forget every compiled capture, e.g. after changing what a model's layers do."""
+    _COMPILED.clear()
+
+
+def _compiled_capture(
+    adapter: KerasAdapter, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target
+) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]] | None:
+    """``(outputs, scores, activations, gradients)`` from the compiled capture, or ``None``
+    where the target cannot be compiled (the eager path runs instead)."""
+    import keras
+
+    from ..targets import ClassScore, Logit
+
+    if type(target) not in (ClassScore, Logit):
+        return None  # another target's score may hold Python that a trace would freeze
+    n = inputs[0].shape[0]
+    index = target.index
+    if isinstance(index, list) and len(index) != n:
+        return None  # the eager path raises the error that says so
+    model = adapter.model
+    key = (tuple(nd.id for nd in nodes), type(target), target.output, index is not None, len(inputs))
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get(key)
+    if fn is None:
+        fn = per_model[key] = _COMPILERS[adapter.backend](
+            weakref.ref(model), [nd.id for nd in nodes], type(target), target.output, index is not None
+        )
+    idx = np.broadcast_to(np.asarray(0 if index is None else index, dtype=np.int64), (n,)).astype(np.int32)
+    grads, outs, acts = fn(model, list(inputs), idx)
+    # the target's own score of the outputs: its checks (a class out of range) and the scores
+    scores = target.score(outs, adapter.graph().output_names, keras.ops)
+    return outs, scores, acts, grads
+
+
+def _traced_parts(
+    model: Any, node_ids: list[int], target_type: type, output: Any, has_index: bool, idx: Any
+) -> tuple[KerasAdapter, list[GraphNode], Target]:
+    """A fresh adapter of ``model``, the probed nodes, and a target of ``target_type`` whose
+    class indices are the (traced) tensor ``idx``."""
+    import keras
+
+    adapter = KerasAdapter(model)
+    graph = adapter.graph()
+
+    class Traced(target_type):  # type: ignore[misc, valid-type]
+        def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+            if not has_index:
+                return super().score(outputs, names, xp)
+            y = self.select(outputs, names)
+            k = self._check(y)
+            picked = keras.ops.take_along_axis(y, keras.ops.expand_dims(idx % k, -1), axis=-1)
+            return picked[:, 0]
+
+    return adapter, [graph.nodes[i] for i in node_ids], Traced(None, output)
+
+
+def _tf_capture_function(
+    model_ref: Callable[[], Any], node_ids: list[int], target_type: type, output: Any, has_index: bool
+) -> Callable[..., Any]:
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def capture(xs: list[Any], idx: Any) -> tuple[Any, ...]:
+        adapter, nodes, target = _traced_parts(model_ref(), node_ids, target_type, output, has_index, idx)
+        probes: dict[Key, Any] = {}
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+
+            def make_probe(key: Key, y: Any) -> Any:
+                z = probes[key] = tf.zeros_like(y)
+                tape.watch(z)
+                return y + z
+
+            outs, scores, acts = adapter._probed_run(xs, nodes, target, make_probe)
+            total = tf.reduce_sum(scores)
+        keys = list(probes)
+        values = tape.gradient(
+            total, [probes[k] for k in keys], unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return dict(zip(keys, values)), outs, acts
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
+        # tensors, not arrays: a trace per shape and dtype, never per value
+        grads, outs, acts = capture([tf.convert_to_tensor(x) for x in xs], tf.convert_to_tensor(idx))
+        return {k: v.numpy() for k, v in grads.items()}, outs, acts
+
+    return run
+
+
+def _jax_capture_function(
+    model_ref: Callable[[], Any], node_ids: list[int], target_type: type, output: Any, has_index: bool
+) -> Callable[..., Any]:
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    @jax.jit
+    def capture(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
+        model = model_ref()
+        adapter, nodes, target = _traced_parts(model, node_ids, target_type, output, has_index, idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+            # jax differentiates functions of their arguments: the probes' shapes first
+            acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)[2]
+            zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in acts.items()}
+
+            def total(zs: dict[Key, Any]) -> tuple[Any, tuple[list[Any], dict[Key, Any]]]:
+                outs, scores, acts = adapter._probed_run(xs, nodes, target, lambda k, y: y + zs[k])
+                return jnp.sum(scores), (outs, acts)
+
+            grads, (outs, acts) = jax.grad(total, has_aux=True)(zeros)
+        return grads, outs, acts
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
+        return capture([v.value for v in model.variables], xs, idx)
+
+    return run
+
+
+_COMPILERS: dict[str, Callable[..., Callable[..., Any]]] = {
+    "tensorflow": _tf_capture_function,
+    "jax": _jax_capture_function,
+}
 
 
 _GRADIENT_FUNCTIONS: dict[str, Callable[..., Any]] = {

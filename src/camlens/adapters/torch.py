@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
@@ -171,6 +172,12 @@ class TorchAdapter:
                 )
             from torch.fx import symbolic_trace
 
+            key = self._trace_key()
+            hit = _TRACES.get(self.model)
+            if hit is not None and hit[0] == key:
+                _, self._graph, self._gm, node_module, fx_node = hit
+                self._node_module, self._fx_node = dict(node_module), dict(fx_node)
+                return self._graph
             try:
                 with _eval_mode(self.model):  # trace the inference branches
                     traced = symbolic_trace(self.model)
@@ -186,7 +193,18 @@ class TorchAdapter:
             else:
                 self._graph = self._fx_graph(traced)
                 self._gm = traced
+                _TRACES[self.model] = (key, self._graph, traced, dict(self._node_module), dict(self._fx_node))
         return self._graph
+
+    def _trace_key(self) -> tuple[Any, ...]:
+        """What a kept trace depends on: the input shapes (for the propagated shapes), the
+        module tree and the class's ``forward``. A change of plain attributes that ``forward``
+        branches on is not seen; ``camlens.adapters.torch.clear_trace_cache()`` forgets."""
+        return (
+            tuple(a.shape[1:] for a in self._example or []),
+            tuple((name, id(m)) for name, m in self._modules.items()),
+            type(self.model).forward,
+        )
 
     def _fx_graph(self, gm: Any) -> LayerGraph:
         import torch
@@ -316,6 +334,10 @@ class TorchAdapter:
             wanted.setdefault(id(mod), mod)
         records: dict[int, list[Any]] = defaultdict(list)
         probes: dict[tuple[int, int], Any] = {}
+        # Only the call sites asked for get a probe: a module that also runs early in the
+        # network (EfficientNet's one ReLU6 module, at the stem and at the head) would
+        # otherwise pull the backward pass through the whole network.
+        probed = {(id(self._module_for(n)), n.call) for n in nodes}
 
         def hook(mod: Any, args: Any, out: Any) -> Any:
             if not isinstance(out, torch.Tensor):
@@ -325,21 +347,30 @@ class TorchAdapter:
                 )
             key = (id(mod), len(records[id(mod)]))
             records[id(mod)].append(out.detach())
-            if not need_gradients:
+            if not need_gradients or key not in probed:
                 return None
+            # Autograd records from here on: nothing before the first probe can carry a
+            # gradient to it, so the layers before it run as under no_grad (the mode set
+            # below is undone when the model's no_grad block exits).
+            torch.set_grad_enabled(True)
             z = probes[key] = torch.zeros_like(out, requires_grad=True)
             return out + z
 
         handles = [m.register_forward_hook(hook) for m in wanted.values()]
         try:
             with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
-                out = self.model(*self._tensors(inputs))
+                with torch.no_grad():
+                    out = self.model(*self._tensors(inputs))
                 outs = [o for _, o in _flatten_output_arg(out)]
                 scores = target.score(outs, names, _TorchOps)
                 grads: dict[tuple[int, int], np.ndarray] = {}
                 if need_gradients:
                     keys = list(probes)
-                    values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+                    values: Sequence[Any] = [None] * len(keys)
+                    if scores.requires_grad:  # else no probe is upstream of the score
+                        values = torch.autograd.grad(
+                            scores.sum(), [probes[k] for k in keys], allow_unused=True
+                        )
                     for k, v in zip(keys, values):
                         grads[k] = (np.zeros(tuple(probes[k].shape), np.float32) if v is None
                                     else v.detach().cpu().float().numpy())
@@ -539,6 +570,18 @@ class TorchAdapter:
                 f"{node.path!r} has {(node.shape or (None,))[-1]} channels"
             )
         return weight.T.astype(np.float32)
+
+
+# The fx trace and shape propagation of each traced module (one forward pass at batch 1, and
+# as long again for the trace on a model like EfficientNet-Lite0), kept between explain calls
+# for as long as the module lives: explain builds a new adapter each time.
+_TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def clear_trace_cache() -> None:
+    """Forget every kept fx trace (after changing what a module's ``forward`` does without
+    changing its submodules)."""
+    _TRACES.clear()
 
 
 def _module_prefixes(node: Any) -> list[str]:

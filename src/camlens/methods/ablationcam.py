@@ -25,7 +25,10 @@ class AblationCAM(WeightedCAM):
     drop is undefined and ``w_c = y - y_c``, the raw drop. Either way the weights are the raw
     drops times one positive number per sample, so the normalised map is the same. No epsilon
     is added, which would bias scores near 0. Ablated copies are built and scored
-    ``batch_size`` at a time.
+    ``batch_size`` at a time (default 8: on a native PyTorch model the adapter runs the layers
+    before the explained one once per batch size, at that size, which costs more than the
+    small rerun itself; EfficientNet-Lite0 on a CPU took 0.4 s at 8 and 1.3 s at 32). A
+    channel already at ``ablation_value`` everywhere is not rerun: ``y_c = y``.
 
     Example::
 
@@ -41,7 +44,7 @@ class AblationCAM(WeightedCAM):
     needs_gradients = False
     needs_site_scorer = True
 
-    def __init__(self, batch_size: int = 32, ablation_value: float = 0.0) -> None:
+    def __init__(self, batch_size: int = 8, ablation_value: float = 0.0) -> None:
         self.batch_size = positive_int(self.name, "batch_size", batch_size)
         self.ablation_value = float(ablation_value)
 
@@ -60,9 +63,12 @@ class AblationCAM(WeightedCAM):
         acts = np.asarray(data.activations[n], dtype=np.float32)
         y = float(self._scores(data, n, acts[None])[0])
         n_channels = acts.shape[-1]
-        out = np.empty(n_channels, dtype=np.float64)
-        for start in range(0, n_channels, self.batch_size):
-            chans = np.arange(start, min(start + self.batch_size, n_channels))
+        # A channel already at ablation_value everywhere (off after a ReLU, the usual case for
+        # most channels) is left as it is by ablating it: its score is y, without a rerun.
+        out = np.full(n_channels, y, dtype=np.float64)
+        todo = np.flatnonzero(~(acts == np.float32(self.ablation_value)).all(axis=(0, 1)))
+        for start in range(0, len(todo), self.batch_size):
+            chans = todo[start : start + self.batch_size]
             copies = np.repeat(acts[None], len(chans), axis=0)
             copies[np.arange(len(chans)), :, :, chans] = self.ablation_value
             out[chans] = self._scores(data, n, copies)

@@ -1,0 +1,190 @@
+"""Grad-CAM against its limit, one forward pass: EfficientNet-Lite0 and ResNet-50, every backend.
+
+Grad-CAM needs one forward pass and the gradient of the score with respect to one layer. The
+gradient only runs back through the layers after that layer (for a CNN, the pooling and the
+classifier), so the best possible Grad-CAM costs about one forward pass. The target is
+camlens's Grad-CAM within 1.5x of a forward pass, with no parameter gradient computed.
+
+Each backend runs in its own process (Keras fixes its backend when it is imported): Keras 3 on
+TensorFlow, JAX and PyTorch, and native PyTorch. For each model and batch size (1 and 8 images of
+224x224), the forward pass and ``camlens.explain(model, x, method="gradcam")`` take turns
+``--repeat`` times; the table gives the first call of each (JAX compiles then) and the fastest
+of the others, in milliseconds:
+
+* ``forward``: the model called as a user calls it: ``model(x, training=False)`` (Keras, eager)
+  or ``model(x)`` under ``torch.no_grad()`` (native PyTorch);
+* ``predict``: Keras's compiled inference, ``model.predict_on_batch(x)`` (a ``tf.function`` on
+  TensorFlow, ``jax.jit`` on JAX, ``no_grad`` on PyTorch);
+* ``gradcam`` and the ratios ``gradcam / forward``, ``gradcam / predict``;
+* ``param grads``: how many parameter gradients autograd computed during ``explain`` (a hook
+  on every parameter counts them; PyTorch backends only: TensorFlow's tape watches only the
+  probes, and JAX differentiates a function of the probes alone).
+
+ResNet-50 has random weights (``keras.applications.ResNet50(weights=None)``; a torchvision-style
+ResNet-50 built in ``_common.py``); EfficientNet-Lite0 has its ImageNet weights (camlens's Keras
+port; the original PyTorch model). Inputs are random: timing does not depend on them.
+
+    python benchmarks/speed_limit.py                    # every backend, both models, batch 1 and 8
+    python benchmarks/speed_limit.py --backends torch   # native PyTorch only
+    python benchmarks/speed_limit.py --smoke            # tiny models, same code path, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import child, emit, has, interleaved, machine, quiet, seconds, versions
+
+BACKENDS = ("tensorflow", "jax", "torch-keras", "torch")
+LABELS = {"tensorflow": "Keras/TensorFlow", "jax": "Keras/JAX", "torch-keras": "Keras/PyTorch", "torch": "PyTorch"}
+MODELS = ("efficientnet-lite0", "resnet50")
+TARGET = 1.5
+
+
+def _count_param_grads(tensors: list[Any]) -> tuple[list[int], list[Any]]:
+    """A hook on every tensor that requires grad, counting the gradients computed for it."""
+    count = [0]
+
+    def hook(g: Any) -> Any:
+        count[0] += 1
+        return g
+
+    handles = [t.register_hook(hook) for t in tensors if getattr(t, "requires_grad", False)]
+    return count, handles
+
+
+def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -> dict[str, Any]:
+    import camlens
+
+    from _common import keras_model, torch_model
+
+    rng = np.random.default_rng(0)
+    if backend == "torch":
+        import torch
+
+        net = torch_model(model_name)
+        x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
+
+        def forward() -> Any:
+            with torch.no_grad():
+                return net(x)
+
+        predict = None
+        params = list(net.parameters())
+    else:
+        import keras
+
+        net = keras_model(model_name)
+        x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+
+        def forward() -> Any:
+            return keras.ops.convert_to_numpy(net(x, training=False))
+
+        def predict() -> Any:
+            return net.predict_on_batch(x)
+
+        params = [v.value for v in net.weights] if backend == "torch-keras" else []
+
+    def gradcam() -> Any:
+        return camlens.explain(net, x, method="gradcam")
+
+    fns = {"forward": forward, "gradcam": gradcam}
+    if predict is not None:
+        fns["predict"] = predict
+    first = {name: seconds(fn) for name, fn in fns.items()}
+    times = interleaved(fns, repeat)
+    grads, handles = _count_param_grads(params)
+    layer = gradcam().sites[0].label
+    for h in handles:
+        h.remove()
+    best = {name: min(ts) for name, ts in times.items()}
+    return {
+        "backend": backend,
+        "model": model_name,
+        "batch": batch,
+        "layer": layer,
+        "first": first,
+        "best": best,
+        "median": {name: float(np.median(ts)) for name, ts in times.items()},
+        "param_grads": grads[0] if backend in ("torch", "torch-keras") else None,
+    }
+
+
+def worker(backend: str, models: list[str], batches: list[int], repeat: int, size: int) -> list[dict[str, Any]]:
+    with quiet():
+        return [measure(backend, m, b, repeat, size) for m in models for b in batches]
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{1000 * v:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model at 32 px, for CI: same code path")
+    parser.add_argument("--backends", default=None, help=f"comma-separated, from {','.join(BACKENDS)}")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls of each (default 5; smoke 2)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    models = ["tiny"] if args.smoke else args.models.split(",")
+    batches = [1, 2] if args.smoke else [int(b) for b in args.batches.split(",")]
+    repeat = args.repeat or (2 if args.smoke else 5)
+    size = 32 if args.smoke else 224
+    if args.worker:
+        emit(worker(args.worker, models, batches, repeat, size))
+        return 0
+
+    if args.backends:
+        backends = args.backends.split(",")
+    elif args.smoke:  # the backend the caller's process uses, and native PyTorch: seconds
+        import os
+
+        keras_backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        backends = ["torch-keras" if keras_backend == "torch" else keras_backend, "torch"]
+    else:
+        backends = list(BACKENDS)
+    if not has("torch"):
+        backends = [b for b in backends if not b.startswith("torch")]
+        print("(torch is not installed: the PyTorch rows are skipped)")
+    what = "smoke: tiny model, 32 px" if args.smoke else "224x224 px, random inputs"
+    print(f"Grad-CAM against one forward pass ({what}); best of {repeat} calls, ms; first = first call")
+    print(f"machine: {machine()}; {versions('numpy', 'keras', 'tensorflow-cpu', 'tensorflow', 'jax', 'torch')}")
+    head = (
+        f"{'backend':<17} {'model':<19} {'batch':>5} {'forward':>8} {'predict':>8} {'gradcam':>8} "
+        f"{'/forward':>8} {'/predict':>8} {'param grads':>11}  {'first: fwd/pred/cam':<22} layer"
+    )
+    print(head)
+    print("-" * len(head))
+    script = Path(__file__).resolve()
+    flags = ["--smoke"] if args.smoke else ["--models", ",".join(models), "--batches", ",".join(map(str, batches))]
+    flags += ["--repeat", str(repeat)]
+    for backend in backends:
+        env = {"KERAS_BACKEND": "torch" if backend == "torch-keras" else backend}
+        if backend == "torch":
+            env["KERAS_BACKEND"] = "tensorflow"  # unused: native PyTorch imports no Keras
+        rows = child(script, ["--worker", backend, *flags], env=env)
+        for r in rows:
+            best, first = r["best"], r["first"]
+            fwd, pred, cam = best["forward"], best.get("predict"), best["gradcam"]
+            grads = "-" if r["param_grads"] is None else str(r["param_grads"])
+            firsts = "/".join(_ms(first.get(k)) for k in ("forward", "predict", "gradcam"))
+            print(
+                f"{LABELS[backend]:<17} {r['model']:<19} {r['batch']:>5} {_ms(fwd):>8} {_ms(pred):>8} "
+                f"{_ms(cam):>8} {cam / fwd:>8.2f} {'-' if pred is None else f'{cam / pred:.2f}':>8} "
+                f"{grads:>11}  {firsts:<22} {r['layer']}",
+                flush=True,
+            )
+    print(f"target: gradcam within {TARGET}x of a forward pass, no parameter gradient")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
