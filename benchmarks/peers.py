@@ -15,6 +15,9 @@ clock), ``CPU s`` its least CPU time (all threads of the process). A call of a m
 Score-CAM and Ablation-CAM) cannot take turns at a finer grain, and on a shared machine another
 process's burst can slow one library's call several times over; CPU time is disturbed far less,
 so ``speed-up`` and the targets use CPU seconds, with the wall-clock ratio in brackets.
+PyTorch runs on one thread (``--threads``): with two threads on two shared cores, a thread
+that waits at OpenMP's barrier for one that was descheduled spins, so both wall and CPU time of
+a minute-long call swung 0.4x-5x between runs; with one thread a call's CPU time is its work.
 Memory: each (library, method) in a fresh Python process, set up the same way, reads the
 resident set size and then the peak of its growth during one call (``peak MiB``: sampled every
 millisecond, and ``ru_maxrss``). ``speed-up`` is the peer's least CPU seconds over camlens's,
@@ -168,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model at 32 px, for CI: same code path")
     parser.add_argument("--only", default="", help="run the methods whose name contains this")
     parser.add_argument("--repeat", type=int, help="timed rounds per method (default: 5 for gradient methods, else 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see above)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:  # "time TOOLS METHOD..." or "memory TOOL:METHOD..."
+        import torch
+
+        torch.set_num_threads(args.threads)
         with quiet():
             kind, rest = args.worker[0], args.worker[1:]
             if kind == "time":
@@ -191,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in METHODS if args.only in m]
     what = "smoke: tiny model, 32 px" if args.smoke else "EfficientNet-Lite0, 224 px, ImageNet weights"
     print(f"camlens against pytorch-grad-cam and torchcam ({what})")
-    print(f"machine: {machine()}; {versions('numpy', 'torch', 'grad-cam', 'torchcam')}")
+    print(f"machine: {machine()}; {versions('numpy', 'torch', 'grad-cam', 'torchcam')}; torch threads: {args.threads}")
     print("time: the libraries take turns in one process; best and median wall-clock seconds of the")
     print("rounds, and the least CPU seconds (all threads; what other processes disturb least);")
     print("peak: RSS growth during one call, in a fresh process per row" + (" (smoke: one process)" if args.smoke else ""))
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     script = Path(__file__).resolve()
     flags = (["--smoke"] if args.smoke else []) + ([] if args.repeat is None else ["--repeat", str(args.repeat)])
+    flags += ["--threads", str(args.threads)]
     env = {"TQDM_DISABLE": "1"}
     configs = [f"{t}:{m}" for m in methods for t in tools]
     timed: dict[str, Any] = {}

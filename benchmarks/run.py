@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, each printing its table.
 
-    python benchmarks/run.py            # full size: about 20 minutes on 2 CPU cores
+    python benchmarks/run.py            # full size: about an hour on 2 CPU cores
     python benchmarks/run.py --smoke    # tiny models, same code paths: about 2 minutes (CI)
     python benchmarks/run.py --only peers,speed_limit
 
