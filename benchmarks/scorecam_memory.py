@@ -34,10 +34,8 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -59,47 +57,9 @@ CONFIGS: dict[str, tuple[str, str, int | None]] = {
 }
 
 
-# --- memory ---------------------------------------------------------------------------------
+# --- memory: shared with the other benchmarks -----------------------------------------------
 
-
-def rss_bytes() -> int | None:
-    """Current resident set size, from /proc (Linux); None elsewhere."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def max_rss_bytes() -> int:
-    """Lifetime peak RSS of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-class PeakSampler:
-    """Samples RSS on a thread while the ``with`` block runs."""
-
-    def __init__(self, interval: float = 0.001) -> None:
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes() or 0)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakSampler:
-        self.peak = rss_bytes() or 0
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes() or 0)
+from _common import PeakSampler, max_rss_bytes, rss_bytes  # noqa: E402  (this folder is on sys.path)
 
 
 # --- models ---------------------------------------------------------------------------------
