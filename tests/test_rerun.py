@@ -183,18 +183,61 @@ def test_torch_site_scorer_equals_the_whole_model_and_runs_only_the_layers_after
                for n in ("c1", "c2", "c3", "fc")]
     try:
         got = scorer(batch)
-        assert "c1" in ran  # the first call records what the layers after need, at this batch size
+        assert ran == ["c3", "fc"]  # the batch size is read off the input; c1 and c2 never rerun
         ran.clear()
         again = scorer(batch[::-1].copy())
     finally:
         for h in handles:
             h.remove()
-    assert ran == ["c3", "fc"]  # later calls at the same batch size run only the layers after
+    assert ran == ["c3", "fc"]
     with torch.no_grad():
         z = torch.relu(torch.from_numpy(np.moveaxis(batch, -1, 1).copy()))
         ref = model.fc((model.c3(z) + z).mean((2, 3)))[:, 1].numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(again, ref[::-1], rtol=1e-5, atol=1e-6)
+
+
+class _TorchSkipNet(nn.Module):
+    """A skip connection from before the explained layer (c2) to after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.c0 = nn.Conv2d(3, 4, 1)
+        self.c1 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.c1(self.c0(x)))
+        return self.fc((torch.relu(self.c2(h)) + h).mean((2, 3)))
+
+
+def test_torch_site_scorer_runs_what_a_skip_connection_needs_once_per_batch_size():
+    model = _TorchSkipNet()
+    x = np.random.default_rng(1).normal(size=(1, 6, 6, 3)).astype("float32")
+    adapter = adapt(model)
+    arrays = adapter.prepare(x)
+    node = next(n for n in adapter.graph().nodes if n.path == "c2")
+    acts = adapter.capture(arrays, [node], ClassScore(0), need_gradients=False).sites[0].activations
+    scorer = adapter.site_scorer(arrays, node, ClassScore(0))
+    ran: list[str] = []
+    handles = [getattr(model, n).register_forward_hook(lambda m, a, o, n=n: ran.append(n))
+               for n in ("c0", "c1", "c2", "fc")]
+    batch = np.concatenate([acts, acts * -1.0, acts * 2.0])
+    try:
+        got = [scorer(batch), scorer(batch[:2].copy()), scorer(batch), scorer(batch[:2].copy())]
+    finally:
+        for h in handles:
+            h.remove()
+    # c0 and c1 feed the skip: once for batch 3, once for batch 2; c2 (replaced) never runs
+    assert ran == ["c0", "c1", "fc", "c0", "c1", "fc", "fc", "fc"]
+    with torch.no_grad():
+        h = torch.relu(model.c1(model.c0(torch.from_numpy(np.moveaxis(x, -1, 1).copy()))))
+        a = torch.from_numpy(np.moveaxis(batch, -1, 1).copy())  # c2's output, replaced
+        ref = model.fc((torch.relu(a) + h).mean((2, 3)))[:, 0].numpy()
+    for g, want in zip(got, [ref, ref[:2], ref, ref[:2]]):
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-6)
 
 
 def test_torch_input_gradients_match_autograd_and_guided_rule_is_restored():

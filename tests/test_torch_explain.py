@@ -246,3 +246,43 @@ def test_shape_reads_do_not_count_as_paths():
     torch.manual_seed(5)
     exp = camlens.explain(ReadsItsShape(), torch.rand(1, 3, 16, 16))
     assert exp.sites[0].layer == "act"
+
+
+class _ViewsItsFeatures(nn.Module):
+    """A LeNet-style flatten, ``.view(N, -1)`` on a convolution's output: it raises on a
+    channels-last memory order, so the adapter must feed this module contiguous tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        f = torch.relu(self.conv(x))
+        return self.fc(f.view(f.shape[0], -1))
+
+
+def test_rerunning_methods_feed_channels_last_memory_and_fall_back_where_a_module_needs_contiguous():
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    conv_net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(4, 2))
+    for model, takes_it in ((conv_net, True), (_ViewsItsFeatures(), False)):
+        seen: list[bool] = []
+        handle = model.register_forward_pre_hook(
+            lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last)))
+        try:
+            adapter = adapt(model)
+            arrays = adapter.prepare(x)
+            got = adapter.score(arrays, targets.ClassScore(1))
+            again = adapter.score(arrays, targets.ClassScore(1))
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            ref = model(torch.from_numpy(np.moveaxis(x, -1, 1).copy()))[:, 1].numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(again, got)
+        # channels-last where the module takes it; else one failed try, then contiguous only
+        assert seen == ([True, True] if takes_it else [True, False, False])
+    exp = camlens.explain(_ViewsItsFeatures(), x, method="scorecam", target=1, layer="conv")
+    assert exp.map.shape == (2, 6, 6) and np.isfinite(exp.map).all()

@@ -343,6 +343,66 @@ def test_auto_layer_on_a_torch_vit_and_gradcam_against_hooks_and_keras(tvit, kvi
     np.testing.assert_allclose(keras_exp.raw_maps[0], expected, rtol=1e-3, atol=1e-5)
 
 
+def test_a_block_whose_forward_ends_in_an_add_is_a_layer_by_its_name(tvit):
+    """``blocks.0`` is not a leaf module and its output is ``x + mlp(...)``, a function: the
+    graph names that add after the block, and a hook on the block probes it."""
+    report = camlens.layers(tvit, input_shape=(1, 3, 16, 16))
+    rows = {r.path: r for r in report.rows}
+    assert rows["blocks.0"].kind == "add" and rows["blocks.1"].kind == "add"
+    exp = camlens.explain(tvit, IMAGES, target=2, layer="blocks.0")
+    assert exp.sites[0].label == "blocks.0" and exp.sites[0].shape == (4, 4, 16)
+    x = torch.from_numpy(np.moveaxis(IMAGES, -1, 1).copy())
+    seen = {}
+    handle = tvit.blocks[0].register_forward_hook(lambda m, a, out: seen.setdefault("a", out))
+    try:
+        (grad,) = torch.autograd.grad(tvit(x)[:, 2].sum(), seen["a"])
+    finally:
+        handle.remove()
+    acts = seen["a"].detach().numpy()[:, 1:].reshape(2, 4, 4, 16)
+    grads = grad.numpy()[:, 1:].reshape(2, 4, 4, 16)
+    expected = np.maximum(np.einsum("nijc,nc->nij", acts, grads.mean(axis=(1, 2))), 0)
+    assert all(np.ptp(m) > 0 for m in expected)
+    np.testing.assert_allclose(exp.raw_maps[0], expected, rtol=1e-4, atol=1e-6)
+    assert not any(m._forward_hooks for m in tvit.modules())
+
+
+def test_each_call_of_a_shared_block_is_its_own_layer():
+    class Blk(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return torch.relu(self.c(x)) + x
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.enc = Blk()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, a, b):
+            return self.fc((self.enc(self.enc(a)) + self.enc(b)).mean((2, 3)))
+
+    net = Twice()
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    exp = camlens.explain(net, [x, 2 * x], layer="enc", target=1)
+    assert [s.label for s in exp.sites] == ["enc", "enc#1", "enc#2"]
+    assert [s.input_index for s in exp.sites] == [0, 0, 1]
+    outs: list = []
+    handle = net.enc.register_forward_hook(lambda m, a, out: outs.append(out))
+    try:
+        ta, tb = (torch.from_numpy(np.moveaxis(v, -1, 1).copy()) for v in (x, 2 * x))
+        grads = torch.autograd.grad(net(ta, tb)[:, 1].sum(), outs)
+    finally:
+        handle.remove()
+    for k, (out, grad) in enumerate(zip(outs, grads)):
+        a, g = np.moveaxis(out.detach().numpy(), 1, -1), np.moveaxis(grad.numpy(), 1, -1)
+        want = np.maximum(np.einsum("nijc,nc->nij", a, g.mean(axis=(1, 2))), 0)
+        np.testing.assert_allclose(exp.raw_maps[k], want, rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("method", GRADIENT_METHODS)
 def test_every_layer_method_runs_on_a_torch_vit(tvit, method):
     exp = camlens.explain(tvit, IMAGES, method=method, target=2)

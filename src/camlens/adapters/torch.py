@@ -111,6 +111,7 @@ class TorchAdapter:
         self._node_module: dict[int, str] = {}
         self._gm: Any = None  # the fx GraphModule, when the module could be traced
         self._fx_node: dict[int, str] = {}  # graph node id -> fx node name
+        self._channels_last: bool | None = None  # whether the module takes channels-last memory
 
     # ------------------------------------------------------------------ inputs
     def input_specs(self) -> list[InputSpec]:
@@ -152,11 +153,21 @@ class TorchAdapter:
             self._graph = None  # shapes changed: propagate again
         return out
 
-    def _tensors(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+    def _tensors(self, arrays: Sequence[np.ndarray], channels_last: bool = False) -> list[Any]:
+        """The module's channels-first tensors of channels-last ``arrays``. ``channels_last``:
+        keep the channels-last memory order under the channels-first shape (no copy, see
+        :meth:`score`)."""
         import torch
 
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        if channels_last:
+            return [
+                torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+                if a.ndim == 4
+                else torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
+                for a in arrays
+            ]
         return [
             torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device=device, dtype=dtype)
             for a in arrays
@@ -258,8 +269,44 @@ class TorchAdapter:
                 for prefix in _module_prefixes(node):
                     aliases.setdefault(prefix, [])
                     aliases[prefix] = [nid]  # the last node inside a module gives its output
+        self._name_module_outputs(gm, ids, nodes, calls)
         aliases = {k: v for k, v in aliases.items() if k not in calls}
         return LayerGraph(nodes, inputs, outputs, output_names, input_names, aliases=aliases)
+
+    def _name_module_outputs(
+        self, gm: Any, ids: dict[str, int], nodes: list[GraphNode], calls: dict[str, int]
+    ) -> None:
+        """Give a module's name to the function node that is its output.
+
+        A module that is not a leaf has no node of its own: tracing inlines its forward. Where
+        that forward ends in a function (a transformer block's ``x + mlp(x)``), the last node
+        traced inside each call is the call's output; it is renamed after the module, with the
+        call's number (fx marks the k-th call of a module ``path@k``), so that ``"blocks.0"``
+        names it and a forward hook on ``blocks.0`` probes it. A node counts only when every
+        node that reads it lies outside that call (the value leaves the module)."""
+        last: dict[tuple[str, str, int], Any] = {}  # (path, scope key, call) -> fx node
+        for fx_node in gm.graph.nodes:
+            if fx_node.name not in ids:
+                continue
+            for key, value in (fx_node.meta.get("nn_module_stack") or {}).items():
+                path = value[0] if isinstance(value, tuple) else value
+                if isinstance(path, str) and path:
+                    k = str(key).partition("@")[2]
+                    last[(path, str(key), int(k) if k.isdigit() else 0)] = fx_node
+        chosen: dict[int, tuple[str, int]] = {}
+        for (path, key, call), fx_node in last.items():
+            nid = ids[fx_node.name]
+            if nid in self._node_module or path in self._modules and not list(self._modules[path].children()):
+                continue  # a module node already, or a leaf module (it has its own node)
+            users = list(fx_node.users)
+            if not users or any(key in (u.meta.get("nn_module_stack") or {}) for u in users):
+                continue
+            if nid not in chosen or len(path) > len(chosen[nid][0]):
+                chosen[nid] = (path, call)  # the innermost module whose output it is
+        for nid, (path, call) in chosen.items():
+            nodes[nid].path, nodes[nid].call = path, call
+            self._node_module[nid] = path
+            calls[path] = max(calls.get(path, 0), call + 1)
 
     def _run_order_graph(self) -> LayerGraph:
         """Modules in the order they ran on the example batch, without edges."""
@@ -303,10 +350,31 @@ class TorchAdapter:
         import torch
 
         with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
-            out = self.model(*self._tensors(inputs))
+            out = self._run_channels_last(inputs)
             outs = [o for _, o in _flatten_output_arg(out)]
             scores = target.score(outs, self.graph().output_names, _TorchOps)
         return scores.detach().cpu().float().numpy().reshape(-1)
+
+    def _run_channels_last(self, inputs: list[np.ndarray]) -> Any:
+        """The module's output for ``inputs`` fed in channels-last memory order where the module
+        accepts it. Convolutions then run in the layout oneDNN and cuDNN prefer: EfficientNet-
+        Lite0 at batch 8 ran 1.2-1.5x faster on 2 CPU cores, ResNet-50 1.1-1.2x (the values
+        agree to float rounding). Used where the model runs many times on modified copies
+        (Score-CAM, RISE, occlusion, the metrics). A module that needs a contiguous input
+        (``x.view(...)`` on it, or on a convolution's output, raises) is run once more the usual
+        way and remembered; the caller holds eval mode and no_grad, so a failed try changes
+        nothing."""
+        if self._channels_last is not False and any(a.ndim == 4 for a in inputs):
+            try:
+                out = self.model(*self._tensors(inputs, channels_last=True))
+            except RuntimeError:
+                if self._channels_last:
+                    raise
+                self._channels_last = False
+            else:
+                self._channels_last = True
+                return out
+        return self.model(*self._tensors(inputs))
 
     def _module_for(self, node: GraphNode) -> Any:
         path = self._node_module.get(node.id)
@@ -451,9 +519,10 @@ class TorchAdapter:
         """For one sample (``inputs`` with batch 1): a function from replacement activations
         ``(B, h, w, C)`` at ``node`` to the target scores ``(B,)``.
 
-        With an fx graph only the nodes after ``node`` run on the replacements (the values
-        they need from elsewhere are computed once per batch size and kept); without one the
-        whole module runs with ``node``'s output replaced by a forward hook.
+        With an fx graph only the nodes after ``node`` run on the replacements; the values
+        they need from elsewhere are computed once per batch size (only the nodes that feed
+        them run) and kept. Without one the whole module runs with ``node``'s output replaced
+        by a forward hook.
         """
         import torch
 
@@ -494,6 +563,16 @@ class TorchAdapter:
                     frontier.append(u)
         needed = {a.name for n in fx_nodes if n.name in after for a in n.all_input_nodes
                   if a.name not in after and a.name != start}
+        # what computes them: none of it depends on the layer (else it would be "after"), so it
+        # runs once per batch size, and only it (a skip connection from an earlier block, a
+        # batch size read off the input); the rest of the layers before the layer never rerun
+        upstream: set[str] = set()
+        stack = [n for n in fx_nodes if n.name in needed]
+        while stack:
+            n = stack.pop()
+            if n.name not in upstream:
+                upstream.add(n.name)
+                stack.extend(n.all_input_nodes)
         caches: dict[int, dict[str, Any]] = {}
         gm = self._gm
 
@@ -504,7 +583,7 @@ class TorchAdapter:
 
             def run_node(self, n: Any) -> Any:
                 if self.mode == "record":
-                    if n.name in after or n.name == start:
+                    if n.name not in upstream and n.op != "placeholder":
                         return None
                     out = super().run_node(n)
                     if n.name in needed:
