@@ -168,23 +168,14 @@ def import_grad_cam() -> tuple[Any, bool]:
     image utilities, which no benchmark calls; PyPI's torchvision wheels are built for one torch
     release each and none imports beside the torch 2.13.0 of this environment. Where the real
     torchvision cannot be imported, ``tests/stubs`` (a stand-in ``torchvision`` that defines just
-    the names grad-cam imports, each raising ``NotImplementedError`` when called; the parity
-    tests use the same copy) goes on ``sys.path`` for the import and is taken off again.
+    the names grad-cam imports, each raising ``NotImplementedError`` when called) is used for the
+    import: ``tests/stubs/grad_cam_loader.py``, which the parity tests use too.
     """
-    try:
-        importlib.import_module("torchvision")
-        stub = False
-    except Exception:  # ImportError, or RuntimeError/OSError from a torchvision built for another torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.path.insert(0, str(STUBS))
-        importlib.invalidate_caches()
-        stub = True
-    try:
-        return importlib.import_module("pytorch_grad_cam"), stub
-    finally:
-        if stub:
-            sys.path.remove(str(STUBS))
+    spec = importlib.util.spec_from_file_location("_camlens_grad_cam_loader", STUBS / "grad_cam_loader.py")
+    assert spec is not None and spec.loader is not None
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
+    return loader.import_grad_cam()
 
 
 @contextlib.contextmanager

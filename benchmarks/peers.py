@@ -5,7 +5,10 @@ One PyTorch model, EfficientNet-Lite0 with its ImageNet weights (the original
 so that every library explains the same 7x7x1280 layer: see ``_common.efficientnet_lite0_torch``),
 on the bundled photos at 224x224, each sample's top class given to every library as its target.
 Grad-CAM and Grad-CAM++ explain a batch of 8 photos; Score-CAM and Ablation-CAM, which run the
-model once per channel, one photo.
+model once per channel, one photo. The row ``scorecam@_bn1`` explains the head's batch norm, the
+input of ``head_act``'s ReLU6, instead: it has no constant channels, so camlens scores every one
+of the 1280 (at ``head_act`` two thirds of the channels are 0 everywhere on a photo and share one
+scored copy): Score-CAM's margin where that saving is absent.
 
 Time: for each method, one process builds the model, runs one forward pass (the top classes;
 weights and kernels loaded), then the libraries take turns, ``--repeat`` rounds (5 for the
@@ -15,9 +18,10 @@ clock), ``CPU s`` its least CPU time (all threads of the process). A call of a m
 Score-CAM and Ablation-CAM) cannot take turns at a finer grain, and on a shared machine another
 process's burst can slow one library's call several times over; CPU time is disturbed far less,
 so ``speed-up`` and the targets use CPU seconds, with the wall-clock ratio in brackets.
-PyTorch runs on one thread (``--threads``): with two threads on two shared cores, a thread
-that waits at OpenMP's barrier for one that was descheduled spins, so both wall and CPU time of
-a minute-long call swung 0.4x-5x between runs; with one thread a call's CPU time is its work.
+PyTorch runs on 2 threads (``--threads``), as in the issue's measurements. On a machine
+loaded by other jobs use ``--threads 1``: with two threads on two shared cores, a thread that
+waits at OpenMP's barrier for one that was descheduled spins, so both wall and CPU time of a
+minute-long call swung 0.4x-5x between runs; with one thread a call's CPU time is its work.
 Memory: each (library, method) in a fresh Python process, set up the same way, reads the
 resident set size and then the peak of its growth during one call (``peak MiB``: sampled every
 millisecond, and ``ru_maxrss``). ``speed-up`` is the peer's least CPU seconds over camlens's,
@@ -33,7 +37,7 @@ Targets (from the issue): Grad-CAM at least 2x faster than grad-cam; Ablation-CA
 (camlens reruns only the layers after the explained one); Score-CAM at least 2x faster with at
 most a quarter of grad-cam's peak memory.
 
-    python benchmarks/peers.py                  # everything (about 10 minutes on 2 CPU cores)
+    python benchmarks/peers.py                  # everything (about 30 minutes on 2 CPU cores)
     python benchmarks/peers.py --only scorecam  # the methods whose name contains this
     python benchmarks/peers.py --smoke          # tiny model, same code path, seconds
 """
@@ -49,11 +53,12 @@ import numpy as np
 
 from _common import MIB, MemoryWatch, child, emit, has, interleaved, machine, quiet, versions
 
-# method -> (batch, repeat)
+# row -> (batch, repeat); a row is a method, at the layer after "@" where not head_act
 METHODS: dict[str, tuple[int, int]] = {
     "gradcam": (8, 5),
     "gradcam++": (8, 5),
     "scorecam": (1, 2),
+    "scorecam@_bn1": (1, 2),
     "ablationcam": (1, 2),
 }
 TOOLS = ("camlens", "grad-cam", "torchcam")
@@ -113,28 +118,32 @@ def _runner(tool: str, method: str, net: Any, layer: str, x: Any, classes: list[
     raise ValueError(f"no library {tool!r}")
 
 
-def _setup(method: str, smoke: bool) -> tuple[Any, str, Any, list[int]]:
+def _setup(row: str, smoke: bool) -> tuple[Any, str, Any, list[int]]:
     """The model, the explained layer, the input batch and each sample's top class."""
     import torch
 
     from _common import photos_nchw, torch_model
 
-    batch = METHODS[method][0]
+    batch = METHODS[row][0]
     if smoke:
         batch = min(batch, 2)
     net = torch_model("tiny" if smoke else "efficientnet-lite0")
     x = torch.from_numpy(photos_nchw(batch, 32 if smoke else 224))
     with torch.no_grad():  # also loads the weights and kernels before anything is measured
         classes = net(x).argmax(dim=1).tolist()
-    return net, "3" if smoke else "head_act", x, classes
+    layer = row.partition("@")[2] or "head_act"
+    if smoke:  # the tiny model's last ReLU, or the convolution before it
+        layer = "2" if "@" in row else "3"
+    return net, layer, x, classes
 
 
-def time_method(method: str, tools: list[str], smoke: bool, repeat: int | None) -> dict[str, Any]:
-    """Every library's ``method`` in this one process, taking turns: ``{tool: times}``."""
-    net, layer, x, classes = _setup(method, smoke)
+def time_method(row: str, tools: list[str], smoke: bool, repeat: int | None) -> dict[str, Any]:
+    """Every library's method of ``row`` in this one process, taking turns: ``{tool: times}``."""
+    net, layer, x, classes = _setup(row, smoke)
+    method = row.partition("@")[0]
     runs = {t: _runner(t, method, net, layer, x, classes) for t in tools}
     fns = {t: run for t, run in runs.items() if run is not None}
-    rounds = repeat or (min(METHODS[method][1], 2) if smoke else METHODS[method][1])
+    rounds = repeat or (min(METHODS[row][1], 2) if smoke else METHODS[row][1])
     cpu: dict[str, list[float]] = {}
     times = interleaved(fns, rounds, cpu)
     return {
@@ -148,10 +157,10 @@ def time_method(method: str, tools: list[str], smoke: bool, repeat: int | None) 
     }
 
 
-def memory_config(tool: str, method: str, smoke: bool) -> dict[str, Any]:
-    """RSS before one call of ``tool``'s ``method`` and its peak growth during the call."""
-    net, layer, x, classes = _setup(method, smoke)
-    run = _runner(tool, method, net, layer, x, classes)
+def memory_config(tool: str, row: str, smoke: bool) -> dict[str, Any]:
+    """RSS before one call of ``tool``'s method of ``row`` and its peak growth during the call."""
+    net, layer, x, classes = _setup(row, smoke)
+    run = _runner(tool, row.partition("@")[0], net, layer, x, classes)
     if run is None:
         return {"missing": True}
     with MemoryWatch() as mem:
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny model at 32 px, for CI: same code path")
     parser.add_argument("--only", default="", help="run the methods whose name contains this")
     parser.add_argument("--repeat", type=int, help="timed rounds per method (default: 5 for gradient methods, else 2)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see above)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (default 2; 1 on a loaded machine, see above)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -204,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     print("peak: RSS growth during one call, in a fresh process per row" + (" (smoke: one process)" if args.smoke else ""))
     print("speed-up = peer / camlens, of CPU seconds (wall-clock seconds); memory = camlens peak / peer peak")
     head = (
-        f"{'method':<12} {'library':<9} {'batch':>5} {'rounds':>6} {'best s':>8} {'median s':>8} {'CPU s':>8} "
+        f"{'method':<14} {'library':<9} {'batch':>5} {'rounds':>6} {'best s':>8} {'median s':>8} {'CPU s':>8} "
         f"{'peak MiB':>9} {'speed-up':>13} {'memory':>7}  target (on CPU time)"
     )
     print(head)
@@ -228,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         for tool in tools:
             config = f"{tool}:{method}"
             if tool in t["missing"]:
-                print(f"{method:<12} {tool:<9} {t['batch']:>5}  (the library has no such method)")
+                print(f"{method:<14} {tool:<9} {t['batch']:>5}  (the library has no such method)")
                 continue
             if config not in memory:
                 memory[config] = child(script, ["--worker", "memory", config, *flags], env=env)[0]
@@ -243,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
                 if ours_peak is not None and peak:
                     share = ours_peak / peak
             note = ""
-            if (method, tool) in TARGETS and speed is not None:
-                least, most = TARGETS[(method, tool)]
+            if (method.partition("@")[0], tool) in TARGETS and speed is not None:
+                least, most = TARGETS[(method.partition("@")[0], tool)]
                 met = speed >= least and (most is None or (share is not None and share <= most))
                 want = f">= {least:g}x" + ("" if most is None else f", memory <= {most:g}")
                 note = f"{want}: {'met' if met else 'NOT met'}"
             speeds = "n/a" if speed is None or wall is None else f"{speed:.1f} ({wall:.1f})"
             print(
-                f"{method:<12} {tool:<9} {t['batch']:>5} {t['rounds']:>6} {times['min']:>8.3f} {times['median']:>8.3f} "
+                f"{method:<14} {tool:<9} {t['batch']:>5} {t['rounds']:>6} {times['min']:>8.3f} {times['median']:>8.3f} "
                 f"{times['cpu']:>8.2f} {_num(peak, '.0f'):>9} {speeds:>13} {_num(share, '.3f'):>7}  {note}",
                 flush=True,
             )

@@ -12,10 +12,10 @@ loaded), reads the process's resident set size (RSS), then times one
   between samples).
 
 The issue's target is a peak growth under 1 GiB at the default batch size: Score-CAM builds
-``ScoreCAM.batch_size`` (32) masked copies at a time and ``explain`` runs them through the
-model ``batch_size`` (16) at a time, whatever the channel count. The peak therefore grows
-with the images per forward pass, not with the channels: compare the Faster Score-CAM rows,
-and try ``--batch-size 8``.
+``ScoreCAM.batch_size`` (8) masked copies at a time and ``explain`` runs them through the
+model at most ``batch_size`` (16) at a time, whatever the channel count. The peak therefore
+grows with the images per forward pass, not with the channels: compare the Faster Score-CAM
+rows, and try ``--batch-size 32``.
 
 The full run also compares Faster Score-CAM (``fastscorecam``: only the ``k`` channels of
 largest spatial variance are scored) with Score-CAM on bundled photos: the Pearson
@@ -25,7 +25,7 @@ the top 20% pixels of each map are kept (the others set to 0, mid-grey after pre
 
     python benchmarks/scorecam_memory.py           # EfficientNet-Lite0, Keras and PyTorch
     python benchmarks/scorecam_memory.py --smoke   # tiny models, same code path, seconds
-    python benchmarks/scorecam_memory.py --only keras --batch-size 8 --no-faithfulness
+    python benchmarks/scorecam_memory.py --only keras --batch-size 32 --no-faithfulness
 """
 
 from __future__ import annotations

@@ -78,7 +78,7 @@ def test_peers_smoke():
     header, rows = _table(proc.stdout, "method")
     assert header[:5] == ["method", "library", "batch", "rounds", "best"]
     ours = [r for r in rows if r[1] == "camlens"]
-    assert [r[0] for r in ours] == ["gradcam", "gradcam++", "scorecam", "ablationcam"]
+    assert [r[0] for r in ours] == ["gradcam", "gradcam++", "scorecam", "scorecam@_bn1", "ablationcam"]
     for lib, module in (("grad-cam", "pytorch_grad_cam"), ("torchcam", "torchcam")):
         if importlib.util.find_spec(module) is not None:
             assert any(r[1] == lib and r[0] == "gradcam" for r in rows)

@@ -71,8 +71,7 @@ Deliberate differences
 
 from __future__ import annotations
 
-import importlib
-import sys
+import importlib.util
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,28 +84,17 @@ STUBS = Path(__file__).resolve().parents[1] / "stubs"
 
 
 def _import_grad_cam() -> tuple[Any, bool]:
-    """``pytorch_grad_cam``, and whether tests/stubs' torchvision stand-in had to be used.
-
-    grad-cam imports torchvision at import time, only for image utilities these tests do not
-    call; where the real torchvision cannot be imported (not installed, or built for another
-    torch), ``tests/stubs`` goes on ``sys.path`` for the import and is taken off afterwards.
-    """
+    """``pytorch_grad_cam``, and whether tests/stubs' torchvision stand-in had to be used
+    (``tests/stubs/grad_cam_loader.py``: grad-cam imports torchvision at import time, only for
+    image utilities these tests do not call)."""
+    spec = importlib.util.spec_from_file_location("_camlens_grad_cam_loader", STUBS / "grad_cam_loader.py")
+    assert spec is not None and spec.loader is not None
+    loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loader)
     try:
-        importlib.import_module("torchvision")
-        stub = False
-    except Exception:  # ImportError, or RuntimeError/OSError from a torchvision for another torch
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.path.insert(0, str(STUBS))
-        importlib.invalidate_caches()
-        stub = True
-    try:
-        if stub:
-            assert getattr(importlib.import_module("torchvision"), "IS_STUB", False)
-        return pytest.importorskip("pytorch_grad_cam", reason="pip install --no-deps grad-cam"), stub
-    finally:
-        if stub:
-            sys.path.remove(str(STUBS))
+        return loader.import_grad_cam()
+    except ImportError as err:
+        pytest.skip(f"grad-cam is not installed (pip install --no-deps grad-cam): {err}", allow_module_level=True)
 
 
 pgc, USING_TORCHVISION_STUB = _import_grad_cam()
