@@ -230,6 +230,7 @@ def explain(
         inputs=arrays,
         outputs=outputs,
         details=details,
+        target_spec=tgt,
     )
 
 
@@ -284,6 +285,7 @@ def _explain_pixels(
         inputs=arrays,
         outputs=outputs,
         details=details,
+        target_spec=tgt,
     )
 
 

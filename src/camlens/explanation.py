@@ -50,6 +50,8 @@ class Explanation:
         details: per site, what the method reports beyond the map (pixel attributions:
             ``"attributions"`` ``(N, H, W, c)``; Integrated Gradients also
             ``"completeness_error"``), else empty dicts.
+        target_spec: the :class:`camlens.targets.Target` object that was explained (``target``
+            is its description); the metrics measure it again when given this explanation.
     """
 
     maps: list[np.ndarray]
@@ -63,6 +65,7 @@ class Explanation:
     inputs: list[np.ndarray] = field(repr=False, default_factory=list)
     outputs: list[np.ndarray] = field(repr=False, default_factory=list)
     details: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    target_spec: Any = field(repr=False, default=None)
 
     @property
     def map(self) -> np.ndarray:

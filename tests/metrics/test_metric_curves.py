@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import camlens
 from camlens import metrics, targets
 from metric_toys import (
     DELETION_MEANS,
@@ -131,6 +132,13 @@ def test_other_inputs_are_pinned_to_their_image():
     np.testing.assert_allclose(res.curve, [DELETION_MEANS + 10, DELETION_MEANS + 20], rtol=1e-6)
     with pytest.raises(ValueError, match="score='raw'"):
         metrics.deletion(model, x, np.concatenate([MAP, MAP]), targets.RegressionScore(0))
+    # an explanation of that target keeps it: the metric measures it again without target=
+    exp = camlens.explain(model, x, method="saliency", target=targets.RegressionScore(0))
+    assert exp.class_indices is None and isinstance(exp.target_spec, targets.RegressionScore)
+    again = metrics.deletion(model, exp, np.concatenate([MAP, MAP]), steps=4, score="raw", batch_size=2)
+    np.testing.assert_array_equal(again.curve, res.curve)
+    with pytest.raises(ValueError, match="non-class target .* use score='raw'"):
+        metrics.deletion(model, exp, steps=4)
 
 
 def test_an_explanation_gives_images_maps_and_classes():

@@ -241,10 +241,17 @@ def setup(
             maps = exp.maps[site]
         explained = exp.class_indices
         if target is None and explained is None:
-            raise ValueError(
-                f"the explanation is of a non-class target ({exp.target}); pass the same "
-                "target= again, with score='raw'"
-            )
+            if exp.target_spec is None:
+                raise ValueError(
+                    f"the explanation is of a non-class target ({exp.target}) and does not hold "
+                    "it; pass the same target= again, with score='raw'"
+                )
+            if score != "raw":
+                raise ValueError(
+                    f"the explanation is of a non-class target ({exp.target}), which has no "
+                    f"class probability or logit; use score='raw' (got score={score!r})"
+                )
+            target = exp.target_spec
     else:
         if maps is None:
             raise ValueError("give the maps: metric(model, images, maps), or pass an Explanation")
