@@ -42,6 +42,29 @@ def _parse_target(text: str) -> Any:
     )
 
 
+_MODEL = ("a Keras model file (.keras or .h5), or Python code that builds a Keras model or torch "
+          "module: FILE.py:NAME or package.module:NAME")
+_MODEL_OR_BUNDLED = _MODEL + ", or 'bundled' for the pretrained EfficientNet-Lite0 of `camlens demo`"
+_IMAGES = "image files (PNG, JPEG, ...) or folders (all their images, sorted)"
+_PREPROCESS = ("pixel scaling the model expects: none (0..255, default), unit (0..1), symmetric "
+               "(-1..1), imagenet ((x/255 - mean) / std, as torchvision's models)")
+_SIZE = ("HEIGHT,WIDTH (or N for N,N) to resize images to, for a model without a fixed input size "
+         "(PyTorch modules); default: each image's own size")
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = [t.strip() for t in text.replace("x", ",").split(",")]
+    try:
+        hw = [int(t) for t in parts]
+    except ValueError:
+        hw = []
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 2:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use HEIGHT,WIDTH such as 224,224, or 224")
+    return hw[0], hw[1]
+
+
 def _parser() -> argparse.ArgumentParser:
     from .io import PREPROCESSING
 
@@ -49,16 +72,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="write heatmaps and overlays for images")
-    e.add_argument("model", help="a Keras model file (.keras or .h5)")
-    e.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    e.add_argument("model", help=_MODEL)
+    e.add_argument("images", nargs="+", help=_IMAGES)
     e.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, cam, ...")
     e.add_argument("--layer", default="auto", help="layer path, or auto (default)")
     e.add_argument("--target", type=_parse_target, default=None,
                    help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
     e.add_argument("--output", default=None, help="which model output, for models with several")
-    e.add_argument("--preprocess", choices=sorted(PREPROCESSING), default="none",
-                   help="pixel scaling the model expects: none (0..255, default), unit (0..1), "
-                        "symmetric (-1..1)")
+    e.add_argument("--preprocess", choices=sorted(PREPROCESSING), default="none", help=_PREPROCESS)
+    e.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
     e.add_argument("--cmap", default="jet", help="matplotlib colormap")
@@ -73,25 +95,24 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--out", default="camlens-demo", help="output folder (default camlens-demo)")
 
     f = sub.add_parser("features", help="write a grid of feature maps per layer for one image")
-    f.add_argument("model", help="a Keras model file (.keras or .h5), or 'bundled' for the "
-                                 "pretrained EfficientNet-Lite0 of `camlens demo`")
+    f.add_argument("model", help=_MODEL_OR_BUNDLED)
     f.add_argument("image", help="an image file (PNG, JPEG, ...)")
+    f.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     f.add_argument("--layers", default="conv",
                    help="conv (default: every convolution), spatial (every layer with a "
                         "(h, w, C) output), auto, or layer names separated by commas")
     f.add_argument("--max-channels", type=int, default=64, help="channels per grid (default 64)")
     f.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                   help="pixel scaling a model file expects: none (0..255, default), unit "
-                        "(0..1), symmetric (-1..1); 'bundled' uses its own")
+                   help=_PREPROCESS + "; 'bundled' uses its own")
     f.add_argument("--cmap", default="viridis", help="matplotlib colormap (default viridis)")
     f.add_argument("-o", "--out", default="camlens-features",
                    help="output folder (default camlens-features)")
 
     r = sub.add_parser("report", help="one self-contained HTML page: overlays per method, top "
                                       "classes, layers, optional faithfulness metrics")
-    r.add_argument("model", help="a Keras model file (.keras or .h5), or 'bundled' for the "
-                                 "pretrained EfficientNet-Lite0 of `camlens demo`")
-    r.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    r.add_argument("model", help=_MODEL_OR_BUNDLED)
+    r.add_argument("images", nargs="+", help=_IMAGES)
+    r.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     r.add_argument("--methods", default="gradcam",
                    help="comma-separated methods (default gradcam), e.g. gradcam,scorecam")
     r.add_argument("--metrics", default="",
@@ -103,17 +124,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="class names: a text file with one per line or a JSON list ('bundled' "
                         "uses the ImageNet names)")
     r.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                   help="pixel scaling a model file expects: none (0..255, default), unit "
-                        "(0..1), symmetric (-1..1); 'bundled' uses its own")
+                   help=_PREPROCESS + "; 'bundled' uses its own")
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--title", default=None, help="page title (default: the model file name)")
     r.add_argument("-o", "--out", default="camlens-report.html",
                    help="the HTML file to write (default camlens-report.html)")
 
     ev = sub.add_parser("evaluate", help="faithfulness metrics of each method's heatmaps, as tables")
-    ev.add_argument("model", help="a Keras model file (.keras or .h5), or 'bundled' for the "
-                                  "pretrained EfficientNet-Lite0 of `camlens demo`")
-    ev.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    ev.add_argument("model", help=_MODEL_OR_BUNDLED)
+    ev.add_argument("images", nargs="+", help=_IMAGES)
+    ev.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     ev.add_argument("--methods", default="gradcam,gradcam++,scorecam",
                     help="comma-separated methods (default gradcam,gradcam++,scorecam)")
     ev.add_argument("--metrics", default="deletion,insertion,average_drop,increase_in_confidence",
@@ -126,24 +146,27 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", type=_parse_target, default=None,
                     help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
     ev.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                    help="pixel scaling a model file expects: none (0..255, default), unit "
-                         "(0..1), symmetric (-1..1); 'bundled' uses its own")
+                   help=_PREPROCESS + "; 'bundled' uses its own")
     ev.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
 
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")
-    lay.add_argument("model", help="a Keras model file (.keras or .h5)")
+    lay.add_argument("model", help=_MODEL)
+    lay.add_argument("--size", type=_parse_size, default=None,
+                     help="HEIGHT,WIDTH of the input, for a model without a fixed input size "
+                          "(PyTorch modules need it)")
     lay.add_argument("--output", default=None, help="which model output, for models with several")
 
     a = sub.add_parser("app", help="a local web page to explain photos (needs camlens[app])")
     a.add_argument("model", nargs="?", default=None,
-                   help="a Keras model file (.keras or .h5); default: the bundled EfficientNet-Lite0")
+                   help=_MODEL + "; default: the bundled EfficientNet-Lite0")
+    a.add_argument("--size", type=_parse_size, default=None,
+                   help="HEIGHT,WIDTH images are resized to, for a model without a fixed input "
+                        "size (PyTorch modules need it)")
     a.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this computer only)")
     a.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    a.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                   help="pixel scaling a model file expects: none (0..255, default), unit (0..1), "
-                        "symmetric (-1..1)")
+    a.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None, help=_PREPROCESS)
     a.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload (default 8 MB)")
     return p
 
@@ -165,12 +188,41 @@ def _load_model_or_exit(path: str) -> Any:
         raise SystemExit(2) from None
 
 
+def _images_or_exit(paths: Sequence[str]) -> list[str]:
+    """Image files, folders expanded to their images."""
+    from .io import image_files
+
+    try:
+        return image_files(list(paths))
+    except ValueError as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int] | int:
+    """``((H, W), channels)`` images are read at for the model's one image input (``None``
+    sides: each image's own size), or an exit status after saying why not. ``size`` (--size)
+    sets the size of a model that has none and must agree with one that has."""
+    spec = _one_image_input(model, api)
+    if isinstance(spec, int):
+        return spec
+    _, h, w, c = spec
+    if size is not None:
+        if h is not None and w is not None and (h, w) != tuple(size):
+            print(f"camlens: the model takes {h}x{w} images; drop --size {size[0]},{size[1]}",
+                  file=sys.stderr)
+            return 2
+        h, w = size
+    return (h, w), int(c or 3)
+
+
 def _cmd_layers(args: argparse.Namespace) -> int:
     from .explain import layers
 
     model = _load_model_or_exit(args.model)
+    shape = None if args.size is None else (1, 3, *args.size)
     try:
-        print(layers(model, output=_output_arg(args.output)))
+        print(layers(model, output=_output_arg(args.output), input_shape=shape))
     except (ValueError, TypeError) as exc:
         print(f"camlens: {exc}", file=sys.stderr)
         return 2
@@ -210,73 +262,70 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         print(f"camlens: --batch-size must be at least 1; got {args.batch_size}", file=sys.stderr)
         return 2
+    images = _images_or_exit(args.images)
     model = _load_model_or_exit(args.model)
+    geometry = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
+    if isinstance(geometry, int):
+        return geometry
+    (h, w), c = geometry
     try:
-        adapter = adapt(model)
-        specs = adapter.input_specs()
         get_method(args.method)
-        if args.layer != "auto":
+        adapter = adapt(model)
+        known = adapter.framework != "torch" or (h is not None and w is not None)
+        if args.layer != "auto" and known:  # a module without --size: checked on the first batch
+            if adapter.framework == "torch":
+                adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
             find_nodes(adapter.graph(), args.layer)
     except (TypeError, ValueError) as exc:
         print(f"camlens: {exc}", file=sys.stderr)
         return 2
-    if len(specs) != 1 or len(specs[0].shape) != 4:
-        print(
-            f"camlens: the command line explains one-image models; this one takes "
-            f"{[s.shape for s in specs]}. Use the Python API, camlens.explain(model, [a, b]).",
-            file=sys.stderr,
-        )
-        return 2
-    _, h, w, c = specs[0].shape
     prep = PREPROCESSING[args.preprocess]
     out = Path(args.out)
-    names = _unique_names(args.images)
+    names = _unique_names(images)
     failed: list[tuple[str, str]] = []
     results: list[dict[str, Any]] = []
-    order = list(zip(args.images, names))
+    order = list(zip(images, names))
+    layer_texts: list[str] = []
     with tqdm(total=len(order), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
         for start in range(0, len(order), args.batch_size):
-            batch = order[start : start + args.batch_size]
-            pixels, kept = [], []
-            for path, name in batch:
+            # images of one size are explained together (a model without a fixed size may get
+            # several sizes in one batch)
+            groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray]]] = {}
+            for path, name in order[start : start + args.batch_size]:
                 try:
-                    img = load_image(path, (h, w), channels=c or 3)
+                    img = load_image(path, (h, w), channels=c)
                 except ImageError as exc:
                     failed.append((path, str(exc)))
                     bar.update(1)
                     continue
-                if pixels and img.shape != pixels[0].shape:
-                    # models without a fixed size: explain images of other sizes on their own
-                    failed.append((path, f"{path}: size {img.shape[:2]} differs from the batch; run it alone or give the model a fixed input size"))
-                    bar.update(1)
-                    continue
-                pixels.append(img)
-                kept.append((path, name))
-            if not pixels:
-                continue
-            x = np.stack(pixels)
-            try:
-                exp = explain(model, prep(x), method=args.method, target=args.target,
-                              layer=args.layer, output=_output_arg(args.output),
-                              batch_size=args.batch_size)
-            except (ValueError, TypeError, NotImplementedError) as exc:
-                print(f"camlens: {exc}", file=sys.stderr)
-                return 2
-            files = exp.save(out, images=x.astype(np.uint8) if c != 1 else x, names=[n for _, n in kept],
-                             cmap=args.cmap, alpha=args.alpha, write_json=False)
-            for i, (path, name) in enumerate(kept):
-                results.append({
-                    "image": path,
-                    "score": float(exp.scores[i]),
-                    "class": None if exp.class_indices is None else int(exp.class_indices[i]),
-                    # save() names files "<safe name>_<method>_<layer>_..."; match all of that
-                    # prefix so that "cat" does not also claim the files of "cat_2"
-                    "files": [f.name for f in files
-                              if f.name.startswith(f"{_safe(name)}_{exp.method}_")],
-                })
-            layer_text = exp.reason
-            bar.update(len(kept))
+                groups.setdefault(img.shape, []).append((path, name, img))
+            for group in groups.values():
+                x = np.stack([img for _, _, img in group])
+                try:
+                    exp = explain(model, prep(x), method=args.method, target=args.target,
+                                  layer=args.layer, output=_output_arg(args.output),
+                                  batch_size=args.batch_size)
+                except (ValueError, TypeError, NotImplementedError) as exc:
+                    print(f"camlens: {exc}", file=sys.stderr)
+                    return 2
+                files = exp.save(out, images=x.astype(np.uint8) if c != 1 else x,
+                                 names=[n for _, n, _ in group], cmap=args.cmap, alpha=args.alpha,
+                                 write_json=False)
+                for i, (path, name, _) in enumerate(group):
+                    results.append({
+                        "image": path,
+                        "score": float(exp.scores[i]),
+                        "class": None if exp.class_indices is None else int(exp.class_indices[i]),
+                        # save() names files "<safe name>_<method>_<layer>_..."; match all of
+                        # that prefix so that "cat" does not also claim the files of "cat_2"
+                        "files": [f.name for f in files
+                                  if f.name.startswith(f"{_safe(name)}_{exp.method}_")],
+                    })
+                if exp.reason not in layer_texts:
+                    layer_texts.append(exp.reason)
+                bar.update(len(group))
     if results:
+        layer_text = "; ".join(layer_texts)
         (out / "results.json").write_text(json.dumps(
             {"method": args.method, "layer": layer_text, "images": results,
              "failed": [{"image": p, "error": e} for p, e in failed]}, indent=2))
@@ -307,6 +356,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
         return 2
     prep: Callable[[Any], Any]
     if args.model == "bundled":
+        if args.size is not None:
+            print("camlens: the bundled model resizes images itself; drop --size", file=sys.stderr)
+            return 2
         loaded = _bundled_model(args.preprocess is not None)
         if isinstance(loaded, int):
             return loaded
@@ -317,11 +369,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
         channels = 3
     else:
         model = _load_model_or_exit(args.model)
-        spec = _one_image_input(model, "camlens.feature_maps(model, [a, b])")
-        if isinstance(spec, int):
-            return spec
-        _, h, w, c = spec
-        size, channels = (h, w), c or 3
+        geometry = _input_geometry(model, args.size, "camlens.feature_maps(model, [a, b])")
+        if isinstance(geometry, int):
+            return geometry
+        size, channels = geometry
         prep = PREPROCESSING[args.preprocess or "none"]
     try:
         pixels = load_image(args.image, size, channels=channels)
@@ -340,8 +391,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    if args.model is None and args.preprocess is not None:
-        print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
+    if args.model is None and (args.preprocess is not None or args.size is not None):
+        print("camlens: the bundled model scales and resizes photos itself; drop --preprocess "
+              "and --size", file=sys.stderr)
         return 2
     if not 0 < args.max_upload_mb <= 1024 or not 0 < args.port < 65536:
         print("camlens: --max-upload-mb must be in (0, 1024] and --port in 1..65535", file=sys.stderr)
@@ -354,7 +406,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         return 2
     try:
         serve(args.model, host=args.host, port=args.port, preprocess=args.preprocess,
-              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), input_size=args.size)
     except (OSError, ValueError, ImportError, TypeError) as exc:
         print(f"camlens: {exc}", file=sys.stderr)
         return 2
@@ -384,10 +436,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"camlens: {exc}", file=sys.stderr)
         return 2
     options: dict[str, Any] = {}
+    images = _images_or_exit(args.images)
     if args.model == "bundled":
-        if args.preprocess is not None or args.classes is not None:
-            print("camlens: the bundled model has its own scaling and ImageNet class names; "
-                  "drop --preprocess and --classes", file=sys.stderr)
+        if args.preprocess is not None or args.classes is not None or args.size is not None:
+            print("camlens: the bundled model has its own scaling, size and ImageNet class names; "
+                  "drop --preprocess, --size and --classes", file=sys.stderr)
             return 2
         loaded = _bundled_model(False)
         if isinstance(loaded, int):
@@ -410,10 +463,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 print(f"camlens: --classes: {exc}", file=sys.stderr)
                 return 2
         model = _load_model_or_exit(args.model)
+        geometry = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
+        if isinstance(geometry, int):
+            return geometry
         options["preprocess"] = PREPROCESSING[args.preprocess or "none"]
+        options["input_size"] = None if None in geometry[0] else geometry[0]
         title = args.title or Path(args.model).name
     try:
-        report = write_report(args.out, model, args.images, methods=methods, metrics=metrics,
+        report = write_report(args.out, model, images, methods=methods, metrics=metrics,
                               top=args.top, layer=args.layer, batch_size=args.batch_size,
                               title=title, progress=None, **options)
     except (ValueError, TypeError, NotImplementedError) as exc:
@@ -469,6 +526,9 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any]
     from .io import PREPROCESSING
 
     if args.model == "bundled":
+        if args.size is not None:
+            print("camlens: the bundled model resizes images itself; drop --size", file=sys.stderr)
+            return 2
         loaded = _bundled_model(args.preprocess is not None)
         if isinstance(loaded, int):
             return loaded
@@ -476,11 +536,10 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any]
 
         return loaded, preprocess_batch, None, 3
     model = _load_model_or_exit(args.model)
-    spec = _one_image_input(model, "camlens.metrics")
-    if isinstance(spec, int):
-        return spec
-    _, h, w, c = spec
-    return model, PREPROCESSING[args.preprocess or "none"], (h, w), c or 3
+    geometry = _input_geometry(model, args.size, "camlens.metrics")
+    if isinstance(geometry, int):
+        return geometry
+    return model, PREPROCESSING[args.preprocess or "none"], geometry[0], geometry[1]
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -516,13 +575,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         for text in problems:
             print(f"camlens: {text}", file=sys.stderr)
         return 2
+    images = _images_or_exit(args.images)
     loaded = _evaluate_model(args)
     if isinstance(loaded, int):
         return loaded
     model, prep, size, channels = loaded
     failed: list[tuple[str, str]] = []
     groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    for path in args.images:
+    for path in images:
         try:
             img = load_image(path, size, channels=channels)
         except ImageError as exc:

@@ -3,24 +3,64 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageError", "load_image", "load_model", "PREPROCESSING"]
+__all__ = ["ImageError", "load_image", "load_model", "image_files", "PREPROCESSING", "IMAGE_SUFFIXES"]
 
 
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 
-#: how pixel values (0..255) are turned into model inputs
+#: ImageNet channel means and standard deviations on a 0..1 scale (torchvision's models)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _imagenet(x: np.ndarray) -> np.ndarray:
+    if np.shape(x)[-1] != 3:
+        raise ValueError(
+            f"'imagenet' scaling normalises 3 colour channels; these pixels have shape "
+            f"{np.shape(x)}: use none, unit or symmetric"
+        )
+    return (np.asarray(x, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+#: how pixel values (0..255, channels last) are turned into model inputs
 PREPROCESSING = {
     "none": lambda x: x,  # 0..255 floats, as keras.utils.img_to_array gives them
     "unit": lambda x: x / 255.0,
     "symmetric": lambda x: x / 127.5 - 1.0,
+    "imagenet": _imagenet,  # (x / 255 - mean) / std, as torchvision's pretrained models expect
 }
+
+#: file suffixes that :func:`image_files` takes from a folder (PIL reads them all)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def image_files(paths: "list[str] | tuple[str, ...]") -> list[str]:
+    """The image files of ``paths``: a file is kept as given (a bad one fails later, with its
+    name), a folder gives its image files (by suffix, at any depth, sorted; hidden files and
+    folders skipped). Raises ValueError for a folder that holds no image file."""
+    out: list[str] = []
+    for item in paths:
+        p = Path(item)
+        if not p.is_dir():
+            out.append(str(item))
+            continue
+        found = sorted(
+            str(f) for f in p.rglob("*")
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+            and not any(part.startswith(".") for part in f.relative_to(p).parts)
+        )
+        if not found:
+            raise ValueError(f"{p}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+        out.extend(found)
+    return out
 
 
 def load_image(
@@ -87,15 +127,98 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_model(path: str | os.PathLike[str]) -> Any:
-    """Load a ``.keras`` or ``.h5`` Keras model for inference (not compiled)."""
+    """Load a model for inference: a ``.keras`` or ``.h5`` Keras file (not compiled), or Python
+    code that builds one, ``FILE.py:NAME`` or ``package.module:NAME``.
+
+    ``NAME`` (dots allowed) is a Keras model or ``torch.nn.Module``, or a function or class
+    called with no arguments that returns one (load your weights there). The code runs as
+    Python: give only files you trust. A ``FILE.py`` may import modules beside it.
+    """
+    text = os.fspath(path)
+    if _PYTHON_SPEC.match(text):
+        return _load_python_model(text)
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such model file")
     if p.suffix not in (".keras", ".h5", ".hdf5"):
-        raise ValueError(f"{p}: camlens reads Keras models saved as .keras or .h5; got {p.suffix or 'no suffix'!r}")
+        hint = ""
+        if p.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
+            hint = (" A PyTorch file holds weights, not code: write a function that builds the "
+                    "module and loads them, and give it as FILE.py:FUNCTION")
+        raise ValueError(
+            f"{p}: camlens reads Keras models saved as .keras or .h5, or Python code as "
+            f"FILE.py:NAME; got {p.suffix or 'no suffix'!r}.{hint}"
+        )
     import keras
 
     try:
         return keras.saving.load_model(p, compile=False)
     except Exception as exc:  # keras raises many types here; say which file failed
         raise ValueError(f"{p}: could not load the Keras model: {exc}") from exc
+
+
+#: "models.py:build", "pkg.models:Net", "path/to/m.py:zoo.resnet" (not "C:\\models\\m.keras")
+_PYTHON_SPEC = re.compile(r"^(?P<source>.+\.py|[A-Za-z_][\w.]*):(?P<name>[A-Za-z_][\w.]*)$")
+
+
+def _is_model(obj: Any) -> bool:
+    kind = type(obj)
+    for base in kind.__mro__:
+        if (base.__module__, base.__name__) in (("torch.nn.modules.module", "Module"),):
+            return True
+        if base.__module__.startswith("keras") and base.__name__ in ("Model", "Functional", "Sequential"):
+            return True
+    return False
+
+
+def _load_python_model(spec: str) -> Any:
+    import importlib
+    import importlib.util
+    import inspect
+    import sys
+
+    m = _PYTHON_SPEC.match(spec)
+    assert m is not None
+    source, name = m.group("source"), m.group("name")
+    if source.endswith(".py"):
+        file = Path(source)
+        if not file.is_file():
+            raise FileNotFoundError(f"{spec}: no such Python file {file}")
+        folder = str(file.resolve().parent)
+        module_name = f"_camlens_model_{abs(hash(str(file.resolve())))}"
+        loader = importlib.util.spec_from_file_location(module_name, file)
+        assert loader is not None and loader.loader is not None
+        module = importlib.util.module_from_spec(loader)
+        sys.path.insert(0, folder)  # so that the file can import its neighbours
+        try:
+            loader.loader.exec_module(module)
+        except Exception as exc:
+            raise ValueError(f"{spec}: running {file} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.path.remove(folder)
+    else:
+        try:
+            module = importlib.import_module(source)
+        except ImportError as exc:
+            raise ValueError(f"{spec}: cannot import {source!r} ({exc}); give a file as FILE.py:{name}") from exc
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            offered = sorted(k for k, v in vars(module).items()
+                             if not k.startswith("_") and (_is_model(v) or inspect.isfunction(v) or inspect.isclass(v))
+                             and getattr(v, "__module__", module.__name__) == module.__name__)
+            raise ValueError(f"{spec}: {source} has no {name!r}; it defines "
+                             f"{', '.join(offered) or 'no function, class or model'}")
+        obj = getattr(obj, part)
+    what = name
+    if not _is_model(obj) and (inspect.isclass(obj) or callable(obj)):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise ValueError(f"{spec}: calling {name}() failed: {type(exc).__name__}: {exc}") from exc
+        what = f"{name}()"
+    if not _is_model(obj):
+        raise ValueError(
+            f"{spec}: {what} is of type {type(obj).__name__}, not a Keras model or torch.nn.Module"
+        )
+    return obj

@@ -134,22 +134,27 @@ def create_app(
     max_pixels: int = MAX_PIXELS,
     name: Optional[str] = None,
     allowed_hosts: Optional[Sequence[str]] = None,
+    input_size: Optional[tuple[int, int]] = None,
 ) -> FastAPI:
     """The camlens web app for ``model`` as a FastAPI application (serve it with uvicorn, or
     use :func:`serve`).
 
     Args:
-        model: a Keras model taking one image batch ``(N, H, W, c)``; ``None`` for the bundled
-            EfficientNet-Lite0 with ImageNet weights and class names. It is left as it was.
+        model: a Keras model taking one image batch ``(N, H, W, c)`` or a torch module taking
+            ``(N, c, H, W)``; ``None`` for the bundled EfficientNet-Lite0 with ImageNet weights
+            and class names. It is left as it was.
         preprocess: pixel scaling the model expects, "none" (0..255, default), "unit" (0..1),
-            "symmetric" (-1..1), or a function of float32 pixels ``(H, W, c)`` in 0..255,
-            applied after resizing to the model's input size.
+            "symmetric" (-1..1), "imagenet" (torchvision's mean and std), or a function of
+            float32 pixels ``(H, W, c)`` in 0..255, applied after resizing to the model's input
+            size.
         class_names: one name per output class, shown instead of "class 3".
         max_upload_bytes: the largest upload accepted; larger ones get 413.
         max_pixels: the largest decoded image (width x height) accepted.
         name: the model's name on the page (default: the model's own).
         allowed_hosts: Host names the app answers to (``serve`` passes the loopback names when
             it binds a loopback address, against DNS rebinding); ``None`` answers any.
+        input_size: ``(H, W)`` photos are resized to, for a model without a fixed input size;
+            a torch module needs it.
 
     Endpoints: ``GET /`` the page; ``GET /api/info`` model, methods, layer candidates (the
     automatic one marked, with the reason) and bundled photos; ``GET /api/photo/{name}`` a
@@ -161,7 +166,8 @@ def create_app(
 
     if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be a positive whole number; got {max_upload_bytes!r}")
-    session = AppModel(model, preprocess=preprocess, class_names=class_names, name=name)
+    session = AppModel(model, preprocess=preprocess, class_names=class_names, name=name,
+                       input_size=input_size)
     html, csp = _page()
     too_large = f"the upload is larger than the limit of {_mb(max_upload_bytes)}"
 
@@ -287,8 +293,10 @@ def serve(
     class_names: Optional[Sequence[str]] = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     log_level: str = "warning",
+    input_size: Optional[tuple[int, int]] = None,
 ) -> None:
-    """Load ``model_path`` (a ``.keras``/``.h5`` file; ``None`` for the bundled model) and serve
+    """Load ``model_path`` (a ``.keras``/``.h5`` file or ``FILE.py:NAME``, see
+    :func:`camlens.io.load_model`; ``None`` for the bundled model) and serve
     the app on ``host:port`` until interrupted. Binds 127.0.0.1 by default: only this computer
     can reach the app. Another address (``0.0.0.0``) lets anyone on the network upload images
     and run the model; that is warned about."""
@@ -308,7 +316,7 @@ def serve(
         )
     hosts = list(_LOOPBACK_NAMES) + [host] if loopback else None
     app = create_app(model, preprocess=preprocess, class_names=class_names,
-                     max_upload_bytes=max_upload_bytes, allowed_hosts=hosts)
+                     max_upload_bytes=max_upload_bytes, allowed_hosts=hosts, input_size=input_size)
     shown = f"[{host}]" if ":" in host else host
     print(f"camlens app: {app.state.session.name} on http://{shown}:{port}/  (Ctrl+C stops it)",
           file=sys.stderr)

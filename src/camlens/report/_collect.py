@@ -92,6 +92,7 @@ def collect(
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     display: Callable[[np.ndarray], np.ndarray] | None = None,
     resize: bool = True,
+    input_size: tuple[int, int] | None = None,
     layer: Any = "auto",
     target: Any = None,
     output: int | str | None = None,
@@ -121,6 +122,9 @@ def collect(
             ``preprocess`` keeps their size, else the input rescaled for display.
         resize: resize images to the model's input size before ``preprocess`` (turn it off
             when ``preprocess`` resizes, like ``camlens.models.preprocess``).
+        input_size: ``(H, W)`` to resize images to for a model without a fixed input size (a
+            torch module); default: each image's own size. A model with a size of its own
+            must agree.
         layer, target, output, batch_size: as for :func:`camlens.explain`.
         cmap, alpha: overlay colours.
         size: the longer side of the stored images, in pixels.
@@ -159,6 +163,11 @@ def collect(
             "Use camlens.explain(model, [a, b]) and Explanation.plot() for pairs."
         )
     _, h, w, c = specs[0].shape
+    if input_size is not None:
+        want = (int(input_size[0]), int(input_size[1]))
+        if h is not None and w is not None and (h, w) != want:
+            raise ValueError(f"input_size={want} differs from the model's input size {(h, w)}; drop it")
+        h, w = want
     fixed = (h, w) if resize and h is not None and w is not None else None
     out_index = _output_index(adapter, output)
 
