@@ -223,6 +223,48 @@ def test_logit_skips_the_final_softmax_and_restores_it(separate):
     assert probe_free(model)
 
 
+@pytest.mark.parametrize("separate", [False, True])
+def test_rerun_scores_are_compiled_on_tensorflow_and_jax_and_agree_with_the_model(separate, monkeypatch):
+    """``KerasAdapter.score`` (Score-CAM's, RISE's and the metrics' model runs) goes through
+    tf.function / jax.jit for class targets: same numbers as the model and as the eager replay;
+    a class out of range is refused either way."""
+    from camlens.adapters import keras as kad
+    from camlens.explain import adapt
+
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((8, 8, 3))
+    h = L.GlobalAveragePooling2D()(L.Conv2D(4, 3, activation="relu", name="conv")(inp))
+    if separate:
+        out = L.Activation("softmax", name="probs")(L.Dense(3, name="logits")(h))
+    else:
+        out = L.Dense(3, activation="softmax", name="probs")(h)
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(1).random((4, 8, 8, 3)).astype("float32")
+    probs = keras.ops.convert_to_numpy(model(x))
+    logits = np.log(probs) - np.log(probs).mean(-1, keepdims=True)  # logits up to a constant
+    adapter = adapt(model)
+    arrays = adapter.prepare(x)
+    compiles = keras.backend.backend() in kad._SCORE_COMPILERS
+    for target, want in ((targets.ClassScore(1), probs[:, 1]),
+                         (targets.ClassScore([2, 0, 1, 2]), probs[[0, 1, 2, 3], [2, 0, 1, 2]])):
+        kad.clear_compiled_cache()
+        np.testing.assert_allclose(adapter.score(arrays, target), want, rtol=1e-5)
+        assert (model in kad._COMPILED) == compiles
+    logit = adapter.score(arrays, targets.Logit(2)) - adapter.score(arrays, targets.Logit(0))
+    np.testing.assert_allclose(logit, logits[:, 2] - logits[:, 0], rtol=1e-4, atol=1e-5)
+    compiled = [adapter.score(arrays, t) for t in (targets.ClassScore(1), targets.Logit(2))]
+    with pytest.raises(ValueError, match="class index 3 is out of range"):
+        adapter.score(arrays, targets.ClassScore(3))
+    monkeypatch.setattr(kad, "_SCORE_COMPILERS", {})  # the eager replay
+    eager = [adapter.score(arrays, t) for t in (targets.ClassScore(1), targets.Logit(2))]
+    for a, b in zip(compiled, eager):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="class index 3 is out of range"):
+        adapter.score(arrays, targets.ClassScore(3))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)  # softmax left in place
+    assert probe_free(model)
+
+
 def test_similarity_between_outputs_and_against_a_reference():
     keras.utils.set_random_seed(7)
     encoder = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu", name="conv"),

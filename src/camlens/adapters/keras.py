@@ -209,6 +209,10 @@ class KerasAdapter:
         import keras
 
         graph = self.graph()
+        if self.backend in _SCORE_COMPILERS:
+            compiled = _compiled_score(self, inputs, target)
+            if compiled is not None:
+                return compiled
         with _no_grad(self.backend), (
             self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
         ):
@@ -225,8 +229,6 @@ class KerasAdapter:
         target: Target,
         need_gradients: bool = True,
     ) -> Capture:
-        import keras
-
         if need_gradients and self.backend in _COMPILERS:
             compiled = _compiled_capture(self, inputs, nodes, target)
             if compiled is not None:
@@ -756,6 +758,35 @@ def _compiled_capture(
     return outs, scores, acts, grads
 
 
+def _compiled_score(adapter: KerasAdapter, inputs: list[np.ndarray], target: Target) -> np.ndarray | None:
+    """``(N,)`` scores from the compiled forward pass for class targets, or ``None`` (the
+    eager path runs instead). The methods that rerun the model call it once per batch of
+    masked or perturbed copies: Score-CAM's 1280 channels of EfficientNet-Lite0 are 160 calls."""
+    import keras
+
+    from ..targets import ClassScore, Logit
+
+    if type(target) not in (ClassScore, Logit):
+        return None
+    n = inputs[0].shape[0]
+    index = target.index
+    if isinstance(index, list) and len(index) != n:
+        return None
+    model = adapter.model
+    key = ("score", type(target), target.output, index is not None, len(inputs))
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get(key)
+    if fn is None:
+        fn = per_model[key] = _SCORE_COMPILERS[adapter.backend](
+            weakref.ref(model), type(target), target.output, index is not None
+        )
+    idx = np.broadcast_to(np.asarray(0 if index is None else index, dtype=np.int64), (n,)).astype(np.int32)
+    outs = fn(model, list(inputs), idx)
+    # the target's own score of the outputs: its checks (a class out of range) and the scores
+    scores = target.score(outs, adapter.graph().output_names, keras.ops)
+    return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
+
+
 def _traced_parts(
     model: Any, node_ids: list[int], target_type: type, output: Any, has_index: bool, idx: Any
 ) -> tuple[KerasAdapter, list[GraphNode], Target]:
@@ -842,6 +873,49 @@ def _jax_capture_function(
 _COMPILERS: dict[str, Callable[..., Callable[..., Any]]] = {
     "tensorflow": _tf_capture_function,
     "jax": _jax_capture_function,
+}
+
+
+def _tf_score_function(
+    model_ref: Callable[[], Any], target_type: type, output: Any, has_index: bool
+) -> Callable[..., Any]:
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def outputs(xs: list[Any], idx: Any) -> list[Any]:
+        adapter, _, target = _traced_parts(model_ref(), [], target_type, output, has_index, idx)
+        return adapter._probed_run(xs, [], target, lambda k, y: y)[0]
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
+        outs = outputs([tf.convert_to_tensor(x) for x in xs], tf.convert_to_tensor(idx))
+        return [o.numpy() for o in outs]
+
+    return run
+
+
+def _jax_score_function(
+    model_ref: Callable[[], Any], target_type: type, output: Any, has_index: bool
+) -> Callable[..., Any]:
+    import jax
+    import keras
+
+    @jax.jit
+    def outputs(variables: list[Any], xs: list[Any], idx: Any) -> list[Any]:
+        model = model_ref()
+        adapter, _, target = _traced_parts(model, [], target_type, output, has_index, idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+            return adapter._probed_run(xs, [], target, lambda k, y: y)[0]
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in outputs([v.value for v in model.variables], xs, idx)]
+
+    return run
+
+
+#: compiled forward passes for ``KerasAdapter.score`` (no gradient), per backend
+_SCORE_COMPILERS: dict[str, Callable[..., Callable[..., Any]]] = {
+    "tensorflow": _tf_score_function,
+    "jax": _jax_score_function,
 }
 
 
