@@ -72,7 +72,10 @@ def figure_to_png_bytes(fig: Figure, dpi: float = 100) -> bytes:
 
 def save_png(array_uint8: np.ndarray, path: str | os.PathLike[str]) -> Path:
     """Write a ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` ``uint8`` array as a PNG file,
-    creating missing parent folders. Returns the path written."""
+    creating missing parent folders. Returns the path written.
+
+    zlib level 1: a 224x224 overlay took 4.6 ms to encode instead of 18 ms at PIL's default
+    level 6, for a file 12% larger; on a folder of photos the PNGs were half of the work."""
     from PIL import Image
 
     arr = np.asarray(array_uint8)
@@ -85,5 +88,5 @@ def save_png(array_uint8: np.ndarray, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"save_png needs (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(arr)).save(out, format="PNG")
+    Image.fromarray(np.ascontiguousarray(arr)).save(out, format="PNG", compress_level=1)
     return out
