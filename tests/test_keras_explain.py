@@ -312,6 +312,70 @@ def test_segmentation_region_and_callable_targets():
     np.testing.assert_allclose(fn.scores, y[:, 0, 0, 1], rtol=1e-5)
 
 
+def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_eager(monkeypatch):
+    """On TensorFlow and JAX these targets run compiled (frozen into the trace, keyed by their
+    fields: an equal target reuses the program, another reference compiles its own); a callable
+    target never does. Maps, gradients and scores equal the eager run's on every backend."""
+    from camlens.adapters import keras as kad
+    from camlens.explain import adapt
+
+    keras.utils.set_random_seed(9)
+    encoder = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu", name="conv"),
+                                L.GlobalAveragePooling2D(), L.Dense(5)], name="embed")
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    pair = keras.Model([a, b], [encoder(a), encoder(b)])
+    inp = keras.Input((8, 8, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="feat")(inp)
+    seg = keras.Model(inp, [L.Conv2D(2, 1, name="seg")(h), L.Dense(3, name="reg")(L.GlobalAveragePooling2D()(h))])
+    rng = np.random.default_rng(2)
+    xa, xb = rng.random((3, 8, 8, 3), dtype=np.float32), rng.random((3, 8, 8, 3), dtype=np.float32)
+    mask = np.zeros((8, 8), np.float32)
+    mask[1:4, 2:6] = 1.0
+    ref = keras.ops.convert_to_numpy(encoder(xa[:1]))[0]  # how much each image looks like xa[0]
+    cases = [
+        (pair, [xa, xb], targets.Similarity(0, other=1), "embed/conv"),
+        (pair, [xa, xb], targets.Similarity(1, reference=ref), "embed/conv"),
+        (seg, xa, targets.SegmentationRegion(1, mask, output=0), "feat"),
+        (seg, xa, targets.RegressionScore(2, output=1), "feat"),
+    ]
+    compiles = keras.backend.backend() in kad._COMPILERS
+    kad.clear_compiled_cache()
+
+    def run(model, x, target, layer):
+        adapter = adapt(model)
+        arrays = adapter.prepare(x)
+        nodes = [n for n in adapter.graph().nodes if n.path == layer]
+        cap = adapter.capture(arrays, nodes, target)
+        exp = camlens.explain(model, x, target=target, layer=layer)
+        return exp, cap, adapter.score(arrays, target)
+
+    compiled = []
+    for case in cases:
+        compiled.append(run(*case))
+        again = run(*case)  # the same programs
+        np.testing.assert_array_equal(again[0].raw_maps[0], compiled[-1][0].raw_maps[0])
+    if compiles:
+        assert len(kad._COMPILED[pair]) == 4  # capture and score, per Similarity
+        assert len(kad._COMPILED[seg]) == 4
+    camlens.explain(seg, xa, target=targets.FunctionTarget(lambda out: out[:, 0, 0, 1], output=0), layer="feat")
+    assert len(kad._COMPILED.get(seg, {})) == (4 if compiles else 0)  # a callable: eager
+    with pytest.raises(ValueError, match="out of range"):
+        camlens.explain(seg, xa, target=targets.RegressionScore(5, output=1), layer="feat")
+    monkeypatch.setattr(kad, "_COMPILERS", {})
+    monkeypatch.setattr(kad, "_SCORE_COMPILERS", {})
+    for case, (exp, cap, scores) in zip(cases, compiled):
+        eager, eager_cap, eager_scores = run(*case)
+        for got, want in zip(exp.raw_maps, eager.raw_maps):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        assert max(np.abs(site.gradients).max() for site in eager_cap.sites) > 0, case[2]
+        for got, want in zip(cap.sites, eager_cap.sites):
+            np.testing.assert_allclose(got.gradients, want.gradients, rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(got.activations, want.activations, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(exp.scores, eager.scores, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores, eager_scores, rtol=1e-5, atol=1e-6)
+    assert probe_free(pair) and probe_free(seg)
+
+
 # ------------------------------------------------------------ the model is never changed
 def _weights(model):
     return [w.copy() for w in model.get_weights()]

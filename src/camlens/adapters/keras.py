@@ -12,6 +12,8 @@ Only the TensorFlow backend is wired so far; the graph, probes and checks are ba
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import weakref
 from collections import defaultdict
 from typing import Any, Callable, Iterator, Sequence
@@ -728,6 +730,59 @@ def clear_compiled_cache() -> None:
     _COMPILED.clear()
 
 
+def _traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any], Target], np.ndarray] | None:
+    """How ``target`` enters a compiled run: ``(key, make, idx)``, where ``make(idx)`` gives the
+    target to use inside the trace and ``idx`` is the ``(n,)`` int32 argument passed with the
+    inputs; ``None`` where the target cannot be compiled (the eager path runs instead).
+
+    Class targets take their class indices as the argument, so that a new class does not
+    compile again. Regression, similarity and segmentation targets are frozen into the trace:
+    the key holds their fields (arrays by content), so an equal target reuses the program. A
+    callable target, or any subclass, may hold Python that a trace would freeze: never compiled.
+    """
+    import keras
+
+    from ..targets import ClassScore, Logit, RegressionScore, SegmentationRegion, Similarity
+
+    kind = type(target)
+    if kind in (ClassScore, Logit):
+        index = target.index  # type: ignore[attr-defined]
+        if isinstance(index, list) and len(index) != n:
+            return None  # the eager path raises the error that says so
+        output, has_index = target.output, index is not None
+
+        def make(idx: Any) -> Target:
+            class Traced(kind):  # type: ignore[misc, valid-type]
+                def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+                    if not has_index:
+                        return super().score(outputs, names, xp)
+                    y = self.select(outputs, names)
+                    k = self._check(y)
+                    picked = keras.ops.take_along_axis(y, keras.ops.expand_dims(idx % k, -1), axis=-1)
+                    return picked[:, 0]
+
+            return Traced(None, output)
+
+        idx = np.broadcast_to(np.asarray(0 if index is None else index, dtype=np.int64), (n,))
+        return (kind, output, has_index), make, idx.astype(np.int32)
+    fields = {RegressionScore: ("index",), Similarity: ("other", "reference"),
+              SegmentationRegion: ("index", "mask")}.get(kind)
+    if fields is None:
+        return None
+    key: list[Any] = [kind, target.output]
+    for name in fields:
+        value = getattr(target, name)
+        if isinstance(value, np.ndarray):
+            value = (value.shape, str(value.dtype), hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest())
+        try:
+            hash(value)
+        except TypeError:
+            return None
+        key.append(value)
+    frozen = copy.copy(target)
+    return tuple(key), (lambda idx: frozen), np.zeros(n, np.int32)
+
+
 def _compiled_capture(
     adapter: KerasAdapter, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target
 ) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]] | None:
@@ -735,23 +790,16 @@ def _compiled_capture(
     where the target cannot be compiled (the eager path runs instead)."""
     import keras
 
-    from ..targets import ClassScore, Logit
-
-    if type(target) not in (ClassScore, Logit):
-        return None  # another target's score may hold Python that a trace would freeze
-    n = inputs[0].shape[0]
-    index = target.index
-    if isinstance(index, list) and len(index) != n:
-        return None  # the eager path raises the error that says so
+    traced = _traceable(target, inputs[0].shape[0])
+    if traced is None:
+        return None
+    target_key, make, idx = traced
     model = adapter.model
-    key = (tuple(nd.id for nd in nodes), type(target), target.output, index is not None, len(inputs))
+    key = (tuple(nd.id for nd in nodes), target_key, len(inputs))
     per_model = _COMPILED.setdefault(model, {})
     fn = per_model.get(key)
     if fn is None:
-        fn = per_model[key] = _COMPILERS[adapter.backend](
-            weakref.ref(model), [nd.id for nd in nodes], type(target), target.output, index is not None
-        )
-    idx = np.broadcast_to(np.asarray(0 if index is None else index, dtype=np.int64), (n,)).astype(np.int32)
+        fn = per_model[key] = _COMPILERS[adapter.backend](weakref.ref(model), [nd.id for nd in nodes], make)
     grads, outs, acts = fn(model, list(inputs), idx)
     # the target's own score of the outputs: its checks (a class out of range) and the scores
     scores = target.score(outs, adapter.graph().output_names, keras.ops)
@@ -759,28 +807,21 @@ def _compiled_capture(
 
 
 def _compiled_score(adapter: KerasAdapter, inputs: list[np.ndarray], target: Target) -> np.ndarray | None:
-    """``(N,)`` scores from the compiled forward pass for class targets, or ``None`` (the
-    eager path runs instead). The methods that rerun the model call it once per batch of
-    masked or perturbed copies: Score-CAM's 1280 channels of EfficientNet-Lite0 are 160 calls."""
+    """``(N,)`` scores from the compiled forward pass, or ``None`` (the eager path runs
+    instead). The methods that rerun the model call it once per batch of masked or perturbed
+    copies: Score-CAM's 1280 channels of EfficientNet-Lite0 are 160 calls."""
     import keras
 
-    from ..targets import ClassScore, Logit
-
-    if type(target) not in (ClassScore, Logit):
+    traced = _traceable(target, inputs[0].shape[0])
+    if traced is None:
         return None
-    n = inputs[0].shape[0]
-    index = target.index
-    if isinstance(index, list) and len(index) != n:
-        return None
+    target_key, make, idx = traced
     model = adapter.model
-    key = ("score", type(target), target.output, index is not None, len(inputs))
+    key = ("score", target_key, len(inputs))
     per_model = _COMPILED.setdefault(model, {})
     fn = per_model.get(key)
     if fn is None:
-        fn = per_model[key] = _SCORE_COMPILERS[adapter.backend](
-            weakref.ref(model), type(target), target.output, index is not None
-        )
-    idx = np.broadcast_to(np.asarray(0 if index is None else index, dtype=np.int64), (n,)).astype(np.int32)
+        fn = per_model[key] = _SCORE_COMPILERS[adapter.backend](weakref.ref(model), make)
     outs = fn(model, list(inputs), idx)
     # the target's own score of the outputs: its checks (a class out of range) and the scores
     scores = target.score(outs, adapter.graph().output_names, keras.ops)
@@ -788,35 +829,23 @@ def _compiled_score(adapter: KerasAdapter, inputs: list[np.ndarray], target: Tar
 
 
 def _traced_parts(
-    model: Any, node_ids: list[int], target_type: type, output: Any, has_index: bool, idx: Any
+    model: Any, node_ids: list[int], make: Callable[[Any], Target], idx: Any
 ) -> tuple[KerasAdapter, list[GraphNode], Target]:
-    """A fresh adapter of ``model``, the probed nodes, and a target of ``target_type`` whose
-    class indices are the (traced) tensor ``idx``."""
-    import keras
-
+    """A fresh adapter of ``model``, the probed nodes, and the target of the trace (its class
+    indices, if any, the traced tensor ``idx``)."""
     adapter = KerasAdapter(model)
     graph = adapter.graph()
-
-    class Traced(target_type):  # type: ignore[misc, valid-type]
-        def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
-            if not has_index:
-                return super().score(outputs, names, xp)
-            y = self.select(outputs, names)
-            k = self._check(y)
-            picked = keras.ops.take_along_axis(y, keras.ops.expand_dims(idx % k, -1), axis=-1)
-            return picked[:, 0]
-
-    return adapter, [graph.nodes[i] for i in node_ids], Traced(None, output)
+    return adapter, [graph.nodes[i] for i in node_ids], make(idx)
 
 
 def _tf_capture_function(
-    model_ref: Callable[[], Any], node_ids: list[int], target_type: type, output: Any, has_index: bool
+    model_ref: Callable[[], Any], node_ids: list[int], make: Callable[[Any], Target]
 ) -> Callable[..., Any]:
     import tensorflow as tf
 
     @tf.function(autograph=False)
     def capture(xs: list[Any], idx: Any) -> tuple[Any, ...]:
-        adapter, nodes, target = _traced_parts(model_ref(), node_ids, target_type, output, has_index, idx)
+        adapter, nodes, target = _traced_parts(model_ref(), node_ids, make, idx)
         probes: dict[Key, Any] = {}
         with tf.GradientTape(watch_accessed_variables=False) as tape:
 
@@ -842,7 +871,7 @@ def _tf_capture_function(
 
 
 def _jax_capture_function(
-    model_ref: Callable[[], Any], node_ids: list[int], target_type: type, output: Any, has_index: bool
+    model_ref: Callable[[], Any], node_ids: list[int], make: Callable[[Any], Target]
 ) -> Callable[..., Any]:
     import jax
     import jax.numpy as jnp
@@ -851,7 +880,7 @@ def _jax_capture_function(
     @jax.jit
     def capture(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
         model = model_ref()
-        adapter, nodes, target = _traced_parts(model, node_ids, target_type, output, has_index, idx)
+        adapter, nodes, target = _traced_parts(model, node_ids, make, idx)
         with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
             # jax differentiates functions of their arguments: the probes' shapes first
             acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)[2]
@@ -876,14 +905,12 @@ _COMPILERS: dict[str, Callable[..., Callable[..., Any]]] = {
 }
 
 
-def _tf_score_function(
-    model_ref: Callable[[], Any], target_type: type, output: Any, has_index: bool
-) -> Callable[..., Any]:
+def _tf_score_function(model_ref: Callable[[], Any], make: Callable[[Any], Target]) -> Callable[..., Any]:
     import tensorflow as tf
 
     @tf.function(autograph=False)
     def outputs(xs: list[Any], idx: Any) -> list[Any]:
-        adapter, _, target = _traced_parts(model_ref(), [], target_type, output, has_index, idx)
+        adapter, _, target = _traced_parts(model_ref(), [], make, idx)
         return adapter._probed_run(xs, [], target, lambda k, y: y)[0]
 
     def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
@@ -893,16 +920,14 @@ def _tf_score_function(
     return run
 
 
-def _jax_score_function(
-    model_ref: Callable[[], Any], target_type: type, output: Any, has_index: bool
-) -> Callable[..., Any]:
+def _jax_score_function(model_ref: Callable[[], Any], make: Callable[[Any], Target]) -> Callable[..., Any]:
     import jax
     import keras
 
     @jax.jit
     def outputs(variables: list[Any], xs: list[Any], idx: Any) -> list[Any]:
         model = model_ref()
-        adapter, _, target = _traced_parts(model, [], target_type, output, has_index, idx)
+        adapter, _, target = _traced_parts(model, [], make, idx)
         with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
             return adapter._probed_run(xs, [], target, lambda k, y: y)[0]
 
