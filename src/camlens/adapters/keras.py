@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import weakref
 from collections import defaultdict
@@ -325,28 +326,34 @@ class KerasAdapter:
         """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With ``guided`` every
         ReLU of the model passes back only positive gradients at positive inputs (Guided
         Backpropagation) while this call runs."""
+        if self.backend in _INPUT_GRADIENT_COMPILERS:
+            compiled = _compiled_input_gradients(self, inputs, which, target, guided)
+            if compiled is not None:
+                return compiled
+        grad_fn = self._gradient_function()
+        run = functools.partial(self._input_run, inputs, which, target, guided)
+        _, scores, _, grads = grad_fn(run, True)
+        g = np.asarray(grads[(-1, which)], dtype=np.float32)
+        return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def _input_run(
+        self, inputs: Sequence[Any], which: int, target: Target, guided: bool, make_probe: MakeProbe
+    ) -> tuple[list[Any], Any, dict[Key, Any]]:
+        """The model on ``inputs`` with ``make_probe((-1, which), x)`` applied to input
+        ``which`` (and the guided rule on its ReLUs): ``(outputs, scores, {key: input})``."""
         import keras
 
-        graph = self.graph()
-        grad_fn = self._gradient_function()
         key: Key = (-1, which)
-
-        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
-            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
-            xs[which] = make_probe(key, xs[which])
-            patches = contextlib.ExitStack()
-            with patches:
-                if target.wants_logits:
-                    patches.enter_context(self._logit_patch(target))
-                if guided:
-                    patches.enter_context(_guided_relus(self.backend, self._ops.values()))
-                outs = self._call(xs)
-                scores = target.score(outs, graph.output_names, keras.ops)
-            return outs, scores, {key: xs[which]}
-
-        _, scores, _, grads = grad_fn(run, True)
-        g = np.asarray(grads[key], dtype=np.float32)
-        return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+        xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+        xs[which] = make_probe(key, xs[which])
+        with contextlib.ExitStack() as patches:
+            if target.wants_logits:
+                patches.enter_context(self._logit_patch(target))
+            if guided:
+                patches.enter_context(_guided_relus(self.backend, self._ops.values()))
+            outs = self._call(xs)
+            scores = target.score(outs, self.graph().output_names, keras.ops)
+        return outs, scores, {key: xs[which]}
 
     def _gradient_function(self) -> Callable[..., Any]:
         grad_fn = _GRADIENT_FUNCTIONS.get(self.backend)
@@ -828,6 +835,30 @@ def _compiled_score(adapter: KerasAdapter, inputs: list[np.ndarray], target: Tar
     return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
 
 
+def _compiled_input_gradients(
+    adapter: KerasAdapter, inputs: list[np.ndarray], which: int, target: Target, guided: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(scores, d score / d inputs[which])`` from a compiled run, or ``None`` (the eager path
+    runs instead). Pixel attributions call it once per batch of noisy copies (SmoothGrad) or
+    path points (Integrated Gradients)."""
+    import keras
+
+    traced = _traceable(target, inputs[0].shape[0])
+    if traced is None:
+        return None
+    target_key, make, idx = traced
+    model = adapter.model
+    key = ("input", which, guided, target_key, len(inputs))
+    per_model = _COMPILED.setdefault(model, {})
+    fn = per_model.get(key)
+    if fn is None:
+        fn = per_model[key] = _INPUT_GRADIENT_COMPILERS[adapter.backend](weakref.ref(model), which, guided, make)
+    outs, grads = fn(model, list(inputs), idx)
+    scores = target.score(outs, adapter.graph().output_names, keras.ops)
+    return (np.asarray(keras.ops.convert_to_numpy(scores), np.float32).reshape(-1),
+            np.asarray(grads, dtype=np.float32))
+
+
 def _traced_parts(
     model: Any, node_ids: list[int], make: Callable[[Any], Target], idx: Any
 ) -> tuple[KerasAdapter, list[GraphNode], Target]:
@@ -935,6 +966,62 @@ def _jax_score_function(model_ref: Callable[[], Any], make: Callable[[Any], Targ
         return [np.asarray(o) for o in outputs([v.value for v in model.variables], xs, idx)]
 
     return run
+
+
+def _tf_input_gradient_function(
+    model_ref: Callable[[], Any], which: int, guided: bool, make: Callable[[Any], Target]
+) -> Callable[..., Any]:
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def gradients(xs: list[Any], idx: Any) -> tuple[list[Any], Any]:
+        adapter, _, target = _traced_parts(model_ref(), [], make, idx)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            z = tf.zeros_like(xs[which])
+            tape.watch(z)
+            outs, scores, _ = adapter._input_run(xs, which, target, guided, lambda k, y: y + z)
+            total = tf.reduce_sum(scores)
+        return outs, tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        outs, g = gradients([tf.convert_to_tensor(x) for x in xs], tf.convert_to_tensor(idx))
+        return [o.numpy() for o in outs], g.numpy()
+
+    return run
+
+
+def _jax_input_gradient_function(
+    model_ref: Callable[[], Any], which: int, guided: bool, make: Callable[[Any], Target]
+) -> Callable[..., Any]:
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    @jax.jit
+    def gradients(variables: list[Any], xs: list[Any], idx: Any) -> tuple[list[Any], Any]:
+        model = model_ref()
+        adapter, _, target = _traced_parts(model, [], make, idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+
+            def total(z: Any) -> tuple[Any, list[Any]]:
+                outs, scores, _ = adapter._input_run(xs, which, target, guided, lambda k, y: y + z)
+                return jnp.sum(scores), outs
+
+            g, outs = jax.grad(total, has_aux=True)(jnp.zeros_like(xs[which]))
+        return outs, g
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        outs, g = gradients([v.value for v in model.variables], xs, idx)
+        return [np.asarray(o) for o in outs], np.asarray(g)
+
+    return run
+
+
+#: compiled input gradients for ``KerasAdapter.input_gradients``, per backend
+_INPUT_GRADIENT_COMPILERS: dict[str, Callable[..., Callable[..., Any]]] = {
+    "tensorflow": _tf_input_gradient_function,
+    "jax": _jax_input_gradient_function,
+}
 
 
 #: compiled forward passes for ``KerasAdapter.score`` (no gradient), per backend
