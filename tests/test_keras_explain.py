@@ -376,6 +376,37 @@ def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_e
     assert probe_free(pair) and probe_free(seg)
 
 
+@pytest.mark.parametrize("guided", [False, True])
+def test_input_gradients_compiled_equal_eager_and_leave_relus_alone(guided, monkeypatch):
+    from camlens.adapters import keras as kad
+    from camlens.explain import adapt
+
+    keras.utils.set_random_seed(10)
+    inp = keras.Input((6, 6, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inp)
+    h = L.ReLU(name="r")(L.Conv2D(4, 3, padding="same", name="c2")(h))
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(3).normal(size=(2, 6, 6, 3)).astype("float32")
+    adapter = adapt(model)
+    arrays = adapter.prepare(x)
+    kad.clear_compiled_cache()
+    before = adapter.input_gradients(arrays, 0, targets.RegressionScore(2))
+    got = [adapter.input_gradients(arrays, 0, t, guided=guided)
+           for t in (targets.ClassScore([0, 2]), targets.Logit(1), targets.RegressionScore(2))]
+    assert (model in kad._COMPILED) == (keras.backend.backend() in kad._INPUT_GRADIENT_COMPILERS)
+    monkeypatch.setattr(kad, "_INPUT_GRADIENT_COMPILERS", {})
+    want = [adapter.input_gradients(arrays, 0, t, guided=guided)
+            for t in (targets.ClassScore([0, 2]), targets.Logit(1), targets.RegressionScore(2))]
+    for (s1, g1), (s2, g2) in zip(got, want):
+        assert np.abs(g2).max() > 0
+        np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-8)
+    # the guided rule was only inside the runs: plain gradients afterwards are as before
+    np.testing.assert_allclose(adapter.input_gradients(arrays, 0, targets.RegressionScore(2))[1],
+                               before[1], rtol=1e-5, atol=1e-8)
+    assert probe_free(model)
+
+
 # ------------------------------------------------------------ the model is never changed
 def _weights(model):
     return [w.copy() for w in model.get_weights()]
