@@ -173,7 +173,7 @@ def test_size_resizes_every_image_and_layers_needs_it(model_py, tmp_path, capsys
     listing = capsys.readouterr().out
     assert "features.3" in listing and "features.2" in listing
     assert main(["layers", f"{model_py}:build"]) == 2
-    assert "no input shape of its own" in capsys.readouterr().err
+    assert "no input size of its own: give --size H,W" in capsys.readouterr().err
 
 
 def test_size_must_agree_with_a_keras_model_that_has_one(tmp_path, capsys):
