@@ -269,3 +269,21 @@ def test_load_model_corrupt_keras_file(tmp_path):
     path.write_bytes(np.random.default_rng(0).integers(0, 256, size=2048, dtype=np.uint8).tobytes())
     with pytest.raises(ValueError, match="broken.keras"):
         load_model(path)
+
+
+def test_load_model_from_python_code_that_builds_a_keras_model(tmp_path):
+    import keras
+
+    (tmp_path / "zoo.py").write_text(
+        "import keras\n"
+        "def small():\n"
+        "    inp = keras.Input((8, 8, 3))\n"
+        "    x = keras.layers.Conv2D(2, 3, name='conv')(inp)\n"
+        "    return keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x), name='small')\n"
+        "seq = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])\n"
+    )
+    model = load_model(f"{tmp_path / 'zoo.py'}:small")
+    assert isinstance(model, keras.Model) and model.name == "small" and model.get_layer("conv")
+    assert isinstance(load_model(f"{tmp_path / 'zoo.py'}:seq"), keras.Sequential)
+    with pytest.raises(ValueError, match=r"zoo.py:missing: .*has no 'missing'; it defines seq, small$"):
+        load_model(f"{tmp_path / 'zoo.py'}:missing")

@@ -204,9 +204,13 @@ def _load_python_model(spec: str) -> Any:
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
-            offered = sorted(k for k, v in vars(module).items()
-                             if not k.startswith("_") and (_is_model(v) or inspect.isfunction(v) or inspect.isclass(v))
-                             and getattr(v, "__module__", module.__name__) == module.__name__)
+            offered = sorted(
+                k for k, v in vars(module).items()
+                if not k.startswith("_") and (
+                    _is_model(v)  # a model built at import
+                    or (inspect.isfunction(v) or inspect.isclass(v)) and v.__module__ == module.__name__
+                )
+            )
             raise ValueError(f"{spec}: {source} has no {name!r}; it defines "
                              f"{', '.join(offered) or 'no function, class or model'}")
         obj = getattr(obj, part)
