@@ -119,3 +119,21 @@ def test_zoom_out_and_flip_together_match_a_manual_average():
             m = camlens.explain(model, transform(x, flip, scale), "hirescam", layer="conv").map
             runs.append(untransform(m, flip, scale)[0][0])  # weights all 1: nothing is cut away
     np.testing.assert_allclose(exp.map[0], np.mean(runs, axis=0), atol=1e-6)
+
+
+def test_torch_copies_go_back_as_channels_first_tensors():
+    """A 2-channel image 3 pixels high looks channels-first to the numpy layout guess; tta
+    hands the module tensors, so nothing is guessed: each flipped copy's map is the base map
+    of the flipped input, flipped back."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, (1, 3), padding=(0, 1)), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)).eval()
+    x = torch.randn(1, 2, 3, 8)
+    exp = tta(net, x, "gradcam", flips=True, target=1, layer="1")
+    base = camlens.explain(net, x, "gradcam", target=1, layer="1").maps[0]
+    mirrored = camlens.explain(net, torch.flip(x, dims=[3]), "gradcam", target=1, layer="1").maps[0]
+    assert exp.maps[0].shape == (1, 3, 8)
+    np.testing.assert_allclose(exp.maps[0], (base + mirrored[..., ::-1]) / 2, rtol=1e-5, atol=1e-6)

@@ -115,14 +115,15 @@ def tta(
 
         exp = camlens.smooth.tta(model, images, "gradcam", flips=True, scales=(1.0, 1.25))
     """
-    from .explain import explain
+    from .explain import adapt, explain
 
     todo = [1.0] + [s for s in dict.fromkeys(_check_scale(s) for s in scales) if s != 1.0]
     base = explain(model, inputs, method, **explain_kwargs)
     kwargs = dict(explain_kwargs)
     if kwargs.get("target") is None and base.class_indices is not None:
         kwargs["target"] = [int(c) for c in base.class_indices]
-    arrays = base.inputs
+    arrays = base.inputs  # channels-last, as the adapter prepared them
+    channels_first = adapt(model).framework == "torch"
     total = [m.astype(np.float64) for m in base.maps]
     weight = [np.ones(m.shape[1:]) for m in base.maps]
     for scale in todo:
@@ -130,6 +131,11 @@ def tta(
             if scale == 1.0 and not flip:
                 continue  # the base run
             copies = [transform(a, flip, scale) for a in arrays]
+            if channels_first:  # torch tensors are channels-first by convention: no layout guess
+                import torch
+
+                copies = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(c, -1, 1))) if c.ndim == 4 else c
+                          for c in copies]
             exp = explain(model, copies[0] if len(copies) == 1 else copies, method, **kwargs)
             for k, m in enumerate(exp.maps):
                 back, w = untransform(m, flip, scale)
