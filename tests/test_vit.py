@@ -317,6 +317,22 @@ def test_the_final_norm_of_a_vit_gives_a_blank_map_and_the_auto_layer_does_not(k
     assert all(np.ptp(m) > 0 for m in auto.raw_maps[0])
 
 
+def hooked_gradcam(net, module, x, cls):
+    """Independent Grad-CAM of ``module``'s patch tokens: a plain forward hook and autograd,
+    tokens (N, 17, 16) -> a 4x4 grid after the class token."""
+    seen = {}
+    handle = module.register_forward_hook(lambda m, a, out: seen.setdefault("a", out))
+    try:
+        (grad,) = torch.autograd.grad(net(x)[:, cls].sum(), seen["a"])
+    finally:
+        handle.remove()
+    acts = seen["a"].detach().numpy()[:, 1:].reshape(len(x), 4, 4, 16)
+    grads = grad.numpy()[:, 1:].reshape(len(x), 4, 4, 16)
+    expected = np.maximum(np.einsum("nijc,nc->nij", acts, grads.mean(axis=(1, 2))), 0)
+    assert all(np.ptp(m) > 0 for m in expected)
+    return expected
+
+
 def test_auto_layer_on_a_torch_vit_and_gradcam_against_hooks_and_keras(tvit, kvit):
     report = camlens.layers(tvit, input_shape=(1, 3, 16, 16))
     assert report.chosen == ["blocks.1.norm1"]
@@ -326,17 +342,7 @@ def test_auto_layer_on_a_torch_vit_and_gradcam_against_hooks_and_keras(tvit, kvi
         np.testing.assert_allclose(tvit(x).numpy(), keras_to_numpy(kvit(IMAGES)), rtol=1e-4, atol=1e-4)
     exp = camlens.explain(tvit, IMAGES, target=2)
     assert exp.sites[0].layer == "blocks.1.norm1" and exp.sites[0].shape == (4, 4, 16)
-    # independent: a plain forward hook and autograd on the same module
-    seen = {}
-    handle = tvit.blocks[1].norm1.register_forward_hook(lambda m, a, out: seen.setdefault("a", out))
-    try:
-        (grad,) = torch.autograd.grad(tvit(x)[:, 2].sum(), seen["a"])
-    finally:
-        handle.remove()
-    acts = seen["a"].detach().numpy()[:, 1:].reshape(2, 4, 4, 16)
-    grads = grad.numpy()[:, 1:].reshape(2, 4, 4, 16)
-    expected = np.maximum(np.einsum("nijc,nc->nij", acts, grads.mean(axis=(1, 2))), 0)
-    assert all(np.ptp(m) > 0 for m in expected)
+    expected = hooked_gradcam(tvit, tvit.blocks[1].norm1, x, 2)
     np.testing.assert_allclose(exp.raw_maps[0], expected, rtol=1e-4, atol=1e-6)
     # the Keras ViT with the same weights, on whichever backend: the same map
     keras_exp = camlens.explain(kvit, IMAGES, target=2)
@@ -352,17 +358,7 @@ def test_a_block_whose_forward_ends_in_an_add_is_a_layer_by_its_name(tvit):
     exp = camlens.explain(tvit, IMAGES, target=2, layer="blocks.0")
     assert exp.sites[0].label == "blocks.0" and exp.sites[0].shape == (4, 4, 16)
     x = torch.from_numpy(np.moveaxis(IMAGES, -1, 1).copy())
-    seen = {}
-    handle = tvit.blocks[0].register_forward_hook(lambda m, a, out: seen.setdefault("a", out))
-    try:
-        (grad,) = torch.autograd.grad(tvit(x)[:, 2].sum(), seen["a"])
-    finally:
-        handle.remove()
-    acts = seen["a"].detach().numpy()[:, 1:].reshape(2, 4, 4, 16)
-    grads = grad.numpy()[:, 1:].reshape(2, 4, 4, 16)
-    expected = np.maximum(np.einsum("nijc,nc->nij", acts, grads.mean(axis=(1, 2))), 0)
-    assert all(np.ptp(m) > 0 for m in expected)
-    np.testing.assert_allclose(exp.raw_maps[0], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(exp.raw_maps[0], hooked_gradcam(tvit, tvit.blocks[0], x, 2), rtol=1e-4, atol=1e-6)
     assert not any(m._forward_hooks for m in tvit.modules())
 
 

@@ -65,6 +65,19 @@ def _parse_size(text: str) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
+def _model_and_images(parser: argparse.ArgumentParser, model_help: str, preprocess_default: str | None) -> None:
+    """The arguments every command on a set of images takes: the model, the images (files or
+    folders), --size, --preprocess and --layer."""
+    from .io import PREPROCESSING
+
+    parser.add_argument("model", help=model_help)
+    parser.add_argument("images", nargs="+", help=_IMAGES)
+    parser.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
+    parser.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=preprocess_default,
+                        help=_PREPROCESS + ("" if preprocess_default else "; 'bundled' uses its own"))
+    parser.add_argument("--layer", default="auto", help="layer path, or auto (default)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .io import PREPROCESSING
 
@@ -72,15 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="write heatmaps and overlays for images")
-    e.add_argument("model", help=_MODEL)
-    e.add_argument("images", nargs="+", help=_IMAGES)
+    _model_and_images(e, _MODEL, "none")
     e.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, cam, ...")
-    e.add_argument("--layer", default="auto", help="layer path, or auto (default)")
     e.add_argument("--target", type=_parse_target, default=None,
                    help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
     e.add_argument("--output", default=None, help="which model output, for models with several")
-    e.add_argument("--preprocess", choices=sorted(PREPROCESSING), default="none", help=_PREPROCESS)
-    e.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
     e.add_argument("--cmap", default="jet", help="matplotlib colormap")
@@ -110,30 +119,23 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="one self-contained HTML page: overlays per method, top "
                                       "classes, layers, optional faithfulness metrics")
-    r.add_argument("model", help=_MODEL_OR_BUNDLED)
-    r.add_argument("images", nargs="+", help=_IMAGES)
-    r.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
+    _model_and_images(r, _MODEL_OR_BUNDLED, None)
     r.add_argument("--methods", default="gradcam",
                    help="comma-separated methods (default gradcam), e.g. gradcam,scorecam")
     r.add_argument("--metrics", default="",
                    help="comma-separated faithfulness metrics (deletion, insertion, average_drop, "
                         "increase_in_confidence, road); none by default")
     r.add_argument("--top", type=int, default=5, help="predictions listed per image (default 5)")
-    r.add_argument("--layer", default="auto", help="layer path, or auto (default)")
     r.add_argument("--classes", default=None, metavar="FILE",
                    help="class names: a text file with one per line or a JSON list ('bundled' "
                         "uses the ImageNet names)")
-    r.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                   help=_PREPROCESS + "; 'bundled' uses its own")
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--title", default=None, help="page title (default: the model file name)")
     r.add_argument("-o", "--out", default="camlens-report.html",
                    help="the HTML file to write (default camlens-report.html)")
 
     ev = sub.add_parser("evaluate", help="faithfulness metrics of each method's heatmaps, as tables")
-    ev.add_argument("model", help=_MODEL_OR_BUNDLED)
-    ev.add_argument("images", nargs="+", help=_IMAGES)
-    ev.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
+    _model_and_images(ev, _MODEL_OR_BUNDLED, None)
     ev.add_argument("--methods", default="gradcam,gradcam++,scorecam",
                     help="comma-separated methods (default gradcam,gradcam++,scorecam)")
     ev.add_argument("--metrics", default="deletion,insertion,average_drop,increase_in_confidence",
@@ -142,11 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default 100)")
     ev.add_argument("--score", choices=("probability", "logit", "raw"), default="probability",
                     help="the score the metrics read: probability of the class (default), logit, raw")
-    ev.add_argument("--layer", default="auto", help="layer path, or auto (default)")
     ev.add_argument("--target", type=_parse_target, default=None,
                     help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
-    ev.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                   help=_PREPROCESS + "; 'bundled' uses its own")
     ev.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
 
