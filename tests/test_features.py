@@ -139,7 +139,8 @@ def test_model_without_convolutions():
 
 # ---------------------------------------------------------------- feature_maps on PyTorch
 class _FunctionalRelu(nn.Module):
-    """A conv, then a ReLU called as a function in forward(): not a module, so no hook."""
+    """A conv, then a ReLU called as a function in forward(): not a module, so no hook; the
+    traced graph is run node by node to read it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -168,11 +169,11 @@ def test_torch_module_exact_activations_and_modes_restored():
     assert not any(m._forward_hooks for m in net.modules())
 
 
-def test_torch_function_calls_are_left_out_of_spatial():
+def test_torch_function_calls_are_left_out_of_spatial_but_read_by_name():
     fm = camlens.feature_maps(_FunctionalRelu(), X, "spatial")
     assert fm.layers == ["conv"]
-    with pytest.raises(ValueError, match="function inside forward"):
-        camlens.feature_maps(_FunctionalRelu(), X, "relu")
+    by_name = camlens.feature_maps(_FunctionalRelu(), X, "relu")
+    np.testing.assert_allclose(by_name["relu"][0], np.maximum(expected_c1(X), 0), rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------- grids

@@ -286,3 +286,35 @@ def test_rerunning_methods_feed_channels_last_memory_and_fall_back_where_a_modul
         assert seen == ([True, True] if takes_it else [True, False, False])
     exp = camlens.explain(_ViewsItsFeatures(), x, method="scorecam", target=1, layer="conv")
     assert exp.map.shape == (2, 6, 6) and np.isfinite(exp.map).all()
+
+
+def test_a_module_that_fails_on_the_input_size_gets_one_clear_error(capsys):
+    class LeNetish(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+            self.fc = nn.Linear(2 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+    with pytest.raises(ValueError, match=r"LeNetish failed on an input of shape \(1, 3, 10, 12\) \(N, C, H, W\): "
+                                         r"RuntimeError: mat1 and mat2 shapes cannot be multiplied.*--size H,W"):
+        camlens.explain(LeNetish(), np.zeros((1, 10, 12, 3), np.float32))
+    assert capsys.readouterr().err == ""  # fx's own traceback print is not shown
+    # at its size it works; the auto layer is torch.relu, a function, read through the traced
+    # graph: Grad-CAM equals autograd on relu(conv(x))
+    torch.manual_seed(4)
+    net = LeNetish()
+    x = np.random.default_rng(0).random((2, 8, 8, 3), np.float32)
+    exp = camlens.explain(net, x, target=1)
+    assert exp.sites[0].layer == "relu" and exp.map.shape == (2, 8, 8)
+    a = torch.relu(net.conv(torch.from_numpy(np.moveaxis(x, -1, 1).copy())))
+    (g,) = torch.autograd.grad(net.fc(a.flatten(1))[:, 1].sum(), a)
+    a, g = np.moveaxis(a.detach().numpy(), 1, -1), np.moveaxis(g.numpy(), 1, -1)
+    want = np.maximum(np.einsum("nijc,nc->nij", a, g.mean(axis=(1, 2))), 0)
+    assert np.ptp(want) > 0
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-5, atol=1e-7)
+    assert not any(m._forward_hooks for m in net.modules())
+    for method in ("scorecam", "ablationcam"):  # the model reruns work at a function too
+        assert np.isfinite(camlens.explain(net, x, method=method, target=1).map).all()

@@ -20,6 +20,8 @@ as ``(N, h, w, C)``.
 from __future__ import annotations
 
 import contextlib
+import io
+import sys
 import warnings
 import weakref
 from collections import defaultdict
@@ -35,8 +37,6 @@ __all__ = ["TorchAdapter", "is_torch_module"]
 
 
 def is_torch_module(model: Any) -> bool:
-    import sys
-
     if "torch" not in sys.modules:
         return False
     import torch
@@ -221,8 +221,17 @@ class TorchAdapter:
         import torch
         from torch.fx.passes.shape_prop import ShapeProp
 
+        # ShapeProp prints the traceback of a failing node before raising: the module's own
+        # error is said once, below, with what to do
+        printed = io.StringIO()
         with _eval_mode(self.model), torch.no_grad():
-            ShapeProp(gm).propagate(*self._tensors(self._example or []))
+            try:
+                with contextlib.redirect_stderr(printed):
+                    ShapeProp(gm).propagate(*self._tensors(self._example or []))
+            except Exception as exc:  # the module's own error, wrapped by fx
+                raise self._failed_on_input(exc) from exc
+        if printed.getvalue():  # whatever the module itself wrote
+            sys.stderr.write(printed.getvalue())
         nodes: list[GraphNode] = []
         ids: dict[str, int] = {}
         calls: dict[str, int] = defaultdict(int)
@@ -307,6 +316,20 @@ class TorchAdapter:
             nodes[nid].path, nodes[nid].call = path, call
             self._node_module[nid] = path
             calls[path] = max(calls.get(path, 0), call + 1)
+
+    def _failed_on_input(self, exc: BaseException) -> ValueError:
+        """A ValueError that says the module itself failed on the example input, with the
+        innermost error (fx wraps it twice) and the input's shape."""
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        first = str(root).splitlines()[0] if str(root) else ""
+        shapes = ", ".join(str((1, a.shape[-1], *a.shape[1:-1])) for a in self._example or [])
+        return ValueError(
+            f"{type(self.model).__name__} failed on an input of shape {shapes} (N, C, H, W): "
+            f"{type(root).__name__}: {first}. Does it expect another image size or channel "
+            "count? Give it inputs of the size it was built for (camlens command line: --size H,W)."
+        )
 
     def _run_order_graph(self) -> LayerGraph:
         """Modules in the order they ran on the example batch, without edges."""
@@ -395,6 +418,8 @@ class TorchAdapter:
         import torch
 
         graph = self.graph()
+        if self._gm is not None and any(n.id not in self._node_module for n in nodes):
+            return self._capture_fx(inputs, nodes, target, need_gradients)
         names = graph.output_names
         wanted: dict[int, Any] = {}
         for n in nodes:
@@ -463,6 +488,60 @@ class TorchAdapter:
         out_np = [o.detach().cpu().float().numpy() for o in outs]
         return Capture(out_np, score_np, sites)
 
+    def _capture_fx(
+        self, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target, need_gradients: bool
+    ) -> Capture:
+        """:meth:`capture` for call sites that are functions in ``forward()`` (``torch.relu(x)``,
+        an add): no module to hook, so the traced graph runs node by node (a torch.fx
+        Interpreter over the same modules and parameters) and the probe is added to the
+        function's value. Used only when such a site is asked for."""
+        import torch
+
+        graph = self.graph()
+        wanted = {self._fx_node[n.id] for n in nodes}
+        records: dict[str, Any] = {}
+        probes: dict[str, Any] = {}
+
+        class Probed(torch.fx.Interpreter):
+            def run_node(self, n: Any) -> Any:
+                out = super().run_node(n)
+                if n.name not in wanted:
+                    return out
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"{n.name} gives {type(out).__name__}, not one tensor; choose another layer")
+                records[n.name] = out.detach()
+                if not need_gradients:
+                    return out
+                torch.set_grad_enabled(True)  # autograd from the first probe on, as with hooks
+                z = probes[n.name] = torch.zeros_like(out, requires_grad=True)
+                return out + z
+
+        with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
+            with torch.no_grad():
+                out = Probed(self._gm).run(*self._tensors(inputs))
+            outs = [o for _, o in _flatten_output_arg(out)]
+            scores = target.score(outs, graph.output_names, _TorchOps)
+            grads: dict[str, np.ndarray] = {}
+            if need_gradients:
+                keys = list(probes)
+                values: Sequence[Any] = [None] * len(keys)
+                if scores.requires_grad:
+                    values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+                for k, v in zip(keys, values):
+                    grads[k] = (np.zeros(tuple(probes[k].shape), np.float32) if v is None
+                                else v.detach().cpu().float().numpy())
+        sites = []
+        for n in nodes:
+            name = self._fx_node[n.id]
+            a = records[name].cpu().float().numpy()
+            g = grads.get(name) if need_gradients else None
+            if a.ndim == 4:
+                a = np.moveaxis(a, 1, -1)
+                g = None if g is None else np.moveaxis(g, 1, -1)
+            sites.append(SiteCapture(n, a, g))
+        score_np = scores.detach().cpu().float().numpy().reshape(-1)
+        return Capture([o.detach().cpu().float().numpy() for o in outs], score_np, sites)
+
     def input_gradients(
         self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -527,10 +606,11 @@ class TorchAdapter:
         import torch
 
         graph = self.graph()
-        mod = self._module_for(node)
         names = graph.output_names
         tensors_1 = self._tensors(inputs)
         if self._gm is None:
+            mod = self._module_for(node)
+
             def whole(acts: np.ndarray) -> np.ndarray:
                 b = acts.shape[0]
                 repl = self._activation_tensor(acts, tensors_1[0])
