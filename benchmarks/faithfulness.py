@@ -21,8 +21,8 @@ does not beat it on a column says nothing the model agrees with there. Methods t
 on a CPU run with the lighter settings in ``SETTINGS`` (printed under the table); the others
 with their defaults.
 
-    python benchmarks/faithfulness.py                      # 3 photos, every method: ~20 min
-    python benchmarks/faithfulness.py --photos 7           # every bundled photo (~45 min)
+    python benchmarks/faithfulness.py                      # 3 photos, every method: ~11 min
+    python benchmarks/faithfulness.py --photos 7           # every bundled photo (~25 min)
     python benchmarks/faithfulness.py --methods gradcam,scorecam --json /tmp/faith.json
     python benchmarks/faithfulness.py --smoke              # tiny random model, 32 px, seconds
 """
@@ -46,9 +46,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Lighter settings for the methods that rerun the model hundreds of times per image. With them
-# one photo takes about 7 minutes on 2 CPU cores (2026-11-22), nearly 4 of them SS-CAM and
-# IS-CAM (each of the 1280 channels of the explained layer scored twice, about 105 s a photo
-# each), then Score-CAM (about 30 s: its constant channels share one scored copy) and RISE.
+# one photo takes about 3.5 minutes on 2 CPU cores (2026-11-22, TensorFlow, compiled forward
+# passes), over 1 of them SS-CAM and IS-CAM (each of the 1280 channels of the explained layer
+# scored twice, about 38 s a photo each), then Score-CAM (about 9 s: its constant channels
+# share one scored copy) and RISE.
 SETTINGS: dict[str, Callable[[], Any]] = {}
 SMOKE_SETTINGS: dict[str, Callable[[], Any]] = {}
 
