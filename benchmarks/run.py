@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("speed_limit", "peers", "scorecam_memory", "faithfulness", "metrics_speed")
+BENCHMARKS = ("speed_limit", "peers", "scorecam_memory", "faithfulness", "metrics_speed", "folder")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,7 +92,7 @@ def test_run_names_the_benchmarks():
         [sys.executable, str(BENCHMARKS / "run.py"), "--only", "nope"], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "speed_limit, peers, scorecam_memory" in proc.stderr
+    assert "speed_limit, peers, scorecam_memory" in proc.stderr and "folder" in proc.stderr
 
 
 def test_faithfulness_smoke():
@@ -137,3 +137,13 @@ def test_metrics_speed_smoke():
         steps, batch, calls, batches, ceil = (int(c) for c in r[1:6])
         assert calls == batches == ceil and calls <= steps / batch + 1
         assert r[7] == "yes"
+
+
+def test_folder_smoke():
+    """``camlens explain`` on a folder in a fresh process, twice, and the in-process breakdown."""
+    pytest.importorskip("keras")
+    proc = _run(str(BENCHMARKS / "folder.py"), "--smoke")
+    header, rows = _table(proc.stdout, "run")
+    assert header == ["run", "images", "wall", "s", "ms", "/", "image"]
+    assert [r[-3] for r in rows[:2]] == ["4", "8"]  # the two folder sizes
+    assert any(r[:2] == ["in-process:", "camlens.explain"] for r in rows)

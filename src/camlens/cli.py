@@ -256,6 +256,8 @@ def _unique_names(paths: Sequence[str]) -> list[str]:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     from tqdm import tqdm
 
@@ -295,7 +297,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     order = list(zip(images, names))
     layer_texts: list[str] = []
-    with tqdm(total=len(order), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
+    writer = ThreadPoolExecutor(max_workers=1)  # PNG encoding releases the GIL
+    pending: tuple[Any, Any, Any] | None = None
+
+    def finish(save: Any, group: list[tuple[str, str, Any]], exp: Any) -> None:
+        files = save.result()
+        for i, (path, name, _) in enumerate(group):
+            results.append({
+                "image": path,
+                "score": float(exp.scores[i]),
+                "class": None if exp.class_indices is None else int(exp.class_indices[i]),
+                # save() names files "<safe name>_<method>_<layer>_..."; match all of that
+                # prefix so that "cat" does not also claim the files of "cat_2"
+                "files": [f.name for f in files if f.name.startswith(f"{_safe(name)}_{exp.method}_")],
+            })
+        if exp.reason not in layer_texts:
+            layer_texts.append(exp.reason)
+        bar.update(len(group))
+
+    with writer, tqdm(total=len(order), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
         for start in range(0, len(order), args.batch_size):
             # images of one size are explained together (a model without a fixed size may get
             # several sizes in one batch)
@@ -317,22 +337,15 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 except (ValueError, TypeError, NotImplementedError) as exc:
                     print(f"camlens: {exc}", file=sys.stderr)
                     return 2
-                files = exp.save(out, images=x.astype(np.uint8) if c != 1 else x,
-                                 names=[n for _, n, _ in group], cmap=args.cmap, alpha=args.alpha,
-                                 write_json=False)
-                for i, (path, name, _) in enumerate(group):
-                    results.append({
-                        "image": path,
-                        "score": float(exp.scores[i]),
-                        "class": None if exp.class_indices is None else int(exp.class_indices[i]),
-                        # save() names files "<safe name>_<method>_<layer>_..."; match all of
-                        # that prefix so that "cat" does not also claim the files of "cat_2"
-                        "files": [f.name for f in files
-                                  if f.name.startswith(f"{_safe(name)}_{exp.method}_")],
-                    })
-                if exp.reason not in layer_texts:
-                    layer_texts.append(exp.reason)
-                bar.update(len(group))
+                # the PNGs of this batch are written while the next batch is explained
+                if pending is not None:
+                    finish(*pending)
+                save = writer.submit(exp.save, out, images=x.astype(np.uint8) if c != 1 else x,
+                                     names=[n for _, n, _ in group], cmap=args.cmap,
+                                     alpha=args.alpha, write_json=False)
+                pending = (save, group, exp)
+        if pending is not None:
+            finish(*pending)
     if results:
         layer_text = "; ".join(layer_texts)
         (out / "results.json").write_text(json.dumps(
