@@ -790,6 +790,28 @@ def _traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any],
     return tuple(key), (lambda idx: frozen), np.zeros(n, np.int32)
 
 
+def _compiled_program(
+    adapter: KerasAdapter,
+    inputs: list[np.ndarray],
+    target: Target,
+    kind: tuple[Any, ...],
+    build: Callable[[Any, Callable[[Any], Target]], Callable[..., Any]],
+) -> tuple[Callable[..., Any], np.ndarray] | None:
+    """The compiled program of ``kind`` (what it computes) for ``target`` on ``adapter``'s
+    model, built by ``build(model_ref, make)`` on first use and kept in :data:`_COMPILED`, and
+    the index argument to call it with; ``None`` where the target cannot be compiled."""
+    traced = _traceable(target, inputs[0].shape[0])
+    if traced is None:
+        return None
+    target_key, make, idx = traced
+    per_model = _COMPILED.setdefault(adapter.model, {})
+    key = (*kind, target_key, len(inputs))
+    fn = per_model.get(key)
+    if fn is None:
+        fn = per_model[key] = build(weakref.ref(adapter.model), make)
+    return fn, idx
+
+
 def _compiled_capture(
     adapter: KerasAdapter, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target
 ) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]] | None:
@@ -797,17 +819,13 @@ def _compiled_capture(
     where the target cannot be compiled (the eager path runs instead)."""
     import keras
 
-    traced = _traceable(target, inputs[0].shape[0])
-    if traced is None:
+    ids = [nd.id for nd in nodes]
+    found = _compiled_program(adapter, inputs, target, ("capture", tuple(ids)),
+                              lambda ref, make: _COMPILERS[adapter.backend](ref, ids, make))
+    if found is None:
         return None
-    target_key, make, idx = traced
-    model = adapter.model
-    key = (tuple(nd.id for nd in nodes), target_key, len(inputs))
-    per_model = _COMPILED.setdefault(model, {})
-    fn = per_model.get(key)
-    if fn is None:
-        fn = per_model[key] = _COMPILERS[adapter.backend](weakref.ref(model), [nd.id for nd in nodes], make)
-    grads, outs, acts = fn(model, list(inputs), idx)
+    fn, idx = found
+    grads, outs, acts = fn(adapter.model, list(inputs), idx)
     # the target's own score of the outputs: its checks (a class out of range) and the scores
     scores = target.score(outs, adapter.graph().output_names, keras.ops)
     return outs, scores, acts, grads
@@ -819,18 +837,11 @@ def _compiled_score(adapter: KerasAdapter, inputs: list[np.ndarray], target: Tar
     copies: Score-CAM's 1280 channels of EfficientNet-Lite0 are 160 calls."""
     import keras
 
-    traced = _traceable(target, inputs[0].shape[0])
-    if traced is None:
+    found = _compiled_program(adapter, inputs, target, ("score",), _SCORE_COMPILERS[adapter.backend])
+    if found is None:
         return None
-    target_key, make, idx = traced
-    model = adapter.model
-    key = ("score", target_key, len(inputs))
-    per_model = _COMPILED.setdefault(model, {})
-    fn = per_model.get(key)
-    if fn is None:
-        fn = per_model[key] = _SCORE_COMPILERS[adapter.backend](weakref.ref(model), make)
-    outs = fn(model, list(inputs), idx)
-    # the target's own score of the outputs: its checks (a class out of range) and the scores
+    fn, idx = found
+    outs = fn(adapter.model, list(inputs), idx)
     scores = target.score(outs, adapter.graph().output_names, keras.ops)
     return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
 
@@ -843,17 +854,14 @@ def _compiled_input_gradients(
     path points (Integrated Gradients)."""
     import keras
 
-    traced = _traceable(target, inputs[0].shape[0])
-    if traced is None:
+    found = _compiled_program(
+        adapter, inputs, target, ("input", which, guided),
+        lambda ref, make: _INPUT_GRADIENT_COMPILERS[adapter.backend](ref, which, guided, make),
+    )
+    if found is None:
         return None
-    target_key, make, idx = traced
-    model = adapter.model
-    key = ("input", which, guided, target_key, len(inputs))
-    per_model = _COMPILED.setdefault(model, {})
-    fn = per_model.get(key)
-    if fn is None:
-        fn = per_model[key] = _INPUT_GRADIENT_COMPILERS[adapter.backend](weakref.ref(model), which, guided, make)
-    outs, grads = fn(model, list(inputs), idx)
+    fn, idx = found
+    outs, grads = fn(adapter.model, list(inputs), idx)
     scores = target.score(outs, adapter.graph().output_names, keras.ops)
     return (np.asarray(keras.ops.convert_to_numpy(scores), np.float32).reshape(-1),
             np.asarray(grads, dtype=np.float32))
