@@ -417,10 +417,9 @@ class TorchAdapter:
     ) -> Capture:
         import torch
 
-        graph = self.graph()
+        self.graph()
         if self._gm is not None and any(n.id not in self._node_module for n in nodes):
             return self._capture_fx(inputs, nodes, target, need_gradients)
-        names = graph.output_names
         wanted: dict[int, Any] = {}
         for n in nodes:
             mod = self._module_for(n)
@@ -442,31 +441,12 @@ class TorchAdapter:
             records[id(mod)].append(out.detach())
             if not need_gradients or key not in probed:
                 return None
-            # Autograd records from here on: nothing before the first probe can carry a
-            # gradient to it, so the layers before it run as under no_grad (the mode set
-            # below is undone when the model's no_grad block exits).
-            torch.set_grad_enabled(True)
-            z = probes[key] = torch.zeros_like(out, requires_grad=True)
-            return out + z
+            return _probe(out, key, probes)
 
         handles = [m.register_forward_hook(hook) for m in wanted.values()]
         try:
-            with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
-                with torch.no_grad():
-                    out = self.model(*self._tensors(inputs))
-                outs = [o for _, o in _flatten_output_arg(out)]
-                scores = target.score(outs, names, _TorchOps)
-                grads: dict[tuple[int, int], np.ndarray] = {}
-                if need_gradients:
-                    keys = list(probes)
-                    values: Sequence[Any] = [None] * len(keys)
-                    if scores.requires_grad:  # else no probe is upstream of the score
-                        values = torch.autograd.grad(
-                            scores.sum(), [probes[k] for k in keys], allow_unused=True
-                        )
-                    for k, v in zip(keys, values):
-                        grads[k] = (np.zeros(tuple(probes[k].shape), np.float32) if v is None
-                                    else v.detach().cpu().float().numpy())
+            tensors = self._tensors(inputs)
+            outs, scores, grads = self._scores_and_gradients(lambda: self.model(*tensors), target, probes)
         finally:
             for h in handles:
                 h.remove()
@@ -478,15 +458,8 @@ class TorchAdapter:
                 raise RuntimeError(
                     f"module {n.path!r} ran {len(recs)} time(s); call #{n.call} did not happen"
                 )
-            a = recs[n.call].cpu().float().numpy()
-            g = grads.get((id(mod), n.call)) if need_gradients else None
-            if a.ndim == 4:
-                a = np.moveaxis(a, 1, -1)
-                g = None if g is None else np.moveaxis(g, 1, -1)
-            sites.append(SiteCapture(n, a, g))
-        score_np = scores.detach().cpu().float().numpy().reshape(-1)
-        out_np = [o.detach().cpu().float().numpy() for o in outs]
-        return Capture(out_np, score_np, sites)
+            sites.append(_site_capture(n, recs[n.call], grads.get((id(mod), n.call))))
+        return _capture_result(outs, scores, sites)
 
     def _capture_fx(
         self, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target, need_gradients: bool
@@ -497,7 +470,6 @@ class TorchAdapter:
         function's value. Used only when such a site is asked for."""
         import torch
 
-        graph = self.graph()
         wanted = {self._fx_node[n.id] for n in nodes}
         records: dict[str, Any] = {}
         probes: dict[str, Any] = {}
@@ -510,37 +482,33 @@ class TorchAdapter:
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"{n.name} gives {type(out).__name__}, not one tensor; choose another layer")
                 records[n.name] = out.detach()
-                if not need_gradients:
-                    return out
-                torch.set_grad_enabled(True)  # autograd from the first probe on, as with hooks
-                z = probes[n.name] = torch.zeros_like(out, requires_grad=True)
-                return out + z
+                return _probe(out, n.name, probes) if need_gradients else out
+
+        tensors = self._tensors(inputs)
+        outs, scores, grads = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes)
+        sites = [_site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id])) for n in nodes]
+        return _capture_result(outs, scores, sites)
+
+    def _scores_and_gradients(
+        self, run: Any, target: Target, probes: dict[Any, Any]
+    ) -> tuple[list[Any], Any, dict[Any, np.ndarray]]:
+        """``run()`` the model in eval mode, under no_grad until its first probe (``probes``
+        fills as it meets the call sites); the outputs, the target's scores and the gradient of
+        their sum with respect to each probe (zeros where a probe does not reach the score)."""
+        import torch
 
         with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
             with torch.no_grad():
-                out = Probed(self._gm).run(*self._tensors(inputs))
+                out = run()
             outs = [o for _, o in _flatten_output_arg(out)]
-            scores = target.score(outs, graph.output_names, _TorchOps)
-            grads: dict[str, np.ndarray] = {}
-            if need_gradients:
-                keys = list(probes)
-                values: Sequence[Any] = [None] * len(keys)
-                if scores.requires_grad:
-                    values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
-                for k, v in zip(keys, values):
-                    grads[k] = (np.zeros(tuple(probes[k].shape), np.float32) if v is None
-                                else v.detach().cpu().float().numpy())
-        sites = []
-        for n in nodes:
-            name = self._fx_node[n.id]
-            a = records[name].cpu().float().numpy()
-            g = grads.get(name) if need_gradients else None
-            if a.ndim == 4:
-                a = np.moveaxis(a, 1, -1)
-                g = None if g is None else np.moveaxis(g, 1, -1)
-            sites.append(SiteCapture(n, a, g))
-        score_np = scores.detach().cpu().float().numpy().reshape(-1)
-        return Capture([o.detach().cpu().float().numpy() for o in outs], score_np, sites)
+            scores = target.score(outs, self.graph().output_names, _TorchOps)
+            keys = list(probes)
+            values: Sequence[Any] = [None] * len(keys)
+            if keys and scores.requires_grad:  # else no probe is upstream of the score
+                values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+            grads = {k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
+                         else v.detach().cpu().float().numpy()) for k, v in zip(keys, values)}
+        return outs, scores, grads
 
     def input_gradients(
         self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
@@ -735,6 +703,32 @@ class TorchAdapter:
 # as long again for the trace on a model like EfficientNet-Lite0), kept between explain calls
 # for as long as the module lives: explain builds a new adapter each time.
 _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _probe(out: Any, key: Any, probes: dict[Any, Any]) -> Any:
+    """``out + z`` with ``z = 0`` recorded in ``probes[key]``: the gradient at ``out``."""
+    import torch
+
+    # Autograd records from here on: nothing before the first probe can carry a gradient to
+    # it, so the layers before it run as under no_grad (the mode set here is undone when the
+    # caller's no_grad block exits).
+    torch.set_grad_enabled(True)
+    z = probes[key] = torch.zeros_like(out, requires_grad=True)
+    return out + z
+
+
+def _site_capture(node: GraphNode, act: Any, grad: np.ndarray | None) -> SiteCapture:
+    """One call site's activations and gradients as arrays, spatial ones channels-last."""
+    a = act.cpu().float().numpy()
+    if a.ndim == 4:
+        a = np.moveaxis(a, 1, -1)
+        grad = None if grad is None else np.moveaxis(grad, 1, -1)
+    return SiteCapture(node, a, grad)
+
+
+def _capture_result(outs: list[Any], scores: Any, sites: list[SiteCapture]) -> Capture:
+    return Capture([o.detach().cpu().float().numpy() for o in outs],
+                   scores.detach().cpu().float().numpy().reshape(-1), sites)
 
 
 def clear_trace_cache() -> None:
