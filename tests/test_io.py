@@ -287,3 +287,15 @@ def test_load_model_from_python_code_that_builds_a_keras_model(tmp_path):
     assert isinstance(load_model(f"{tmp_path / 'zoo.py'}:seq"), keras.Sequential)
     with pytest.raises(ValueError, match=r"zoo.py:missing: .*has no 'missing'; it defines seq, small$"):
         load_model(f"{tmp_path / 'zoo.py'}:missing")
+
+
+def test_an_existing_file_with_a_colon_in_its_name_is_a_file_not_python_code(tmp_path, monkeypatch):
+    import keras
+
+    inp = keras.Input((4, 4, 1))
+    path = tmp_path / "model:v2.keras"
+    keras.Model(inp, keras.layers.Conv2D(1, 1)(inp)).save(path)
+    monkeypatch.chdir(tmp_path)
+    assert isinstance(load_model("model:v2.keras"), keras.Model)
+    with pytest.raises(ValueError, match="cannot import 'other'"):
+        load_model("other:v2.keras")  # no such file: read as module:NAME

@@ -135,7 +135,7 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     Python: give only files you trust. A ``FILE.py`` may import modules beside it.
     """
     text = os.fspath(path)
-    if _PYTHON_SPEC.match(text):
+    if _PYTHON_SPEC.match(text) and not Path(text).exists():  # a file named "a:b.keras" is a file
         return _load_python_model(text)
     p = Path(path)
     if not p.exists():
