@@ -215,18 +215,13 @@ def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple
     return (h, w), int(c or 3)
 
 
-def _is_torch(model: Any) -> bool:
-    from .adapters.torch import is_torch_module
-
-    return is_torch_module(model)
-
-
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from .explain import layers
+    from .explain import adapt, layers
 
     model = _load_model_or_exit(args.model)
     shape = None if args.size is None else (1, 3, *args.size)
-    if shape is None and _is_torch(model):
+    # a native module (a Keras model on the torch backend is a torch module too, with a shape)
+    if shape is None and adapt(model).framework == "torch":
         print("camlens: a PyTorch module has no input size of its own: give --size H,W "
               "(e.g. --size 224)", file=sys.stderr)
         return 2
