@@ -299,3 +299,14 @@ def test_an_existing_file_with_a_colon_in_its_name_is_a_file_not_python_code(tmp
     assert isinstance(load_model("model:v2.keras"), keras.Model)
     with pytest.raises(ValueError, match="cannot import 'other'"):
         load_model("other:v2.keras")  # no such file: read as module:NAME
+
+
+def test_agreed_size_takes_the_given_size_only_where_the_model_has_none():
+    from camlens.io import agreed_size
+
+    assert agreed_size((None, None), None, "") == (None, None)
+    assert agreed_size((None, None), (10, 14), "") == (10, 14)
+    assert agreed_size((8, 8), None, "") == (8, 8)
+    assert agreed_size((8, 8), (8, 8), "") == (8, 8)
+    with pytest.raises(ValueError, match=r"the model takes 8x8 images; drop input_size=\(9, 9\)"):
+        agreed_size((8, 8), (9, 9), "input_size=(9, 9)")

@@ -205,14 +205,15 @@ def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple
     spec = _one_image_input(model, api)
     if isinstance(spec, int):
         return spec
+    from .io import agreed_size
+
     _, h, w, c = spec
-    if size is not None:
-        if h is not None and w is not None and (h, w) != tuple(size):
-            print(f"camlens: the model takes {h}x{w} images; drop --size {size[0]},{size[1]}",
-                  file=sys.stderr)
-            return 2
-        h, w = size
-    return (h, w), int(c or 3)
+    try:
+        hw = agreed_size((h, w), size, "" if size is None else f"--size {size[0]},{size[1]}")
+    except ValueError as exc:
+        print(f"camlens: {exc}", file=sys.stderr)
+        return 2
+    return hw, int(c or 3)
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:

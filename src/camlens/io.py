@@ -38,6 +38,21 @@ PREPROCESSING = {
     "imagenet": _imagenet,  # (x / 255 - mean) / std, as torchvision's pretrained models expect
 }
 
+def agreed_size(
+    model_size: tuple[int | None, int | None], given: tuple[int, int] | None, drop: str
+) -> tuple[int | None, int | None]:
+    """The ``(H, W)`` images are read at: the model's own size, or ``given`` for a model
+    without a fixed size. A ``given`` size must agree with a model's own; the ValueError says to
+    drop ``drop`` (how the caller named it: ``--size 9,9``, ``input_size=(9, 9)``)."""
+    h, w = model_size
+    if given is None:
+        return h, w
+    want = (int(given[0]), int(given[1]))
+    if h and w and (h, w) != want:
+        raise ValueError(f"the model takes {h}x{w} images; drop {drop}")
+    return want
+
+
 #: file suffixes that :func:`image_files` takes from a folder (PIL reads them all)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..io import PREPROCESSING, ImageError
+from ..io import PREPROCESSING, ImageError, agreed_size
 
 __all__ = ["AppModel", "Prepared", "decode_image", "SLOW_METHODS", "DISPLAY_SIDE"]
 
@@ -176,11 +176,7 @@ class AppModel:
                 f"{[s.shape for s in specs]}. Use camlens.explain(model, [a, b]) in Python."
             )
         _, h, w, c = specs[0].shape
-        if input_size is not None:
-            want = (int(input_size[0]), int(input_size[1]))
-            if h and w and (h, w) != want:
-                raise ValueError(f"the model takes {h}x{w} images; drop input_size={want}")
-            h, w = want
+        h, w = agreed_size((h, w), input_size, f"input_size={input_size}")
         self.input_size = (h, w) if h and w else None
         self.channels = int(c or 3)
         shape = None

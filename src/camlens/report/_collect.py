@@ -132,6 +132,7 @@ def collect(
         progress: show a progress bar on stderr (``None``: only on a terminal).
     """
     from ..explain import adapt, explain
+    from ..io import agreed_size
     from ..viz.color import _get_cmap
 
     items = list(images)
@@ -163,11 +164,7 @@ def collect(
             "Use camlens.explain(model, [a, b]) and Explanation.plot() for pairs."
         )
     _, h, w, c = specs[0].shape
-    if input_size is not None:
-        want = (int(input_size[0]), int(input_size[1]))
-        if h is not None and w is not None and (h, w) != want:
-            raise ValueError(f"input_size={want} differs from the model's input size {(h, w)}; drop it")
-        h, w = want
+    h, w = agreed_size((h, w), input_size, f"input_size={input_size}")
     fixed = (h, w) if resize and h is not None and w is not None else None
     out_index = _output_index(adapter, output)
 
