@@ -48,14 +48,20 @@ def _count_calls(layer, counter):
     object.__setattr__(layer, "call", counting)
 
 
+def _scorer_at(model, inputs, path, target, call=0):
+    """The activations of ``path`` (its ``call``-th call) on ``inputs`` and the adapter's
+    ``site_scorer`` there: the set-up every site-scorer test shares."""
+    adapter = adapt(model)
+    arrays = adapter.prepare(inputs)
+    node = next(n for n in adapter.graph().nodes if n.path == path and n.call == call)
+    acts = adapter.capture(arrays, [node], target, need_gradients=False).sites[0].activations
+    return acts, adapter.site_scorer(arrays, node, target)
+
+
 def test_keras_site_scorer_equals_the_whole_model_and_runs_only_the_layers_after():
     model = _residual_net()
     x = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
-    adapter = adapt(model)
-    arrays = adapter.prepare(x)
-    node = next(n for n in adapter.graph().nodes if n.path == "c2")
-    acts = adapter.capture(arrays, [node], ClassScore(2), need_gradients=False).sites[0].activations
-    scorer = adapter.site_scorer(arrays, node, ClassScore(2))
+    acts, scorer = _scorer_at(model, x, "c2", ClassScore(2))
     batch = np.repeat(acts, 4, axis=0)
     batch[1, ..., 0] = 0.0
     batch[2] *= 2.0
@@ -79,11 +85,7 @@ def test_keras_site_scorer_keeps_the_other_branch_of_a_siamese_model():
     model, encoder = siamese(16)
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(2, 1, 16, 16, 3)).astype("float32")
-    adapter = adapt(model)
-    arrays = adapter.prepare([a, b])
-    first = next(n for n in adapter.graph().nodes if n.path == "encoder/c2" and n.call == 0)
-    acts = adapter.capture(arrays, [first], RegressionScore(0), need_gradients=False).sites[0].activations
-    scorer = adapter.site_scorer(arrays, first, RegressionScore(0))
+    acts, scorer = _scorer_at(model, [a, b], "encoder/c2", RegressionScore(0))
     batch = np.concatenate([acts, acts * 0.5, np.zeros_like(acts)])
     got = scorer(batch)
     # reference: the whole model with the first call of c2 replaced, the second left alone
@@ -172,11 +174,7 @@ class _TorchNet(nn.Module):
 def test_torch_site_scorer_equals_the_whole_model_and_runs_only_the_layers_after():
     model = _TorchNet()
     x = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
-    adapter = adapt(model)
-    arrays = adapter.prepare(x)
-    node = next(n for n in adapter.graph().nodes if n.path == "c2")
-    acts = adapter.capture(arrays, [node], ClassScore(1), need_gradients=False).sites[0].activations
-    scorer = adapter.site_scorer(arrays, node, ClassScore(1))
+    acts, scorer = _scorer_at(model, x, "c2", ClassScore(1))
     batch = np.concatenate([acts, acts * 0.0, acts * 3.0])
     ran: list[str] = []
     handles = [getattr(model, n).register_forward_hook(lambda m, a, o, n=n: ran.append(n))
@@ -216,11 +214,7 @@ class _TorchSkipNet(nn.Module):
 def test_torch_site_scorer_runs_what_a_skip_connection_needs_once_per_batch_size():
     model = _TorchSkipNet()
     x = np.random.default_rng(1).normal(size=(1, 6, 6, 3)).astype("float32")
-    adapter = adapt(model)
-    arrays = adapter.prepare(x)
-    node = next(n for n in adapter.graph().nodes if n.path == "c2")
-    acts = adapter.capture(arrays, [node], ClassScore(0), need_gradients=False).sites[0].activations
-    scorer = adapter.site_scorer(arrays, node, ClassScore(0))
+    acts, scorer = _scorer_at(model, x, "c2", ClassScore(0))
     ran: list[str] = []
     handles = [getattr(model, n).register_forward_hook(lambda m, a, o, n=n: ran.append(n))
                for n in ("c0", "c1", "c2", "fc")]
