@@ -154,24 +154,17 @@ class TorchAdapter:
         return out
 
     def _tensors(self, arrays: Sequence[np.ndarray], channels_last: bool = False) -> list[Any]:
-        """The module's channels-first tensors of channels-last ``arrays``. ``channels_last``:
-        keep the channels-last memory order under the channels-first shape (no copy, see
-        :meth:`score`)."""
+        """The module's channels-first tensors of the ``(N, H, W, C)`` ``arrays`` (as
+        :meth:`prepare` makes them). ``channels_last``: keep the channels-last memory order
+        under the channels-first shape (no copy, see :meth:`score`)."""
         import torch
 
         device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
-        if channels_last:
-            return [
-                torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
-                if a.ndim == 4
-                else torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)
-                for a in arrays
-            ]
-        return [
-            torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device=device, dtype=dtype)
-            for a in arrays
-        ]
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2) for a in arrays]
+        if not channels_last:
+            tensors = [t.contiguous() for t in tensors]
+        return [t.to(device=device, dtype=dtype) for t in tensors]
 
     # ------------------------------------------------------------------ graph
     def graph(self) -> LayerGraph:
@@ -297,11 +290,8 @@ class TorchAdapter:
         for fx_node in gm.graph.nodes:
             if fx_node.name not in ids:
                 continue
-            for key, value in (fx_node.meta.get("nn_module_stack") or {}).items():
-                path = value[0] if isinstance(value, tuple) else value
-                if isinstance(path, str) and path:
-                    k = str(key).partition("@")[2]
-                    last[(path, str(key), int(k) if k.isdigit() else 0)] = fx_node
+            for key, path, call in _module_scopes(fx_node):
+                last[(path, key, call)] = fx_node
         chosen: dict[int, tuple[str, int]] = {}
         for (path, key, call), fx_node in last.items():
             nid = ids[fx_node.name]
@@ -387,7 +377,7 @@ class TorchAdapter:
         (``x.view(...)`` on it, or on a convolution's output, raises) is run once more the usual
         way and remembered; the caller holds eval mode and no_grad, so a failed try changes
         nothing."""
-        if self._channels_last is not False and any(a.ndim == 4 for a in inputs):
+        if self._channels_last is not False:
             try:
                 out = self.model(*self._tensors(inputs, channels_last=True))
             except RuntimeError:
@@ -737,14 +727,20 @@ def clear_trace_cache() -> None:
     _TRACES.clear()
 
 
-def _module_prefixes(node: Any) -> list[str]:
-    stack = node.meta.get("nn_module_stack") or {}
+def _module_scopes(node: Any) -> list[tuple[str, str, int]]:
+    """``(scope key, module path, call number)`` of each module an fx node was traced inside,
+    outermost first (fx keys the k-th call of a module ``path@k``)."""
     out = []
-    for value in stack.values():
+    for key, value in (node.meta.get("nn_module_stack") or {}).items():
         path = value[0] if isinstance(value, tuple) else value
         if isinstance(path, str) and path:
-            out.append(path)
+            k = str(key).partition("@")[2]
+            out.append((str(key), path, int(k) if k.isdigit() else 0))
     return out
+
+
+def _module_prefixes(node: Any) -> list[str]:
+    return [path for _, path, _ in _module_scopes(node)]
 
 
 def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
