@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import camlens
     from camlens import metrics as cm
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     model, x, name = load(args.smoke)
     adapter = CountingAdapter(adapt(model))

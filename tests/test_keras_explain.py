@@ -40,7 +40,7 @@ def test_one_conv_net_exact_maps(net, method):
 
 
 def test_one_conv_net_activations_gradients_and_score(net):
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     adapter = adapt(net)
     node = adapter.graph().nodes[1]
@@ -99,7 +99,7 @@ def test_siamese_auto_layer_has_one_site_per_image(pair):
 def test_siamese_call_sites_match_an_independent_gradient(pair):
     model, encoder, xa, xb = pair
     exp_sites = camlens.explain(model, [xa, xb], target=targets.RegressionScore(0), method="hirescam")
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     adapter = adapt(model)
     graph = adapter.graph()
@@ -209,7 +209,7 @@ def test_logit_skips_the_final_softmax_and_restores_it(separate):
     want = twin.predict(x, verbose=0)[:, 1]
     exp = camlens.explain(model, x, target=targets.Logit(1))
     np.testing.assert_allclose(exp.scores, want, rtol=1e-5)
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     grads = []
     for m, t in ((model, targets.Logit(1)), (twin, targets.ClassScore(1))):
@@ -229,7 +229,7 @@ def test_rerun_scores_are_compiled_on_tensorflow_and_jax_and_agree_with_the_mode
     tf.function / jax.jit for class targets: same numbers as the model and as the eager replay;
     a class out of range is refused either way."""
     from camlens.adapters import keras as kad
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     keras.utils.set_random_seed(7)
     inp = keras.Input((8, 8, 3))
@@ -280,7 +280,7 @@ def test_similarity_between_outputs_and_against_a_reference():
     assert [(s.layer, s.input_index) for s in exp.sites] == [("embed/conv", 0), ("embed/conv", 1)]
     # Keras runs the second branch first here; each site must still hold its own image's map.
     conv = encoder.get_layer("conv")
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     adapter = adapt(model)
     nodes = [n for n in adapter.graph().nodes if n.path == "embed/conv"]
@@ -317,7 +317,7 @@ def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_e
     fields: an equal target reuses the program, another reference compiles its own); a callable
     target never does. Maps, gradients and scores equal the eager run's on every backend."""
     from camlens.adapters import keras as kad
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     keras.utils.set_random_seed(9)
     encoder = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, activation="relu", name="conv"),
@@ -379,7 +379,7 @@ def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_e
 @pytest.mark.parametrize("guided", [False, True])
 def test_input_gradients_compiled_equal_eager_and_leave_relus_alone(guided, monkeypatch):
     from camlens.adapters import keras as kad
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     keras.utils.set_random_seed(10)
     inp = keras.Input((6, 6, 3))

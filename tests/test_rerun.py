@@ -10,7 +10,7 @@ import torch
 from keras import layers as L
 from torch import nn
 
-from camlens.explain import adapt
+from camlens.adapters import adapt
 from camlens.targets import ClassScore, RegressionScore
 
 from keras_models import one_conv_input, one_conv_net, probe_free, siamese

@@ -11,7 +11,7 @@ from torch import nn
 
 import camlens
 from camlens import methods, targets
-from camlens.explain import adapt
+from camlens.adapters import adapt
 from hand_computed import SCORE, X
 from keras_models import one_conv_net, probe_free, small_classifier
 from torch_models import one_conv_net as torch_one_conv_net

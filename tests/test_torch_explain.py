@@ -9,7 +9,7 @@ from torch import nn
 
 import camlens
 from camlens import targets
-from camlens.explain import adapt
+from camlens.adapters import adapt
 from hand_computed import EXPECTED, SCORE, X
 from torch_models import one_conv_net
 

@@ -424,7 +424,8 @@ def test_named_token_layer_and_grid_checks(kvit):
 def test_ablation_cam_on_a_vit_puts_the_class_token_back(kvit, tvit, which):
     # Ablation-CAM replaces the patch tokens and must put the class token back: the scorer fed
     # the layer's own patch grid gives the model's own score.
-    from camlens.explain import _site_scorer, adapt
+    from camlens.adapters import adapt
+    from camlens.explain import _site_scorer
     from camlens.targets import ClassScore
     from camlens.tokens import split_tokens
 

@@ -217,12 +217,13 @@ def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from .explain import adapt, layers
+    from .adapters import adapt
+    from .explain import layers
 
     model = _load_model_or_exit(args.model)
     shape = None if args.size is None else (1, 3, *args.size)
     # a native module (a Keras model on the torch backend is a torch module too, with a shape)
-    if shape is None and adapt(model).framework == "torch":
+    if shape is None and adapt(model).needs_input_size:
         print("camlens: a PyTorch module has no input size of its own: give --size H,W "
               "(e.g. --size 224)", file=sys.stderr)
         return 2
@@ -234,33 +235,17 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unique_names(paths: Sequence[str]) -> list[str]:
-    """File-safe output names, one per image, never two alike (``a``, ``a-1``, ...)."""
-    from .explanation import _safe
-
-    taken: set[str] = set()
-    names = []
-    for p in paths:
-        stem = _safe(Path(p).stem or "image")
-        name, k = stem, 0
-        while name in taken:
-            k += 1
-            name = f"{stem}-{k}"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
 def _cmd_explain(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     from tqdm import tqdm
 
-    from .explain import adapt, explain
+    from .adapters import adapt
+    from .explain import explain
     from .layers import find_nodes
     from .methods import get_method
-    from .explanation import _safe
+    from .io import safe_name, unique_names
     from .io import PREPROCESSING, ImageError, load_image
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -278,9 +263,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     try:
         get_method(args.method)
         adapter = adapt(model)
-        known = adapter.framework != "torch" or (h is not None and w is not None)
+        known = not adapter.needs_input_size or (h is not None and w is not None)
         if args.layer != "auto" and known:  # a module without --size: checked on the first batch
-            if adapter.framework == "torch":
+            if adapter.needs_input_size:
                 adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
             find_nodes(adapter.graph(), args.layer)
     except (TypeError, ValueError) as exc:
@@ -288,7 +273,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return 2
     prep = PREPROCESSING[args.preprocess]
     out = Path(args.out)
-    names = _unique_names(images)
+    names = unique_names(images)
     failed: list[tuple[str, str]] = []
     results: list[dict[str, Any]] = []
     order = list(zip(images, names))
@@ -305,7 +290,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 "class": None if exp.class_indices is None else int(exp.class_indices[i]),
                 # save() names files "<safe name>_<method>_<layer>_..."; match all of that
                 # prefix so that "cat" does not also claim the files of "cat_2"
-                "files": [f.name for f in files if f.name.startswith(f"{_safe(name)}_{exp.method}_")],
+                "files": [f.name for f in files if f.name.startswith(f"{safe_name(name)}_{exp.method}_")],
             })
         if exp.reason not in layer_texts:
             layer_texts.append(exp.reason)
@@ -464,7 +449,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if isinstance(loaded, int):
             return loaded
         model = loaded
-        from .demo import _display
+        from .models.efficientnet_lite import display as _display
         from .models.efficientnet_lite import preprocess as lite_preprocess
         from .samples import imagenet_classes
 
@@ -506,7 +491,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _one_image_input(model: Any, api: str) -> Any:
     """The shape ``(None, H, W, C)`` of the model's one image input, or an exit status after
     saying why the command line cannot use the model (``api``: what to use instead)."""
-    from .explain import adapt
+    from .adapters import adapt
 
     try:
         specs = adapt(model).input_specs()

@@ -18,13 +18,6 @@ import numpy as np
 __all__ = ["run_demo"]
 
 
-def _display(x: np.ndarray) -> np.ndarray:
-    """Undo the model's (rgb - 127) / 128 scaling: the resized, cropped photo as uint8."""
-    from .models.efficientnet_lite import MEAN_RGB as MEAN, STDDEV_RGB as STD
-
-    return np.clip(np.rint(x * STD + MEAN), 0, 255).astype(np.uint8)
-
-
 def run_demo(
     out: str | os.PathLike[str] = "camlens-demo",
     methods: Sequence[str] = ("gradcam", "cam"),
@@ -37,16 +30,16 @@ def run_demo(
     from .io import ImageError, load_image
     from .methods import get_method
     from .models import efficientnet_lite0
-    from .models.efficientnet_lite import preprocess
+    from .models.efficientnet_lite import display as _display, preprocess
 
     for m in methods:
         get_method(m)  # fail on a bad name before any work
     failed: list[str] = []
     pictures: dict[str, np.ndarray] = {}
     if images:
-        from .cli import _unique_names
+        from .io import unique_names
 
-        for path, name in zip(images, _unique_names(images)):
+        for path, name in zip(images, unique_names(images)):
             try:
                 pictures[name] = load_image(path).astype(np.uint8)
             except ImageError as exc:

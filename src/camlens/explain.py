@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .adapters import adapt
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
 from .layers import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, layer_report
@@ -15,25 +15,6 @@ from .tokens import grid_to_tokens, infer_grid, split_tokens, tokens_to_grid
 from .targets import ClassScore, Target, as_target
 
 __all__ = ["explain", "layers", "adapt"]
-
-
-def adapt(model: Any) -> ModelAdapter:
-    """The adapter for ``model``: a Keras 3 model or a ``torch.nn.Module``."""
-    if all(hasattr(model, name) for name in ("capture", "graph", "prepare")):
-        return model  # already an adapter
-    if "keras" in sys.modules or type(model).__module__.startswith("keras"):
-        from .adapters.keras import KerasAdapter, is_keras_model
-
-        if is_keras_model(model):
-            return KerasAdapter(model)
-    from .adapters.torch import TorchAdapter, is_torch_module
-
-    if is_torch_module(model):
-        return TorchAdapter(model)
-    raise TypeError(
-        f"camlens explains Keras 3 models and torch.nn.Module; got "
-        f"{type(model).__module__}.{type(model).__name__}"
-    )
 
 
 def _resolve_layer(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import viz
+from .io import safe_name
 
 __all__ = ["Site", "Explanation"]
 
@@ -157,7 +157,7 @@ class Explanation:
         (inline PNGs, no matplotlib), the target, its score and the layer; text is escaped."""
         import html
 
-        from .report._encode import data_uri
+        from .viz import data_uri
 
         def esc(text: object) -> str:
             return html.escape(str(text), quote=True)
@@ -227,9 +227,9 @@ class Explanation:
         written = []
         for k, s in enumerate(self.sites):
             over = self.overlay(images, cmap=cmap, alpha=alpha, site=k)
-            tag = _safe(s.label)
+            tag = safe_name(s.label)
             for i, name in enumerate(names):
-                stem = f"{_safe(name)}_{self.method}_{tag}"
+                stem = f"{safe_name(name)}_{self.method}_{tag}"
                 written.append(viz.save_png(over[i], out / f"{stem}_overlay.png"))
                 written.append(viz.save_png(viz.colorize(self.maps[k][i], cmap), out / f"{stem}_heatmap.png"))
         if not write_json:
@@ -240,10 +240,6 @@ class Explanation:
         (out / "explanation.json").write_text(json.dumps(meta, indent=2))
         written.append(out / "explanation.json")
         return written
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-") or "x"
 
 
 def finish_maps(

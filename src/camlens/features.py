@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .explain import adapt
-from .explanation import _safe
+from .adapters import adapt
+from .io import safe_name
 from .layers import GraphNode, LayerGraph, choose_layers, find_nodes
 from .targets import Target
 
@@ -113,7 +113,7 @@ class FeatureMaps:
         entries, written = [], []
         for k, label in enumerate(self.layers):
             acts = self.sample(k, index)
-            stem = name = _safe(label)
+            stem = name = safe_name(label)
             n = 1
             while name in taken:  # "a/b" and "a-b" would both be "a-b"
                 n += 1
@@ -158,13 +158,7 @@ class _ActivationsOnly(Target):
 def _probeable(adapter: ModelAdapter, node: GraphNode) -> bool:
     """Whether the adapter can record ``node``: PyTorch hooks exist on modules only, not on
     functions called inside ``forward()`` (``F.relu``, ``x + y``)."""
-    if getattr(adapter, "framework", "") != "torch":
-        return True
-    try:
-        adapter._module_for(node)  # type: ignore[attr-defined]
-    except ValueError:
-        return False
-    return True
+    return adapter.can_probe(node)
 
 
 def _has_map(node: GraphNode) -> bool:

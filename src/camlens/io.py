@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ImageError", "load_image", "load_model", "image_files", "PREPROCESSING", "IMAGE_SUFFIXES"]
+__all__ = ["ImageError", "load_image", "load_model", "image_files", "PREPROCESSING", "IMAGE_SUFFIXES",
+           "safe_name", "unique_names"]
 
 
 class ImageError(ValueError):
@@ -164,12 +165,9 @@ def load_model(path: str | os.PathLike[str]) -> Any:
             f"{p}: camlens reads Keras models saved as .keras or .h5, or Python code as "
             f"FILE.py:NAME; got {p.suffix or 'no suffix'!r}.{hint}"
         )
-    import keras
+    from .adapters.keras import load_keras_file
 
-    try:
-        return keras.saving.load_model(p, compile=False)
-    except Exception as exc:  # keras raises many types here; say which file failed
-        raise ValueError(f"{p}: could not load the Keras model: {exc}") from exc
+    return load_keras_file(p)
 
 
 #: "models.py:build", "pkg.models:Net", "path/to/m.py:zoo.resnet" (not "C:\\models\\m.keras")
@@ -241,3 +239,24 @@ def _load_python_model(spec: str) -> Any:
             f"{spec}: {what} is of type {type(obj).__name__}, not a Keras model or torch.nn.Module"
         )
     return obj
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every run of characters outside ``[A-Za-z0-9._-]`` made one ``-``: safe in
+    any file system."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-") or "x"
+
+
+def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """File-safe output names, one per image, never two alike (``a``, ``a-1``, ...)."""
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        stem = safe_name(Path(path).stem or "image")
+        name, k = stem, 0
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name)
+        names.append(name)
+    return names

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .viz import resize_bilinear
+from ._image import resize_bilinear
 
 if TYPE_CHECKING:
     from .explanation import Explanation
@@ -115,7 +115,8 @@ def tta(
 
         exp = camlens.smooth.tta(model, images, "gradcam", flips=True, scales=(1.0, 1.25))
     """
-    from .explain import adapt, explain
+    from .adapters import adapt
+    from .explain import explain
 
     todo = [1.0] + [s for s in dict.fromkeys(_check_scale(s) for s in scales) if s != 1.0]
     base = explain(model, inputs, method, **explain_kwargs)
@@ -123,19 +124,14 @@ def tta(
     if kwargs.get("target") is None and base.class_indices is not None:
         kwargs["target"] = [int(c) for c in base.class_indices]
     arrays = base.inputs  # channels-last, as the adapter prepared them
-    channels_first = adapt(model).framework == "torch"
+    adapter = adapt(model)
     total = [m.astype(np.float64) for m in base.maps]
     weight = [np.ones(m.shape[1:]) for m in base.maps]
     for scale in todo:
         for flip in (False, True) if flips else (False,):
             if scale == 1.0 and not flip:
                 continue  # the base run
-            copies = [transform(a, flip, scale) for a in arrays]
-            if channels_first:  # torch tensors are channels-first by convention: no layout guess
-                import torch
-
-                copies = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(c, -1, 1))) if c.ndim == 4 else c
-                          for c in copies]
+            copies = adapter.native_inputs([transform(a, flip, scale) for a in arrays])
             exp = explain(model, copies[0] if len(copies) == 1 else copies, method, **kwargs)
             for k, m in enumerate(exp.maps):
                 back, w = untransform(m, flip, scale)

@@ -37,7 +37,7 @@ def torch_mean_model():
 
 def counting(model):
     """An adapter of ``model`` that counts its model calls (forward and score)."""
-    from camlens.explain import adapt
+    from camlens.adapters import adapt
 
     adapter = adapt(model)
     adapter.calls = []

@@ -16,7 +16,7 @@ import numpy as np
 from ..layers import GraphNode, LayerGraph
 from ..targets import Target
 
-__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants"]
+__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform"]
 
 
 @dataclass
@@ -73,6 +73,44 @@ class ModelAdapter(Protocol):
     def input_gradients(
         self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    # ---- what the model is like (capabilities: code outside adapters/ never asks "which framework")
+    #: the model has no input size of its own (a native torch module): shapes come from an input
+    needs_input_size: bool
+
+    def can_probe(self, node: GraphNode) -> bool: ...
+
+    def native_inputs(self, arrays: Sequence[np.ndarray]) -> Any:
+        """Prepared channels-last arrays as the model itself takes them, so that :meth:`prepare`
+        reads them back without guessing a layout."""
+        ...
+
+    # ---- copies with re-initialised layers (the randomization check)
+    def twin(self) -> "ModelAdapter":
+        """An adapter over a deep copy of the model (same weights); the model is not touched."""
+        ...
+
+    def kernel_layers(self, inputs: Any) -> list[tuple[str, Any]]:
+        """``(name, layer)`` of every layer with a kernel (a weight of 2 or more axes), in the
+        order the model computes them."""
+        ...
+
+    def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
+        """Give ``layer`` (from :meth:`kernel_layers` of this adapter) new Glorot-uniform kernels."""
+        ...
+
+
+def glorot_uniform(shape: tuple[int, ...], torch_layout: bool, rng: np.random.Generator) -> np.ndarray:
+    """Glorot-uniform values for a kernel of ``shape``: torch ``(out, in, *kernel)`` or Keras
+    ``(*kernel, in, out)``."""
+    if torch_layout:
+        receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
+    else:
+        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
+    limit = np.sqrt(6.0 / max(1, fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
 
 
 def descendants(graph: LayerGraph, nid: int) -> set[int]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..layers import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
-from .base import Capture, InputSpec, SiteCapture, check_inputs, descendants
+from .base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
 
 __all__ = ["KerasAdapter", "is_keras_model"]
 
@@ -68,6 +68,7 @@ class KerasAdapter:
     """Adapter for a ``keras.Model`` built with the functional API or ``keras.Sequential``."""
 
     framework = "keras"
+    needs_input_size = False
 
     def __init__(self, model: Any) -> None:
         import keras
@@ -191,6 +192,51 @@ class KerasAdapter:
 
     def prepare(self, inputs: Any) -> list[np.ndarray]:
         return check_inputs(inputs, self.input_specs())
+
+    def can_probe(self, node: GraphNode) -> bool:
+        return True
+
+    def native_inputs(self, arrays: Sequence[np.ndarray]) -> Any:
+        return list(arrays)
+
+    # ------------------------------------------------------------------ copies
+    def twin(self) -> "KerasAdapter":
+        import keras
+
+        try:
+            clone = keras.models.clone_model(self.model)
+        except Exception as exc:  # clone_model raises many types for custom layers
+            raise ValueError(
+                f"camlens works on a copy of the model here, and keras.models.clone_model cannot "
+                f"copy this one ({type(exc).__name__}: {exc}); make its custom layers "
+                "serialisable (get_config/from_config)"
+            ) from exc
+        clone.set_weights(self.model.get_weights())
+        return KerasAdapter(clone)
+
+    def kernel_layers(self, inputs: Any = None) -> list[tuple[str, Any]]:
+        import keras
+
+        found: list[tuple[str, Any]] = []
+        seen: set[int] = set()
+
+        def walk(m: Any, prefix: str) -> None:  # nested models expanded, in model order
+            for layer in m.layers:
+                if id(layer) in seen:
+                    continue
+                seen.add(id(layer))
+                if isinstance(layer, keras.Model):
+                    walk(layer, f"{prefix}{layer.name}/")
+                elif any(len(w.shape) >= 2 for w in layer.weights):
+                    found.append((prefix + layer.name, layer))
+
+        walk(self.model, "")
+        return found
+
+    def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
+        for w in layer.weights:
+            if len(w.shape) >= 2:
+                w.assign(glorot_uniform(tuple(int(d) for d in w.shape), False, rng).astype(w.dtype))
 
     def node_op(self, node: GraphNode) -> Any:
         return self._ops[node.id]
@@ -1044,3 +1090,13 @@ _GRADIENT_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "jax": _jax_gradients,
     "torch": _torch_gradients,
 }
+
+
+def load_keras_file(path: Any) -> Any:
+    """A model saved by Keras (``.keras``, ``.h5``), loaded without compiling it."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types here; say which file failed
+        raise ValueError(f"{path}: could not load the Keras model: {exc}") from exc

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..layers import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
-from .base import Capture, InputSpec, SiteCapture, _as_float_array
+from .base import Capture, InputSpec, SiteCapture, _as_float_array, glorot_uniform
 
 __all__ = ["TorchAdapter", "is_torch_module"]
 
@@ -98,6 +98,7 @@ class TorchAdapter:
     """Adapter for a ``torch.nn.Module``; inputs channels-first for the module itself."""
 
     framework = "torch"
+    needs_input_size = True
 
     def __init__(self, module: Any) -> None:
         import torch
@@ -388,6 +389,50 @@ class TorchAdapter:
                 self._channels_last = True
                 return out
         return self.model(*self._tensors(inputs))
+
+    def can_probe(self, node: GraphNode) -> bool:
+        """Hooks exist on modules only, not on functions called in ``forward()`` (``F.relu``)."""
+        return node.id in self._node_module
+
+    def native_inputs(self, arrays: Sequence[np.ndarray]) -> Any:
+        import torch  # tensors are channels-first by convention: prepare reads them without a guess
+
+        return [torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))) if a.ndim == 4 else a
+                for a in arrays]
+
+    # ------------------------------------------------------------------ copies
+    def twin(self) -> "TorchAdapter":
+        import copy
+
+        return TorchAdapter(copy.deepcopy(self.model))
+
+    def kernel_layers(self, inputs: Any) -> list[tuple[str, Any]]:
+        """Modules with a kernel of their own, in the order a forward pass first calls them."""
+        named = [(n, m) for n, m in self.model.named_modules()
+                 if any(p.dim() >= 2 for p in m.parameters(recurse=False))]
+        called: list[tuple[str, Any]] = []
+        handles = []
+        for name, mod in named:
+            def hook(m: Any, args: Any, out: Any, _name: str = name) -> None:
+                if all(_name != n for n, _ in called):
+                    called.append((_name, m))
+            handles.append(mod.register_forward_hook(hook))
+        try:
+            arrays = self.prepare(inputs)
+            self.forward([a[:1] for a in arrays])
+        finally:
+            for h in handles:
+                h.remove()
+        return called
+
+    def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p in layer.parameters(recurse=False):
+                if p.dim() >= 2:
+                    value = glorot_uniform(tuple(p.shape), True, rng)
+                    p.copy_(torch.as_tensor(value, dtype=p.dtype, device=p.device))
 
     def _module_for(self, node: GraphNode) -> Any:
         path = self._node_module.get(node.id)

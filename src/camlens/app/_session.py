@@ -143,7 +143,8 @@ class AppModel:
         name: str | None = None,
         input_size: tuple[int, int] | None = None,
     ) -> None:
-        from ..explain import adapt, layers
+        from ..adapters import adapt
+        from ..explain import layers
 
         self.lock = threading.Lock()
         self.bundled = model is None
@@ -180,7 +181,7 @@ class AppModel:
         self.input_size = (h, w) if h and w else None
         self.channels = int(c or 3)
         shape = None
-        if adapter.framework == "torch":
+        if adapter.needs_input_size:
             if self.input_size is None:
                 raise ValueError(
                     "a PyTorch module has no input size of its own: give input_size=(H, W) "
@@ -243,7 +244,7 @@ class AppModel:
     def prepare(self, image: np.ndarray) -> Prepared:
         """A uint8 RGB photo of any size as the page shows it and as the model takes it."""
         if self.bundled:
-            from ..demo import _display
+            from ..models.efficientnet_lite import display as _display
             from ..models.efficientnet_lite import preprocess
 
             x = preprocess(image)

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..viz import resize_bilinear
+from .._image import resize_bilinear
 from .base import PixelData, PixelMethod, register
 
 __all__ = ["Occlusion", "RISE"]

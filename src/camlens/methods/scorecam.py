@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..viz import resize_bilinear
+from .._image import resize_bilinear
 from ._checks import non_negative, positive_int, seed_or_none
 from .base import CAMMethod, SiteData, register
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..adapters.base import ModelAdapter
-from ..explain import adapt
+from ..adapters import adapt
 from ..explanation import Explanation
 from ..targets import ClassScore, Logit, Target, as_target
 

@@ -95,94 +95,6 @@ class RandomizationResult:
         return "\n".join(lines)
 
 
-def _glorot(shape: tuple[int, ...], torch_layout: bool, rng: np.random.Generator) -> np.ndarray:
-    if torch_layout:  # (out, in, *kernel)
-        receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-        fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
-    else:  # Keras: (*kernel, in, out)
-        receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
-        fan_in, fan_out = shape[-2] * receptive, shape[-1] * receptive
-    limit = np.sqrt(6.0 / max(1, fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=shape)
-
-
-# ---------------------------------------------------------------------- Keras
-def _keras_copy(model: Any) -> Any:
-    import keras
-
-    try:
-        clone = keras.models.clone_model(model)
-    except Exception as exc:  # clone_model raises many types for custom layers
-        raise ValueError(
-            f"the randomization check works on a copy of the model and keras.models.clone_model "
-            f"cannot copy this one ({type(exc).__name__}: {exc}); make its custom layers "
-            "serialisable (get_config/from_config)"
-        ) from exc
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def _keras_layers(model: Any) -> list[tuple[str, Any]]:
-    """Layers with a kernel, nested models expanded, in model order."""
-    import keras
-
-    found: list[tuple[str, Any]] = []
-    seen: set[int] = set()
-
-    def walk(m: Any, prefix: str) -> None:
-        for layer in m.layers:
-            if id(layer) in seen:
-                continue
-            seen.add(id(layer))
-            if isinstance(layer, keras.Model):
-                walk(layer, f"{prefix}{layer.name}/")
-            elif any(len(w.shape) >= 2 for w in layer.weights):
-                found.append((prefix + layer.name, layer))
-
-    walk(model, "")
-    return found
-
-
-def _keras_randomize(layer: Any, rng: np.random.Generator) -> None:
-    for w in layer.weights:
-        if len(w.shape) >= 2:
-            w.assign(_glorot(tuple(int(d) for d in w.shape), False, rng).astype(w.dtype))
-
-
-# ---------------------------------------------------------------------- torch
-def _torch_layers(module: Any, images: Any) -> list[tuple[str, Any]]:
-    """Modules with a kernel of their own, in the order a forward pass first calls them."""
-    from ..explain import adapt
-
-    named = [(n, m) for n, m in module.named_modules()
-             if any(p.dim() >= 2 for p in m.parameters(recurse=False))]
-    called: list[tuple[str, Any]] = []
-    handles = []
-    for name, mod in named:
-        def hook(m: Any, args: Any, out: Any, _name: str = name) -> None:
-            if all(_name != n for n, _ in called):
-                called.append((_name, m))
-        handles.append(mod.register_forward_hook(hook))
-    try:
-        adapter = adapt(module)
-        arrays = adapter.prepare(images)
-        adapter.forward([a[:1] for a in arrays])
-    finally:
-        for h in handles:
-            h.remove()
-    return called
-
-
-def _torch_randomize(mod: Any, rng: np.random.Generator) -> None:
-    import torch
-
-    with torch.no_grad():
-        for p in mod.parameters(recurse=False):
-            if p.dim() >= 2:
-                value = _glorot(tuple(p.shape), True, rng)
-                p.copy_(torch.as_tensor(value, dtype=p.dtype, device=p.device))
-
-
 def randomization_check(
     model: Any,
     images: Any,
@@ -213,7 +125,8 @@ def randomization_check(
         res = camlens.metrics.randomization_check(model, images, "gradcam")
         print(res)                 # one row per layer: mean rho, should fall towards 0
     """
-    from ..explain import adapt, explain
+    from ..adapters import adapt
+    from ..explain import explain
     from ..targets import ClassScore, as_target
 
     tgt = as_target(target, output)
@@ -224,15 +137,8 @@ def randomization_check(
         tgt = copy.copy(tgt)
         tgt.index = [int(c) for c in original.class_indices]  # randomised copies explain the same class
     adapter = adapt(model)
-    model = adapter.model  # the model itself, when given an adapter
-    if adapter.framework == "torch":  # (a Keras model on the torch backend is a Keras model)
-        twin = copy.deepcopy(model)
-        candidates = _torch_layers(twin, images)[::-1]
-        randomize = _torch_randomize
-    else:
-        twin = _keras_copy(model)
-        candidates = _keras_layers(twin)[::-1]
-        randomize = _keras_randomize
+    twin = adapter.twin()  # the copy is randomised; the model is never changed
+    candidates = twin.kernel_layers(images)[::-1]
     by_name = dict(candidates)
     if layers is None:
         chosen = candidates
@@ -252,10 +158,10 @@ def randomization_check(
     correlations = np.empty((len(chosen), len(base)))
     maps = []
     for k, (_, lyr) in enumerate(chosen):
-        randomize(lyr, rng)
+        twin.reinitialize(lyr, rng)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # random models often give flat maps
-            exp = explain(twin, images, method=method, target=tgt, layer=layer, batch_size=batch_size)
+            exp = explain(twin.model, images, method=method, target=tgt, layer=layer, batch_size=batch_size)
         maps.append(exp.maps[site])
         correlations[k] = [spearman(base[i], exp.maps[site][i]) for i in range(len(base))]
     return RandomizationResult(original.method, [n for n, _ in chosen], correlations, base, maps)

@@ -42,6 +42,7 @@ __all__ = [
     "IMAGENET_INPUT_SIZE",
     "MEAN_RGB",
     "STDDEV_RGB",
+    "display",
     "efficientnet_lite0",
     "preprocess",
     "preprocess_batch",
@@ -324,6 +325,12 @@ def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
         for c in range(3)
     ]
     return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def display(x: np.ndarray) -> np.ndarray:
+    """The inverse of the pixel scaling of :func:`preprocess`: model input ``(..., 3)`` back to
+    the resized, cropped photo as uint8, which is what the model saw."""
+    return np.clip(np.rint(np.asarray(x) * STDDEV_RGB + MEAN_RGB), 0, 255).astype(np.uint8)
 
 
 def preprocess(image: np.ndarray) -> np.ndarray:

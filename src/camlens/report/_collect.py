@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._encode import data_uri
+from ..viz import data_uri
 
 __all__ = ["Panel", "ImageResult", "Report", "collect", "check_options", "HIGHER_IS_BETTER", "MetricFn"]
 
@@ -131,7 +131,8 @@ def collect(
         title: the page title (default: the model's name).
         progress: show a progress bar on stderr (``None``: only on a terminal).
     """
-    from ..explain import adapt, explain
+    from ..adapters import adapt
+    from ..explain import explain
     from ..io import agreed_size
     from ..viz.color import _get_cmap
 

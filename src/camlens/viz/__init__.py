@@ -8,7 +8,8 @@ imported only by the functions that use them, so importing this package stays ch
 from .color import colorize, overlay, to_rgb_uint8
 from .figures import figure_to_png_bytes, panel, save_png
 from .grid import RANKS, feature_grid, feature_grid_array, feature_overview, rank_channels
-from .maps import NORMALIZE_MODES, normalize, resize_bilinear
+from .._image import NORMALIZE_MODES, normalize, resize_bilinear
+from .encode import data_uri
 
 __all__ = [
     "NORMALIZE_MODES",
@@ -25,4 +26,5 @@ __all__ = [
     "feature_grid",
     "feature_grid_array",
     "feature_overview",
+    "data_uri",
 ]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .maps import resize_bilinear
+from .._image import resize_bilinear
 
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap

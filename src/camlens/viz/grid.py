@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,8 +11,6 @@ from .color import _get_cmap
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from ..features import FeatureMaps
 
 __all__ = ["RANKS", "rank_channels", "feature_grid_array", "feature_grid", "feature_overview"]
 
@@ -159,7 +157,7 @@ def feature_grid(
 
 
 def feature_overview(
-    fmaps: FeatureMaps,
+    fmaps: Any,  # a camlens.FeatureMaps (viz sees arrays and their holders, never imports them)
     *,
     index: int = 0,
     channels: int = 8,

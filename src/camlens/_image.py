@@ -1,4 +1,4 @@
-"""Operations on raw class activation maps: per-map normalisation and bilinear resizing."""
+"""Array operations every layer may use: per-map normalisation and bilinear resizing (numpy only)."""
 
 from __future__ import annotations
 
