@@ -424,8 +424,8 @@ def test_named_token_layer_and_grid_checks(kvit):
 def test_ablation_cam_on_a_vit_puts_the_class_token_back(kvit, tvit, which):
     # Ablation-CAM replaces the patch tokens and must put the class token back: the scorer fed
     # the layer's own patch grid gives the model's own score.
+    from camlens.access import ModelAccess
     from camlens.adapters import adapt
-    from camlens.explain import _site_scorer
     from camlens.targets import ClassScore
     from camlens.tokens import split_tokens
 
@@ -436,7 +436,7 @@ def test_ablation_cam_on_a_vit_puts_the_class_token_back(kvit, tvit, which):
                 or n.path == "blocks.1.norm1")
     acts = adapter.capture(arrays, [node], ClassScore(2), need_gradients=False).sites[0].activations
     extra, grid = split_tokens(acts)
-    score_site = _site_scorer(adapter, arrays, node, ClassScore(2), None, extra)
+    score_site = ModelAccess(adapter, arrays, 0, ClassScore(2), None, 16, node=node, extra=extra).score_site
     full = adapter.score(arrays, ClassScore(2))
     np.testing.assert_allclose(score_site(1, grid[1:2]), full[1:2], rtol=1e-4, atol=1e-5)
     exp = camlens.explain(model, IMAGES, method="ablationcam", target=2)

@@ -19,27 +19,12 @@ __all__ = ["main"]
 
 
 def _parse_target(text: str) -> Any:
-    from . import targets
+    from .targets import parse_target
 
-    kind, _, arg = text.partition(":")
-    kind = kind.strip().lower()
     try:
-        if kind in ("top", ""):
-            return None
-        if kind.lstrip("-").isdigit() and not arg:
-            return int(kind)
-        if kind == "logit":
-            return targets.Logit(int(arg) if arg else None)
-        if kind == "class":
-            return targets.ClassScore(int(arg) if arg else None)
-        if kind == "regression":
-            return targets.RegressionScore(int(arg) if arg else 0)
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(
-        f"bad target {text!r}: use top, a class index (281), class:281, logit, logit:281 or "
-        "regression:0"
-    )
+        return parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _MODEL = ("a Keras model file (.keras or .h5), or Python code that builds a Keras model or torch "
@@ -50,6 +35,13 @@ _PREPROCESS = ("pixel scaling the model expects: none (0..255, default), unit (0
                "(-1..1), imagenet ((x/255 - mean) / std, as torchvision's models)")
 _SIZE = ("HEIGHT,WIDTH (or N for N,N) to resize images to, for a model without a fixed input size "
          "(PyTorch modules); default: each image's own size")
+
+
+def _target_help() -> str:
+    from .targets import text_targets
+
+    forms = text_targets()
+    return f"{forms[0]} (default), " + ", ".join(forms[1:])
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -88,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_and_images(e, _MODEL, "none")
     e.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, cam, ...")
     e.add_argument("--target", type=_parse_target, default=None,
-                   help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
+                   help=_target_help())
     e.add_argument("--output", default=None, help="which model output, for models with several")
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
@@ -145,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--score", choices=("probability", "logit", "raw"), default="probability",
                     help="the score the metrics read: probability of the class (default), logit, raw")
     ev.add_argument("--target", type=_parse_target, default=None,
-                    help="top (default), CLASS, class:CLASS, logit[:CLASS], regression:INDEX")
+                    help=_target_help())
     ev.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
 
@@ -551,11 +543,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .explain import explain
     from .io import ImageError, load_image
     from .methods import get_method
-    from .metrics import METRICS, evaluate
+    from .metrics import METRICS, evaluate, model_metrics
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    cli_metrics = [m for m in METRICS if m not in ("pointing_game", "energy_pointing_game")]
+    cli_metrics = model_metrics()
     problems = []
     if not methods:
         problems.append("--methods is empty; give e.g. gradcam,scorecam")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .adapters import adapt
+from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
 from .layers import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, layer_report
-from .methods import PixelData, PixelMethod, SiteData, get_method
-from .tokens import grid_to_tokens, infer_grid, split_tokens, tokens_to_grid
+from .methods import PixelMethod, get_method
+from .tokens import infer_grid, split_tokens, tokens_to_grid
 from .targets import ClassScore, Target, as_target
 
 __all__ = ["explain", "layers", "adapt"]
@@ -126,41 +127,16 @@ def explain(
             )
         return _explain_pixels(adapter, graph, arrays, algo, tgt, normalize, batch_size)
     nodes, reason = _resolve_layer(graph, model, layer, out_idx, token_grid)
-    pixel_step = None
-    if isinstance(algo, PixelMethod):  # Guided Grad-CAM: a layer's map, then pixels
-        pixel_step, algo = algo, get_method(getattr(algo, "cam_method", "gradcam"))
+    # a pixel method weighted by a layer method's map (Guided Grad-CAM): the layer method first
+    cam = get_method(algo.cam_method) if isinstance(algo, PixelMethod) and algo.cam_method else algo
 
-    head = None
-    if algo.needs_head_weights:
-        if not isinstance(tgt, ClassScore):
-            raise ValueError(
-                f"CAM explains a class; the target is {tgt.describe()!r}. Use a class target "
-                "(an index, None, ClassScore or Logit) or method='gradcam'."
-            )
-        head = [adapter.head_weights(n, out_idx[0]) for n in nodes]
-
-    n_total = arrays[0].shape[0]
-    parts: list[Capture] = []
-    for start in range(0, n_total, batch_size):
-        chunk = [a[start : start + batch_size] for a in arrays]
-        parts.append(adapter.capture(chunk, nodes, tgt, need_gradients=algo.needs_gradients))
-
-    outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
-    scores = np.concatenate([p.scores for p in parts])
+    outputs, scores, parts = _capture(adapter, arrays, nodes, tgt, cam.needs_gradients, batch_size)
     class_idx = tgt.class_indices(outputs, graph.output_names)
     anc = graph.input_ancestry()
     raw_maps, maps, sites, details = [], [], [], []
     for k, node in enumerate(nodes):
         acts = np.concatenate([p.sites[k].activations for p in parts])
-        grads = (
-            np.concatenate([p.sites[k].gradients for p in parts])
-            if algo.needs_gradients
-            else None
-        )
-        weights = None
-        if head is not None:
-            assert class_idx is not None
-            weights = head[k][:, class_idx].T
+        grads = np.concatenate([p.sites[k].gradients for p in parts]) if cam.needs_gradients else None
         site_shape = node.shape
         extra = None
         if acts.ndim == 3:  # a ViT token layer (N, T, C): the patch tokens as (N, gh, gw, C)
@@ -168,33 +144,20 @@ def explain(
             grads = None if grads is None else tokens_to_grid(grads, token_grid, argname="token_grid")
             site_shape = tuple(acts.shape[1:])
         site = Site(node.path, node.call, _site_input(graph, node, anc), site_shape)
-        images, score, score_site, capture = None, None, None, None
-        if algo.needs_model or algo.needs_capture:
-            images = arrays[site.input_index]
-        if algo.needs_model:
-            score = _sample_scorer(adapter, arrays, site.input_index, tgt, class_idx, batch_size)
-        if algo.needs_site_scorer:
-            score_site = _site_scorer(adapter, arrays, node, tgt, class_idx, extra)
-        if algo.needs_capture:
-            capture = _sample_capturer(
-                adapter, arrays, site.input_index, node, tgt, class_idx, batch_size, token_grid
-            )
-        raw = algo(SiteData(acts, grads, weights, images, score, score_site, capture))
+        access = ModelAccess(
+            adapter, arrays, site.input_index, tgt, class_idx, batch_size, node=node,
+            activations=acts, gradients=grads, extra=extra, token_grid=token_grid,
+            output_index=out_idx[0],
+        )
+        raw = cam(access)
         size = arrays[site.input_index].shape[1:3]
-        shown = finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{algo.name} @ {site.label}")
+        shown = finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{cam.name} @ {site.label}")
         detail: dict[str, Any] = {}
-        if pixel_step is not None:
-            data = PixelData(
-                arrays[site.input_index],
-                _sample_scorer(adapter, arrays, site.input_index, tgt, class_idx, batch_size),
-                guided_gradient=_sample_gradient(
-                    adapter, arrays, site.input_index, tgt, class_idx, batch_size, True
-                ),
-            )
-            attributions, info = pixel_step.attribute(data, cam_maps=shown)
+        if cam is not algo:
+            attributions, info = algo.attribute(access, cam_maps=shown)
             detail = {"attributions": attributions, "cam": shown, **info}
-            raw = pixel_step.reduce_channels(attributions)
-            shown = finish_maps(raw, raw.shape[1:3], normalize, f"{pixel_step.name} @ {site.label}")
+            raw = algo.reduce_channels(attributions)
+            shown = finish_maps(raw, raw.shape[1:3], normalize, f"{algo.name} @ {site.label}")
         maps.append(shown)
         raw_maps.append(raw)
         sites.append(site)
@@ -203,7 +166,7 @@ def explain(
         maps=maps,
         raw_maps=raw_maps,
         sites=sites,
-        method=(pixel_step or algo).name,
+        method=algo.name,
         target=tgt.describe(),
         scores=scores,
         class_indices=class_idx,
@@ -213,6 +176,20 @@ def explain(
         details=details,
         target_spec=tgt,
     )
+
+
+def _capture(
+    adapter: ModelAdapter, arrays: list[np.ndarray], nodes: Sequence[GraphNode], tgt: Target,
+    need_gradients: bool, batch_size: int,
+) -> tuple[list[np.ndarray], np.ndarray, list[Capture]]:
+    """The batched capture pass: the model's outputs, the target scores, and per batch the
+    activations (and gradients) at ``nodes``."""
+    parts = [
+        adapter.capture([a[s : s + batch_size] for a in arrays], nodes, tgt, need_gradients=need_gradients)
+        for s in range(0, arrays[0].shape[0], batch_size)
+    ]
+    outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
+    return outputs, np.concatenate([p.scores for p in parts]), parts
 
 
 def _explain_pixels(
@@ -225,28 +202,14 @@ def _explain_pixels(
     batch_size: int,
 ) -> Explanation:
     """Pixel attributions: one map per image input, at the input's resolution."""
-    n_total = arrays[0].shape[0]
-    parts = [
-        adapter.capture([a[s : s + batch_size] for a in arrays], [], tgt, need_gradients=False)
-        for s in range(0, n_total, batch_size)
-    ]
-    outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
-    scores = np.concatenate([p.scores for p in parts])
+    outputs, scores, _ = _capture(adapter, arrays, [], tgt, False, batch_size)
     class_idx = tgt.class_indices(outputs, graph.output_names)
     images = [i for i, a in enumerate(arrays) if a.ndim == 4]
     if not images:
         raise ValueError(f"{algo.name} attributes to image pixels; the model has no image input")
     maps, raw_maps, sites, details = [], [], [], []
     for i in images:
-        data = PixelData(
-            arrays[i],
-            _sample_scorer(adapter, arrays, i, tgt, class_idx, batch_size),
-            _sample_gradient(adapter, arrays, i, tgt, class_idx, batch_size, False)
-            if algo.needs_gradients else None,
-            _sample_gradient(adapter, arrays, i, tgt, class_idx, batch_size, True)
-            if algo.needs_guided else None,
-        )
-        attributions, info = algo.attribute(data)
+        attributions, info = algo.attribute(ModelAccess(adapter, arrays, i, tgt, class_idx, batch_size))
         raw = algo.reduce_channels(attributions)
         site = Site(graph.input_names[i], 0, i, tuple(arrays[i].shape[1:]))
         shown = np.abs(raw) if algo.signed else raw
@@ -268,103 +231,6 @@ def _explain_pixels(
         details=details,
         target_spec=tgt,
     )
-
-
-def _sample_scorer(
-    adapter: ModelAdapter,
-    arrays: list[np.ndarray],
-    which: int,
-    target: Target,
-    class_idx: np.ndarray | None,
-    batch_size: int,
-) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``score(n, batch)`` for methods that rerun the model on modified copies of sample
-    ``n``'s input ``which``: the other inputs are held at sample ``n``, the target at what was
-    explained for sample ``n``."""
-
-    def score(n: int, batch: np.ndarray) -> np.ndarray:
-        pinned = target.for_sample(n, class_idx)
-        out = []
-        for start in range(0, len(batch), batch_size):
-            part = batch[start : start + batch_size]
-            out.append(adapter.score(_pinned(arrays, n, which, part), pinned))
-        return np.concatenate(out)
-
-    return score
-
-
-def _pinned(arrays: list[np.ndarray], n: int, which: int, part: np.ndarray) -> list[np.ndarray]:
-    """The model inputs for copies ``part`` of sample ``n``'s input ``which``: the other inputs
-    repeated at sample ``n``."""
-    full = [np.repeat(a[n : n + 1], len(part), axis=0) for a in arrays]
-    full[which] = np.asarray(part, dtype=np.float32)
-    return full
-
-
-def _site_scorer(
-    adapter: ModelAdapter, arrays: list[np.ndarray], node: GraphNode, target: Target,
-    class_idx: np.ndarray | None, extra: np.ndarray | None = None,
-) -> Callable[[int, np.ndarray], np.ndarray]:
-    """``score_site(n, acts)``: sample ``n``'s target score with ``node``'s activations
-    replaced by each of ``acts``; the adapter's per-sample scorer is built once per sample.
-    For a token layer, ``acts`` is the patch grid and ``extra`` ``(N, k, C)`` the set-aside
-    tokens (class token...), put back unchanged."""
-    made: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
-
-    def score_site(n: int, acts: np.ndarray) -> np.ndarray:
-        if n not in made:
-            made.clear()  # one sample at a time: its kept values go with it
-            one = [a[n : n + 1] for a in arrays]
-            made[n] = adapter.site_scorer(one, node, target.for_sample(n, class_idx))
-        if extra is not None:
-            acts = grid_to_tokens(acts, extra[n : n + 1])
-        return made[n](acts)
-
-    return score_site
-
-
-def _sample_capturer(
-    adapter: ModelAdapter, arrays: list[np.ndarray], which: int, node: GraphNode,
-    target: Target, class_idx: np.ndarray | None, batch_size: int, token_grid: Any = None,
-) -> Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``capture(n, batch)``: activations and gradients at ``node`` for modified copies of
-    sample ``n``'s input ``which``."""
-
-    def capture(n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pinned = target.for_sample(n, class_idx)
-        acts, grads = [], []
-        for start in range(0, len(batch), batch_size):
-            part = batch[start : start + batch_size]
-            got = adapter.capture(_pinned(arrays, n, which, part), [node], pinned).sites[0]
-            a, g = got.activations, got.gradients
-            if a.ndim == 3:  # token layer
-                a = tokens_to_grid(a, token_grid, argname="token_grid")
-                g = tokens_to_grid(g, token_grid, argname="token_grid")
-            acts.append(a)
-            grads.append(g)
-        return np.concatenate(acts), np.concatenate(grads)
-
-    return capture
-
-
-def _sample_gradient(
-    adapter: ModelAdapter, arrays: list[np.ndarray], which: int, target: Target,
-    class_idx: np.ndarray | None, batch_size: int, guided: bool,
-) -> Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``gradient(n, batch)``: sample ``n``'s target score for copies of its input ``which``
-    and the gradient of each with respect to its copy."""
-
-    def gradient(n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pinned = target.for_sample(n, class_idx)
-        scores, grads = [], []
-        for start in range(0, len(batch), batch_size):
-            part = batch[start : start + batch_size]
-            s, g = adapter.input_gradients(_pinned(arrays, n, which, part), which, pinned, guided=guided)
-            scores.append(s)
-            grads.append(g)
-        return np.concatenate(scores), np.concatenate(grads)
-
-    return gradient
 
 
 def layers(

@@ -14,14 +14,19 @@ problem, which is why the Grad-CAM paper uses it. ``Logit`` asks the adapter to 
 softmax (or sigmoid) activation of the output layer for the explanation.
 
 Any callable ``fn(output) -> (N,)`` is a target too, given the selected output tensor.
+
+Targets that a short text names (``logit:281``, what ``camlens explain --target`` takes) are
+registered with :func:`register_target`; a new one is one file with a decorated class.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
+
+from .registry import Registry
 
 __all__ = [
     "Target",
@@ -32,6 +37,9 @@ __all__ = [
     "SegmentationRegion",
     "FunctionTarget",
     "as_target",
+    "register_target",
+    "parse_target",
+    "text_targets",
 ]
 
 
@@ -40,6 +48,12 @@ class Target:
 
     #: whether the adapter should remove the final softmax/sigmoid of the output
     wants_logits: bool = False
+    #: the attributes ``score`` reads besides ``output``, for targets whose score a compiled
+    #: program may hold: the program is keyed on their values. Declared per class (a subclass
+    #: with state of its own is not compiled until it declares its own).
+    trace_fields: ClassVar[tuple[str, ...] | None] = None
+    #: how ``--target`` writes it: ``NAME`` or ``NAME:ARG`` (set by :func:`register_target`)
+    text_form: ClassVar[str] = ""
 
     def __init__(self, output: int | str | None = None) -> None:
         self.output = output
@@ -66,6 +80,12 @@ class Target:
         """The target of sample ``n`` alone, for methods that rerun the model on modified
         copies of one sample (a top-class target keeps the class it explained)."""
         return self
+
+    @classmethod
+    def from_text(cls, arg: str) -> "Target":
+        """The target that ``NAME:ARG`` names (``arg`` may be empty): an integer argument by
+        default; override for others."""
+        return cls(int(arg)) if arg else cls()
 
     def _suffix(self) -> str:
         return "" if self.output is None else f" of output {self.output!r}"
@@ -176,6 +196,8 @@ class RegressionScore(Target):
     must then have one value per sample (``(N,)`` or ``(N, 1)``).
     """
 
+    trace_fields = ("index",)
+
     def __init__(self, index: int | tuple[int, ...] | None = 0, output: int | str | None = None) -> None:
         super().__init__(output)
         self.index = index
@@ -214,6 +236,8 @@ class Similarity(Target):
     ``Similarity(output=0, other=1)``: two outputs of one model (a siamese model that returns
     both embeddings). ``Similarity(reference=emb)``: how much each input looks like ``emb``.
     """
+
+    trace_fields = ("other", "reference")
 
     def __init__(
         self,
@@ -265,6 +289,8 @@ class SegmentationRegion(Target):
     ``mask``: ``(H, W)`` (or ``(N, H, W)``) boolean or weight array in the output's resolution;
     ``None`` sums over the whole image. The output must be ``(N, H, W, classes)``.
     """
+
+    trace_fields = ("index", "mask")
 
     def __init__(self, index: int, mask: np.ndarray | None = None, output: int | str | None = None) -> None:
         super().__init__(output)
@@ -329,3 +355,46 @@ def as_target(target: Any, output: int | str | None = None) -> Target:
         f"target must be None, a class index, a list of indices, a camlens.targets.Target or a "
         f"callable; got {type(target).__name__}"
     )
+
+
+_TEXT_TARGETS: Registry[type[Target]] = Registry("target")
+
+
+def register_target(name: str, form: str = "") -> Callable[[type[Target]], type[Target]]:
+    """Class decorator: ``--target NAME[:ARG]`` (and :func:`parse_target`) makes this target
+    with ``cls.from_text(ARG)``. ``form`` shows the argument in help texts ("logit[:CLASS]")."""
+
+    def add(cls: type[Target]) -> type[Target]:
+        cls.text_form = form or name
+        return _TEXT_TARGETS.add(name, cls)
+
+    return add
+
+
+def text_targets() -> list[str]:
+    """How every registered target is written, for help texts: ``top``, ``CLASS`` and each
+    registered form."""
+    return ["top", "CLASS", *(cls.text_form for cls in _TEXT_TARGETS.values())]
+
+
+def parse_target(text: str) -> Any:
+    """``top`` (or empty): ``None``, each sample's top class; an integer: that class; else
+    ``NAME:ARG`` of a registered target. Raises ValueError naming the forms."""
+    kind, _, arg = str(text).partition(":")
+    kind = kind.strip()
+    if kind.lower() in ("top", ""):
+        return None
+    if kind.lstrip("-").isdigit() and not arg:
+        return int(kind)
+    found = _TEXT_TARGETS.find(kind)
+    if found is not None:
+        try:
+            return found[1].from_text(arg.strip())
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"bad target {text!r}: use {', '.join(text_targets())}")
+
+
+register_target("class", "class:CLASS")(ClassScore)
+register_target("logit", "logit[:CLASS]")(Logit)
+register_target("regression", "regression:INDEX")(RegressionScore)

@@ -795,7 +795,7 @@ def _traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any],
     """
     import keras
 
-    from ..targets import ClassScore, Logit, RegressionScore, SegmentationRegion, Similarity
+    from ..targets import ClassScore, Logit
 
     kind = type(target)
     if kind in (ClassScore, Logit):
@@ -818,8 +818,7 @@ def _traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any],
 
         idx = np.broadcast_to(np.asarray(0 if index is None else index, dtype=np.int64), (n,))
         return (kind, output, has_index), make, idx.astype(np.int32)
-    fields = {RegressionScore: ("index",), Similarity: ("other", "reference"),
-              SegmentationRegion: ("index", "mask")}.get(kind)
+    fields = kind.__dict__.get("trace_fields")  # declared by the class itself, not inherited
     if fields is None:
         return None
     key: list[Any] = [kind, target.output]

@@ -16,18 +16,7 @@ import numpy as np
 
 from ..io import PREPROCESSING, ImageError, agreed_size
 
-__all__ = ["AppModel", "Prepared", "decode_image", "SLOW_METHODS", "DISPLAY_SIDE"]
-
-#: methods that run the model many times per image: minutes on CPU for a big layer
-#: (Score-CAM runs it once per channel, 1280 times for EfficientNet-Lite0)
-SLOW_METHODS: dict[str, str] = {
-    "scorecam": "one model run per channel of the layer",
-    "sscam": "35 model runs per channel of the layer",
-    "iscam": "several model runs per channel of the layer",
-    "occlusion": "one model run per window position",
-    "rise": "1000 model runs on masked copies",
-    "integratedgradients": "64 gradient passes",
-}
+__all__ = ["AppModel", "Prepared", "decode_image", "DISPLAY_SIDE"]
 
 #: the long side of the picture the page shows (and the overlay is drawn on), in pixels
 DISPLAY_SIDE = 512
@@ -218,7 +207,7 @@ class AppModel:
         for m in available_methods():
             algo = get_method(m)
             methods.append({"name": m, "needs_layer": bool(algo.needs_layer),
-                            "slow": m in SLOW_METHODS, "note": SLOW_METHODS.get(m, "")})
+                            "slow": bool(algo.cost), "note": algo.cost})
         return {
             "model": self.name,
             "input": {"size": None if self.input_size is None else list(self.input_size),

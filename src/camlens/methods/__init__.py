@@ -1,6 +1,13 @@
-"""CAM methods: numpy functions of a layer's activations and gradients, registered by name."""
+"""CAM methods: numpy functions of a layer's activations and gradients, registered by name.
 
-from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register
+Every module in this package is imported here, so a method added as one new file (a class
+with ``@register``) is known to ``explain``, the CLI, the app and the report at once.
+"""
+
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register, slow_methods
 from .ablationcam import AblationCAM
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
@@ -22,6 +29,7 @@ __all__ = [
     "available_methods",
     "get_method",
     "register",
+    "slow_methods",
     "GradCAM",
     "CAM",
     "GradCAMPlusPlus",
@@ -45,3 +53,6 @@ __all__ = [
     "Occlusion",
     "RISE",
 ]
+
+for _info in _pkgutil.iter_modules(__path__):
+    _importlib.import_module(f"{__name__}.{_info.name}")

@@ -42,7 +42,6 @@ class AblationCAM(WeightedCAM):
 
     name = "ablationcam"
     needs_gradients = False
-    needs_site_scorer = True
 
     def __init__(self, batch_size: int = 8, ablation_value: float = 0.0) -> None:
         self.batch_size = positive_int(self.name, "batch_size", batch_size)

@@ -12,11 +12,12 @@ gradients of the score of sample ``n``, ``Z = h * w`` the number of spatial posi
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import numpy as np
+
+from ..registry import Registry
 
 __all__ = [
     "SiteData",
@@ -27,6 +28,7 @@ __all__ = [
     "register",
     "get_method",
     "available_methods",
+    "slow_methods",
 ]
 
 
@@ -67,19 +69,22 @@ class SiteData:
 class CAMMethod:
     """Base of all layer methods: ``method(data) -> (N, h, w)`` raw map, float32.
 
-    The flags tell ``explain`` what to put in :class:`SiteData`: ``needs_gradients``
-    (``gradients``), ``needs_head_weights`` (``head_weights``), ``needs_model`` (``images``
-    and ``score``), ``needs_site_scorer`` (``score_site``), ``needs_capture`` (``images`` and
-    ``capture``).
+    ``data`` is what the model gave for one call site: from ``explain`` a
+    :class:`camlens.access.ModelAccess`, which computes what the method asks for when it asks;
+    in tests a :class:`SiteData` of given arrays. The same attribute names serve both.
+
+    Declared on the class: ``name`` (the registry key), ``needs_layer``, ``needs_gradients``
+    (whether the capture pass backpropagates), ``needs_head_weights`` (CAM: the Dense layer
+    after global average pooling) and ``cost``: empty for methods that cost about one
+    forward and backward pass, else a note on what makes them slow ("one model run per channel
+    of the layer"), shown by the app and the command line.
     """
 
     name: ClassVar[str] = ""
     needs_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     needs_head_weights: ClassVar[bool] = False
-    needs_model: ClassVar[bool] = False
-    needs_site_scorer: ClassVar[bool] = False
-    needs_capture: ClassVar[bool] = False
+    cost: ClassVar[str] = ""
 
     def __call__(self, data: SiteData) -> np.ndarray:
         raise NotImplementedError
@@ -150,9 +155,11 @@ class PixelMethod(CAMMethod):
 
     needs_layer = False
     needs_gradients = False
-    needs_guided = False
     reduce: ClassVar[str] = "sum"
     signed: ClassVar[bool] = False
+    #: a layer method whose maps weight the attributions (Guided Grad-CAM: "gradcam"); ``explain``
+    #: runs it at the layer first and passes its maps as ``attribute(data, cam_maps=...)``
+    cam_method: ClassVar[str | None] = None
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
@@ -168,24 +175,15 @@ class PixelMethod(CAMMethod):
         return self.reduce_channels(attributions)
 
 
-_REGISTRY: dict[str, type[CAMMethod]] = {}
+_REGISTRY: Registry[type[CAMMethod]] = Registry("method")
 
 
 def register(cls: type[CAMMethod]) -> type[CAMMethod]:
-    """Class decorator: make a method available by its ``name``."""
+    """Class decorator: make a method available by its ``name``; one new file with a
+    decorated class is a new method everywhere (``explain``, the CLI, the app, the report)."""
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"a method named {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _canonical(name: str) -> str:
-    # Applied to both the query and the registered names, so "gradcam++" is reachable as
-    # "Grad-CAM++", "gradcampp" and "gradcam_plusplus" alike.
-    key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
-    return key.replace("++", "pp").replace("plusplus", "pp")
+    return _REGISTRY.add(cls.name, cls)
 
 
 def get_method(name: str | CAMMethod) -> CAMMethod:
@@ -195,17 +193,14 @@ def get_method(name: str | CAMMethod) -> CAMMethod:
         return name
     if not isinstance(name, str):
         raise TypeError(f"method must be a name or a CAMMethod; got {type(name).__name__}")
-    key = _canonical(name)
-    for registered, cls in _REGISTRY.items():
-        if _canonical(registered) == key:
-            return cls()
-    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
-        f"no method {name!r}.{hint} Available: {', '.join(available_methods())}"
-    )
+    return _REGISTRY.get(name)[1]()
 
 
 def available_methods() -> list[str]:
     """Names of every registered method, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
+
+
+def slow_methods() -> dict[str, str]:
+    """``{name: what makes it slow}`` for every registered method with a declared ``cost``."""
+    return {name: cls.cost for name, cls in sorted(_REGISTRY.items()) if cls.cost}

@@ -97,7 +97,6 @@ class SmoothGradCAMPlusPlus(CAMMethod):
 
     name = "smoothgradcam++"
     needs_gradients = False
-    needs_capture = True
 
     def __init__(
         self, n_samples: int = 8, sigma: float = 0.15, seed: int | None = None, batch_size: int = 8

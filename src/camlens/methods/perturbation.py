@@ -69,6 +69,7 @@ class Occlusion(PixelMethod):
     """
 
     name = "occlusion"
+    cost = "one model run per window position"
     needs_gradients = False
     reduce = "sum"
 
@@ -149,6 +150,7 @@ class RISE(PixelMethod):
     """
 
     name = "rise"
+    cost = "1000 model runs on masked copies"
     needs_gradients = False
     reduce = "sum"
 

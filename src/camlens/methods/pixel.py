@@ -188,6 +188,7 @@ class IntegratedGradients(PixelMethod):
     """
 
     name = "integratedgradients"
+    cost = "64 gradient passes"
     needs_gradients = True
     signed = True
     reduce = "sum"
@@ -257,7 +258,6 @@ class GuidedBackprop(PixelMethod):
     """
 
     name = "guidedbackprop"
-    needs_guided = True
     reduce = "maxabs"
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
@@ -312,9 +312,8 @@ class GuidedGradCAM(PixelMethod):
 
     name = "guidedgradcam"
     needs_layer = True
-    needs_guided = True
     reduce = "maxabs"
-    cam_method: ClassVar[str] = "gradcam"
+    cam_method = "gradcam"
 
     def attribute(  # type: ignore[override]
         self, data: PixelData, cam_maps: np.ndarray | None = None

@@ -75,7 +75,7 @@ class ScoreCAM(CAMMethod):
 
     name = "scorecam"
     needs_gradients = False
-    needs_model = True
+    cost = "one model run per channel of the layer"
 
     def __init__(self, batch_size: int = 8) -> None:
         self.batch_size = positive_int(self.name, "batch_size", batch_size)
@@ -207,6 +207,7 @@ class FastScoreCAM(ScoreCAM):
     """
 
     name = "fastscorecam"
+    cost = ""  # k model runs (64 by default), whatever the layer
 
     def __init__(self, k: int = 64, batch_size: int = 8) -> None:
         super().__init__(batch_size)
@@ -246,6 +247,7 @@ class SSCAM(ScoreCAM):
     """
 
     name = "sscam"
+    cost = "35 model runs per channel of the layer"
 
     def __init__(
         self, n_samples: int = 35, sigma: float = 2.0, seed: int | None = None, batch_size: int = 8
@@ -307,6 +309,7 @@ class ISCAM(ScoreCAM):
     """
 
     name = "iscam"
+    cost = "several model runs per channel of the layer"
 
     def __init__(self, n_steps: int = 10, batch_size: int = 8) -> None:
         super().__init__(batch_size)

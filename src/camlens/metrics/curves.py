@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..explain import _pinned
+from ..access import pinned
 from ._common import MetricResult, check_steps, setup, stable_ranks
 
 __all__ = ["CurveResult", "deletion", "insertion", "auc", "gaussian_blur"]
@@ -142,7 +142,7 @@ def _curves(kind: str, model: Any, images: Any, maps: Any, target: Any, *, steps
             idx = order[i : i + bs]
             changed = (ranks[None] < counts[idx][:, None, None])[..., None]
             batch = np.where(changed, other, img) if kind == "deletion" else np.where(changed, img, other)
-            curve[n, idx] = prob.run(_pinned(prob.arrays, n, prob.which, batch),
+            curve[n, idx] = prob.run(pinned(prob.arrays, n, prob.which, batch),
                                      np.full(len(idx), n), clean=idx == clean_step)
     xs = np.arange(steps + 1) / steps
     return CurveResult(kind, auc(curve, xs), kind == "insertion", prob.describe(), x=xs,

@@ -1,31 +1,134 @@
-"""Several metrics of one explanation in one call."""
+"""Several metrics of one explanation in one call, and the registry of metric names.
+
+A metric is one function ``compute(model, explanation, run) -> MetricResult`` registered with
+:func:`register_metric`; ``evaluate``, ``camlens evaluate`` and the report take their lists
+from the registry, so a new metric is one file.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..explanation import Explanation
+from ..registry import Registry
 from ._common import MetricResult, setup
 from .confidence import _result, confidence_scores
 from .curves import deletion, insertion
 from .localization import energy_pointing_game, pointing_game
 from .road import road
 
-__all__ = ["METRICS", "DEFAULT_METRICS", "evaluate", "get_metric"]
+__all__ = ["METRICS", "DEFAULT_METRICS", "evaluate", "get_metric", "register_metric", "MetricRun",
+           "model_metrics"]
+
+
+@dataclass
+class MetricRun:
+    """What :func:`evaluate` hands every metric of one call: its settings, and ``shared``, a
+    dict the metrics of the call may keep a common pass in (Average Drop and Increase in
+    Confidence share one)."""
+
+    objects: Any
+    steps: int
+    tolerance: float
+    #: target, batch_size, score, output, site: what every model-running metric takes
+    common: dict[str, Any]
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Metric:
+    compute: Callable[[Any, Explanation, MetricRun], MetricResult]
+    higher_is_better: bool
+    needs_objects: bool
+
+
+_REGISTRY: Registry[_Metric] = Registry("metric")
+
+
+def register_metric(
+    name: str, *, higher_is_better: bool, needs_objects: bool = False
+) -> Callable[[Callable[[Any, Explanation, MetricRun], MetricResult]], Callable[..., MetricResult]]:
+    """Function decorator: make ``compute(model, explanation, run) -> MetricResult`` the metric
+    ``name``. ``needs_objects``: it reads the objects' boxes or masks (``evaluate(objects=)``)."""
+
+    def add(fn: Callable[[Any, Explanation, MetricRun], MetricResult]) -> Callable[..., MetricResult]:
+        _REGISTRY.add(name, _Metric(fn, bool(higher_is_better), bool(needs_objects)))
+        return fn
+
+    return add
+
+
+class _Directions(Mapping[str, bool]):
+    """Every registered metric and whether higher is better, read from the registry."""
+
+    def __getitem__(self, name: str) -> bool:
+        found = _REGISTRY.find(name) if isinstance(name, str) else None
+        if found is None or found[0] != name:
+            raise KeyError(name)
+        return found[1].higher_is_better
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(_REGISTRY)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
 
 #: every name :func:`evaluate` knows, and whether higher is better
-METRICS = {
-    "deletion": False,
-    "insertion": True,
-    "average_drop": False,
-    "increase_in_confidence": True,
-    "road": True,
-    "pointing_game": True,
-    "energy_pointing_game": True,
-}
+METRICS: Mapping[str, bool] = _Directions()
 DEFAULT_METRICS = ("deletion", "insertion", "average_drop", "increase_in_confidence")
+
+
+def model_metrics() -> list[str]:
+    """The metrics that need nothing but the model and the explanation (no objects), in the
+    order registered: what ``camlens evaluate`` and the report offer."""
+    return [name for name, m in _REGISTRY.items() if not m.needs_objects]
+
+
+@register_metric("deletion", higher_is_better=False)
+def _deletion(model: Any, exp: Explanation, run: MetricRun) -> MetricResult:
+    return deletion(model, exp, steps=run.steps, **run.common)
+
+
+@register_metric("insertion", higher_is_better=True)
+def _insertion(model: Any, exp: Explanation, run: MetricRun) -> MetricResult:
+    return insertion(model, exp, steps=run.steps, **run.common)
+
+
+def _confidence(name: str) -> Callable[[Any, Explanation, MetricRun], MetricResult]:
+    def compute(model: Any, exp: Explanation, run: MetricRun) -> MetricResult:
+        if "confidence" not in run.shared:  # one pass of the model for both
+            prob = setup(model, exp, None, **run.common)
+            run.shared["confidence"] = (*confidence_scores(prob, 0.0), prob.describe(), prob.space)
+        return _result(name, *run.shared["confidence"])
+
+    return compute
+
+
+register_metric("average_drop", higher_is_better=False)(_confidence("average_drop"))
+register_metric("increase_in_confidence", higher_is_better=True)(_confidence("increase_in_confidence"))
+
+
+@register_metric("road", higher_is_better=True)
+def _road(model: Any, exp: Explanation, run: MetricRun) -> MetricResult:
+    return road(model, exp, **run.common)
+
+
+@register_metric("pointing_game", higher_is_better=True, needs_objects=True)
+def _pointing(model: Any, exp: Explanation, run: MetricRun) -> MetricResult:
+    return pointing_game(exp, run.objects, tolerance=run.tolerance, site=run.common["site"])
+
+
+@register_metric("energy_pointing_game", higher_is_better=True, needs_objects=True)
+def _energy_pointing(model: Any, exp: Explanation, run: MetricRun) -> MetricResult:
+    return energy_pointing_game(exp, run.objects, site=run.common["site"])
 
 
 def evaluate(
@@ -74,35 +177,18 @@ def evaluate(
     unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
-    if objects is None and {"pointing_game", "energy_pointing_game"} & set(names):
+    if objects is None and any(_REGISTRY.get(m)[1].needs_objects for m in names):
         raise ValueError("the pointing games need the objects: evaluate(..., objects=boxes or masks)")
-    common = dict(target=target, batch_size=batch_size, score=score, output=output, site=site)
-    out: dict[str, MetricResult] = {}
-    confidence = None
-    for name in names:
-        if name == "deletion":
-            out[name] = deletion(model, explanation, steps=steps, **common)
-        elif name == "insertion":
-            out[name] = insertion(model, explanation, steps=steps, **common)
-        elif name in ("average_drop", "increase_in_confidence"):
-            if confidence is None:
-                prob = setup(model, explanation, None, **common)
-                confidence = (*confidence_scores(prob, 0.0), prob.describe(), prob.space)
-            out[name] = _result(name, *confidence)
-        elif name == "road":
-            out[name] = road(model, explanation, **common)
-        elif name == "pointing_game":
-            out[name] = pointing_game(explanation, objects, tolerance=tolerance, site=site)
-        else:
-            out[name] = energy_pointing_game(explanation, objects, site=site)
-    return out
+    run = MetricRun(objects, steps, tolerance,
+                    dict(target=target, batch_size=batch_size, score=score, output=output, site=site))
+    return {name: _REGISTRY.get(name)[1].compute(model, explanation, run) for name in names}
 
 
 def get_metric(name: str) -> Callable[[Any, Explanation], dict[str, np.ndarray]]:
     """``fn(model, explanation) -> {name: (N,) values}`` for a metric that needs nothing but
     the model and the explanation (what :func:`camlens.report.collect` takes), with
     :func:`evaluate`'s defaults."""
-    usable = [m for m in METRICS if m not in ("pointing_game", "energy_pointing_game")]
+    usable = model_metrics()
     if name not in usable:
         why = " (it needs the objects' boxes: call evaluate(..., objects=))" if name in METRICS else ""
         raise ValueError(f"unknown metric {name!r}{why}; choose from {', '.join(usable)}")

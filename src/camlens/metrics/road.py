@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..explain import _pinned
+from ..access import pinned
 from ._common import MetricResult, setup, stable_ranks
 
 __all__ = ["RoadResult", "road", "noisy_linear_imputation"]
@@ -266,7 +266,7 @@ def road(
         for i in range(0, len(stream), bs):
             part = stream[i : i + bs]
             scores[i : i + len(part)] = prob.run(
-                _pinned(prob.arrays, n, prob.which, part), np.full(len(part), n),
+                pinned(prob.arrays, n, prob.which, part), np.full(len(part), n),
                 clean=np.arange(i, i + len(part)) == 0,
             )
         clean[n] = scores[0]

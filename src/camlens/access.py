@@ -1,0 +1,164 @@
+"""The one way a method reaches the model: :class:`ModelAccess`.
+
+``explain`` runs the batched capture pass (activations, and gradients where the method
+declares ``needs_gradients``) and hands every method one ``ModelAccess`` per call site (layer
+methods) or per image input (pixel methods). Everything else a method may ask for is computed
+only when it asks: the model's scores on modified copies of an image, the scores with the
+layer's activations replaced (only the layers after it rerun), activations and gradients of
+modified copies, input gradients plain or under the Guided Backpropagation rule, and CAM's
+head weights. So a method declares no flags for them, and a new method is one file.
+
+The same attribute names are what :class:`camlens.methods.SiteData` and
+:class:`camlens.methods.PixelData` hold as given arrays and callables, for tests of methods
+without a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .adapters.base import ModelAdapter
+from .layers import GraphNode
+from .targets import ClassScore, Target
+from .tokens import grid_to_tokens, tokens_to_grid
+
+__all__ = ["ModelAccess", "pinned"]
+
+
+def pinned(arrays: list[np.ndarray], n: int, which: int, part: np.ndarray) -> list[np.ndarray]:
+    """The model inputs for copies ``part`` of sample ``n``'s input ``which``: the other inputs
+    repeated at sample ``n``."""
+    full = [np.repeat(a[n : n + 1], len(part), axis=0) for a in arrays]
+    full[which] = np.asarray(part, dtype=np.float32)
+    return full
+
+
+class ModelAccess:
+    """The model as one method sees it: image input ``which`` of a batch, and for layer methods
+    one call site ``node`` with its captured ``activations`` ``(N, h, w, C)`` and ``gradients``.
+
+    For every sample ``n`` the target is pinned to what was explained for ``n`` (its class
+    with ``target=None``), and the other model inputs are held at sample ``n``. Token layers
+    are seen as their patch grid; the set-aside tokens (class token...) are put back unchanged
+    where the model is rerun from the layer.
+    """
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        arrays: list[np.ndarray],
+        which: int,
+        target: Target,
+        class_idx: np.ndarray | None,
+        batch_size: int,
+        *,
+        node: GraphNode | None = None,
+        activations: np.ndarray | None = None,
+        gradients: np.ndarray | None = None,
+        extra: np.ndarray | None = None,
+        token_grid: Any = None,
+        output_index: int = 0,
+    ) -> None:
+        self._adapter = adapter
+        self._arrays = arrays
+        self._which = which
+        self._target = target
+        self._class_idx = class_idx
+        self._batch_size = batch_size
+        self._node = node
+        self._extra = extra
+        self._token_grid = token_grid
+        self._output_index = output_index
+        self._site_scorers: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
+        self.activations = activations
+        self.gradients = gradients
+
+    # ------------------------------------------------------------------ what was explained
+    @property
+    def images(self) -> np.ndarray:
+        """``(N, H, W, c)`` the input image each map belongs to, as the model takes it."""
+        return self._arrays[self._which]
+
+    @property
+    def head_weights(self) -> np.ndarray:
+        """``(N, C)``: for each sample, the weights of the Dense unit of its class in the layer
+        after global average pooling (CAM)."""
+        if not isinstance(self._target, ClassScore):
+            raise ValueError(
+                f"CAM explains a class; the target is {self._target.describe()!r}. Use a class "
+                "target (an index, None, ClassScore or Logit) or method='gradcam'."
+            )
+        assert self._node is not None and self._class_idx is not None
+        head = self._adapter.head_weights(self._node, self._output_index)
+        return head[:, self._class_idx].T
+
+    # ------------------------------------------------------------------ rerunning the model
+    def _batches(self, batch: np.ndarray) -> Any:
+        for start in range(0, len(batch), self._batch_size):
+            yield batch[start : start + self._batch_size]
+
+    def score(self, n: int, batch: np.ndarray) -> np.ndarray:
+        """Sample ``n``'s target score for each of ``batch`` ``(B, H, W, c)`` modified copies of
+        its image, ``(B,)``."""
+        pin = self._target.for_sample(n, self._class_idx)
+        out = [self._adapter.score(pinned(self._arrays, n, self._which, part), pin)
+               for part in self._batches(batch)]
+        return np.concatenate(out)
+
+    def gradient(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (B,), grads (B, H, W, c))``: the scores of :meth:`score` and their gradient
+        with respect to each copy."""
+        return self._input_gradients(n, batch, guided=False)
+
+    def guided_gradient(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`gradient` with the Guided Backpropagation rule on every ReLU."""
+        return self._input_gradients(n, batch, guided=True)
+
+    def _input_gradients(self, n: int, batch: np.ndarray, guided: bool) -> tuple[np.ndarray, np.ndarray]:
+        pin = self._target.for_sample(n, self._class_idx)
+        scores, grads = [], []
+        for part in self._batches(batch):
+            s, g = self._adapter.input_gradients(
+                pinned(self._arrays, n, self._which, part), self._which, pin, guided=guided
+            )
+            scores.append(s)
+            grads.append(g)
+        return np.concatenate(scores), np.concatenate(grads)
+
+    # ------------------------------------------------------------------ at the call site
+    def _site(self) -> GraphNode:
+        if self._node is None:
+            raise ValueError("this method needs a layer; pixel methods have no call site")
+        return self._node
+
+    def capture(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Activations and gradients at the call site, each ``(B, h, w, C)``, for ``batch``
+        modified copies of sample ``n``'s image, for sample ``n``'s target."""
+        node = self._site()
+        pin = self._target.for_sample(n, self._class_idx)
+        acts, grads = [], []
+        for part in self._batches(batch):
+            got = self._adapter.capture(pinned(self._arrays, n, self._which, part), [node], pin).sites[0]
+            a, g = got.activations, got.gradients
+            if a.ndim == 3:  # token layer
+                a = tokens_to_grid(a, self._token_grid, argname="token_grid")
+                g = tokens_to_grid(g, self._token_grid, argname="token_grid")
+            acts.append(a)
+            grads.append(g)
+        return np.concatenate(acts), np.concatenate(grads)
+
+    def score_site(self, n: int, acts: np.ndarray) -> np.ndarray:
+        """Sample ``n``'s target score with the call site's activations replaced by each of
+        ``acts`` ``(B, h, w, C)``; only the part of the model after the layer is recomputed."""
+        node = self._site()
+        if n not in self._site_scorers:
+            self._site_scorers.clear()  # one sample at a time: its kept values go with it
+            one = [a[n : n + 1] for a in self._arrays]
+            self._site_scorers[n] = self._adapter.site_scorer(
+                one, node, self._target.for_sample(n, self._class_idx)
+            )
+        if self._extra is not None:
+            acts = grid_to_tokens(acts, self._extra[n : n + 1])
+        return self._site_scorers[n](acts)
