@@ -573,8 +573,8 @@ def _instance_attrs(changes: Sequence[tuple[Any, str, Any]]) -> Iterator[None]:
         yield
     finally:
         for obj, attr, old in reversed(saved):
-            if old is _MISSING:
-                object.__delattr__(obj, attr)
+            if old is _MISSING:  # pop: an interrupt may have come before the swap itself
+                obj.__dict__.pop(attr, None)
             else:
                 object.__setattr__(obj, attr, old)
 

@@ -25,7 +25,7 @@ import sys
 import warnings
 import weakref
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -327,19 +327,17 @@ class TorchAdapter:
         import torch
 
         records: list[tuple[str, tuple[int, ...] | None]] = []
-        handles = []
         leaves = [(n, m) for n, m in self.model.named_modules() if n and not list(m.children())]
-        for name, mod in leaves:
-            def hook(m: Any, args: Any, out: Any, __name: str = name) -> None:
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(m: Any, args: Any, out: Any) -> None:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-                records.append((__name, shape))
-            handles.append(mod.register_forward_hook(hook))
-        try:
+                records.append((name, shape))
+            return hook
+
+        with _forward_hooks([(mod, hook_for(name)) for name, mod in leaves]):
             with _eval_mode(self.model), torch.no_grad():
                 out = self.model(*self._tensors(self._example or []))
-        finally:
-            for h in handles:
-                h.remove()
         nodes = [GraphNode(0, "input", 0, "Input", None, [], True, 0)]
         calls: dict[str, int] = defaultdict(int)
         for name, shape in records:
@@ -411,18 +409,16 @@ class TorchAdapter:
         named = [(n, m) for n, m in self.model.named_modules()
                  if any(p.dim() >= 2 for p in m.parameters(recurse=False))]
         called: list[tuple[str, Any]] = []
-        handles = []
-        for name, mod in named:
-            def hook(m: Any, args: Any, out: Any, _name: str = name) -> None:
-                if all(_name != n for n, _ in called):
-                    called.append((_name, m))
-            handles.append(mod.register_forward_hook(hook))
-        try:
+
+        def hook_for(name: str) -> Callable[..., None]:
+            def hook(m: Any, args: Any, out: Any) -> None:
+                if all(name != n for n, _ in called):
+                    called.append((name, m))
+            return hook
+
+        with _forward_hooks([(mod, hook_for(name)) for name, mod in named]):
             arrays = self.prepare(inputs)
             self.forward([a[:1] for a in arrays])
-        finally:
-            for h in handles:
-                h.remove()
         return called
 
     def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
@@ -478,13 +474,9 @@ class TorchAdapter:
                 return None
             return _probe(out, key, probes)
 
-        handles = [m.register_forward_hook(hook) for m in wanted.values()]
-        try:
+        with _forward_hooks([(m, hook) for m in wanted.values()]):
             tensors = self._tensors(inputs)
             outs, scores, grads = self._scores_and_gradients(lambda: self.model(*tensors), target, probes)
-        finally:
-            for h in handles:
-                h.remove()
         sites = []
         for n in nodes:
             mod = self._module_for(n)
@@ -624,13 +616,10 @@ class TorchAdapter:
                     count[0] += 1
                     return repl if k == node.call else None
 
-                handle = mod.register_forward_hook(hook)
-                try:
+                with _forward_hooks([(mod, hook)]):
                     with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
                         s = target.score([o for _, o in _flatten_output_arg(out)], names, _TorchOps)
-                finally:
-                    handle.remove()
                 return s.detach().cpu().float().numpy().reshape(-1)
 
             return whole
@@ -826,8 +815,8 @@ def _instance_forwards(changes: Sequence[tuple[Any, Any]]) -> Iterator[None]:
         yield
     finally:
         for mod, old in reversed(done):
-            if old is _UNSET:
-                del mod.forward
+            if old is _UNSET:  # pop: an interrupt may have come before the swap itself
+                mod.__dict__.pop("forward", None)
             else:
                 mod.forward = old
 
@@ -867,10 +856,18 @@ def _guided_relu_function() -> Any:
 
 
 @contextlib.contextmanager
-def _identity_hooks(mods: Sequence[Any]) -> Iterator[None]:
-    handles = [m.register_forward_hook(lambda mod, args, out: args[0]) for m in mods]
+def _forward_hooks(pairs: Sequence[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+    """``module.register_forward_hook(fn)`` for each pair while the block runs. Registered one
+    by one inside the ``try``, so an exception or interrupt half-way leaves none behind."""
+    handles: list[Any] = []
     try:
+        for mod, fn in pairs:
+            handles.append(mod.register_forward_hook(fn))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+def _identity_hooks(mods: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
+    return _forward_hooks([(m, lambda mod, args, out: args[0]) for m in mods])

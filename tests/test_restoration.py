@@ -1,0 +1,194 @@
+"""The user's model is left exactly as it was: every method x {Keras, torch} x {success, a
+class or logit target, the target raising, a layer raising, KeyboardInterrupt}.
+
+After each run, whatever happened, the model has the same weights, no instance attribute that
+was not there (a probe's ``call``, a guided ``forward``, a swapped activation), no hook, the
+same training flags and ``requires_grad``, and autograd is on. A "tripwire" layer inside the
+model raises on demand; it sits after the first ReLU, so it runs in every pass and inside
+every patch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import camlens
+from camlens.methods import available_methods, get_method
+from camlens.targets import Logit
+
+SHIPPED = [m for m in available_methods() if not m.startswith("test-")]
+MODES = ["class", "logit", "target raises", "layer raises", "interrupt"]
+LAYER = {"keras": "c2", "torch": "5"}
+
+
+class Tripped(RuntimeError):
+    pass
+
+
+class _Trip:
+    """What the tripwire raises, and on which call (shared by the Keras layer and the module)."""
+
+    exc: type[BaseException] | None = None
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.exc is not None:
+            exc, cls.exc = cls.exc, None  # once: the restore code itself must not trip
+            raise exc("tripwire")
+
+
+def _settings(name: str):
+    """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
+    from camlens.methods import RISE, SSCAM, FastScoreCAM, IntegratedGradients, SmoothGrad
+
+    small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
+             "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2)}
+    return small.get(name) or get_method(name)
+
+
+# ---------------------------------------------------------------------------- torch
+def _torch_model():
+    import torch
+
+    class Tripwire(torch.nn.Module):
+        def forward(self, x):
+            _Trip.check()
+            return x
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), Tripwire(), torch.nn.Dropout(0.5),
+        torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.Softmax(dim=1),
+    )
+    model.train()
+    model[6].eval()  # mixed flags: each must come back as it was
+    model[0].weight.requires_grad_(False)
+    return model
+
+
+def _torch_state(model):
+    import torch
+
+    return {
+        "weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "grads": {k: p.grad for k, p in model.named_parameters()},
+        "training": {n: m.training for n, m in model.named_modules()},
+        "dicts": {n: sorted(vars(m)) for n, m in model.named_modules()},
+        "hooks": {n: [len(getattr(m, h)) for h in ("_forward_hooks", "_forward_pre_hooks",
+                                                     "_backward_hooks", "_backward_pre_hooks")]
+                  for n, m in model.named_modules()},
+        "forwards": {n: type(m).forward for n, m in model.named_modules()},
+        "global": len(torch.nn.modules.module._global_forward_hooks),
+        "grad_enabled": torch.is_grad_enabled(),
+    }
+
+
+# ---------------------------------------------------------------------------- Keras
+def _keras_model():
+    import keras
+
+    @keras.saving.register_keras_serializable("camlens_tests")
+    class Tripwire(keras.layers.Layer):
+        def call(self, x):
+            _Trip.check()
+            return x
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    x = keras.layers.ReLU(name="r1")(x)
+    x = Tripwire(name="trip")(x)
+    x = keras.layers.Dropout(0.5, name="drop")(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(3, activation="softmax", name="head")(x)
+    model = keras.Model(inp, out)
+    model.get_layer("c1").trainable = False
+    return model
+
+
+def _keras_state(model):
+    layers = {lyr.name: lyr for lyr in model.layers}
+    return {
+        "weights": [np.array(w) for w in model.get_weights()],
+        "dicts": {n: sorted(k for k in vars(lyr)) for n, lyr in layers.items()},
+        "calls": {n: type(lyr).call for n, lyr in layers.items()},
+        "activations": {n: getattr(lyr, "activation", None) for n, lyr in layers.items()},
+        "trainable": {n: lyr.trainable for n, lyr in layers.items()},
+    }
+
+
+# ---------------------------------------------------------------------------- the matrix
+@pytest.fixture(scope="module")
+def models():
+    import torch
+
+    found = {"torch": _torch_model(), "keras": _keras_model()}
+    with torch.no_grad():  # settle what a first call builds lazily, before the snapshots
+        found["torch"](torch.zeros(1, 3, 8, 8))
+    found["keras"](np.zeros((1, 8, 8, 3), np.float32))
+    return found
+
+
+def _same(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif hasattr(a, "shape"):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=where)
+    else:
+        assert a is b or a == b, f"{where}: {a!r} became {b!r}"
+
+
+@pytest.mark.filterwarnings("ignore:the map at")  # a random tiny model gives some flat maps
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["torch", "keras"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_model_is_left_as_it_was(models, kind, name, mode):
+    if kind == "torch" and os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
+        pytest.skip("native torch does not depend on the Keras backend: checked in the torch run")
+    model = models[kind]
+    if kind == "keras" and mode in ("layer raises", "interrupt"):
+        model = _keras_model()  # not compiled yet: the tripwire's Python runs while tracing
+        model(np.zeros((1, 8, 8, 3), np.float32))
+    method = _settings(name)
+    state = _torch_state if kind == "torch" else _keras_state
+    before = state(model)
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 8, 8, 3), dtype=np.float32)
+    if kind == "torch":
+        import torch
+
+        x = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+    layer = LAYER[kind] if method.needs_layer else "auto"
+    target = Logit(1) if mode == "logit" else 1
+
+    def bad_target(y):
+        raise Tripped("target")
+
+    try:
+        if mode == "target raises":
+            with pytest.raises(Tripped):
+                camlens.explain(model, x, method, target=bad_target, layer=layer)
+        elif mode in ("layer raises", "interrupt"):
+            _Trip.exc = Tripped if mode == "layer raises" else KeyboardInterrupt
+            # compiled Keras programs run the layer's Python only while tracing: the model is
+            # new (never traced), so its first pass trips, eager or traced
+            with pytest.raises(Tripped if mode == "layer raises" else KeyboardInterrupt):
+                camlens.explain(model, x, method, target=target, layer=layer)
+        else:
+            exp = camlens.explain(model, x, method, target=target, layer=layer)
+            assert all(np.isfinite(m).all() for m in exp.maps)
+    finally:
+        _Trip.exc = None
+    _same(before, state(model), f"{kind} {name} {mode}")
