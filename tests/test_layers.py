@@ -8,7 +8,7 @@ import keras
 from keras import layers as L
 
 import camlens
-from camlens.layers import GraphNode, LayerGraph, choose_layers, find_nodes, layer_report
+from camlens.graph import GraphNode, LayerGraph, choose_layers, find_nodes, layer_report
 
 
 def _graph(spec, outputs, inputs=("in",)):

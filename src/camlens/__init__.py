@@ -10,10 +10,10 @@ Deep-learning frameworks are imported only when a model of theirs is explained.
 
 
 from . import methods, metrics, report, targets, tokens, viz
-from .explain import explain, layers
+from ._explain import explain, layers
 from .explanation import Explanation, Site
 from .features import FeatureMaps, feature_maps
-from .layers import LayerReport
+from .graph import LayerReport
 from .methods import available_methods
 from .smooth import tta
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .adapters.base import ModelAdapter
-from .layers import GraphNode
+from .graph import GraphNode
 from .targets import ClassScore, Target
 from .tokens import grid_to_tokens, tokens_to_grid
 

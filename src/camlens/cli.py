@@ -210,7 +210,7 @@ def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     from .adapters import adapt
-    from .explain import layers
+    from ._explain import layers
 
     model = _load_model_or_exit(args.model)
     shape = None if args.size is None else (1, 3, *args.size)
@@ -234,8 +234,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .adapters import adapt
-    from .explain import explain
-    from .layers import find_nodes
+    from ._explain import explain
+    from .graph import find_nodes
     from .methods import get_method
     from .io import safe_name, unique_names
     from .io import PREPROCESSING, ImageError, load_image
@@ -540,7 +540,7 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any]
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .explain import explain
+    from ._explain import explain
     from .io import ImageError, load_image
     from .methods import get_method
     from .metrics import METRICS, evaluate, model_metrics

@@ -26,7 +26,8 @@ def run_demo(
 ) -> int:
     """Run the demo; returns the exit status (1 when some of the user's images failed)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from . import explain, samples, viz
+    from . import samples, viz
+    from ._explain import explain
     from .io import ImageError, load_image
     from .methods import get_method
     from .models import efficientnet_lite0

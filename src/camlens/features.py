@@ -17,7 +17,7 @@ import numpy as np
 
 from .adapters import adapt
 from .io import safe_name
-from .layers import GraphNode, LayerGraph, choose_layers, find_nodes
+from .graph import GraphNode, LayerGraph, choose_layers, find_nodes
 from .targets import Target
 
 if TYPE_CHECKING:

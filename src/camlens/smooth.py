@@ -116,7 +116,7 @@ def tta(
         exp = camlens.smooth.tta(model, images, "gradcam", flips=True, scales=(1.0, 1.25))
     """
     from .adapters import adapt
-    from .explain import explain
+    from ._explain import explain
 
     todo = [1.0] + [s for s in dict.fromkeys(_check_scale(s) for s in scales) if s != 1.0]
     base = explain(model, inputs, method, **explain_kwargs)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from ..layers import GraphNode, LayerGraph
+from ..graph import GraphNode, LayerGraph
 from ..targets import Target
 
 __all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform"]

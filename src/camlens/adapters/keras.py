@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..layers import GraphNode, LayerGraph, linear_head_after
+from ..graph import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
 from .base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..layers import GraphNode, LayerGraph, linear_head_after
+from ..graph import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
 from .base import Capture, InputSpec, SiteCapture, _as_float_array, glorot_uniform
 

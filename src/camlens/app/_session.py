@@ -133,7 +133,7 @@ class AppModel:
         input_size: tuple[int, int] | None = None,
     ) -> None:
         from ..adapters import adapt
-        from ..explain import layers
+        from .._explain import layers
 
         self.lock = threading.Lock()
         self.bundled = model is None
@@ -267,7 +267,7 @@ class AppModel:
     def explain(self, prepared: Prepared, method: str, layer: str = "auto", target: int | None = None) -> dict[str, Any]:
         """Explain one image; returns what the page shows (PNG data URLs, predictions, the
         layer and why). Raises ``ValueError`` for a bad method, layer or target."""
-        from ..explain import explain
+        from .._explain import explain
         from ..methods import get_method
         from ..viz import colorize, resize_bilinear
 

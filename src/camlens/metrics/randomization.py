@@ -126,7 +126,7 @@ def randomization_check(
         print(res)                 # one row per layer: mean rho, should fall towards 0
     """
     from ..adapters import adapt
-    from ..explain import explain
+    from .._explain import explain
     from ..targets import ClassScore, as_target
 
     tgt = as_target(target, output)

@@ -132,7 +132,7 @@ def collect(
         progress: show a progress bar on stderr (``None``: only on a terminal).
     """
     from ..adapters import adapt
-    from ..explain import explain
+    from .._explain import explain
     from ..io import agreed_size
     from ..viz.color import _get_cmap
 

@@ -10,7 +10,7 @@ from .adapters import adapt
 from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
-from .layers import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, layer_report
+from .graph import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, layer_report
 from .methods import PixelMethod, get_method
 from .tokens import infer_grid, split_tokens, tokens_to_grid
 from .targets import ClassScore, Target, as_target
