@@ -244,18 +244,18 @@ def test_rerun_scores_are_compiled_on_tensorflow_and_jax_and_agree_with_the_mode
     logits = np.log(probs) - np.log(probs).mean(-1, keepdims=True)  # logits up to a constant
     adapter = adapt(model)
     arrays = adapter.prepare(x)
-    compiles = keras.backend.backend() in kad._SCORE_COMPILERS
+    compiles = keras.backend.backend() in ("tensorflow", "jax")
     for target, want in ((targets.ClassScore(1), probs[:, 1]),
                          (targets.ClassScore([2, 0, 1, 2]), probs[[0, 1, 2, 3], [2, 0, 1, 2]])):
         kad.clear_compiled_cache()
         np.testing.assert_allclose(adapter.score(arrays, target), want, rtol=1e-5)
-        assert (model in kad._COMPILED) == compiles
+        assert (model in kad.PROGRAMS) == compiles
     logit = adapter.score(arrays, targets.Logit(2)) - adapter.score(arrays, targets.Logit(0))
     np.testing.assert_allclose(logit, logits[:, 2] - logits[:, 0], rtol=1e-4, atol=1e-5)
     compiled = [adapter.score(arrays, t) for t in (targets.ClassScore(1), targets.Logit(2))]
     with pytest.raises(ValueError, match="class index 3 is out of range"):
         adapter.score(arrays, targets.ClassScore(3))
-    monkeypatch.setattr(kad, "_SCORE_COMPILERS", {})  # the eager replay
+    monkeypatch.setattr(kad.KerasAdapter, "_compiles", lambda self: False)  # the eager replay
     eager = [adapter.score(arrays, t) for t in (targets.ClassScore(1), targets.Logit(2))]
     for a, b in zip(compiled, eager):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -338,7 +338,7 @@ def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_e
         (seg, xa, targets.SegmentationRegion(1, mask, output=0), "feat"),
         (seg, xa, targets.RegressionScore(2, output=1), "feat"),
     ]
-    compiles = keras.backend.backend() in kad._COMPILERS
+    compiles = keras.backend.backend() in ("tensorflow", "jax")
     kad.clear_compiled_cache()
 
     def run(model, x, target, layer):
@@ -355,14 +355,13 @@ def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_e
         again = run(*case)  # the same programs
         np.testing.assert_array_equal(again[0].raw_maps[0], compiled[-1][0].raw_maps[0])
     if compiles:
-        assert len(kad._COMPILED[pair]) == 4  # capture and score, per Similarity
-        assert len(kad._COMPILED[seg]) == 4
+        assert kad.PROGRAMS.count(pair) == 4  # capture and score, per Similarity
+        assert kad.PROGRAMS.count(seg) == 4
     camlens.explain(seg, xa, target=targets.FunctionTarget(lambda out: out[:, 0, 0, 1], output=0), layer="feat")
-    assert len(kad._COMPILED.get(seg, {})) == (4 if compiles else 0)  # a callable: eager
+    assert kad.PROGRAMS.count(seg) == (4 if compiles else 0)  # a callable: eager
     with pytest.raises(ValueError, match="out of range"):
         camlens.explain(seg, xa, target=targets.RegressionScore(5, output=1), layer="feat")
-    monkeypatch.setattr(kad, "_COMPILERS", {})
-    monkeypatch.setattr(kad, "_SCORE_COMPILERS", {})
+    monkeypatch.setattr(kad.KerasAdapter, "_compiles", lambda self: False)  # the eager runs
     for case, (exp, cap, scores) in zip(cases, compiled):
         eager, eager_cap, eager_scores = run(*case)
         for got, want in zip(exp.raw_maps, eager.raw_maps):
@@ -393,8 +392,8 @@ def test_input_gradients_compiled_equal_eager_and_leave_relus_alone(guided, monk
     before = adapter.input_gradients(arrays, 0, targets.RegressionScore(2))
     got = [adapter.input_gradients(arrays, 0, t, guided=guided)
            for t in (targets.ClassScore([0, 2]), targets.Logit(1), targets.RegressionScore(2))]
-    assert (model in kad._COMPILED) == (keras.backend.backend() in kad._INPUT_GRADIENT_COMPILERS)
-    monkeypatch.setattr(kad, "_INPUT_GRADIENT_COMPILERS", {})
+    assert (model in kad.PROGRAMS) == (keras.backend.backend() in ("tensorflow", "jax"))
+    monkeypatch.setattr(kad.KerasAdapter, "_compiles", lambda self: False)
     want = [adapter.input_gradients(arrays, 0, t, guided=guided)
             for t in (targets.ClassScore([0, 2]), targets.Logit(1), targets.RegressionScore(2))]
     for (s1, g1), (s2, g2) in zip(got, want):
@@ -635,3 +634,23 @@ def test_scorecam_on_the_siamese_pair_masks_one_image_and_holds_the_other(pair):
     w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
     want = np.maximum(np.einsum("hwc,c->hw", acts, w), 0)
     np.testing.assert_allclose(exp.raw_maps[1][1], want, rtol=1e-4, atol=1e-6)
+
+
+def test_an_edit_to_a_layers_activation_is_seen_by_the_next_explain():
+    # the keras.io recipe: softmax -> logits by `model.layers[-1].activation = None` after a
+    # first explain; the compiled programs are keyed on each layer's activation, so the second
+    # explain runs the edited model (it used to return the old maps and scores on TF and JAX)
+    keras.utils.set_random_seed(11)
+    inp = keras.Input((6, 6, 3))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inp)
+    model = keras.Model(inp, L.Dense(3, activation="softmax", name="head")(L.GlobalAveragePooling2D()(h)))
+    x = np.random.default_rng(4).random((2, 6, 6, 3), dtype=np.float32)
+    first = camlens.explain(model, x, target=1, layer="conv")
+    np.testing.assert_allclose(first.scores, keras.ops.convert_to_numpy(model(x))[:, 1], rtol=1e-5)
+    model.layers[-1].activation = None
+    logits = keras.ops.convert_to_numpy(model(x))[:, 1]
+    second = camlens.explain(model, x, target=1, layer="conv")
+    np.testing.assert_allclose(second.scores, logits, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first.scores, second.scores)
+    again = camlens.explain(model, x, method="scorecam", target=1, layer="conv")  # score programs too
+    np.testing.assert_allclose(again.scores, logits, rtol=1e-5, atol=1e-6)

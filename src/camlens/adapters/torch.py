@@ -31,6 +31,7 @@ import numpy as np
 
 from ..graph import GraphNode, LayerGraph, linear_head_after
 from ..targets import Target
+from ._torch_autograd import guided_relu_torch
 from .base import Capture, InputSpec, SiteCapture, _as_float_array, glorot_uniform
 
 __all__ = ["TorchAdapter", "is_torch_module"]
@@ -822,37 +823,6 @@ def _instance_forwards(changes: Sequence[tuple[Any, Any]]) -> Iterator[None]:
 
 
 _UNSET = object()
-
-
-def guided_relu_torch(x: Any, max_value: float | None = None) -> Any:
-    """ReLU (or ReLU clipped at ``max_value``) with the Guided Backpropagation gradient."""
-    return _guided_relu_function().apply(x, max_value)
-
-
-_GUIDED: list[Any] = []
-
-
-def _guided_relu_function() -> Any:
-    if not _GUIDED:
-        import torch
-
-        class GuidedReLU(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx: Any, x: Any, max_value: float | None) -> Any:
-                ctx.save_for_backward(x)
-                ctx.max_value = max_value
-                return x.clamp(min=0) if max_value is None else x.clamp(0, max_value)
-
-            @staticmethod
-            def backward(ctx: Any, dy: Any) -> Any:
-                (x,) = ctx.saved_tensors
-                gate = (x > 0) & (dy > 0)
-                if ctx.max_value is not None:
-                    gate = gate & (x < ctx.max_value)
-                return dy * gate.to(dy.dtype), None
-
-        _GUIDED.append(GuidedReLU)
-    return _GUIDED[0]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,580 @@
+"""Keras 3 adapter: Functional and Sequential models, nested and shared submodels.
+
+The layer graph is read from the model's own node lists, in the order Keras runs them
+(``Functional._run_through_graph``: depth by depth, deepest first), so the k-th time a probed
+layer runs is the k-th call site of the graph. Nested models are expanded into their layers.
+
+Probing replaces a layer's ``call`` on the instance for the duration of one explanation
+(``patches.py``); the gradient of the score with respect to each call site comes from the
+running backend's module (``backends/``, chosen once per adapter, the same names in each), and
+on TensorFlow and JAX from compiled programs (``compiled.py``). This module is backend-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections import defaultdict
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ...graph import GraphNode, LayerGraph, linear_head_after
+from ...targets import Target
+from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
+from . import backends
+from .backends._types import Key, MakeProbe
+from .compiled import compiled_capture, compiled_input_gradients, compiled_score
+from .patches import guided_relus, probes, without_final_activation
+
+__all__ = ["KerasAdapter", "is_keras_model", "keras_to_numpy", "load_keras_file"]
+
+Source = tuple[int, int]  # (graph node id, which of its outputs)
+
+
+def is_keras_model(model: Any) -> bool:
+    try:
+        import keras
+    except ImportError:  # pragma: no cover - keras is what this adapter is for
+        return False
+    return isinstance(model, keras.Model)
+
+
+def _is_functional(op: Any) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(op, Functional)
+
+
+def _inner_graph(op: Any) -> Any | None:
+    """The Functional that runs when ``op`` is called, for nested models; else ``None``."""
+    import keras
+
+    if isinstance(op, keras.Sequential):
+        return op._functional
+    if _is_functional(op):
+        return op
+    return None
+
+
+def _channels_last_shape(shape: Sequence[int | None], op: Any) -> tuple[int | None, ...]:
+    dims = tuple(shape[1:])
+    if len(dims) == 3 and getattr(op, "data_format", None) == "channels_first":
+        return (dims[1], dims[2], dims[0])
+    return dims
+
+
+class KerasAdapter:
+    """Adapter for a ``keras.Model`` built with the functional API or ``keras.Sequential``."""
+
+    framework = "keras"
+    needs_input_size = False
+
+    def __init__(self, model: Any) -> None:
+        import keras
+
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"expected a keras.Model; got {type(model).__name__}")
+        self.model = model
+        self.backend = keras.backend.backend()
+        self._backend_module: ModuleType | None = None
+        self._graph: LayerGraph | None = None
+        self._ops: dict[int, Any] = {}
+        self._channels_first: set[int] = set()
+        # for each graph node that is a call: the Keras node and where its input tensors come from
+        self._calls: dict[int, tuple[Any, list[Source]]] = {}
+        self._output_srcs: list[Source] = []
+
+    # ------------------------------------------------------------------ graph
+    def _top(self) -> Any:
+        import keras
+
+        model = self.model
+        if isinstance(model, keras.Sequential):
+            if model._functional is None:
+                raise ValueError(
+                    "this Sequential model has no known input shape yet; start it with "
+                    "keras.Input(shape=...) or call model.build((None, H, W, C)) before explaining"
+                )
+            return model._functional
+        if not _is_functional(model):
+            raise TypeError(
+                f"{type(model).__name__} is a subclassed keras.Model, whose layer graph cannot be "
+                "read; rebuild it with the functional API (keras.Model(inputs, outputs)) or "
+                "keras.Sequential, which keep the graph camlens needs"
+            )
+        return model
+
+    def graph(self) -> LayerGraph:
+        if self._graph is None:
+            self._graph = self._build_graph()
+        return self._graph
+
+    def _build_graph(self) -> LayerGraph:
+        top = self._top()
+        nodes: list[GraphNode] = []
+        aliases: dict[str, list[int]] = defaultdict(list)
+        calls: dict[int, int] = defaultdict(int)
+
+        def add(path: str, op: Any, shape: Sequence[int | None] | None, preds: list[int], **kw: Any) -> int:
+            nid = len(nodes)
+            dims = None if shape is None else _channels_last_shape(shape, op)
+            nodes.append(GraphNode(nid, path, calls[id(op)], type(op).__name__, dims, preds, **kw))
+            calls[id(op)] += 1
+            self._ops[nid] = op
+            if getattr(op, "data_format", None) == "channels_first" and dims is not None and len(dims) == 3:
+                self._channels_first.add(nid)
+            return nid
+
+        # Each Keras tensor is known as (graph node, which of its outputs): the pairs let
+        # ``_run_nodes`` replay any part of the expanded graph.
+        def walk(fmodel: Any, prefix: str, sources: list[Source]) -> list[Source]:
+            tensor_src: dict[int, Source] = {id(x): s for x, s in zip(fmodel.inputs, sources)}
+            for depth in sorted(fmodel._nodes_by_depth, reverse=True):
+                for node in fmodel._nodes_by_depth[depth]:
+                    if not node.operation or node.is_input:
+                        continue
+                    if any(id(x) not in tensor_src for x in node.input_tensors):
+                        continue
+                    op = fmodel._get_operation_for_node(node)
+                    srcs = [tensor_src[id(x)] for x in node.input_tensors]
+                    inner = _inner_graph(op)
+                    if inner is not None:
+                        outs = walk(inner, f"{prefix}{op.name}/", srcs)
+                        aliases[prefix + op.name].append(outs[0][0])
+                    else:
+                        shape = node.outputs[0].shape if node.outputs else None
+                        nid = add(prefix + op.name, op, shape, list(dict.fromkeys(s[0] for s in srcs)))
+                        self._calls[nid] = (node, srcs)
+                        outs = [(nid, k) for k in range(len(node.outputs))]
+                    for x, o in zip(node.outputs, outs):
+                        tensor_src[id(x)] = o
+            return [tensor_src[id(x)] for x in fmodel.outputs]
+
+        input_ids = []
+        input_names = []
+        for i, x in enumerate(top.inputs):
+            op = x._keras_history.operation
+            input_names.append(op.name)
+            input_ids.append(add(op.name, op, x.shape, [], is_input=True, input_index=i))
+        self._output_srcs = walk(top, "", [(i, 0) for i in input_ids])
+        return LayerGraph(
+            nodes,
+            input_ids,
+            [s[0] for s in self._output_srcs],
+            self.output_names(),
+            input_names,
+            aliases=dict(aliases),
+        )
+
+    def input_specs(self) -> list[InputSpec]:
+        top = self._top()
+        return [
+            InputSpec(x._keras_history.operation.name, tuple(x.shape)) for x in top.inputs
+        ]
+
+    def output_names(self) -> list[str]:
+        """Keys for dict outputs, else the producing layers' names (``name_1`` for repeats)."""
+        import keras
+
+        top = self._top()
+        struct = getattr(top, "_outputs_struct", None)
+        if isinstance(struct, dict):
+            return [".".join(map(str, p)) for p, _ in keras.tree.flatten_with_path(struct)]
+        names: list[str] = []
+        for x in top.outputs:
+            base = name = x._keras_history.operation.name
+            k = 0
+            while name in names:
+                k += 1
+                name = f"{base}_{k}"
+            names.append(name)
+        return names
+
+    def prepare(self, inputs: Any) -> list[np.ndarray]:
+        return check_inputs(inputs, self.input_specs())
+
+    def can_probe(self, node: GraphNode) -> bool:
+        return True
+
+    def native_inputs(self, arrays: Sequence[np.ndarray]) -> Any:
+        return list(arrays)
+
+    # ------------------------------------------------------------------ copies
+    def twin(self) -> "KerasAdapter":
+        import keras
+
+        try:
+            clone = keras.models.clone_model(self.model)
+        except Exception as exc:  # clone_model raises many types for custom layers
+            raise ValueError(
+                f"camlens works on a copy of the model here, and keras.models.clone_model cannot "
+                f"copy this one ({type(exc).__name__}: {exc}); make its custom layers "
+                "serialisable (get_config/from_config)"
+            ) from exc
+        clone.set_weights(self.model.get_weights())
+        return KerasAdapter(clone)
+
+    def kernel_layers(self, inputs: Any = None) -> list[tuple[str, Any]]:
+        import keras
+
+        found: list[tuple[str, Any]] = []
+        seen: set[int] = set()
+
+        def walk(m: Any, prefix: str) -> None:  # nested models expanded, in model order
+            for layer in m.layers:
+                if id(layer) in seen:
+                    continue
+                seen.add(id(layer))
+                if isinstance(layer, keras.Model):
+                    walk(layer, f"{prefix}{layer.name}/")
+                elif any(len(w.shape) >= 2 for w in layer.weights):
+                    found.append((prefix + layer.name, layer))
+
+        walk(self.model, "")
+        return found
+
+    def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
+        for w in layer.weights:
+            if len(w.shape) >= 2:
+                w.assign(glorot_uniform(tuple(int(d) for d in w.shape), False, rng).astype(w.dtype))
+
+    def node_op(self, node: GraphNode) -> Any:
+        return self._ops[node.id]
+
+    # ------------------------------------------------------------------ running
+    def _call(self, inputs: list[np.ndarray]) -> list[Any]:
+        import keras
+
+        x = inputs[0] if len(inputs) == 1 else list(inputs)
+        return keras.tree.flatten(self.model(x, training=False))
+
+    def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        import keras
+
+        return [keras.ops.convert_to_numpy(y) for y in self._call(inputs)]
+
+    def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
+        """``(N,)`` target scores, no gradient: for methods that rerun the model."""
+        import keras
+
+        graph = self.graph()
+        if self._compiles():
+            compiled = compiled_score(self, inputs, target)
+            if compiled is not None:
+                return compiled
+        with self._no_grad(), (
+            self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        ):
+            values = self._input_values(inputs)
+            self._run_nodes(values, [n.id for n in graph.nodes if not n.is_input], lean=True)
+            outs = [_pick(values[n], k) for n, k in self._output_srcs]
+            scores = target.score(outs, graph.output_names, keras.ops)
+        return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
+
+    def capture(
+        self,
+        inputs: list[np.ndarray],
+        nodes: Sequence[GraphNode],
+        target: Target,
+        need_gradients: bool = True,
+    ) -> Capture:
+        if need_gradients and self._compiles():
+            compiled = compiled_capture(self, inputs, nodes, target)
+            if compiled is not None:
+                outs, scores, acts, grads = compiled
+                return self._capture_result(inputs, nodes, target, outs, scores, acts, grads, True)
+        grad_fn = self._gradient_function()
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            return self._probed_run(inputs, nodes, target, make_probe)
+
+        outs, scores, acts, grads = grad_fn(run, need_gradients)
+        return self._capture_result(inputs, nodes, target, outs, scores, acts, grads, need_gradients)
+
+    def _probed_run(
+        self, inputs: Sequence[Any], nodes: Sequence[GraphNode], target: Target, make_probe: MakeProbe
+    ) -> tuple[list[Any], Any, dict[Key, Any]]:
+        """Run the model with ``make_probe(key, y)`` applied to the output ``y`` of each call
+        site in ``nodes``; ``(outputs, scores, activations by call site)``."""
+        import keras
+
+        graph = self.graph()
+        wanted: dict[int, Any] = {}
+        for n in nodes:
+            wanted.setdefault(id(self._ops[n.id]), self._ops[n.id])
+        expected = {
+            key: sum(1 for m in graph.nodes if id(self._ops[m.id]) == key) for key in wanted
+        }
+        # Only the call sites asked for get a probe: a layer that also runs early in the
+        # network would otherwise pull the backward pass through the whole network.
+        sites = {(id(self._ops[n.id]), n.call) for n in nodes}
+        records: dict[int, list[Any]] = defaultdict(list)
+
+        def on_call(op: Any, y: Any) -> Any:
+            if not keras.ops.is_tensor(y):
+                raise TypeError(
+                    f"layer {op.name!r} returns {type(y).__name__}, not one tensor; choose "
+                    "another layer"
+                )
+            key = (id(op), len(records[id(op)]))
+            records[id(op)].append(y)
+            return make_probe(key, y) if key in sites else y
+
+        # a fresh logit patch each run: jax runs the model twice
+        with probes(list(wanted.values()), on_call), (
+            self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        ):
+            outs = self._call(inputs)
+            scores = target.score(outs, graph.output_names, keras.ops)
+        for key, op in wanted.items():
+            if len(records[key]) != expected[key]:
+                raise RuntimeError(
+                    f"layer {op.name!r} ran {len(records[key])} time(s) but the model's graph "
+                    f"calls it {expected[key]} time(s); camlens cannot tell the call sites apart"
+                )
+        acts = {(k, i): y for k, ys in records.items() for i, y in enumerate(ys) if (k, i) in sites}
+        return outs, scores, acts
+
+    def _capture_result(
+        self,
+        inputs: list[np.ndarray],
+        nodes: Sequence[GraphNode],
+        target: Target,
+        outs: list[Any],
+        scores: Any,
+        acts: dict[Key, Any],
+        grads: dict[Key, Any],
+        need_gradients: bool,
+    ) -> Capture:
+        import keras
+
+        sites = []
+        for n in nodes:
+            key = (id(self._ops[n.id]), n.call)
+            a = keras_to_numpy(acts[key]).astype(np.float32)
+            g = np.asarray(grads[key], dtype=np.float32) if need_gradients else None
+            if n.id in self._channels_first:
+                a = np.moveaxis(a, 1, -1)
+                g = None if g is None else np.moveaxis(g, 1, -1)
+            sites.append(SiteCapture(n, a, g))
+        out_np = [keras.ops.convert_to_numpy(y) for y in outs]
+        score_np = np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
+        if score_np.shape[0] != inputs[0].shape[0]:
+            raise ValueError(
+                f"the target {target.describe()!r} gave {score_np.shape[0]} scores for "
+                f"{inputs[0].shape[0]} samples; a target must give one score per sample"
+            )
+        return Capture(out_np, score_np, sites)
+
+    def input_gradients(
+        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With ``guided`` every
+        ReLU of the model passes back only positive gradients at positive inputs (Guided
+        Backpropagation) while this call runs."""
+        if self._compiles():
+            compiled = compiled_input_gradients(self, inputs, which, target, guided)
+            if compiled is not None:
+                return compiled
+        grad_fn = self._gradient_function()
+        run = functools.partial(self._input_run, inputs, which, target, guided)
+        _, scores, _, grads = grad_fn(run, True)
+        g = np.asarray(grads[(-1, which)], dtype=np.float32)
+        return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def _input_run(
+        self, inputs: Sequence[Any], which: int, target: Target, guided: bool, make_probe: MakeProbe
+    ) -> tuple[list[Any], Any, dict[Key, Any]]:
+        """The model on ``inputs`` with ``make_probe((-1, which), x)`` applied to input
+        ``which`` (and the guided rule on its ReLUs): ``(outputs, scores, {key: input})``."""
+        import keras
+
+        key: Key = (-1, which)
+        xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+        xs[which] = make_probe(key, xs[which])
+        with contextlib.ExitStack() as patches:
+            if target.wants_logits:
+                patches.enter_context(self._logit_patch(target))
+            if guided:
+                patches.enter_context(guided_relus(self.backend_module, self._ops.values()))
+            outs = self._call(xs)
+            scores = target.score(outs, self.graph().output_names, keras.ops)
+        return outs, scores, {key: xs[which]}
+
+    def _gradient_function(self) -> Callable[..., Any]:
+        return self.backend_module.gradients
+
+    # ------------------------------------------------------------------ the backend
+    @property
+    def backend_module(self) -> ModuleType:
+        """The module of the running Keras backend (``backends/``), loaded on first use."""
+        if self._backend_module is None:
+            self._backend_module = backends.load(self.backend)
+        return self._backend_module
+
+    def _compiles(self) -> bool:
+        return self.backend in backends.SUPPORTED and self.backend_module.COMPILES
+
+    def _no_grad(self) -> contextlib.AbstractContextManager[Any]:
+        """No autograd graph for runs that need no gradient (only the torch backend builds one)."""
+        if self.backend not in backends.SUPPORTED:
+            return contextlib.nullcontext()
+        return self.backend_module.no_grad()
+
+    def graph_ops(self) -> list[Any]:
+        """Every layer of the graph once, in graph order."""
+        self.graph()
+        return list({id(op): op for op in self._ops.values()}.values())
+
+    def site_scorer(
+        self, inputs: list[np.ndarray], node: GraphNode, target: Target
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """For one sample (``inputs`` with batch 1): a function from replacement activations
+        ``(B, h, w, C)`` at ``node`` to the target scores ``(B,)``.
+
+        Only the layers after ``node`` run on the replacements: the values they need from
+        elsewhere (another input's branch) are computed once here, at batch 1, and repeated.
+        Layers are replayed from the model's own nodes, so the result is what the whole model
+        gives with ``node``'s output replaced.
+        """
+        import keras
+
+        graph = self.graph()
+        if node.id not in self._calls:
+            raise ValueError(f"{node.path!r} is not a layer call that can be replaced")
+        after = descendants(graph, node.id)
+        needed = {p for d in after for p in graph.nodes[d].inputs if p not in after and p != node.id}
+        before = [n.id for n in graph.nodes if not n.is_input and n.id not in after and n.id != node.id]
+        with self._no_grad():
+            values = self._input_values(inputs)
+            self._run_nodes(values, before)
+        cached = {p: values[p] for p in needed}
+        names = graph.output_names
+        order = sorted(after)
+        channels_first = node.id in self._channels_first
+
+        def score(acts: np.ndarray) -> np.ndarray:
+            a = np.asarray(acts, dtype=np.float32)
+            if channels_first:
+                a = np.moveaxis(a, -1, 1)
+            b = a.shape[0]
+            vals: dict[int, Any] = {p: _repeat(v, b) for p, v in cached.items()}
+            vals[node.id] = keras.ops.convert_to_tensor(a)
+            with self._no_grad(), (
+                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+            ):
+                self._run_nodes(vals, order, lean=True)
+                outs = [_pick(vals[n], k) for n, k in self._output_srcs]
+                s = target.score(outs, names, keras.ops)
+            return np.asarray(keras_to_numpy(s), np.float32).reshape(-1)
+
+        return score
+
+    def _input_values(self, inputs: Sequence[np.ndarray]) -> dict[int, Any]:
+        import keras
+
+        graph = self.graph()
+        return {nid: keras.ops.convert_to_tensor(a) for nid, a in zip(graph.inputs, inputs)}
+
+    def _run_nodes(self, values: dict[int, Any], todo: Sequence[int], lean: bool = False) -> None:
+        """Call the layers of the graph nodes ``todo`` (in graph order) as the model calls
+        them, reading their inputs from ``values`` and writing their outputs there.
+
+        ``lean``: drop each value once its last reader has run (the model outputs stay), so
+        memory holds a few layers' activations instead of all of them, as Keras' own run
+        keeps them to the end."""
+        import keras
+
+        last: dict[int, int] = {}
+        if lean:
+            keep = {n for n, _ in self._output_srcs}
+            for nid in todo:
+                for p, _ in self._calls[nid][1]:
+                    if p not in keep:
+                        last[p] = nid
+        for nid in todo:
+            knode, srcs = self._calls[nid]
+            op = self._ops[nid]
+            tensors = {id(x): _pick(values[p], k) for x, (p, k) in zip(knode.input_tensors, srcs)}
+            args, kwargs = knode.arguments.fill_in(tensors)
+            if "training" in getattr(op, "_call_context_args", ()):
+                kwargs["training"] = False
+            flat = keras.tree.flatten(op(*args, **kwargs))
+            values[nid] = flat[0] if len(flat) == 1 else flat
+            del tensors, args, kwargs
+            for p, _ in self._calls[nid][1]:
+                if last.get(p) == nid:
+                    values.pop(p, None)
+
+    # ------------------------------------------------------------------ heads
+    def _logit_patch(self, target: Target) -> contextlib.AbstractContextManager[None]:
+        """Skip the final softmax/sigmoid of the explained output(s) while explaining."""
+        graph = self.graph()
+        ops = []
+        for i in target.output_indices(graph.output_names):
+            ops.append(self._ops[graph.outputs[i]])
+        return without_final_activation(ops)
+
+    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
+        """Kernel ``(C, classes)`` of the Dense layer that follows ``node`` through global
+        average pooling, for CAM. Raises ``ValueError`` when the model has no such head."""
+        graph = self.graph()
+        dense = linear_head_after(
+            graph,
+            node,
+            is_pool=lambda n: n.kind == "GlobalAveragePooling2D",
+            passes=lambda n: n.kind == "Dropout",
+            is_dense=lambda n: n.kind == "Dense",
+        )
+        kernel = keras_to_numpy(self._ops[dense.id].kernel)
+        if kernel.shape[0] != (node.shape or (None,))[-1]:
+            raise ValueError(
+                f"CAM: the Dense layer {dense.path!r} takes {kernel.shape[0]} features; "
+                f"{node.path!r} has {(node.shape or (None,))[-1]} channels"
+            )
+        by_id = {n.id: n for n in graph.nodes}
+        if not self._feeds_output(dense.id, graph.outputs[output_index], by_id, graph.successors()):
+            raise ValueError(
+                f"CAM: the Dense layer {dense.path!r} after {node.path!r} does not produce "
+                f"output {graph.output_names[output_index]!r}"
+            )
+        return kernel
+
+    @staticmethod
+    def _feeds_output(nid: int, out: int, by_id: dict[int, GraphNode], succ: dict[int, list[int]]) -> bool:
+        while nid != out:
+            nxt = succ[nid]
+            if len(nxt) != 1 or by_id[nxt[0]].kind not in ("Activation", "Softmax", "Dropout"):
+                return False
+            nid = nxt[0]
+        return True
+
+
+def _pick(value: Any, k: int) -> Any:
+    return value[k] if isinstance(value, list) else value
+
+
+def _repeat(value: Any, n: int) -> Any:
+    import keras
+
+    if isinstance(value, list):
+        return [_repeat(v, n) for v in value]
+    return keras.ops.repeat(value, n, axis=0) if n != 1 else value
+
+
+def keras_to_numpy(x: Any) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def load_keras_file(path: Any) -> Any:
+    """A model saved by Keras (``.keras``, ``.h5``), loaded without compiling it."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # keras raises many types here; say which file failed
+        raise ValueError(f"{path}: could not load the Keras model: {exc}") from exc

@@ -1,0 +1,137 @@
+"""The Keras JAX backend: gradients by jax.grad, programs by jax.jit.
+
+Every backend module has the same names: ``COMPILES`` (whether the programs below exist),
+``no_grad()``, ``gradients(run, need_gradients)``, ``guided_relu(max_value)``, and the
+compiled programs ``capture_program(parts)``, ``score_program(parts)`` and
+``input_gradient_program(parts, which, guided)``; ``parts(idx)`` gives the model, a fresh
+adapter, the probed nodes and the target of one trace.
+
+``gradients`` runs the model through ``run`` once with probes that add a zero tensor at every
+call site, and returns (outputs, scores, activations, gradients) with activations and
+gradients keyed by call site. Only the probes are differentiated: no gradient with respect to
+the weights is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import numpy as np
+
+from ._types import Key, Parts, Program, Runner
+
+COMPILES = True
+
+
+def no_grad() -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext()  # jax differentiates only inside gradients()
+
+
+def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]]:
+    import jax
+    import jax.numpy as jnp
+
+    if not need_gradients:
+        outs, scores, acts = run(lambda key, y: y)
+        return outs, scores, acts, {}
+    # jax differentiates functions of their arguments, so the probes must exist before the
+    # model runs: their shapes come from an abstract run (no computation, no compilation).
+    shapes = jax.eval_shape(lambda: run(lambda key, y: y)[2])
+    zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
+
+    def total(zs: dict[Key, Any]) -> tuple[Any, tuple[list[Any], Any, dict[Key, Any]]]:
+        outs, scores, acts = run(lambda key, y: y + zs[key])
+        return jnp.sum(scores), (outs, scores, acts)
+
+    grads, (outs, scores, acts) = jax.grad(total, has_aux=True)(zeros)
+    return outs, scores, acts, {k: np.asarray(v) for k, v in grads.items()}
+
+
+def guided_relu(max_value: float | None = None) -> Callable[[Any], Any]:
+    """``min(max(x, 0), max_value)`` whose gradient passes only positive gradients at inputs
+    inside ``(0, max_value)`` (Springenberg et al., "Striving for Simplicity", 2015)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def jax_guided(x: Any) -> Any:
+        return jnp.maximum(x, 0) if max_value is None else jnp.clip(x, 0, max_value)
+
+    def fwd(x: Any) -> tuple[Any, Any]:
+        return jax_guided(x), x
+
+    def bwd(x: Any, dy: Any) -> tuple[Any]:
+        gate = (x > 0) & (dy > 0)
+        if max_value is not None:
+            gate = gate & (x < max_value)
+        return (dy * gate.astype(dy.dtype),)
+
+    jax_guided.defvjp(fwd, bwd)
+    return jax_guided
+
+
+def capture_program(parts: Parts) -> Program:
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    @jax.jit
+    def capture(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
+        model, adapter, nodes, target = parts(idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+            # jax differentiates functions of their arguments: the probes' shapes first
+            acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)[2]
+            zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in acts.items()}
+
+            def total(zs: dict[Key, Any]) -> tuple[Any, tuple[list[Any], dict[Key, Any]]]:
+                outs, scores, acts = adapter._probed_run(xs, nodes, target, lambda k, y: y + zs[k])
+                return jnp.sum(scores), (outs, acts)
+
+            grads, (outs, acts) = jax.grad(total, has_aux=True)(zeros)
+        return grads, outs, acts
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
+        return capture([v.value for v in model.variables], xs, idx)
+
+    return run
+
+
+def score_program(parts: Parts) -> Program:
+    import jax
+    import keras
+
+    @jax.jit
+    def outputs(variables: list[Any], xs: list[Any], idx: Any) -> list[Any]:
+        model, adapter, _, target = parts(idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+            return adapter._probed_run(xs, [], target, lambda k, y: y)[0]
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in outputs([v.value for v in model.variables], xs, idx)]
+
+    return run
+
+
+def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    @jax.jit
+    def gradients(variables: list[Any], xs: list[Any], idx: Any) -> tuple[list[Any], Any]:
+        model, adapter, _, target = parts(idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+
+            def total(z: Any) -> tuple[Any, list[Any]]:
+                outs, scores, _ = adapter._input_run(xs, which, target, guided, lambda k, y: y + z)
+                return jnp.sum(scores), outs
+
+            g, outs = jax.grad(total, has_aux=True)(jnp.zeros_like(xs[which]))
+        return outs, g
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        outs, g = gradients([v.value for v in model.variables], xs, idx)
+        return [np.asarray(o) for o in outs], np.asarray(g)
+
+    return run

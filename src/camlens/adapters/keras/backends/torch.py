@@ -1,0 +1,84 @@
+"""The Keras PyTorch backend: gradients by torch.autograd; runs eagerly (no programs).
+
+Every backend module has the same names: ``COMPILES`` (whether the programs below exist),
+``no_grad()``, ``gradients(run, need_gradients)``, ``guided_relu(max_value)``, and the
+compiled programs ``capture_program(parts)``, ``score_program(parts)`` and
+``input_gradient_program(parts, which, guided)``; ``parts(idx)`` gives the model, a fresh
+adapter, the probed nodes and the target of one trace.
+
+``gradients`` runs the model through ``run`` once with probes that add a zero tensor at every
+call site, and returns (outputs, scores, activations, gradients) with activations and
+gradients keyed by call site. Only the probes are differentiated: no gradient with respect to
+the weights is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._types import Key, Parts, Program, Runner
+
+from ..._torch_autograd import guided_relu_torch
+
+COMPILES = False
+
+
+def no_grad() -> contextlib.AbstractContextManager[Any]:
+    """No autograd graph for runs that need no gradient."""
+    import torch
+
+    return torch.no_grad()
+
+
+def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]]:
+    import torch
+
+    probes: dict[Key, Any] = {}
+
+    def make_probe(key: Key, y: Any) -> Any:
+        if not need_gradients:
+            return y
+        # Autograd records from the first probe on: the layers before it run as under
+        # no_grad (Keras variables require grad, so they would otherwise record the whole
+        # network); the mode set here ends with the no_grad block below.
+        torch.set_grad_enabled(True)
+        z = probes[key] = torch.zeros_like(y, requires_grad=True)
+        return y + z
+
+    with torch.no_grad():
+        outs, scores, acts = run(make_probe)
+    grads: dict[Key, Any] = {}
+    if need_gradients:
+        keys = list(probes)
+        values: Sequence[Any] = [None] * len(keys)
+        if scores.requires_grad:  # else no probe is upstream of the score
+            values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
+        grads = {
+            k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
+                else v.detach().cpu().numpy())
+            for k, v in zip(keys, values)
+        }
+    acts = {k: v.detach() for k, v in acts.items()}
+    outs = [o.detach() for o in outs]
+    return outs, scores.detach(), acts, grads
+
+
+def guided_relu(max_value: float | None = None) -> Callable[[Any], Any]:
+    """``min(max(x, 0), max_value)`` whose gradient passes only positive gradients at inputs
+    inside ``(0, max_value)`` (Springenberg et al., "Striving for Simplicity", 2015)."""
+    return lambda x: guided_relu_torch(x, max_value)
+
+
+def capture_program(parts: Parts) -> Program:
+    raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
+
+
+def score_program(parts: Parts) -> Program:
+    raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
+
+
+def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
+    raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
