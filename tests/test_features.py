@@ -16,6 +16,7 @@ from torch import nn
 
 import camlens
 from camlens import viz
+from camlens.adapters.arrays import Recorder
 from camlens.adapters.keras import KerasAdapter
 from camlens.cli import main
 from keras_models import probe_free, siamese
@@ -77,25 +78,17 @@ def test_layer_sets_and_names():
     assert camlens.feature_maps(model, X, "pool").layers == ["pool"]
 
 
-def test_batch_keeps_samples_apart_in_one_pass_per_batch(monkeypatch):
-    calls: list[int] = []
-    original = KerasAdapter.capture
-
-    def counting(self, inputs, nodes, target, need_gradients=True):
-        assert not need_gradients
-        calls.append(len(nodes))
-        return original(self, inputs, nodes, target, need_gradients)
-
-    monkeypatch.setattr(KerasAdapter, "capture", counting)
+def test_batch_keeps_samples_apart_in_one_pass_per_batch():
+    rec = Recorder(KerasAdapter(tiny_net()))
     batch = np.stack([X, 2 * X, -X])
-    fm = camlens.feature_maps(tiny_net(), batch, "spatial")
-    assert calls == [3]  # one forward pass records all three layers
+    fm = camlens.feature_maps(rec, batch, "spatial")
+    assert rec.calls == [("capture", 3, 3, False)]  # one pass records all three layers, no gradient
     assert fm["c1"].shape == (3, 4, 4, 5)
     for i, x in enumerate(batch):
         np.testing.assert_allclose(fm["pool"][i], expected_pool(x), rtol=0, atol=1e-6)
-    calls.clear()
-    chunked = camlens.feature_maps(tiny_net(), batch, "spatial", batch_size=2)
-    assert calls == [3, 3]
+    rec = Recorder(KerasAdapter(tiny_net()))
+    chunked = camlens.feature_maps(rec, batch, "spatial", batch_size=2)
+    assert rec.calls == [("capture", 2, 3, False), ("capture", 1, 3, False)]
     np.testing.assert_array_equal(chunked["dw"], fm["dw"])
 
 

@@ -36,23 +36,11 @@ def torch_mean_model():
 
 
 def counting(model):
-    """An adapter of ``model`` that counts its model calls (forward and score)."""
+    """An adapter of ``model`` that logs its model runs in ``.calls``."""
     from camlens.adapters import adapt
+    from camlens.adapters.arrays import Recorder
 
-    adapter = adapt(model)
-    adapter.calls = []
-    forward, score = adapter.forward, adapter.score
-
-    def counted_forward(inputs):
-        adapter.calls.append(("forward", len(inputs[0])))
-        return forward(inputs)
-
-    def counted_score(inputs, target):
-        adapter.calls.append(("score", len(inputs[0])))
-        return score(inputs, target)
-
-    adapter.forward, adapter.score = counted_forward, counted_score
-    return adapter
+    return Recorder(adapt(model))
 
 
 # image 2x2 [[4, 3], [2, 1]] (sum 10, mean 2.5) and a map with a tie: ranks 0.9 > 0.5 = 0.5 > 0.1;
