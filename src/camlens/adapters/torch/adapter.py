@@ -25,14 +25,16 @@ import sys
 import warnings
 import weakref
 from collections import defaultdict
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..graph import GraphNode, LayerGraph, linear_head_after
-from ..targets import Target
-from ._torch_autograd import guided_relu_torch
-from .base import Capture, InputSpec, SiteCapture, _as_float_array, glorot_uniform
+from ...graph import GraphNode, LayerGraph, linear_head_after
+from ...targets import Target
+from .._torch_autograd import guided_relu_torch
+from ..base import Capture, InputSpec, _as_float_array, glorot_uniform
+from .ops import TorchOps, capture_result, probe, site_capture
+from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
 
 __all__ = ["TorchAdapter", "is_torch_module"]
 
@@ -43,49 +45,6 @@ def is_torch_module(model: Any) -> bool:
     import torch
 
     return isinstance(model, torch.nn.Module)
-
-
-class _TorchOps:
-    """The few array functions targets use, on torch tensors (names as in keras.ops)."""
-
-    @staticmethod
-    def argmax(x: Any, axis: int = -1) -> Any:
-        return x.argmax(dim=axis)
-
-    @staticmethod
-    def take_along_axis(x: Any, idx: Any, axis: int) -> Any:
-        import torch
-
-        return torch.take_along_dim(x, idx.long(), dim=axis)
-
-    @staticmethod
-    def expand_dims(x: Any, axis: int) -> Any:
-        return x.unsqueeze(axis)
-
-    @staticmethod
-    def cast(x: Any, dtype: str) -> Any:
-        import torch
-
-        return x.to(getattr(torch, dtype))
-
-    @staticmethod
-    def convert_to_tensor(x: Any, dtype: str | None = None) -> Any:
-        import torch
-
-        t = torch.as_tensor(np.asarray(x))
-        return t if dtype is None else t.to(getattr(torch, dtype))
-
-    @staticmethod
-    def reshape(x: Any, shape: Sequence[int]) -> Any:
-        return x.reshape(tuple(shape))
-
-    @staticmethod
-    def sum(x: Any, axis: Any = None) -> Any:
-        return x.sum() if axis is None else x.sum(dim=axis)
-
-    @staticmethod
-    def sqrt(x: Any) -> Any:
-        return x.sqrt()
 
 
 def _to_channels_last_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
@@ -185,7 +144,7 @@ class TorchAdapter:
                 self._node_module, self._fx_node = dict(node_module), dict(fx_node)
                 return self._graph
             try:
-                with _eval_mode(self.model):  # trace the inference branches
+                with eval_mode(self.model):  # trace the inference branches
                     traced = symbolic_trace(self.model)
             except Exception as exc:  # fx raises many types on untraceable Python
                 warnings.warn(
@@ -219,7 +178,7 @@ class TorchAdapter:
         # ShapeProp prints the traceback of a failing node before raising: the module's own
         # error is said once, below, with what to do
         printed = io.StringIO()
-        with _eval_mode(self.model), torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             try:
                 with contextlib.redirect_stderr(printed):
                     ShapeProp(gm).propagate(*self._tensors(self._example or []))
@@ -336,8 +295,8 @@ class TorchAdapter:
                 records.append((name, shape))
             return hook
 
-        with _forward_hooks([(mod, hook_for(name)) for name, mod in leaves]):
-            with _eval_mode(self.model), torch.no_grad():
+        with forward_hooks([(mod, hook_for(name)) for name, mod in leaves]):
+            with eval_mode(self.model), torch.no_grad():
                 out = self.model(*self._tensors(self._example or []))
         nodes = [GraphNode(0, "input", 0, "Input", None, [], True, 0)]
         calls: dict[str, int] = defaultdict(int)
@@ -354,7 +313,7 @@ class TorchAdapter:
     def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        with _eval_mode(self.model), torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             out = self.model(*self._tensors(inputs))
         return [o.detach().cpu().numpy() for _, o in _flatten_output_arg(out)]
 
@@ -362,10 +321,10 @@ class TorchAdapter:
         """``(N,)`` target scores, no gradient: for methods that rerun the model."""
         import torch
 
-        with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+        with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
             out = self._run_channels_last(inputs)
             outs = [o for _, o in _flatten_output_arg(out)]
-            scores = target.score(outs, self.graph().output_names, _TorchOps)
+            scores = target.score(outs, self.graph().output_names, TorchOps)
         return scores.detach().cpu().float().numpy().reshape(-1)
 
     def _run_channels_last(self, inputs: list[np.ndarray]) -> Any:
@@ -417,7 +376,7 @@ class TorchAdapter:
                     called.append((name, m))
             return hook
 
-        with _forward_hooks([(mod, hook_for(name)) for name, mod in named]):
+        with forward_hooks([(mod, hook_for(name)) for name, mod in named]):
             arrays = self.prepare(inputs)
             self.forward([a[:1] for a in arrays])
         return called
@@ -473,9 +432,9 @@ class TorchAdapter:
             records[id(mod)].append(out.detach())
             if not need_gradients or key not in probed:
                 return None
-            return _probe(out, key, probes)
+            return probe(out, key, probes)
 
-        with _forward_hooks([(m, hook) for m in wanted.values()]):
+        with forward_hooks([(m, hook) for m in wanted.values()]):
             tensors = self._tensors(inputs)
             outs, scores, grads = self._scores_and_gradients(lambda: self.model(*tensors), target, probes)
         sites = []
@@ -486,8 +445,8 @@ class TorchAdapter:
                 raise RuntimeError(
                     f"module {n.path!r} ran {len(recs)} time(s); call #{n.call} did not happen"
                 )
-            sites.append(_site_capture(n, recs[n.call], grads.get((id(mod), n.call))))
-        return _capture_result(outs, scores, sites)
+            sites.append(site_capture(n, recs[n.call], grads.get((id(mod), n.call))))
+        return capture_result(outs, scores, sites)
 
     def _capture_fx(
         self, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target, need_gradients: bool
@@ -510,12 +469,12 @@ class TorchAdapter:
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"{n.name} gives {type(out).__name__}, not one tensor; choose another layer")
                 records[n.name] = out.detach()
-                return _probe(out, n.name, probes) if need_gradients else out
+                return probe(out, n.name, probes) if need_gradients else out
 
         tensors = self._tensors(inputs)
         outs, scores, grads = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes)
-        sites = [_site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id])) for n in nodes]
-        return _capture_result(outs, scores, sites)
+        sites = [site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id])) for n in nodes]
+        return capture_result(outs, scores, sites)
 
     def _scores_and_gradients(
         self, run: Any, target: Target, probes: dict[Any, Any]
@@ -525,11 +484,11 @@ class TorchAdapter:
         their sum with respect to each probe (zeros where a probe does not reach the score)."""
         import torch
 
-        with _eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
+        with eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
             with torch.no_grad():
                 out = run()
             outs = [o for _, o in _flatten_output_arg(out)]
-            scores = target.score(outs, self.graph().output_names, _TorchOps)
+            scores = target.score(outs, self.graph().output_names, TorchOps)
             keys = list(probes)
             values: Sequence[Any] = [None] * len(keys)
             if keys and scores.requires_grad:  # else no probe is upstream of the score
@@ -550,13 +509,13 @@ class TorchAdapter:
         tensors = self._tensors(inputs)
         x = tensors[which].requires_grad_(True)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_eval_mode(self.model))
+            stack.enter_context(eval_mode(self.model))
             stack.enter_context(torch.enable_grad())
             stack.enter_context(self._logit_patch(target))
             if guided:
                 stack.enter_context(self._guided_relus())
             out = self.model(*tensors)
-            scores = target.score([o for _, o in _flatten_output_arg(out)], graph.output_names, _TorchOps)
+            scores = target.score([o for _, o in _flatten_output_arg(out)], graph.output_names, TorchOps)
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
         grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
             g.detach().cpu().float().numpy(), 1, -1
@@ -586,7 +545,7 @@ class TorchAdapter:
             for m in self.model.modules()
             if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))
         ]
-        return _instance_forwards([(m, lambda x, __top=top: guided_relu_torch(x, __top)) for m, top in mods])
+        return instance_forwards([(m, lambda x, __top=top: guided_relu_torch(x, __top)) for m, top in mods])
 
     def site_scorer(
         self, inputs: list[np.ndarray], node: GraphNode, target: Target
@@ -617,10 +576,10 @@ class TorchAdapter:
                     count[0] += 1
                     return repl if k == node.call else None
 
-                with _forward_hooks([(mod, hook)]):
-                    with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+                with forward_hooks([(mod, hook)]):
+                    with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
-                        s = target.score([o for _, o in _flatten_output_arg(out)], names, _TorchOps)
+                        s = target.score([o for _, o in _flatten_output_arg(out)], names, TorchOps)
                 return s.detach().cpu().float().numpy().reshape(-1)
 
             return whole
@@ -670,14 +629,14 @@ class TorchAdapter:
 
         def score(acts: np.ndarray) -> np.ndarray:
             b = acts.shape[0]
-            with _eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+            with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                 if b not in caches:
                     caches[b] = {}
                     Replay("record", caches[b]).run(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
                 values = dict(caches[b])
                 values[start] = self._activation_tensor(acts, tensors_1[0])
                 out = Replay("replay", values).run(*[None] * len(tensors_1))
-                s = target.score([o for _, o in _flatten_output_arg(out)], names, _TorchOps)
+                s = target.score([o for _, o in _flatten_output_arg(out)], names, TorchOps)
             return s.detach().cpu().float().numpy().reshape(-1)
 
         return score
@@ -703,7 +662,7 @@ class TorchAdapter:
             mod = self._modules.get(path) if path is not None else None
             if mod is not None and type(mod).__name__ in ("Softmax", "Sigmoid", "LogSoftmax"):
                 mods.append(mod)
-        return _identity_hooks(mods)
+        return identity_hooks(mods)
 
     def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
         """``(C, classes)`` weights of the Linear layer after global average pooling."""
@@ -728,32 +687,6 @@ class TorchAdapter:
 # as long again for the trace on a model like EfficientNet-Lite0), kept between explain calls
 # for as long as the module lives: explain builds a new adapter each time.
 _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
-
-
-def _probe(out: Any, key: Any, probes: dict[Any, Any]) -> Any:
-    """``out + z`` with ``z = 0`` recorded in ``probes[key]``: the gradient at ``out``."""
-    import torch
-
-    # Autograd records from here on: nothing before the first probe can carry a gradient to
-    # it, so the layers before it run as under no_grad (the mode set here is undone when the
-    # caller's no_grad block exits).
-    torch.set_grad_enabled(True)
-    z = probes[key] = torch.zeros_like(out, requires_grad=True)
-    return out + z
-
-
-def _site_capture(node: GraphNode, act: Any, grad: np.ndarray | None) -> SiteCapture:
-    """One call site's activations and gradients as arrays, spatial ones channels-last."""
-    a = act.cpu().float().numpy()
-    if a.ndim == 4:
-        a = np.moveaxis(a, 1, -1)
-        grad = None if grad is None else np.moveaxis(grad, 1, -1)
-    return SiteCapture(node, a, grad)
-
-
-def _capture_result(outs: list[Any], scores: Any, sites: list[SiteCapture]) -> Capture:
-    return Capture([o.detach().cpu().float().numpy() for o in outs],
-                   scores.detach().cpu().float().numpy().reshape(-1), sites)
 
 
 def clear_trace_cache() -> None:
@@ -792,52 +725,3 @@ def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip(".") or "output", arg)]
 
 
-@contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode for every module while the block runs; each module's own flag restored."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-@contextlib.contextmanager
-def _instance_forwards(changes: Sequence[tuple[Any, Any]]) -> Iterator[None]:
-    """Give each module its own ``forward`` while the block runs; the instance attribute is
-    removed again afterwards (also after an exception)."""
-    done: list[tuple[Any, Any]] = []
-    try:
-        for mod, fn in changes:
-            done.append((mod, mod.__dict__.get("forward", _UNSET)))
-            mod.forward = fn
-        yield
-    finally:
-        for mod, old in reversed(done):
-            if old is _UNSET:  # pop: an interrupt may have come before the swap itself
-                mod.__dict__.pop("forward", None)
-            else:
-                mod.forward = old
-
-
-_UNSET = object()
-
-
-@contextlib.contextmanager
-def _forward_hooks(pairs: Sequence[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
-    """``module.register_forward_hook(fn)`` for each pair while the block runs. Registered one
-    by one inside the ``try``, so an exception or interrupt half-way leaves none behind."""
-    handles: list[Any] = []
-    try:
-        for mod, fn in pairs:
-            handles.append(mod.register_forward_hook(fn))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _identity_hooks(mods: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
-    return _forward_hooks([(m, lambda mod, args, out: args[0]) for m in mods])
