@@ -15,7 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "UsageError"]
+
+
+class UsageError(Exception):
+    """A bad command line, or a model or image list the command line cannot use: :func:`main`
+    says ``camlens: <message>`` (a line each) on stderr and the exit status is 2.
+
+    ``system_exit``: :func:`main` raises ``SystemExit(2)`` rather than returning 2, as it always
+    has for a model file that cannot be loaded and an image folder that holds no image."""
+
+    def __init__(self, *messages: str, system_exit: bool = False) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+        self.system_exit = system_exit
 
 
 def _parse_target(text: str) -> Any:
@@ -168,43 +181,34 @@ def _output_arg(value: str | None) -> int | str | None:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def _load_model_or_exit(path: str) -> Any:
+def _load_model(path: str) -> Any:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from .io import load_model
 
     try:
         return load_model(path)
     except (OSError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(exc), system_exit=True) from None
 
 
-def _images_or_exit(paths: Sequence[str]) -> list[str]:
+def _images(paths: Sequence[str]) -> list[str]:
     """Image files, folders expanded to their images."""
     from .io import image_files
 
     try:
         return image_files(list(paths))
     except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(exc), system_exit=True) from None
 
 
-def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int] | int:
+def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int]:
     """``((H, W), channels)`` images are read at for the model's one image input (``None``
-    sides: each image's own size), or an exit status after saying why not. ``size`` (--size)
-    sets the size of a model that has none and must agree with one that has."""
-    spec = _one_image_input(model, api)
-    if isinstance(spec, int):
-        return spec
+    sides: each image's own size). ``size`` (--size) sets the size of a model that has none and
+    must agree with one that has."""
     from .io import agreed_size
 
-    _, h, w, c = spec
-    try:
-        hw = agreed_size((h, w), size, "" if size is None else f"--size {size[0]},{size[1]}")
-    except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    _, h, w, c = _one_image_input(model, api)
+    hw = agreed_size((h, w), size, "" if size is None else f"--size {size[0]},{size[1]}")
     return hw, int(c or 3)
 
 
@@ -212,18 +216,13 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from .adapters import adapt
     from .explain import layers
 
-    model = _load_model_or_exit(args.model)
+    model = _load_model(args.model)
     shape = None if args.size is None else (1, 3, *args.size)
     # a native module (a Keras model on the torch backend is a torch module too, with a shape)
     if shape is None and adapt(model).needs_input_size:
-        print("camlens: a PyTorch module has no input size of its own: give --size H,W "
-              "(e.g. --size 224)", file=sys.stderr)
-        return 2
-    try:
-        print(layers(model, output=_output_arg(args.output), input_shape=shape))
-    except (ValueError, TypeError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("a PyTorch module has no input size of its own: give --size H,W "
+                         "(e.g. --size 224)")
+    print(layers(model, output=_output_arg(args.output), input_shape=shape))
     return 0
 
 
@@ -241,28 +240,19 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .io import PREPROCESSING, ImageError, load_image
 
     if not 0.0 <= args.alpha <= 1.0:
-        print(f"camlens: --alpha must be between 0 and 1; got {args.alpha}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
     if args.batch_size < 1:
-        print(f"camlens: --batch-size must be at least 1; got {args.batch_size}", file=sys.stderr)
-        return 2
-    images = _images_or_exit(args.images)
-    model = _load_model_or_exit(args.model)
-    geometry = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
-    if isinstance(geometry, int):
-        return geometry
-    (h, w), c = geometry
-    try:
-        get_method(args.method)
-        adapter = adapt(model)
-        known = not adapter.needs_input_size or (h is not None and w is not None)
-        if args.layer != "auto" and known:  # a module without --size: checked on the first batch
-            if adapter.needs_input_size:
-                adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
-            find_nodes(adapter.graph(), args.layer)
-    except (TypeError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
+    images = _images(args.images)
+    model = _load_model(args.model)
+    (h, w), c = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
+    get_method(args.method)
+    adapter = adapt(model)
+    known = not adapter.needs_input_size or (h is not None and w is not None)
+    if args.layer != "auto" and known:  # a module without --size: checked on the first batch
+        if adapter.needs_input_size:
+            adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
+        find_nodes(adapter.graph(), args.layer)
     prep = PREPROCESSING[args.preprocess]
     out = Path(args.out)
     names = unique_names(images)
@@ -303,13 +293,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 groups.setdefault(img.shape, []).append((path, name, img))
             for group in groups.values():
                 x = np.stack([img for _, _, img in group])
-                try:
-                    exp = explain(model, prep(x), method=args.method, target=args.target,
-                                  layer=args.layer, output=_output_arg(args.output),
-                                  batch_size=args.batch_size)
-                except (ValueError, TypeError, NotImplementedError) as exc:
-                    print(f"camlens: {exc}", file=sys.stderr)
-                    return 2
+                exp = explain(model, prep(x), method=args.method, target=args.target,
+                              layer=args.layer, output=_output_arg(args.output),
+                              batch_size=args.batch_size)
                 # the PNGs of this batch are written while the next batch is explained
                 if pending is not None:
                     finish(*pending)
@@ -337,49 +323,32 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from .viz.color import _get_cmap
 
     if args.max_channels < 1:
-        print(f"camlens: --max-channels must be at least 1; got {args.max_channels}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--max-channels must be at least 1; got {args.max_channels}")
     names = [n.strip() for n in args.layers.split(",") if n.strip()]
     if not names:
-        print(f"camlens: --layers is empty; give {', '.join(LAYER_SETS)} or layer names", file=sys.stderr)
-        return 2
+        raise UsageError(f"--layers is empty; give {', '.join(LAYER_SETS)} or layer names")
     layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
-    try:
-        _get_cmap(args.cmap)  # fail before the model loads
-    except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    _get_cmap(args.cmap)  # fail before the model loads
     prep: Callable[[Any], Any]
     if args.model == "bundled":
         if args.size is not None:
-            print("camlens: the bundled model resizes images itself; drop --size", file=sys.stderr)
-            return 2
-        loaded = _bundled_model(args.preprocess is not None)
-        if isinstance(loaded, int):
-            return loaded
+            raise UsageError("the bundled model resizes images itself; drop --size")
         from .models.efficientnet_lite import preprocess as lite_preprocess
 
-        model, prep = loaded, lite_preprocess
+        model, prep = _bundled_model(args.preprocess is not None), lite_preprocess
         size: tuple[int | None, int | None] | None = None
         channels = 3
     else:
-        model = _load_model_or_exit(args.model)
-        geometry = _input_geometry(model, args.size, "camlens.feature_maps(model, [a, b])")
-        if isinstance(geometry, int):
-            return geometry
-        size, channels = geometry
+        model = _load_model(args.model)
+        size, channels = _input_geometry(model, args.size, "camlens.feature_maps(model, [a, b])")
         prep = PREPROCESSING[args.preprocess or "none"]
     try:
         pixels = load_image(args.image, size, channels=channels)
     except ImageError as exc:
         print(f"camlens: skipped {exc}", file=sys.stderr)
         return 1
-    try:
-        fmaps = feature_maps(model, prep(pixels), layers)
-        files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
-    except (ValueError, TypeError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    fmaps = feature_maps(model, prep(pixels), layers)
+    files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
     print(f"layers: {fmaps.reason}")
     print(f"wrote {len(files) - 2} feature grid(s), overview.png and index.json to {args.out}/")
     return 0
@@ -387,24 +356,18 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     if args.model is None and (args.preprocess is not None or args.size is not None):
-        print("camlens: the bundled model scales and resizes photos itself; drop --preprocess "
-              "and --size", file=sys.stderr)
-        return 2
+        raise UsageError("the bundled model scales and resizes photos itself; drop --preprocess "
+                         "and --size")
     if not 0 < args.max_upload_mb <= 1024 or not 0 < args.port < 65536:
-        print("camlens: --max-upload-mb must be in (0, 1024] and --port in 1..65535", file=sys.stderr)
-        return 2
+        raise UsageError("--max-upload-mb must be in (0, 1024] and --port in 1..65535")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         from .app import serve
-    except ImportError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
-    try:
+
         serve(args.model, host=args.host, port=args.port, preprocess=args.preprocess,
               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), input_size=args.size)
-    except (OSError, ValueError, ImportError, TypeError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
         pass
     return 0
@@ -425,22 +388,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    try:  # bad names fail before the model loads
-        check_options(methods, metrics, args.top)
-    except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    check_options(methods, metrics, args.top)  # bad names fail before the model loads
     options: dict[str, Any] = {}
-    images = _images_or_exit(args.images)
+    images = _images(args.images)
     if args.model == "bundled":
         if args.preprocess is not None or args.classes is not None or args.size is not None:
-            print("camlens: the bundled model has its own scaling, size and ImageNet class names; "
-                  "drop --preprocess, --size and --classes", file=sys.stderr)
-            return 2
-        loaded = _bundled_model(False)
-        if isinstance(loaded, int):
-            return loaded
-        model = loaded
+            raise UsageError("the bundled model has its own scaling, size and ImageNet class "
+                             "names; drop --preprocess, --size and --classes")
+        model = _bundled_model(False)
         from .models.efficientnet_lite import display as _display
         from .models.efficientnet_lite import preprocess as lite_preprocess
         from .samples import imagenet_classes
@@ -455,22 +410,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
             try:
                 options["class_names"] = _read_class_names(args.classes)
             except (OSError, ValueError) as exc:
-                print(f"camlens: --classes: {exc}", file=sys.stderr)
-                return 2
-        model = _load_model_or_exit(args.model)
-        geometry = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
-        if isinstance(geometry, int):
-            return geometry
+                raise UsageError(f"--classes: {exc}") from None
+        model = _load_model(args.model)
+        hw, _ = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
         options["preprocess"] = PREPROCESSING[args.preprocess or "none"]
-        options["input_size"] = None if None in geometry[0] else geometry[0]
+        options["input_size"] = None if None in hw else hw
         title = args.title or Path(args.model).name
-    try:
-        report = write_report(args.out, model, images, methods=methods, metrics=metrics,
-                              top=args.top, layer=args.layer, batch_size=args.batch_size,
-                              title=title, progress=None, **options)
-    except (ValueError, TypeError, NotImplementedError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    report = write_report(args.out, model, images, methods=methods, metrics=metrics,
+                          top=args.top, layer=args.layer, batch_size=args.batch_size,
+                          title=title, progress=None, **options)
     failed = report.failed
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({len(report.images) - len(failed)} image(s), "
@@ -481,60 +429,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _one_image_input(model: Any, api: str) -> Any:
-    """The shape ``(None, H, W, C)`` of the model's one image input, or an exit status after
-    saying why the command line cannot use the model (``api``: what to use instead)."""
+    """The shape ``(None, H, W, C)`` of the model's one image input; a UsageError that says why
+    the command line cannot use the model otherwise (``api``: what to use instead)."""
     from .adapters import adapt
 
-    try:
-        specs = adapt(model).input_specs()
-    except (TypeError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    specs = adapt(model).input_specs()
     if len(specs) != 1 or len(specs[0].shape) != 4:
-        print(
-            f"camlens: the command line takes one-image models; this one takes "
-            f"{[s.shape for s in specs]}. Use the Python API, {api}.",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError(f"the command line takes one-image models; this one takes "
+                         f"{[s.shape for s in specs]}. Use the Python API, {api}.")
     return specs[0].shape
 
 
 def _bundled_model(preprocess_given: bool) -> Any:
-    """The bundled pretrained EfficientNet-Lite0, or an exit status after saying what is wrong."""
+    """The bundled pretrained EfficientNet-Lite0."""
     if preprocess_given:
-        print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
-        return 2
+        raise UsageError("the bundled model scales pixels itself; drop --preprocess")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from .models import efficientnet_lite0
 
     try:
         return efficientnet_lite0(pretrained=True)
-    except (ImportError, OSError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    except (ImportError, OSError) as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], Any, int] | int:
-    """(model, preprocess, input size or None, channels) for ``camlens evaluate``, or an exit
-    status."""
+def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], Any, int]:
+    """(model, preprocess, input size or None, channels) for ``camlens evaluate``."""
     from .io import PREPROCESSING
 
     if args.model == "bundled":
         if args.size is not None:
-            print("camlens: the bundled model resizes images itself; drop --size", file=sys.stderr)
-            return 2
-        loaded = _bundled_model(args.preprocess is not None)
-        if isinstance(loaded, int):
-            return loaded
+            raise UsageError("the bundled model resizes images itself; drop --size")
         from .models.efficientnet_lite import preprocess_batch
 
-        return loaded, preprocess_batch, None, 3
-    model = _load_model_or_exit(args.model)
-    geometry = _input_geometry(model, args.size, "camlens.metrics")
-    if isinstance(geometry, int):
-        return geometry
-    return model, PREPROCESSING[args.preprocess or "none"], geometry[0], geometry[1]
+        return _bundled_model(args.preprocess is not None), preprocess_batch, None, 3
+    model = _load_model(args.model)
+    size, channels = _input_geometry(model, args.size, "camlens.metrics")
+    return model, PREPROCESSING[args.preprocess or "none"], size, channels
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -567,14 +498,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         except ValueError as exc:
             problems.append(str(exc))
     if problems:
-        for text in problems:
-            print(f"camlens: {text}", file=sys.stderr)
-        return 2
-    images = _images_or_exit(args.images)
-    loaded = _evaluate_model(args)
-    if isinstance(loaded, int):
-        return loaded
-    model, prep, size, channels = loaded
+        raise UsageError(*problems)
+    images = _images(args.images)
+    model, prep, size, channels = _evaluate_model(args)
     failed: list[tuple[str, str]] = []
     groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
     for path in images:
@@ -597,8 +523,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 results = evaluate(model, exp, names, steps=args.steps, batch_size=args.batch_size,
                                    score=args.score)
             except (ValueError, TypeError, NotImplementedError) as exc:
-                print(f"camlens: {method}: {exc}", file=sys.stderr)
-                return 2
+                raise UsageError(f"{method}: {exc}") from None
             sites = ", ".join(s.label for s in exp.sites)
             score = next(iter(results.values())).score
             for i, (path, _) in enumerate(group):
@@ -641,30 +566,43 @@ def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) ->
     return "\n".join(lines)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        return run_demo(args.out, [m.strip() for m in args.method.split(",") if m.strip()],
+                        args.image, layer=args.layer)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+
+
+#: what each command runs; it returns the exit status (0, or 1: some images failed)
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "explain": _cmd_explain,
+    "demo": _cmd_demo,
+    "features": _cmd_features,
+    "report": _cmd_report,
+    "evaluate": _cmd_evaluate,
+    "layers": _cmd_layers,
+    "app": _cmd_app,
+}
+
+#: what a command raises for a bad command line or a model it cannot use: exit status 2
+_USAGE_ERRORS = (UsageError, ValueError, TypeError, NotImplementedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
-    if args.command == "layers":
-        return _cmd_layers(args)
-    if args.command == "app":
-        return _cmd_app(args)
-    if args.command == "features":
-        return _cmd_features(args)
-    if args.command == "report":
-        return _cmd_report(args)
-    if args.command == "evaluate":
-        return _cmd_evaluate(args)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        try:
-            return run_demo(args.out, [m.strip() for m in args.method.split(",") if m.strip()],
-                            args.image, layer=args.layer)
-        except (ValueError, ImportError) as exc:
-            print(f"camlens: {exc}", file=sys.stderr)
-            return 2
-    return _cmd_explain(args)
+    try:
+        return _COMMANDS[args.command](args)
+    except _USAGE_ERRORS as exc:
+        for line in exc.messages if isinstance(exc, UsageError) else (str(exc),):
+            print(f"camlens: {line}", file=sys.stderr)
+        if isinstance(exc, UsageError) and exc.system_exit:
+            raise SystemExit(2) from None
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
