@@ -13,7 +13,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from .models import Bundled
 
 __all__ = ["main", "UsageError"]
 
@@ -329,19 +332,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
         raise UsageError(f"--layers is empty; give {', '.join(LAYER_SETS)} or layer names")
     layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
     _get_cmap(args.cmap)  # fail before the model loads
-    prep: Callable[[Any], Any]
-    if args.model == "bundled":
-        if args.size is not None:
-            raise UsageError("the bundled model resizes images itself; drop --size")
-        from .models.efficientnet_lite import preprocess as lite_preprocess
-
-        model, prep = _bundled_model(args.preprocess is not None), lite_preprocess
-        size: tuple[int | None, int | None] | None = None
-        channels = 3
-    else:
-        model = _load_model(args.model)
-        size, channels = _input_geometry(model, args.size, "camlens.feature_maps(model, [a, b])")
-        prep = PREPROCESSING[args.preprocess or "none"]
+    model, lite, size, channels = _chosen_model(args, "camlens.feature_maps(model, [a, b])")
+    prep = lite.preprocess if lite is not None else PREPROCESSING[args.preprocess or "none"]
     try:
         pixels = load_image(args.image, size, channels=channels)
     except ImageError as exc:
@@ -395,24 +387,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if args.preprocess is not None or args.classes is not None or args.size is not None:
             raise UsageError("the bundled model has its own scaling, size and ImageNet class "
                              "names; drop --preprocess, --size and --classes")
-        model = _bundled_model(False)
-        from .models.efficientnet_lite import display as _display
-        from .models.efficientnet_lite import preprocess as lite_preprocess
-        from .samples import imagenet_classes
-
-        options.update(preprocess=lite_preprocess, display=_display, resize=False,
-                       class_names=imagenet_classes())
-        title = args.title or "EfficientNet-Lite0 (ImageNet)"
+    elif args.classes is not None:
+        try:
+            options["class_names"] = _read_class_names(args.classes)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--classes: {exc}") from None
+    model, lite, hw, _ = _chosen_model(args, "camlens.explain(model, [a, b])")
+    if lite is not None:
+        options.update(preprocess=lite.preprocess, display=lite.display, resize=False,
+                       class_names=lite.class_names)
+        title = args.title or lite.title
     else:
         from .io import PREPROCESSING
 
-        if args.classes is not None:
-            try:
-                options["class_names"] = _read_class_names(args.classes)
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"--classes: {exc}") from None
-        model = _load_model(args.model)
-        hw, _ = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
         options["preprocess"] = PREPROCESSING[args.preprocess or "none"]
         options["input_size"] = None if None in hw else hw
         title = args.title or Path(args.model).name
@@ -440,39 +427,38 @@ def _one_image_input(model: Any, api: str) -> Any:
     return specs[0].shape
 
 
-def _bundled_model(preprocess_given: bool) -> Any:
-    """The bundled pretrained EfficientNet-Lite0."""
-    if preprocess_given:
+def _bundled_model(args: argparse.Namespace) -> Bundled:
+    """The bundled pretrained EfficientNet-Lite0, which resizes and scales photos itself."""
+    if args.size is not None:
+        raise UsageError("the bundled model resizes images itself; drop --size")
+    if args.preprocess is not None:
         raise UsageError("the bundled model scales pixels itself; drop --preprocess")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from .models import efficientnet_lite0
+    from .models import bundled
 
     try:
-        return efficientnet_lite0(pretrained=True)
+        return bundled()
     except (ImportError, OSError) as exc:
         raise UsageError(str(exc)) from None
 
 
-def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], Any, int]:
-    """(model, preprocess, input size or None, channels) for ``camlens evaluate``."""
-    from .io import PREPROCESSING
-
+def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | None, tuple[Any, Any] | None, int]:
+    """(model, the bundled model's :class:`~camlens.models.Bundled` or None, the ``(H, W)``
+    images are read at (None: their own size), channels) for a command that takes a model file
+    or 'bundled' (``api``: the Python function for models the command line cannot use)."""
     if args.model == "bundled":
-        if args.size is not None:
-            raise UsageError("the bundled model resizes images itself; drop --size")
-        from .models.efficientnet_lite import preprocess_batch
-
-        return _bundled_model(args.preprocess is not None), preprocess_batch, None, 3
+        lite = _bundled_model(args)
+        return lite.model, lite, None, 3
     model = _load_model(args.model)
-    size, channels = _input_geometry(model, args.size, "camlens.metrics")
-    return model, PREPROCESSING[args.preprocess or "none"], size, channels
+    size, channels = _input_geometry(model, args.size, api)
+    return model, None, size, channels
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .explain import explain
-    from .io import ImageError, load_image
+    from .io import PREPROCESSING, ImageError, load_image
     from .methods import get_method
     from .metrics import METRICS, evaluate, model_metrics
 
@@ -500,7 +486,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if problems:
         raise UsageError(*problems)
     images = _images(args.images)
-    model, prep, size, channels = _evaluate_model(args)
+    model, lite, size, channels = _chosen_model(args, "camlens.metrics")
+    prep = lite.preprocess_batch if lite is not None else PREPROCESSING[args.preprocess or "none"]
     failed: list[tuple[str, str]] = []
     groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
     for path in images:

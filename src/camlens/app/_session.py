@@ -10,11 +10,14 @@ import io
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from ..io import PREPROCESSING, ImageError, agreed_size
+
+if TYPE_CHECKING:
+    from ..models import Bundled
 
 __all__ = ["AppModel", "Prepared", "decode_image", "DISPLAY_SIDE"]
 
@@ -136,15 +139,15 @@ class AppModel:
         from ..explain import layers
 
         self.lock = threading.Lock()
-        self.bundled = model is None
-        if self.bundled:
+        self.bundled: Bundled | None = None
+        if model is None:
             if preprocess is not None:
                 raise ValueError("the bundled model scales its pixels itself; drop preprocess")
-            from ..models import efficientnet_lite0
-            from ..samples import imagenet_classes
+            from ..models import bundled
 
-            model = efficientnet_lite0(pretrained=True)
-            class_names = imagenet_classes() if class_names is None else class_names
+            self.bundled = bundled()
+            model = self.bundled.model
+            class_names = self.bundled.class_names if class_names is None else class_names
             name = name or "EfficientNet-Lite0 (ImageNet, bundled)"
             self._prep: Callable[[np.ndarray], np.ndarray] = lambda x: x
         elif preprocess is None or isinstance(preprocess, str):
@@ -232,12 +235,9 @@ class AppModel:
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """A uint8 RGB photo of any size as the page shows it and as the model takes it."""
-        if self.bundled:
-            from ..models.efficientnet_lite import display as _display
-            from ..models.efficientnet_lite import preprocess
-
-            x = preprocess(image)
-            return Prepared(_display(x), x)  # the model sees the centre crop: show that
+        if self.bundled is not None:
+            x = self.bundled.preprocess(image)
+            return Prepared(self.bundled.display(x), x)  # the model sees the centre crop: show that
         shown = _fit(image, DISPLAY_SIDE)
         pixels = shown if self.input_size is None else _resize(image, self.input_size)
         if self.channels == 1:
