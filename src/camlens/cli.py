@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 if TYPE_CHECKING:
     from .models import Bundled
@@ -207,12 +207,14 @@ def _images(paths: Sequence[str]) -> list[str]:
 def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int]:
     """``((H, W), channels)`` images are read at for the model's one image input (``None``
     sides: each image's own size). ``size`` (--size) sets the size of a model that has none and
-    must agree with one that has."""
-    from .io import agreed_size
+    must agree with one that has. ``api``: what to use for a model the command line cannot."""
+    from .io import image_geometry
 
-    _, h, w, c = _one_image_input(model, api)
-    hw = agreed_size((h, w), size, "" if size is None else f"--size {size[0]},{size[1]}")
-    return hw, int(c or 3)
+    return image_geometry(
+        model, size, drop="" if size is None else f"--size {size[0]},{size[1]}",
+        refusal=f"the command line takes one-image models; this one takes {{shapes}}. Use the "
+                f"Python API, {api}.",
+    )
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -230,17 +232,9 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
     from tqdm import tqdm
 
-    from .adapters import adapt
-    from .explain import explain
-    from .layers import find_nodes
-    from .methods import get_method
-    from .io import safe_name, unique_names
-    from .io import PREPROCESSING, ImageError, load_image
+    from .files import explain_files
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
@@ -248,76 +242,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
     images = _images(args.images)
     model = _load_model(args.model)
-    (h, w), c = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
-    get_method(args.method)
-    adapter = adapt(model)
-    known = not adapter.needs_input_size or (h is not None and w is not None)
-    if args.layer != "auto" and known:  # a module without --size: checked on the first batch
-        if adapter.needs_input_size:
-            adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
-        find_nodes(adapter.graph(), args.layer)
-    prep = PREPROCESSING[args.preprocess]
-    out = Path(args.out)
-    names = unique_names(images)
-    failed: list[tuple[str, str]] = []
-    results: list[dict[str, Any]] = []
-    order = list(zip(images, names))
-    layer_texts: list[str] = []
-    writer = ThreadPoolExecutor(max_workers=1)  # PNG encoding releases the GIL
-    pending: tuple[Any, Any, Any] | None = None
+    _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
+    with tqdm(total=len(images), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
+        done = explain_files(model, images, args.out, method=args.method, target=args.target,
+                             layer=args.layer, output=_output_arg(args.output),
+                             batch_size=args.batch_size, size=args.size,
+                             preprocess=args.preprocess, alpha=args.alpha, cmap=args.cmap,
+                             progress=bar.update)
+    if done.images:
+        print(f"layer: {done.layer}")
+        print(f"wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, heatmaps, results.json)")
+    return _skipped(message for _, message in done.failed)
 
-    def finish(save: Any, group: list[tuple[str, str, Any]], exp: Any) -> None:
-        files = save.result()
-        for i, (path, name, _) in enumerate(group):
-            results.append({
-                "image": path,
-                "score": float(exp.scores[i]),
-                "class": None if exp.class_indices is None else int(exp.class_indices[i]),
-                # save() names files "<safe name>_<method>_<layer>_..."; match all of that
-                # prefix so that "cat" does not also claim the files of "cat_2"
-                "files": [f.name for f in files if f.name.startswith(f"{safe_name(name)}_{exp.method}_")],
-            })
-        if exp.reason not in layer_texts:
-            layer_texts.append(exp.reason)
-        bar.update(len(group))
 
-    with writer, tqdm(total=len(order), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
-        for start in range(0, len(order), args.batch_size):
-            # images of one size are explained together (a model without a fixed size may get
-            # several sizes in one batch)
-            groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray]]] = {}
-            for path, name in order[start : start + args.batch_size]:
-                try:
-                    img = load_image(path, (h, w), channels=c)
-                except ImageError as exc:
-                    failed.append((path, str(exc)))
-                    bar.update(1)
-                    continue
-                groups.setdefault(img.shape, []).append((path, name, img))
-            for group in groups.values():
-                x = np.stack([img for _, _, img in group])
-                exp = explain(model, prep(x), method=args.method, target=args.target,
-                              layer=args.layer, output=_output_arg(args.output),
-                              batch_size=args.batch_size)
-                # the PNGs of this batch are written while the next batch is explained
-                if pending is not None:
-                    finish(*pending)
-                save = writer.submit(exp.save, out, images=x.astype(np.uint8) if c != 1 else x,
-                                     names=[n for _, n, _ in group], cmap=args.cmap,
-                                     alpha=args.alpha, write_json=False)
-                pending = (save, group, exp)
-        if pending is not None:
-            finish(*pending)
-    if results:
-        layer_text = "; ".join(layer_texts)
-        (out / "results.json").write_text(json.dumps(
-            {"method": args.method, "layer": layer_text, "images": results,
-             "failed": [{"image": p, "error": e} for p, e in failed]}, indent=2))
-        print(f"layer: {layer_text}")
-        print(f"wrote {len(results)} explanation(s) to {out}/ (overlays, heatmaps, results.json)")
-    for _, message in failed:
+def _skipped(messages: Iterable[str]) -> int:
+    """Says which images were skipped and why; the exit status: 1 if any was, else 0."""
+    said = 0
+    for said, message in enumerate(messages, 1):
         print(f"camlens: skipped {message}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if said else 0
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
@@ -337,8 +280,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     try:
         pixels = load_image(args.image, size, channels=channels)
     except ImageError as exc:
-        print(f"camlens: skipped {exc}", file=sys.stderr)
-        return 1
+        return _skipped([str(exc)])
     fmaps = feature_maps(model, prep(pixels), layers)
     files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
     print(f"layers: {fmaps.reason}")
@@ -410,21 +352,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({len(report.images) - len(failed)} image(s), "
           f"{', '.join(report.methods)}; {size / 1e6:.1f} MB)")
-    for r in failed:
-        print(f"camlens: skipped {r.error}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _one_image_input(model: Any, api: str) -> Any:
-    """The shape ``(None, H, W, C)`` of the model's one image input; a UsageError that says why
-    the command line cannot use the model otherwise (``api``: what to use instead)."""
-    from .adapters import adapt
-
-    specs = adapt(model).input_specs()
-    if len(specs) != 1 or len(specs[0].shape) != 4:
-        raise UsageError(f"the command line takes one-image models; this one takes "
-                         f"{[s.shape for s in specs]}. Use the Python API, {api}.")
-    return specs[0].shape
+    return _skipped(r.error for r in failed)
 
 
 def _bundled_model(args: argparse.Namespace) -> Bundled:
@@ -536,9 +464,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 "failed": [{"image": p, "error": e} for p, e in failed]}
         Path(args.json).write_text(json.dumps(data, indent=2))
         print(f"wrote {args.json}")
-    for _, message in failed:
-        print(f"camlens: skipped {message}", file=sys.stderr)
-    return 1 if failed else 0
+    return _skipped(message for _, message in failed)
 
 
 def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) -> str:
