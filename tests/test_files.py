@@ -78,3 +78,22 @@ def test_explain_files_refuses_bad_options_before_reading_images(model, tmp_path
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         explain_files(model, [tmp_path / "a.png"], tmp_path / "out", **options)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_files_gives_numbers_per_method_and_reports_a_bad_image(model, tmp_path):
+    from camlens.files import evaluate_files
+
+    _png(tmp_path / "a.png", 1)
+    (tmp_path / "broken.png").write_text("not a picture")
+    seen = []
+    done = evaluate_files(model, [tmp_path / "a.png", tmp_path / "broken.png"], methods=["gradcam"],
+                          metrics=["deletion", "insertion"], steps=3, preprocess="unit",
+                          on_method=lambda method, numbers: seen.append(method))
+    assert seen == ["gradcam"] and list(done.methods) == ["gradcam"]
+    numbers = done.methods["gradcam"]
+    assert [r["image"] for r in numbers["images"]] == [str(tmp_path / "a.png")]
+    assert 0.0 <= numbers["mean"]["deletion"] <= 1.0 and "last_conv" in numbers["layer"]
+    assert done.higher_is_better == {"deletion": False, "insertion": True}
+    assert [p for p, _ in done.failed] == [str(tmp_path / "broken.png")]
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        evaluate_files(model, [tmp_path / "a.png"], steps=0)

@@ -383,88 +383,36 @@ def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | No
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .explain import explain
-    from .io import PREPROCESSING, ImageError, load_image
-    from .methods import get_method
-    from .metrics import METRICS, evaluate, model_metrics
+    from .files import evaluate_files, evaluate_problems
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    cli_metrics = model_metrics()
-    problems = []
-    if not methods:
-        problems.append("--methods is empty; give e.g. gradcam,scorecam")
-    if not names:
-        problems.append(f"--metrics is empty; choose from {', '.join(cli_metrics)}")
-    bad = [m for m in names if m not in cli_metrics]
-    if bad:
-        problems.append(f"unknown metric(s) {', '.join(bad)}: choose from {', '.join(cli_metrics)} "
-                        "(the pointing games need boxes: use camlens.metrics in Python)")
-    if args.steps < 1:
-        problems.append(f"--steps must be at least 1; got {args.steps}")
-    if args.batch_size < 1:
-        problems.append(f"--batch-size must be at least 1; got {args.batch_size}")
-    for m in methods:
-        try:
-            get_method(m)
-        except ValueError as exc:
-            problems.append(str(exc))
+    problems = evaluate_problems(methods, names, args.steps, args.batch_size,
+                                 flag=lambda name: "--" + name.replace("_", "-"))
     if problems:
         raise UsageError(*problems)
     images = _images(args.images)
-    model, lite, size, channels = _chosen_model(args, "camlens.metrics")
-    prep = lite.preprocess_batch if lite is not None else PREPROCESSING[args.preprocess or "none"]
-    failed: list[tuple[str, str]] = []
-    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    for path in images:
-        try:
-            img = load_image(path, size, channels=channels)
-        except ImageError as exc:
-            failed.append((path, str(exc)))
-            continue
-        x = np.asarray(prep(img[None]), dtype=np.float32)[0]
-        groups.setdefault(x.shape, []).append((path, x))  # models without a fixed size: by size
-    report: dict[str, Any] = {}
-    for method in methods:
-        rows: list[dict[str, Any]] = []
-        sites, score = "", ""
-        for group in groups.values():
-            x = np.stack([g[1] for g in group])
-            try:
-                exp = explain(model, x, method=method, target=args.target, layer=args.layer,
-                              batch_size=args.batch_size)
-                results = evaluate(model, exp, names, steps=args.steps, batch_size=args.batch_size,
-                                   score=args.score)
-            except (ValueError, TypeError, NotImplementedError) as exc:
-                raise UsageError(f"{method}: {exc}") from None
-            sites = ", ".join(s.label for s in exp.sites)
-            score = next(iter(results.values())).score
-            for i, (path, _) in enumerate(group):
-                row: dict[str, Any] = {"image": path}
-                if exp.class_indices is not None:
-                    row["class"] = int(exp.class_indices[i])
-                row.update({n: float(results[n].per_image[i]) for n in names})
-                rows.append(row)
-        if rows:
-            mean = {n: float(np.nanmean([r[n] for r in rows])) for n in names}
-            report[method] = {"layer": sites, "score": score, "images": rows, "mean": mean}
-            print(_metrics_table(method, report[method], names))
-            print()
-    if report:
-        low = [n for n in names if not METRICS[n]]
-        high = [n for n in names if METRICS[n]]
+    model, lite, _, _ = _chosen_model(args, "camlens.metrics")
+
+    def table(method: str, numbers: dict[str, Any]) -> None:
+        print(_metrics_table(method, numbers, names))
+        print()
+
+    done = evaluate_files(model, images, methods=methods, metrics=names, steps=args.steps,
+                          score=args.score, target=args.target, layer=args.layer,
+                          batch_size=args.batch_size, size=args.size, resize=lite is None,
+                          preprocess=lite.preprocess_batch if lite is not None else args.preprocess,
+                          on_method=table)
+    if done.methods:
+        low = [n for n in names if not done.higher_is_better[n]]
+        high = [n for n in names if done.higher_is_better[n]]
         print("; ".join(part for part in (
             f"lower is better: {', '.join(low)}" if low else "",
             f"higher is better: {', '.join(high)}" if high else "") if part))
-    if args.json and report:
-        data = {"model": args.model, "steps": args.steps, "score": args.score, "metrics": names,
-                "higher_is_better": {n: METRICS[n] for n in names}, "methods": report,
-                "failed": [{"image": p, "error": e} for p, e in failed]}
-        Path(args.json).write_text(json.dumps(data, indent=2))
+    if args.json and done.methods:
+        Path(args.json).write_text(json.dumps({"model": args.model, **done.to_dict()}, indent=2))
         print(f"wrote {args.json}")
-    return _skipped(message for _, message in failed)
+    return _skipped(message for _, message in done.failed)
 
 
 def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) -> str:

@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ExplainedFiles", "explain_files"]
+__all__ = ["ExplainedFiles", "EvaluatedFiles", "explain_files", "evaluate_files", "evaluate_problems"]
 
 #: ``progress(n)``: ``n`` more images are done (explained, or failed to read)
 Progress = Callable[[int], None]
 
-_REFUSAL = "{what} takes one-image models; this one takes {{shapes}}. Use camlens.explain(model, [a, b])."
+_REFUSAL = "{what} takes one-image models; this one takes {{shapes}}. Use {api}."
 
 
 @dataclass
@@ -163,11 +163,10 @@ def _check_model(model: Any, method: Any, layer: Any, size: tuple[int, int] | No
     """``((H, W), channels)`` images are read at; fails on a model with other inputs, an
     unknown method, or a layer the model does not have, before any image is read."""
     from .adapters import adapt
-    from .io import image_geometry
     from .layers import find_nodes
     from .methods import get_method
 
-    (h, w), c = image_geometry(model, size, drop=f"size={size}", refusal=_REFUSAL.format(what="explain_files"))
+    (h, w), c = _geometry(model, size, "explain_files", "camlens.explain(model, [a, b])")
     get_method(method)
     adapter = adapt(model)
     known = not adapter.needs_input_size or (h is not None and w is not None)
@@ -176,3 +175,153 @@ def _check_model(model: Any, method: Any, layer: Any, size: tuple[int, int] | No
             adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
         find_nodes(adapter.graph(), layer)
     return (h, w), c
+
+
+def _geometry(model: Any, size: tuple[int, int] | None, what: str, api: str) -> tuple[tuple[Any, Any], int]:
+    from .io import image_geometry
+
+    return image_geometry(model, size, drop=f"size={size}", refusal=_REFUSAL.format(what=what, api=api))
+
+
+# -- evaluate ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EvaluatedFiles:
+    """What :func:`evaluate_files` measured: per method the numbers of every image and their
+    mean, and the images it could not read."""
+
+    metrics: list[str]
+    #: per metric: whether a higher value is better
+    higher_is_better: dict[str, bool]
+    steps: int
+    score: str
+    #: per method: ``layer`` (the call sites), ``score`` (what the metrics read), ``images``
+    #: (per image: ``image``, ``class`` when there is one, a value per metric) and ``mean``
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``(path, why)`` per image that could not be read
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The numbers as JSON-ready data (what ``camlens evaluate --json`` writes)."""
+        return {"steps": self.steps, "score": self.score, "metrics": self.metrics,
+                "higher_is_better": self.higher_is_better, "methods": self.methods,
+                "failed": [{"image": p, "error": e} for p, e in self.failed]}
+
+
+def evaluate_problems(
+    methods: Sequence[Any], metrics: Sequence[str], steps: int, batch_size: int,
+    flag: Callable[[str], str] = str,
+) -> list[str]:
+    """What is wrong with the options of :func:`evaluate_files`, one text each (empty: nothing);
+    cheap, no model needed. ``flag`` names an option as the caller spells it (``--steps``)."""
+    from .methods import get_method
+    from .metrics import model_metrics
+
+    known = model_metrics()
+    problems = []
+    if not methods:
+        problems.append(f"{flag('methods')} is empty; give e.g. gradcam,scorecam")
+    if not metrics:
+        problems.append(f"{flag('metrics')} is empty; choose from {', '.join(known)}")
+    bad = [m for m in metrics if m not in known]
+    if bad:
+        problems.append(f"unknown metric(s) {', '.join(bad)}: choose from {', '.join(known)} "
+                        "(the pointing games need boxes: use camlens.metrics in Python)")
+    if steps < 1:
+        problems.append(f"{flag('steps')} must be at least 1; got {steps}")
+    if batch_size < 1:
+        problems.append(f"{flag('batch_size')} must be at least 1; got {batch_size}")
+    for m in methods:
+        try:
+            get_method(m)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def evaluate_files(
+    model: Any,
+    paths: Sequence[str | Path],
+    *,
+    methods: Sequence[str] = ("gradcam", "gradcam++", "scorecam"),
+    metrics: Sequence[str] | None = None,
+    steps: int = 100,
+    score: str = "probability",
+    target: Any = None,
+    layer: Any = "auto",
+    batch_size: int = 32,
+    size: tuple[int, int] | None = None,
+    resize: bool = True,
+    preprocess: str | Callable[[np.ndarray], np.ndarray] | None = "none",
+    on_method: Callable[[str, dict[str, Any]], None] | None = None,
+) -> EvaluatedFiles:
+    """The faithfulness metrics of each method's maps on image files (:func:`camlens.metrics.evaluate`).
+
+    Args:
+        model: a Keras 3 model or torch module with one image input.
+        paths: image files or folders (:func:`camlens.io.image_files`).
+        methods: method names, each explained and measured on every image.
+        metrics: names from :func:`camlens.metrics.model_metrics` (default: ``DEFAULT_METRICS``).
+        steps, score: as for :func:`camlens.metrics.evaluate`.
+        target, layer, batch_size: as for :func:`camlens.explain` (``batch_size`` also for the
+            metrics' model calls).
+        size: ``(H, W)`` to resize images to, for a model without a fixed input size.
+        resize: read the images at the model's size; turn it off when ``preprocess`` resizes
+            (as the bundled model's ``preprocess_batch`` does).
+        preprocess: a name of :data:`camlens.io.PREPROCESSING` or a function of a batch of
+            pixels ``(N, H, W, C)``, 0..255, to model input.
+        on_method: called as ``on_method(name, numbers)`` as soon as a method's numbers are ready.
+
+    A method that cannot be explained or measured raises ValueError naming the method (the
+    methods before it have been reported to ``on_method``).
+    """
+    from .explain import explain
+    from .io import ImageError, as_preprocess, image_files, load_image
+    from .metrics import DEFAULT_METRICS, METRICS, evaluate
+
+    names = list(DEFAULT_METRICS if metrics is None else metrics)
+    methods = list(methods)
+    problems = evaluate_problems(methods, names, steps, batch_size)
+    if problems:
+        raise ValueError("; ".join(problems))
+    prep = as_preprocess(preprocess)
+    images = image_files([str(p) for p in paths])
+    hw, channels = _geometry(model, size, "evaluate_files", "camlens.metrics")
+    done = EvaluatedFiles(metrics=names, higher_is_better={n: METRICS[n] for n in names},
+                          steps=steps, score=score)
+    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
+    for path in images:
+        try:
+            img = load_image(path, hw if resize else None, channels=channels)
+        except ImageError as exc:
+            done.failed.append((path, str(exc)))
+            continue
+        x = np.asarray(prep(img[None]), dtype=np.float32)[0]
+        groups.setdefault(x.shape, []).append((path, x))  # models without a fixed size: by size
+    for method in methods:
+        rows: list[dict[str, Any]] = []
+        sites, described = "", ""
+        for group in groups.values():
+            x = np.stack([g[1] for g in group])
+            try:
+                exp = explain(model, x, method=method, target=target, layer=layer,
+                              batch_size=batch_size)
+                results = evaluate(model, exp, names, steps=steps, batch_size=batch_size,
+                                   score=score)
+            except (ValueError, TypeError, NotImplementedError) as exc:
+                raise ValueError(f"{method}: {exc}") from exc
+            sites = ", ".join(s.label for s in exp.sites)
+            described = next(iter(results.values())).score
+            for i, (path, _) in enumerate(group):
+                row: dict[str, Any] = {"image": path}
+                if exp.class_indices is not None:
+                    row["class"] = int(exp.class_indices[i])
+                row.update({n: float(results[n].per_image[i]) for n in names})
+                rows.append(row)
+        if rows:
+            mean = {n: float(np.nanmean([r[n] for r in rows])) for n in names}
+            done.methods[method] = {"layer": sites, "score": described, "images": rows, "mean": mean}
+            if on_method is not None:
+                on_method(method, done.methods[method])
+    return done
