@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..io import PREPROCESSING, ImageError, agreed_size
+from ..io import ImageError, as_preprocess, image_geometry
 
 if TYPE_CHECKING:
     from ..models import Bundled
@@ -150,28 +150,17 @@ class AppModel:
             class_names = self.bundled.class_names if class_names is None else class_names
             name = name or "EfficientNet-Lite0 (ImageNet, bundled)"
             self._prep: Callable[[np.ndarray], np.ndarray] = lambda x: x
-        elif preprocess is None or isinstance(preprocess, str):
-            key = preprocess or "none"
-            if key not in PREPROCESSING:
-                raise ValueError(f"unknown preprocess {key!r}; use one of {', '.join(sorted(PREPROCESSING))} or a function")
-            self._prep = PREPROCESSING[key]
-        elif callable(preprocess):
-            self._prep = preprocess
         else:
-            raise TypeError(f"preprocess must be a name or a function; got {type(preprocess).__name__}")
+            self._prep = as_preprocess(preprocess)
         self.model = model
         self.name = name or str(getattr(model, "name", type(model).__name__))
-        adapter = adapt(model)
-        specs = adapter.input_specs()
-        if len(specs) != 1 or len(specs[0].shape) != 4:
-            raise ValueError(
-                f"the app explains models that take one image batch (N, H, W, c); this one takes "
-                f"{[s.shape for s in specs]}. Use camlens.explain(model, [a, b]) in Python."
-            )
-        _, h, w, c = specs[0].shape
-        h, w = agreed_size((h, w), input_size, f"input_size={input_size}")
+        (h, w), self.channels = image_geometry(
+            model, input_size, drop=f"input_size={input_size}",
+            refusal="the app explains models that take one image batch (N, H, W, c); this one "
+                    "takes {shapes}. Use camlens.explain(model, [a, b]) in Python.",
+        )
         self.input_size = (h, w) if h and w else None
-        self.channels = int(c or 3)
+        adapter = adapt(model)
         shape = None
         if adapter.needs_input_size:
             if self.input_size is None:
