@@ -178,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names(text: str) -> list[str]:
+    """The names of a comma-separated option (``--methods gradcam,cam``), blanks dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _output_arg(value: str | None) -> int | str | None:
     if value is None:
         return None
@@ -242,7 +247,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
     images = _images(args.images)
     model = _load_model(args.model)
-    _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
+    _input_geometry(model, args.size, "camlens.explain(model, [a, b])")  # in the CLI's words
     with tqdm(total=len(images), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
         done = explain_files(model, images, args.out, method=args.method, target=args.target,
                              layer=args.layer, output=_output_arg(args.output),
@@ -265,18 +270,18 @@ def _skipped(messages: Iterable[str]) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from .features import LAYER_SETS, feature_maps
-    from .io import PREPROCESSING, ImageError, load_image
+    from .io import ImageError, as_preprocess, load_image
     from .viz.color import _get_cmap
 
     if args.max_channels < 1:
         raise UsageError(f"--max-channels must be at least 1; got {args.max_channels}")
-    names = [n.strip() for n in args.layers.split(",") if n.strip()]
+    names = _names(args.layers)
     if not names:
         raise UsageError(f"--layers is empty; give {', '.join(LAYER_SETS)} or layer names")
     layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
     _get_cmap(args.cmap)  # fail before the model loads
     model, lite, size, channels = _chosen_model(args, "camlens.feature_maps(model, [a, b])")
-    prep = lite.preprocess if lite is not None else PREPROCESSING[args.preprocess or "none"]
+    prep = lite.preprocess if lite is not None else as_preprocess(args.preprocess)
     try:
         pixels = load_image(args.image, size, channels=channels)
     except ImageError as exc:
@@ -320,8 +325,8 @@ def _read_class_names(path: str) -> list[str]:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import check_options, write_report
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    methods = _names(args.methods)
+    metrics = _names(args.metrics)
     check_options(methods, metrics, args.top)  # bad names fail before the model loads
     options: dict[str, Any] = {}
     images = _images(args.images)
@@ -340,9 +345,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                        class_names=lite.class_names)
         title = args.title or lite.title
     else:
-        from .io import PREPROCESSING
+        from .io import as_preprocess
 
-        options["preprocess"] = PREPROCESSING[args.preprocess or "none"]
+        options["preprocess"] = as_preprocess(args.preprocess)
         options["input_size"] = None if None in hw else hw
         title = args.title or Path(args.model).name
     report = write_report(args.out, model, images, methods=methods, metrics=metrics,
@@ -385,8 +390,8 @@ def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | No
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .files import evaluate_files, evaluate_problems
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    methods = _names(args.methods)
+    names = _names(args.metrics)
     problems = evaluate_problems(methods, names, args.steps, args.batch_size,
                                  flag=lambda name: "--" + name.replace("_", "-"))
     if problems:
@@ -431,8 +436,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     try:
-        return run_demo(args.out, [m.strip() for m in args.method.split(",") if m.strip()],
-                        args.image, layer=args.layer)
+        return run_demo(args.out, _names(args.method), args.image, layer=args.layer)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
 
