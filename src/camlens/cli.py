@@ -13,9 +13,25 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from .models import Bundled
+
+__all__ = ["main", "UsageError"]
+
+
+class UsageError(Exception):
+    """A bad command line, or a model or image list the command line cannot use: :func:`main`
+    says ``camlens: <message>`` (a line each) on stderr and the exit status is 2.
+
+    ``system_exit``: :func:`main` raises ``SystemExit(2)`` rather than returning 2, as it always
+    has for a model file that cannot be loaded and an image folder that holds no image."""
+
+    def __init__(self, *messages: str, system_exit: bool = False) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+        self.system_exit = system_exit
 
 
 def _parse_target(text: str) -> Any:
@@ -162,224 +178,116 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _names(text: str) -> list[str]:
+    """The names of a comma-separated option (``--methods gradcam,cam``), blanks dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _output_arg(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def _load_model_or_exit(path: str) -> Any:
+def _load_model(path: str) -> Any:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from .io import load_model
 
     try:
         return load_model(path)
     except (OSError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(exc), system_exit=True) from None
 
 
-def _images_or_exit(paths: Sequence[str]) -> list[str]:
+def _images(paths: Sequence[str]) -> list[str]:
     """Image files, folders expanded to their images."""
     from .io import image_files
 
     try:
         return image_files(list(paths))
     except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise UsageError(str(exc), system_exit=True) from None
 
 
-def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int] | int:
+def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int]:
     """``((H, W), channels)`` images are read at for the model's one image input (``None``
-    sides: each image's own size), or an exit status after saying why not. ``size`` (--size)
-    sets the size of a model that has none and must agree with one that has."""
-    spec = _one_image_input(model, api)
-    if isinstance(spec, int):
-        return spec
-    from .io import agreed_size
+    sides: each image's own size). ``size`` (--size) sets the size of a model that has none and
+    must agree with one that has. ``api``: what to use for a model the command line cannot."""
+    from .io import image_geometry
 
-    _, h, w, c = spec
-    try:
-        hw = agreed_size((h, w), size, "" if size is None else f"--size {size[0]},{size[1]}")
-    except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
-    return hw, int(c or 3)
+    return image_geometry(
+        model, size, drop="" if size is None else f"--size {size[0]},{size[1]}",
+        refusal=f"the command line takes one-image models; this one takes {{shapes}}. Use the "
+                f"Python API, {api}.",
+    )
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
     from .adapters import adapt
     from ._explain import layers
 
-    model = _load_model_or_exit(args.model)
+    model = _load_model(args.model)
     shape = None if args.size is None else (1, 3, *args.size)
     # a native module (a Keras model on the torch backend is a torch module too, with a shape)
     if shape is None and adapt(model).needs_input_size:
-        print("camlens: a PyTorch module has no input size of its own: give --size H,W "
-              "(e.g. --size 224)", file=sys.stderr)
-        return 2
-    try:
-        print(layers(model, output=_output_arg(args.output), input_shape=shape))
-    except (ValueError, TypeError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError("a PyTorch module has no input size of its own: give --size H,W "
+                         "(e.g. --size 224)")
+    print(layers(model, output=_output_arg(args.output), input_shape=shape))
     return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import numpy as np
     from tqdm import tqdm
 
-    from .adapters import adapt
-    from ._explain import explain
-    from .graph import find_nodes
-    from .methods import get_method
-    from .io import safe_name, unique_names
-    from .io import PREPROCESSING, ImageError, load_image
+    from .files import explain_files
 
     if not 0.0 <= args.alpha <= 1.0:
-        print(f"camlens: --alpha must be between 0 and 1; got {args.alpha}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
     if args.batch_size < 1:
-        print(f"camlens: --batch-size must be at least 1; got {args.batch_size}", file=sys.stderr)
-        return 2
-    images = _images_or_exit(args.images)
-    model = _load_model_or_exit(args.model)
-    geometry = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
-    if isinstance(geometry, int):
-        return geometry
-    (h, w), c = geometry
-    try:
-        get_method(args.method)
-        adapter = adapt(model)
-        known = not adapter.needs_input_size or (h is not None and w is not None)
-        if args.layer != "auto" and known:  # a module without --size: checked on the first batch
-            if adapter.needs_input_size:
-                adapter.prepare(np.zeros((1, h, w, c), np.float32))  # its layers need a shape
-            find_nodes(adapter.graph(), args.layer)
-    except (TypeError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
-    prep = PREPROCESSING[args.preprocess]
-    out = Path(args.out)
-    names = unique_names(images)
-    failed: list[tuple[str, str]] = []
-    results: list[dict[str, Any]] = []
-    order = list(zip(images, names))
-    layer_texts: list[str] = []
-    writer = ThreadPoolExecutor(max_workers=1)  # PNG encoding releases the GIL
-    pending: tuple[Any, Any, Any] | None = None
+        raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
+    images = _images(args.images)
+    model = _load_model(args.model)
+    _input_geometry(model, args.size, "camlens.explain(model, [a, b])")  # in the CLI's words
+    with tqdm(total=len(images), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
+        done = explain_files(model, images, args.out, method=args.method, target=args.target,
+                             layer=args.layer, output=_output_arg(args.output),
+                             batch_size=args.batch_size, size=args.size,
+                             preprocess=args.preprocess, alpha=args.alpha, cmap=args.cmap,
+                             progress=bar.update)
+    if done.images:
+        print(f"layer: {done.layer}")
+        print(f"wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, heatmaps, results.json)")
+    return _skipped(message for _, message in done.failed)
 
-    def finish(save: Any, group: list[tuple[str, str, Any]], exp: Any) -> None:
-        files = save.result()
-        for i, (path, name, _) in enumerate(group):
-            results.append({
-                "image": path,
-                "score": float(exp.scores[i]),
-                "class": None if exp.class_indices is None else int(exp.class_indices[i]),
-                # save() names files "<safe name>_<method>_<layer>_..."; match all of that
-                # prefix so that "cat" does not also claim the files of "cat_2"
-                "files": [f.name for f in files if f.name.startswith(f"{safe_name(name)}_{exp.method}_")],
-            })
-        if exp.reason not in layer_texts:
-            layer_texts.append(exp.reason)
-        bar.update(len(group))
 
-    with writer, tqdm(total=len(order), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
-        for start in range(0, len(order), args.batch_size):
-            # images of one size are explained together (a model without a fixed size may get
-            # several sizes in one batch)
-            groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray]]] = {}
-            for path, name in order[start : start + args.batch_size]:
-                try:
-                    img = load_image(path, (h, w), channels=c)
-                except ImageError as exc:
-                    failed.append((path, str(exc)))
-                    bar.update(1)
-                    continue
-                groups.setdefault(img.shape, []).append((path, name, img))
-            for group in groups.values():
-                x = np.stack([img for _, _, img in group])
-                try:
-                    exp = explain(model, prep(x), method=args.method, target=args.target,
-                                  layer=args.layer, output=_output_arg(args.output),
-                                  batch_size=args.batch_size)
-                except (ValueError, TypeError, NotImplementedError) as exc:
-                    print(f"camlens: {exc}", file=sys.stderr)
-                    return 2
-                # the PNGs of this batch are written while the next batch is explained
-                if pending is not None:
-                    finish(*pending)
-                save = writer.submit(exp.save, out, images=x.astype(np.uint8) if c != 1 else x,
-                                     names=[n for _, n, _ in group], cmap=args.cmap,
-                                     alpha=args.alpha, write_json=False)
-                pending = (save, group, exp)
-        if pending is not None:
-            finish(*pending)
-    if results:
-        layer_text = "; ".join(layer_texts)
-        (out / "results.json").write_text(json.dumps(
-            {"method": args.method, "layer": layer_text, "images": results,
-             "failed": [{"image": p, "error": e} for p, e in failed]}, indent=2))
-        print(f"layer: {layer_text}")
-        print(f"wrote {len(results)} explanation(s) to {out}/ (overlays, heatmaps, results.json)")
-    for _, message in failed:
+def _skipped(messages: Iterable[str]) -> int:
+    """Says which images were skipped and why; the exit status: 1 if any was, else 0."""
+    said = 0
+    for said, message in enumerate(messages, 1):
         print(f"camlens: skipped {message}", file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if said else 0
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from .features import LAYER_SETS, feature_maps
-    from .io import PREPROCESSING, ImageError, load_image
+    from .io import ImageError, as_preprocess, load_image
     from .viz.color import _get_cmap
 
     if args.max_channels < 1:
-        print(f"camlens: --max-channels must be at least 1; got {args.max_channels}", file=sys.stderr)
-        return 2
-    names = [n.strip() for n in args.layers.split(",") if n.strip()]
+        raise UsageError(f"--max-channels must be at least 1; got {args.max_channels}")
+    names = _names(args.layers)
     if not names:
-        print(f"camlens: --layers is empty; give {', '.join(LAYER_SETS)} or layer names", file=sys.stderr)
-        return 2
+        raise UsageError(f"--layers is empty; give {', '.join(LAYER_SETS)} or layer names")
     layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
-    try:
-        _get_cmap(args.cmap)  # fail before the model loads
-    except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
-    prep: Callable[[Any], Any]
-    if args.model == "bundled":
-        if args.size is not None:
-            print("camlens: the bundled model resizes images itself; drop --size", file=sys.stderr)
-            return 2
-        loaded = _bundled_model(args.preprocess is not None)
-        if isinstance(loaded, int):
-            return loaded
-        from .models.efficientnet_lite import preprocess as lite_preprocess
-
-        model, prep = loaded, lite_preprocess
-        size: tuple[int | None, int | None] | None = None
-        channels = 3
-    else:
-        model = _load_model_or_exit(args.model)
-        geometry = _input_geometry(model, args.size, "camlens.feature_maps(model, [a, b])")
-        if isinstance(geometry, int):
-            return geometry
-        size, channels = geometry
-        prep = PREPROCESSING[args.preprocess or "none"]
+    _get_cmap(args.cmap)  # fail before the model loads
+    model, lite, size, channels = _chosen_model(args, "camlens.feature_maps(model, [a, b])")
+    prep = lite.preprocess if lite is not None else as_preprocess(args.preprocess)
     try:
         pixels = load_image(args.image, size, channels=channels)
     except ImageError as exc:
-        print(f"camlens: skipped {exc}", file=sys.stderr)
-        return 1
-    try:
-        fmaps = feature_maps(model, prep(pixels), layers)
-        files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
-    except (ValueError, TypeError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+        return _skipped([str(exc)])
+    fmaps = feature_maps(model, prep(pixels), layers)
+    files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
     print(f"layers: {fmaps.reason}")
     print(f"wrote {len(files) - 2} feature grid(s), overview.png and index.json to {args.out}/")
     return 0
@@ -387,24 +295,18 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 def _cmd_app(args: argparse.Namespace) -> int:
     if args.model is None and (args.preprocess is not None or args.size is not None):
-        print("camlens: the bundled model scales and resizes photos itself; drop --preprocess "
-              "and --size", file=sys.stderr)
-        return 2
+        raise UsageError("the bundled model scales and resizes photos itself; drop --preprocess "
+                         "and --size")
     if not 0 < args.max_upload_mb <= 1024 or not 0 < args.port < 65536:
-        print("camlens: --max-upload-mb must be in (0, 1024] and --port in 1..65535", file=sys.stderr)
-        return 2
+        raise UsageError("--max-upload-mb must be in (0, 1024] and --port in 1..65535")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         from .app import serve
-    except ImportError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
-    try:
+
         serve(args.model, host=args.host, port=args.port, preprocess=args.preprocess,
               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), input_size=args.size)
-    except (OSError, ValueError, ImportError, TypeError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ImportError) as exc:
+        raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
         pass
     return 0
@@ -423,210 +325,99 @@ def _read_class_names(path: str) -> list[str]:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import check_options, write_report
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    try:  # bad names fail before the model loads
-        check_options(methods, metrics, args.top)
-    except ValueError as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    methods = _names(args.methods)
+    metrics = _names(args.metrics)
+    check_options(methods, metrics, args.top)  # bad names fail before the model loads
     options: dict[str, Any] = {}
-    images = _images_or_exit(args.images)
+    images = _images(args.images)
     if args.model == "bundled":
         if args.preprocess is not None or args.classes is not None or args.size is not None:
-            print("camlens: the bundled model has its own scaling, size and ImageNet class names; "
-                  "drop --preprocess, --size and --classes", file=sys.stderr)
-            return 2
-        loaded = _bundled_model(False)
-        if isinstance(loaded, int):
-            return loaded
-        model = loaded
-        from .models.efficientnet_lite import display as _display
-        from .models.efficientnet_lite import preprocess as lite_preprocess
-        from .samples import imagenet_classes
-
-        options.update(preprocess=lite_preprocess, display=_display, resize=False,
-                       class_names=imagenet_classes())
-        title = args.title or "EfficientNet-Lite0 (ImageNet)"
+            raise UsageError("the bundled model has its own scaling, size and ImageNet class "
+                             "names; drop --preprocess, --size and --classes")
+    elif args.classes is not None:
+        try:
+            options["class_names"] = _read_class_names(args.classes)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--classes: {exc}") from None
+    model, lite, hw, _ = _chosen_model(args, "camlens.explain(model, [a, b])")
+    if lite is not None:
+        options.update(preprocess=lite.preprocess, display=lite.display, resize=False,
+                       class_names=lite.class_names)
+        title = args.title or lite.title
     else:
-        from .io import PREPROCESSING
+        from .io import as_preprocess
 
-        if args.classes is not None:
-            try:
-                options["class_names"] = _read_class_names(args.classes)
-            except (OSError, ValueError) as exc:
-                print(f"camlens: --classes: {exc}", file=sys.stderr)
-                return 2
-        model = _load_model_or_exit(args.model)
-        geometry = _input_geometry(model, args.size, "camlens.explain(model, [a, b])")
-        if isinstance(geometry, int):
-            return geometry
-        options["preprocess"] = PREPROCESSING[args.preprocess or "none"]
-        options["input_size"] = None if None in geometry[0] else geometry[0]
+        options["preprocess"] = as_preprocess(args.preprocess)
+        options["input_size"] = None if None in hw else hw
         title = args.title or Path(args.model).name
-    try:
-        report = write_report(args.out, model, images, methods=methods, metrics=metrics,
-                              top=args.top, layer=args.layer, batch_size=args.batch_size,
-                              title=title, progress=None, **options)
-    except (ValueError, TypeError, NotImplementedError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+    report = write_report(args.out, model, images, methods=methods, metrics=metrics,
+                          top=args.top, layer=args.layer, batch_size=args.batch_size,
+                          title=title, progress=None, **options)
     failed = report.failed
     size = Path(args.out).stat().st_size
     print(f"wrote {args.out} ({len(report.images) - len(failed)} image(s), "
           f"{', '.join(report.methods)}; {size / 1e6:.1f} MB)")
-    for r in failed:
-        print(f"camlens: skipped {r.error}", file=sys.stderr)
-    return 1 if failed else 0
+    return _skipped(r.error for r in failed)
 
 
-def _one_image_input(model: Any, api: str) -> Any:
-    """The shape ``(None, H, W, C)`` of the model's one image input, or an exit status after
-    saying why the command line cannot use the model (``api``: what to use instead)."""
-    from .adapters import adapt
-
-    try:
-        specs = adapt(model).input_specs()
-    except (TypeError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
-    if len(specs) != 1 or len(specs[0].shape) != 4:
-        print(
-            f"camlens: the command line takes one-image models; this one takes "
-            f"{[s.shape for s in specs]}. Use the Python API, {api}.",
-            file=sys.stderr,
-        )
-        return 2
-    return specs[0].shape
-
-
-def _bundled_model(preprocess_given: bool) -> Any:
-    """The bundled pretrained EfficientNet-Lite0, or an exit status after saying what is wrong."""
-    if preprocess_given:
-        print("camlens: the bundled model scales pixels itself; drop --preprocess", file=sys.stderr)
-        return 2
+def _bundled_model(args: argparse.Namespace) -> Bundled:
+    """The bundled pretrained EfficientNet-Lite0, which resizes and scales photos itself."""
+    if args.size is not None:
+        raise UsageError("the bundled model resizes images itself; drop --size")
+    if args.preprocess is not None:
+        raise UsageError("the bundled model scales pixels itself; drop --preprocess")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from .models import efficientnet_lite0
+    from .models import bundled
 
     try:
-        return efficientnet_lite0(pretrained=True)
-    except (ImportError, OSError, ValueError) as exc:
-        print(f"camlens: {exc}", file=sys.stderr)
-        return 2
+        return bundled()
+    except (ImportError, OSError) as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _evaluate_model(args: argparse.Namespace) -> tuple[Any, Callable[[Any], Any], Any, int] | int:
-    """(model, preprocess, input size or None, channels) for ``camlens evaluate``, or an exit
-    status."""
-    from .io import PREPROCESSING
-
+def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | None, tuple[Any, Any] | None, int]:
+    """(model, the bundled model's :class:`~camlens.models.Bundled` or None, the ``(H, W)``
+    images are read at (None: their own size), channels) for a command that takes a model file
+    or 'bundled' (``api``: the Python function for models the command line cannot use)."""
     if args.model == "bundled":
-        if args.size is not None:
-            print("camlens: the bundled model resizes images itself; drop --size", file=sys.stderr)
-            return 2
-        loaded = _bundled_model(args.preprocess is not None)
-        if isinstance(loaded, int):
-            return loaded
-        from .models.efficientnet_lite import preprocess_batch
-
-        return loaded, preprocess_batch, None, 3
-    model = _load_model_or_exit(args.model)
-    geometry = _input_geometry(model, args.size, "camlens.metrics")
-    if isinstance(geometry, int):
-        return geometry
-    return model, PREPROCESSING[args.preprocess or "none"], geometry[0], geometry[1]
+        lite = _bundled_model(args)
+        return lite.model, lite, None, 3
+    model = _load_model(args.model)
+    size, channels = _input_geometry(model, args.size, api)
+    return model, None, size, channels
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .files import evaluate_files, evaluate_problems
 
-    from ._explain import explain
-    from .io import ImageError, load_image
-    from .methods import get_method
-    from .metrics import METRICS, evaluate, model_metrics
-
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    cli_metrics = model_metrics()
-    problems = []
-    if not methods:
-        problems.append("--methods is empty; give e.g. gradcam,scorecam")
-    if not names:
-        problems.append(f"--metrics is empty; choose from {', '.join(cli_metrics)}")
-    bad = [m for m in names if m not in cli_metrics]
-    if bad:
-        problems.append(f"unknown metric(s) {', '.join(bad)}: choose from {', '.join(cli_metrics)} "
-                        "(the pointing games need boxes: use camlens.metrics in Python)")
-    if args.steps < 1:
-        problems.append(f"--steps must be at least 1; got {args.steps}")
-    if args.batch_size < 1:
-        problems.append(f"--batch-size must be at least 1; got {args.batch_size}")
-    for m in methods:
-        try:
-            get_method(m)
-        except ValueError as exc:
-            problems.append(str(exc))
+    methods = _names(args.methods)
+    names = _names(args.metrics)
+    problems = evaluate_problems(methods, names, args.steps, args.batch_size,
+                                 flag=lambda name: "--" + name.replace("_", "-"))
     if problems:
-        for text in problems:
-            print(f"camlens: {text}", file=sys.stderr)
-        return 2
-    images = _images_or_exit(args.images)
-    loaded = _evaluate_model(args)
-    if isinstance(loaded, int):
-        return loaded
-    model, prep, size, channels = loaded
-    failed: list[tuple[str, str]] = []
-    groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
-    for path in images:
-        try:
-            img = load_image(path, size, channels=channels)
-        except ImageError as exc:
-            failed.append((path, str(exc)))
-            continue
-        x = np.asarray(prep(img[None]), dtype=np.float32)[0]
-        groups.setdefault(x.shape, []).append((path, x))  # models without a fixed size: by size
-    report: dict[str, Any] = {}
-    for method in methods:
-        rows: list[dict[str, Any]] = []
-        sites, score = "", ""
-        for group in groups.values():
-            x = np.stack([g[1] for g in group])
-            try:
-                exp = explain(model, x, method=method, target=args.target, layer=args.layer,
-                              batch_size=args.batch_size)
-                results = evaluate(model, exp, names, steps=args.steps, batch_size=args.batch_size,
-                                   score=args.score)
-            except (ValueError, TypeError, NotImplementedError) as exc:
-                print(f"camlens: {method}: {exc}", file=sys.stderr)
-                return 2
-            sites = ", ".join(s.label for s in exp.sites)
-            score = next(iter(results.values())).score
-            for i, (path, _) in enumerate(group):
-                row: dict[str, Any] = {"image": path}
-                if exp.class_indices is not None:
-                    row["class"] = int(exp.class_indices[i])
-                row.update({n: float(results[n].per_image[i]) for n in names})
-                rows.append(row)
-        if rows:
-            mean = {n: float(np.nanmean([r[n] for r in rows])) for n in names}
-            report[method] = {"layer": sites, "score": score, "images": rows, "mean": mean}
-            print(_metrics_table(method, report[method], names))
-            print()
-    if report:
-        low = [n for n in names if not METRICS[n]]
-        high = [n for n in names if METRICS[n]]
+        raise UsageError(*problems)
+    images = _images(args.images)
+    model, lite, _, _ = _chosen_model(args, "camlens.metrics")
+
+    def table(method: str, numbers: dict[str, Any]) -> None:
+        print(_metrics_table(method, numbers, names))
+        print()
+
+    done = evaluate_files(model, images, methods=methods, metrics=names, steps=args.steps,
+                          score=args.score, target=args.target, layer=args.layer,
+                          batch_size=args.batch_size, size=args.size, resize=lite is None,
+                          preprocess=lite.preprocess_batch if lite is not None else args.preprocess,
+                          on_method=table)
+    if done.methods:
+        low = [n for n in names if not done.higher_is_better[n]]
+        high = [n for n in names if done.higher_is_better[n]]
         print("; ".join(part for part in (
             f"lower is better: {', '.join(low)}" if low else "",
             f"higher is better: {', '.join(high)}" if high else "") if part))
-    if args.json and report:
-        data = {"model": args.model, "steps": args.steps, "score": args.score, "metrics": names,
-                "higher_is_better": {n: METRICS[n] for n in names}, "methods": report,
-                "failed": [{"image": p, "error": e} for p, e in failed]}
-        Path(args.json).write_text(json.dumps(data, indent=2))
+    if args.json and done.methods:
+        Path(args.json).write_text(json.dumps({"model": args.model, **done.to_dict()}, indent=2))
         print(f"wrote {args.json}")
-    for _, message in failed:
-        print(f"camlens: skipped {message}", file=sys.stderr)
-    return 1 if failed else 0
+    return _skipped(message for _, message in done.failed)
 
 
 def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) -> str:
@@ -641,30 +432,42 @@ def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) ->
     return "\n".join(lines)
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        return run_demo(args.out, _names(args.method), args.image, layer=args.layer)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+
+
+#: what each command runs; it returns the exit status (0, or 1: some images failed)
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "explain": _cmd_explain,
+    "demo": _cmd_demo,
+    "features": _cmd_features,
+    "report": _cmd_report,
+    "evaluate": _cmd_evaluate,
+    "layers": _cmd_layers,
+    "app": _cmd_app,
+}
+
+#: what a command raises for a bad command line or a model it cannot use: exit status 2
+_USAGE_ERRORS = (UsageError, ValueError, TypeError, NotImplementedError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
-    if args.command == "layers":
-        return _cmd_layers(args)
-    if args.command == "app":
-        return _cmd_app(args)
-    if args.command == "features":
-        return _cmd_features(args)
-    if args.command == "report":
-        return _cmd_report(args)
-    if args.command == "evaluate":
-        return _cmd_evaluate(args)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        try:
-            return run_demo(args.out, [m.strip() for m in args.method.split(",") if m.strip()],
-                            args.image, layer=args.layer)
-        except (ValueError, ImportError) as exc:
-            print(f"camlens: {exc}", file=sys.stderr)
-            return 2
-    return _cmd_explain(args)
+    try:
+        return _COMMANDS[args.command](args)
+    except _USAGE_ERRORS as exc:
+        for line in exc.messages if isinstance(exc, UsageError) else (str(exc),):
+            print(f"camlens: {line}", file=sys.stderr)
+        if isinstance(exc, UsageError) and exc.system_exit:
+            raise SystemExit(2) from None
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

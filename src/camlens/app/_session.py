@@ -10,11 +10,14 @@ import io
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..io import PREPROCESSING, ImageError, agreed_size
+from ..io import ImageError, as_preprocess, image_geometry
+
+if TYPE_CHECKING:
+    from ..models import Bundled
 
 __all__ = ["AppModel", "Prepared", "decode_image", "DISPLAY_SIDE"]
 
@@ -136,39 +139,28 @@ class AppModel:
         from .._explain import layers
 
         self.lock = threading.Lock()
-        self.bundled = model is None
-        if self.bundled:
+        self.bundled: Bundled | None = None
+        if model is None:
             if preprocess is not None:
                 raise ValueError("the bundled model scales its pixels itself; drop preprocess")
-            from ..models import efficientnet_lite0
-            from ..samples import imagenet_classes
+            from ..models import bundled
 
-            model = efficientnet_lite0(pretrained=True)
-            class_names = imagenet_classes() if class_names is None else class_names
+            self.bundled = bundled()
+            model = self.bundled.model
+            class_names = self.bundled.class_names if class_names is None else class_names
             name = name or "EfficientNet-Lite0 (ImageNet, bundled)"
             self._prep: Callable[[np.ndarray], np.ndarray] = lambda x: x
-        elif preprocess is None or isinstance(preprocess, str):
-            key = preprocess or "none"
-            if key not in PREPROCESSING:
-                raise ValueError(f"unknown preprocess {key!r}; use one of {', '.join(sorted(PREPROCESSING))} or a function")
-            self._prep = PREPROCESSING[key]
-        elif callable(preprocess):
-            self._prep = preprocess
         else:
-            raise TypeError(f"preprocess must be a name or a function; got {type(preprocess).__name__}")
+            self._prep = as_preprocess(preprocess)
         self.model = model
         self.name = name or str(getattr(model, "name", type(model).__name__))
-        adapter = adapt(model)
-        specs = adapter.input_specs()
-        if len(specs) != 1 or len(specs[0].shape) != 4:
-            raise ValueError(
-                f"the app explains models that take one image batch (N, H, W, c); this one takes "
-                f"{[s.shape for s in specs]}. Use camlens.explain(model, [a, b]) in Python."
-            )
-        _, h, w, c = specs[0].shape
-        h, w = agreed_size((h, w), input_size, f"input_size={input_size}")
+        (h, w), self.channels = image_geometry(
+            model, input_size, drop=f"input_size={input_size}",
+            refusal="the app explains models that take one image batch (N, H, W, c); this one "
+                    "takes {shapes}. Use camlens.explain(model, [a, b]) in Python.",
+        )
         self.input_size = (h, w) if h and w else None
-        self.channels = int(c or 3)
+        adapter = adapt(model)
         shape = None
         if adapter.needs_input_size:
             if self.input_size is None:
@@ -232,12 +224,9 @@ class AppModel:
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """A uint8 RGB photo of any size as the page shows it and as the model takes it."""
-        if self.bundled:
-            from ..models.efficientnet_lite import display as _display
-            from ..models.efficientnet_lite import preprocess
-
-            x = preprocess(image)
-            return Prepared(_display(x), x)  # the model sees the centre crop: show that
+        if self.bundled is not None:
+            x = self.bundled.preprocess(image)
+            return Prepared(self.bundled.display(x), x)  # the model sees the centre crop: show that
         shown = _fit(image, DISPLAY_SIDE)
         pixels = shown if self.input_size is None else _resize(image, self.input_size)
         if self.channels == 1:

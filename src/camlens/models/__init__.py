@@ -11,9 +11,12 @@
 
 from .efficientnet_lite import (
     IMAGENET_INPUT_SIZE,
+    Bundled,
+    bundled,
     efficientnet_lite0,
     preprocess,
     preprocess_batch,
 )
 
-__all__ = ["IMAGENET_INPUT_SIZE", "efficientnet_lite0", "preprocess", "preprocess_batch"]
+__all__ = ["IMAGENET_INPUT_SIZE", "Bundled", "bundled", "efficientnet_lite0", "preprocess",
+           "preprocess_batch"]

@@ -30,7 +30,8 @@ import hashlib
 import os
 import string
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ import numpy as np
 from .. import _torchfile
 
 __all__ = [
+    "Bundled",
     "IMAGENET_INPUT_SIZE",
     "MEAN_RGB",
     "STDDEV_RGB",
+    "bundled",
     "display",
     "efficientnet_lite0",
     "preprocess",
@@ -176,6 +179,34 @@ def efficientnet_lite0(pretrained: bool = True, cache_dir: str | os.PathLike[str
     if weights is not None:
         _set_weights(model, weights)
     return model
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """The model ``camlens demo``, ``camlens app`` and the ``bundled`` model of ``camlens report``,
+    ``features`` and ``evaluate`` use: the pretrained EfficientNet-Lite0 and what goes with it.
+    It crops and scales photos itself, so its images are read at their own size."""
+
+    model: Any
+    #: one RGB photo ``(H, W, 3)`` 0..255 -> model input ``(224, 224, 3)`` (:func:`preprocess`)
+    preprocess: Callable[[np.ndarray], np.ndarray]
+    #: several photos -> ``(N, 224, 224, 3)`` (:func:`preprocess_batch`)
+    preprocess_batch: Callable[[Any], np.ndarray]
+    #: model input -> the uint8 crop the model saw (:func:`display`)
+    display: Callable[[np.ndarray], np.ndarray]
+    #: the 1000 ImageNet class names, one per logit
+    class_names: tuple[str, ...]
+    title: str = "EfficientNet-Lite0 (ImageNet)"
+
+
+def bundled(cache_dir: str | os.PathLike[str] | None = None) -> Bundled:
+    """The pretrained EfficientNet-Lite0 (:func:`efficientnet_lite0`) with its preprocessing,
+    display and ImageNet class names. Needs the weight package (ImportError otherwise)."""
+    from ..samples import imagenet_classes
+
+    return Bundled(model=efficientnet_lite0(pretrained=True, cache_dir=cache_dir),
+                   preprocess=preprocess, preprocess_batch=preprocess_batch, display=display,
+                   class_names=imagenet_classes())
 
 
 # -- weights ----------------------------------------------------------------------------------

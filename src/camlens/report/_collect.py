@@ -133,7 +133,7 @@ def collect(
     """
     from ..adapters import adapt
     from .._explain import explain
-    from ..io import agreed_size
+    from ..io import image_geometry
     from ..viz.color import _get_cmap
 
     items = list(images)
@@ -157,17 +157,13 @@ def collect(
     _get_cmap(cmap)
     directions = {**HIGHER_IS_BETTER, **_package_directions(), **(higher_is_better or {})}
 
-    adapter = adapt(model)
-    specs = adapter.input_specs()
-    if len(specs) != 1 or len(specs[0].shape) != 4:
-        raise ValueError(
-            f"the report takes one-image models; this one takes {[s.shape for s in specs]}. "
-            "Use camlens.explain(model, [a, b]) and Explanation.plot() for pairs."
-        )
-    _, h, w, c = specs[0].shape
-    h, w = agreed_size((h, w), input_size, f"input_size={input_size}")
+    (h, w), c = image_geometry(
+        model, input_size, drop=f"input_size={input_size}",
+        refusal="the report takes one-image models; this one takes {shapes}. "
+                "Use camlens.explain(model, [a, b]) and Explanation.plot() for pairs.",
+    )
     fixed = (h, w) if resize and h is not None and w is not None else None
-    out_index = _output_index(adapter, output)
+    out_index = _output_index(adapt(model), output)
 
     results = [ImageResult(name=n) for n in names]
     state: dict[str, Any] = {"reasons": {}, "kind": "", "target": "", "metric_names": []}
@@ -178,7 +174,7 @@ def collect(
             ready: dict[tuple[int, ...], list[tuple[int, np.ndarray, np.ndarray]]] = {}
             for i in chunk:
                 try:
-                    x, shown = _prepare(items[i], fixed, c or 3, preprocess, display)
+                    x, shown = _prepare(items[i], fixed, c, preprocess, display)
                 except ValueError as exc:  # ImageError is a ValueError
                     results[i].error = str(exc)
                     continue
