@@ -133,7 +133,7 @@ def explain(
     outputs, scores, parts = _capture(adapter, arrays, nodes, tgt, cam.needs_gradients, batch_size)
     class_idx = tgt.class_indices(outputs, graph.output_names)
     anc = graph.input_ancestry()
-    raw_maps, maps, sites, details = [], [], [], []
+    per_site: list[tuple[np.ndarray, np.ndarray, Site, dict[str, Any]]] = []
     for k, node in enumerate(nodes):
         acts = np.concatenate([p.sites[k].activations for p in parts])
         grads = np.concatenate([p.sites[k].gradients for p in parts]) if cam.needs_gradients else None
@@ -158,14 +158,20 @@ def explain(
             detail = {"attributions": attributions, "cam": shown, **info}
             raw = algo.reduce_channels(attributions)
             shown = finish_maps(raw, raw.shape[1:3], normalize, f"{algo.name} @ {site.label}")
-        maps.append(shown)
-        raw_maps.append(raw)
-        sites.append(site)
-        details.append(detail)
+        per_site.append((shown, raw, site, detail))
+    return _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx, per_site)
+
+
+def _explanation(
+    algo: Any, tgt: Target, reason: str, arrays: list[np.ndarray], outputs: list[np.ndarray],
+    scores: np.ndarray, class_idx: np.ndarray | None,
+    per_site: list[tuple[np.ndarray, np.ndarray, Site, dict[str, Any]]],
+) -> Explanation:
+    """The Explanation of ``(map, raw map, site, details)`` per site."""
     return Explanation(
-        maps=maps,
-        raw_maps=raw_maps,
-        sites=sites,
+        maps=[s[0] for s in per_site],
+        raw_maps=[s[1] for s in per_site],
+        sites=[s[2] for s in per_site],
         method=algo.name,
         target=tgt.describe(),
         scores=scores,
@@ -173,7 +179,7 @@ def explain(
         reason=reason,
         inputs=arrays,
         outputs=outputs,
-        details=details,
+        details=[s[3] for s in per_site],
         target_spec=tgt,
     )
 
@@ -207,30 +213,16 @@ def _explain_pixels(
     images = [i for i, a in enumerate(arrays) if a.ndim == 4]
     if not images:
         raise ValueError(f"{algo.name} attributes to image pixels; the model has no image input")
-    maps, raw_maps, sites, details = [], [], [], []
+    per_site: list[tuple[np.ndarray, np.ndarray, Site, dict[str, Any]]] = []
     for i in images:
         attributions, info = algo.attribute(ModelAccess(adapter, arrays, i, tgt, class_idx, batch_size))
         raw = algo.reduce_channels(attributions)
         site = Site(graph.input_names[i], 0, i, tuple(arrays[i].shape[1:]))
-        shown = np.abs(raw) if algo.signed else raw
-        maps.append(finish_maps(shown, raw.shape[1:3], normalize, f"{algo.name} @ {site.label}"))
-        raw_maps.append(raw)
-        sites.append(site)
-        details.append({"attributions": attributions, **info})
-    return Explanation(
-        maps=maps,
-        raw_maps=raw_maps,
-        sites=sites,
-        method=algo.name,
-        target=tgt.describe(),
-        scores=scores,
-        class_indices=class_idx,
-        reason=f"{algo.name} attributes the score to the input pixels; no layer is used",
-        inputs=arrays,
-        outputs=outputs,
-        details=details,
-        target_spec=tgt,
-    )
+        shown = finish_maps(np.abs(raw) if algo.signed else raw, raw.shape[1:3], normalize,
+                            f"{algo.name} @ {site.label}")
+        per_site.append((shown, raw, site, {"attributions": attributions, **info}))
+    reason = f"{algo.name} attributes the score to the input pixels; no layer is used"
+    return _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx, per_site)
 
 
 def layers(

@@ -1,15 +1,6 @@
 """The Keras JAX backend: gradients by jax.grad, programs by jax.jit.
 
-Every backend module has the same names: ``COMPILES`` (whether the programs below exist),
-``no_grad()``, ``gradients(run, need_gradients)``, ``guided_relu(max_value)``, and the
-compiled programs ``capture_program(parts)``, ``score_program(parts)`` and
-``input_gradient_program(parts, which, guided)``; ``parts(idx)`` gives the model, a fresh
-adapter, the probed nodes and the target of one trace.
-
-``gradients`` runs the model through ``run`` once with probes that add a zero tensor at every
-call site, and returns (outputs, scores, activations, gradients) with activations and
-gradients keyed by call site. Only the probes are differentiated: no gradient with respect to
-the weights is computed.
+The names every backend module has are described in ``backends/__init__.py``.
 """
 
 from __future__ import annotations
