@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: bottom first; a module may import from its own layer and the layers before it
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("camlens._image", "camlens._checks", "camlens.tokens", "camlens.graph",
+    ("core", ("camlens._image", "camlens._args", "camlens.tokens", "camlens.graph",
               "camlens.targets", "camlens.methods", "camlens._torchfile", "camlens.data",
               "camlens.samples", "camlens.registry")),
     ("adapters", ("camlens.adapters", "camlens.models")),

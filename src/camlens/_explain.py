@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .adapters import adapt
+from ._args import batches, positive_int
 from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
@@ -117,8 +118,7 @@ def explain(
     graph = adapter.graph()
     out_idx = tgt.output_indices(graph.output_names)
     algo = get_method(method)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+    positive_int("explain", "batch_size", batch_size)
     if not algo.needs_layer:
         if not (layer is None or layer == "auto"):
             raise ValueError(
@@ -191,8 +191,8 @@ def _capture(
     """The batched capture pass: the model's outputs, the target scores, and per batch the
     activations (and gradients) at ``nodes``."""
     parts = [
-        adapter.capture([a[s : s + batch_size] for a in arrays], nodes, tgt, need_gradients=need_gradients)
-        for s in range(0, arrays[0].shape[0], batch_size)
+        adapter.capture([a[s] for a in arrays], nodes, tgt, need_gradients=need_gradients)
+        for s in batches(arrays[0].shape[0], batch_size)
     ]
     outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
     return outputs, np.concatenate([p.scores for p in parts]), parts

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._args import batches
 from .adapters.base import ModelAdapter
 from .graph import GraphNode
 from .targets import ClassScore, Target
@@ -96,8 +97,8 @@ class ModelAccess:
 
     # ------------------------------------------------------------------ rerunning the model
     def _batches(self, batch: np.ndarray) -> Any:
-        for start in range(0, len(batch), self._batch_size):
-            yield batch[start : start + self._batch_size]
+        for part in batches(len(batch), self._batch_size):
+            yield batch[part]
 
     def score(self, n: int, batch: np.ndarray) -> np.ndarray:
         """Sample ``n``'s target score for each of ``batch`` ``(B, H, W, c)`` modified copies of

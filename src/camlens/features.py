@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ._args import batches
 from .adapters import adapt
 from .io import safe_name
 from .graph import GraphNode, LayerGraph, choose_layers, find_nodes
@@ -247,9 +248,8 @@ def feature_maps(
     nodes, reason = _select(adapter, graph, layers)
     target = _ActivationsOnly()
     parts = []
-    for start in range(0, arrays[0].shape[0], batch_size):
-        chunk = [a[start : start + batch_size] for a in arrays]
-        parts.append(adapter.capture(chunk, nodes, target, need_gradients=False))
+    for part in batches(arrays[0].shape[0], batch_size):
+        parts.append(adapter.capture([a[part] for a in arrays], nodes, target, need_gradients=False))
     acts = [
         np.concatenate([p.sites[k].activations for p in parts]).astype(np.float32, copy=False)
         for k in range(len(nodes))

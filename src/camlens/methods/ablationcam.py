@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import positive_int
+from .._args import positive_int
 from .base import SiteData, WeightedCAM, register
 
 

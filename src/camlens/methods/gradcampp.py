@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import non_negative, positive_int, seed_or_none
+from .._args import non_negative, positive_int, seed_or_none
 from .base import CAMMethod, SiteData, WeightedCAM, register
 
 __all__ = ["plusplus_weights", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus"]

@@ -8,10 +8,11 @@ gradient from :attr:`PixelData.gradient`. Copies of one image are sent to the mo
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import numpy as np
 
+from .._args import positive_int
 from .base import PixelData, PixelMethod, register
 
 __all__ = [
@@ -24,12 +25,6 @@ __all__ = [
 ]
 
 GradientFn = Callable[[int, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
-
-
-def _check_batch_size(batch_size: int) -> int:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1; got {batch_size}")
-    return int(batch_size)
 
 
 def _images(method: PixelMethod, data: PixelData) -> np.ndarray:
@@ -135,7 +130,7 @@ class SmoothGrad(PixelMethod):
         self.sigma = float(sigma)
         self.seed = seed
         self.squared = bool(squared)
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = positive_int(self.name, "batch_size", batch_size)
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)
@@ -198,7 +193,7 @@ class IntegratedGradients(PixelMethod):
             raise ValueError(f"steps must be at least 1 (64 is a good start); got {steps}")
         self.baseline = baseline
         self.steps = int(steps)
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = positive_int(self.name, "batch_size", batch_size)
 
     def baselines(self, images: np.ndarray) -> np.ndarray:
         """``(N, H, W, c)`` the baseline of each image."""

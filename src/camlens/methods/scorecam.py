@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from .._image import resize_bilinear
-from ._checks import non_negative, positive_int, seed_or_none
+from .._args import non_negative, positive_int, seed_or_none
 from .base import CAMMethod, SiteData, register
 
 __all__ = ["normalised_masks", "ScoreCAM", "FastScoreCAM", "SSCAM", "ISCAM"]

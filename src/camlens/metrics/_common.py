@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .._args import batches, whole_number
 from ..adapters.base import ModelAdapter
 from ..adapters import adapt
 from ..explanation import Explanation
@@ -52,15 +53,11 @@ class MetricResult:
 
 
 def check_steps(steps: Any, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1; got {steps!r}")
-    return int(steps)
+    return whole_number(name, steps)
 
 
 def check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number of at least 1; got {batch_size!r}")
-    return int(batch_size)
+    return whole_number("batch_size", batch_size)
 
 
 def check_maps(maps: Any, shape: tuple[int, int, int] | None, what: str = "images") -> np.ndarray:
@@ -202,8 +199,8 @@ class Problem:
         if self.space == "probability" or self.known is None or self.known.all():
             return
         todo = np.flatnonzero(~self.known)
-        for start in range(0, len(todo), self.batch_size):
-            rows = todo[start : start + self.batch_size]
+        for part in batches(len(todo), self.batch_size):
+            rows = todo[part]
             self.batches += 1
             outs = self.adapter.forward([a[rows] for a in self.arrays])
             self.classes[rows] = ClassScore(output=self.target.output).class_indices(outs, self.names)  # type: ignore[index]

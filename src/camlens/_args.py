@@ -1,10 +1,15 @@
-"""Argument checks shared by the method constructors: errors name the method and the value."""
+"""Argument checks and batching shared by every layer of camlens: an error names the argument,
+the bad value and, where there is one, the method or function it was given to.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
+
+__all__ = ["positive_int", "non_negative", "seed_or_none", "whole_number", "batches"]
 
 
 def positive_int(method: str, name: str, value: object) -> int:
@@ -32,3 +37,17 @@ def seed_or_none(method: str, value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{method}: seed must be None or an integer of at least 0; got {value!r}")
     return int(value)
+
+
+def whole_number(name: str, value: object) -> int:
+    """``value`` as an ``int`` of at least 1 (a ValueError for anything else, bools too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1; got {value!r}")
+    return int(value)
+
+
+def batches(total: int, size: int) -> Iterator[slice]:
+    """``slice``s of at most ``size`` that cover ``range(total)`` in order: how every loop over
+    samples, copies or masks takes them a batch at a time."""
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
