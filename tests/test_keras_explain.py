@@ -378,6 +378,7 @@ def test_regression_similarity_and_segmentation_targets_compile_and_agree_with_e
 @pytest.mark.parametrize("guided", [False, True])
 def test_input_gradients_compiled_equal_eager_and_leave_relus_alone(guided, monkeypatch):
     from camlens.adapters import keras as kad
+    from camlens.rules import GUIDED
     from camlens.adapters import adapt
 
     keras.utils.set_random_seed(10)
@@ -390,11 +391,11 @@ def test_input_gradients_compiled_equal_eager_and_leave_relus_alone(guided, monk
     arrays = adapter.prepare(x)
     kad.clear_compiled_cache()
     before = adapter.input_gradients(arrays, 0, targets.RegressionScore(2))
-    got = [adapter.input_gradients(arrays, 0, t, guided=guided)
+    got = [adapter.input_gradients(arrays, 0, t, rule=GUIDED if guided else None)
            for t in (targets.ClassScore([0, 2]), targets.Logit(1), targets.RegressionScore(2))]
     assert (model in kad.PROGRAMS) == (keras.backend.backend() in ("tensorflow", "jax"))
     monkeypatch.setattr(kad.KerasAdapter, "_compiles", lambda self: False)
-    want = [adapter.input_gradients(arrays, 0, t, guided=guided)
+    want = [adapter.input_gradients(arrays, 0, t, rule=GUIDED if guided else None)
             for t in (targets.ClassScore([0, 2]), targets.Logit(1), targets.RegressionScore(2))]
     for (s1, g1), (s2, g2) in zip(got, want):
         assert np.abs(g2).max() > 0

@@ -11,6 +11,7 @@ from keras import layers as L
 from torch import nn
 
 from camlens.adapters import adapt
+from camlens.rules import GUIDED
 from camlens.targets import ClassScore, RegressionScore
 
 from keras_models import one_conv_input, one_conv_net, probe_free, siamese
@@ -141,7 +142,7 @@ def test_keras_guided_backprop_gradient_by_hand_and_model_restored(activation_la
     u = model.get_layer("u")
     before = (u.__dict__.get("activation"), dict(model.get_layer("relu").__dict__) if activation_layer else None)
     _, plain = adapter.input_gradients(arrays, 0, ClassScore(0))
-    _, guided = adapter.input_gradients(arrays, 0, ClassScore(0), guided=True)
+    _, guided = adapter.input_gradients(arrays, 0, ClassScore(0), rule=GUIDED)
     _, plain_again = adapter.input_gradients(arrays, 0, ClassScore(0))
     np.testing.assert_allclose(plain[0, ..., 0], np.where(x[0, ..., 0] > 0, 1 / 9, 2 / 9), rtol=1e-6)
     np.testing.assert_allclose(guided[0, ..., 0], np.where(x[0, ..., 0] > 0, 1 / 9, 0.0), rtol=1e-6)
@@ -244,7 +245,7 @@ def test_torch_input_gradients_match_autograd_and_guided_rule_is_restored():
     adapter = adapt(model)
     arrays = adapter.prepare(x)
     _, plain = adapter.input_gradients(arrays, 0, ClassScore(0))
-    _, guided = adapter.input_gradients(arrays, 0, ClassScore(0), guided=True)
+    _, guided = adapter.input_gradients(arrays, 0, ClassScore(0), rule=GUIDED)
     np.testing.assert_allclose(plain[0, ..., 0], np.where(x[0, ..., 0] > 0, 1 / 9, 2 / 9), rtol=1e-6)
     np.testing.assert_allclose(guided[0, ..., 0], np.where(x[0, ..., 0] > 0, 1 / 9, 0.0), rtol=1e-6)
     assert "forward" not in model[1].__dict__
@@ -274,7 +275,7 @@ def test_torch_guided_rule_restored_after_an_exception():
     seen = []
     model.relu.register_forward_hook(lambda m, a, o: seen.append(m.__dict__.get("forward")))
     with pytest.raises(RuntimeError, match="boom"):
-        adapter.input_gradients(arrays, 0, ClassScore(0), guided=True)
+        adapter.input_gradients(arrays, 0, ClassScore(0), rule=GUIDED)
     assert seen and seen[0] is not None  # the guided rule was in place when it failed
     assert "forward" not in model.relu.__dict__
     assert model.training

@@ -22,6 +22,7 @@ import numpy as np
 from ._args import batches
 from .adapters.base import ModelAdapter
 from .graph import GraphNode
+from .rules import GUIDED, ReluRule
 from .targets import ClassScore, Target
 from .tokens import grid_to_tokens, tokens_to_grid
 
@@ -111,18 +112,20 @@ class ModelAccess:
     def gradient(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(scores (B,), grads (B, H, W, c))``: the scores of :meth:`score` and their gradient
         with respect to each copy."""
-        return self._input_gradients(n, batch, guided=False)
+        return self.rule_gradient(n, batch, None)
 
     def guided_gradient(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`gradient` with the Guided Backpropagation rule on every ReLU."""
-        return self._input_gradients(n, batch, guided=True)
+        return self.rule_gradient(n, batch, GUIDED)
 
-    def _input_gradients(self, n: int, batch: np.ndarray, guided: bool) -> tuple[np.ndarray, np.ndarray]:
+    def rule_gradient(self, n: int, batch: np.ndarray, rule: ReluRule | None) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`gradient` with every ReLU passing gradients back by ``rule``
+        (:mod:`camlens.rules`; ``None``: the plain gradient)."""
         pin = self._target.for_sample(n, self._class_idx)
         scores, grads = [], []
         for part in self._batches(batch):
             s, g = self._adapter.input_gradients(
-                pinned(self._arrays, n, self._which, part), self._which, pin, guided=guided
+                pinned(self._arrays, n, self._which, part), self._which, pin, rule=rule
             )
             scores.append(s)
             grads.append(g)

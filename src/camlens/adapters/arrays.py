@@ -124,7 +124,7 @@ class FunctionModel:
         raise self._no("layers")
 
     def input_gradients(self, inputs: list[np.ndarray], which: int, target: Target,
-                        guided: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                        rule: Any = None) -> tuple[np.ndarray, np.ndarray]:
         raise self._no("gradients")
 
     def can_probe(self, node: GraphNode) -> bool:

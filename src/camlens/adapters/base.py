@@ -14,6 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from ..graph import GraphNode, LayerGraph
+from ..rules import ReluRule
 from ..targets import Target
 
 __all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform"]
@@ -71,7 +72,7 @@ class ModelAdapter(Protocol):
     ) -> Callable[[np.ndarray], np.ndarray]: ...
 
     def input_gradients(
-        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+        self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
     # ---- what the model is like (capabilities: code outside adapters/ never asks "which framework")

@@ -237,7 +237,8 @@ class GuidedBackprop(PixelMethod):
     gradients where its input was positive.
 
     Springenberg et al., "Striving for Simplicity: The All Convolutional Net", ICLR
-    Workshops 2015. The ReLU rule is the adapter's (:attr:`PixelData.guided_gradient`).
+    Workshops 2015. The rule is :data:`camlens.rules.GUIDED`, which the adapters set on every
+    ReLU while they take the gradient (``data.guided_gradient``).
 
     attributions ``= guided dS/dx`` (signed, as an image-like reconstruction);
     map ``= max_c |attributions|``.

@@ -21,12 +21,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode, LayerGraph, linear_head_after
+from ...rules import ReluRule
 from ...targets import Target
 from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
 from .compiled import compiled_capture, compiled_input_gradients, compiled_score
-from .patches import guided_relus, probes, without_final_activation
+from .patches import probes, rule_relus, without_final_activation
 
 __all__ = ["KerasAdapter", "is_keras_model", "keras_to_numpy", "load_keras_file"]
 
@@ -369,26 +370,27 @@ class KerasAdapter:
         return Capture(out_np, score_np, sites)
 
     def input_gradients(
-        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+        self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With ``guided`` every
-        ReLU of the model passes back only positive gradients at positive inputs (Guided
-        Backpropagation) while this call runs."""
+        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With a ``rule``
+        (:mod:`camlens.rules`) every ReLU of the model passes gradients back by it while this
+        call runs."""
         if self._compiles():
-            compiled = compiled_input_gradients(self, inputs, which, target, guided)
+            compiled = compiled_input_gradients(self, inputs, which, target, rule)
             if compiled is not None:
                 return compiled
         grad_fn = self._gradient_function()
-        run = functools.partial(self._input_run, inputs, which, target, guided)
+        run = functools.partial(self._input_run, inputs, which, target, rule)
         _, scores, _, grads = grad_fn(run, True)
         g = np.asarray(grads[(-1, which)], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
 
     def _input_run(
-        self, inputs: Sequence[Any], which: int, target: Target, guided: bool, make_probe: MakeProbe
+        self, inputs: Sequence[Any], which: int, target: Target, rule: ReluRule | None,
+        make_probe: MakeProbe,
     ) -> tuple[list[Any], Any, dict[Key, Any]]:
         """The model on ``inputs`` with ``make_probe((-1, which), x)`` applied to input
-        ``which`` (and the guided rule on its ReLUs): ``(outputs, scores, {key: input})``."""
+        ``which`` (and ``rule`` on its ReLUs): ``(outputs, scores, {key: input})``."""
         import keras
 
         key: Key = (-1, which)
@@ -397,8 +399,8 @@ class KerasAdapter:
         with contextlib.ExitStack() as patches:
             if target.wants_logits:
                 patches.enter_context(self._logit_patch(target))
-            if guided:
-                patches.enter_context(guided_relus(self.backend_module, self._ops.values()))
+            if rule is not None:
+                patches.enter_context(rule_relus(self.backend_module, self._ops.values(), rule))
             outs = self._call(xs)
             scores = target.score(outs, self.graph().output_names, keras.ops)
         return outs, scores, {key: xs[which]}

@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode
+from ...rules import ReluRule
 from ...targets import Target
 from .backends._types import Key, Parts, Program
 
@@ -198,7 +199,7 @@ def compiled_score(adapter: Any, inputs: list[np.ndarray], target: Target) -> np
 
 
 def compiled_input_gradients(
-    adapter: Any, inputs: list[np.ndarray], which: int, target: Target, guided: bool
+    adapter: Any, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(scores, d score / d inputs[which])`` from a compiled run, or ``None`` (the eager path
     runs instead). Pixel attributions call it once per batch of noisy copies (SmoothGrad) or
@@ -206,8 +207,8 @@ def compiled_input_gradients(
     import keras
 
     found = _program(
-        adapter, inputs, target, ("input", which, guided), [],
-        lambda parts: adapter.backend_module.input_gradient_program(parts, which, guided),
+        adapter, inputs, target, ("input", which, rule), [],  # a rule by identity
+        lambda parts: adapter.backend_module.input_gradient_program(parts, which, rule),
     )
     if found is None:
         return None

@@ -8,7 +8,9 @@ import contextlib
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["instance_attrs", "probes", "guided_relus", "without_final_activation"]
+from ...rules import ReluRule
+
+__all__ = ["instance_attrs", "probes", "rule_relus", "without_final_activation"]
 
 _MISSING = object()
 
@@ -47,10 +49,10 @@ def probes(ops: Sequence[Any], on_call: Callable[[Any, Any], Any]) -> contextlib
     return instance_attrs([(op, "call", wrap(op)) for op in ops])
 
 
-def guided_relus(backend: ModuleType, ops: Any) -> contextlib.AbstractContextManager[None]:
+def rule_relus(backend: ModuleType, ops: Any, rule: ReluRule) -> contextlib.AbstractContextManager[None]:
     """Swap every ReLU of the model (``activation="relu"``/``"relu6"`` of any layer, an
-    ``Activation`` layer, a plain ``ReLU`` layer) for one with the Guided Backpropagation
-    gradient, on the instances, while the block runs."""
+    ``Activation`` layer, a plain ``ReLU`` layer) for one whose gradient follows ``rule``, on
+    the instances, while the block runs."""
     changes: list[tuple[Any, str, Any]] = []
     seen: set[int] = set()
     for op in ops:
@@ -62,10 +64,10 @@ def guided_relus(backend: ModuleType, ops: Any) -> contextlib.AbstractContextMan
         if type(op).__name__ == "ReLU":
             if float(getattr(op, "negative_slope", 0) or 0) == 0 and float(getattr(op, "threshold", 0) or 0) == 0:
                 top = getattr(op, "max_value", None)
-                fn = backend.guided_relu(None if top is None else float(top))
+                fn = backend.rule_relu(rule, None if top is None else float(top))
                 changes.append((op, "call", lambda x, *a, __fn=fn, **k: __fn(x)))
         elif name in ("relu", "relu6") and callable(act):
-            changes.append((op, "activation", backend.guided_relu(6.0 if name == "relu6" else None)))
+            changes.append((op, "activation", backend.rule_relu(rule, 6.0 if name == "relu6" else None)))
     return instance_attrs(changes)
 
 

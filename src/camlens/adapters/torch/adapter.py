@@ -30,8 +30,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode, LayerGraph, linear_head_after
+from ...rules import ReluRule
 from ...targets import Target
-from .._torch_autograd import guided_relu_torch
+from .._torch_autograd import rule_relu_torch
 from ..base import Capture, InputSpec, _as_float_array, glorot_uniform
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
@@ -498,11 +499,11 @@ class TorchAdapter:
         return outs, scores, grads
 
     def input_gradients(
-        self, inputs: list[np.ndarray], which: int, target: Target, guided: bool = False
+        self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``, channels-last. With
-        ``guided`` every ``nn.ReLU``/``nn.ReLU6`` module passes back only positive gradients
-        at positive inputs (Guided Backpropagation) while this call runs."""
+        """``(scores (N,), d score / d inputs[which] (N, H, W, c))``, channels-last. With a
+        ``rule`` (:mod:`camlens.rules`) every ``nn.ReLU``/``nn.ReLU6`` module passes gradients
+        back by it while this call runs."""
         import torch
 
         graph = self.graph()
@@ -512,8 +513,8 @@ class TorchAdapter:
             stack.enter_context(eval_mode(self.model))
             stack.enter_context(torch.enable_grad())
             stack.enter_context(self._logit_patch(target))
-            if guided:
-                stack.enter_context(self._guided_relus())
+            if rule is not None:
+                stack.enter_context(self._rule_relus(rule))
             out = self.model(*tensors)
             scores = target.score([o for _, o in _flatten_output_arg(out)], graph.output_names, TorchOps)
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
@@ -522,7 +523,7 @@ class TorchAdapter:
         )
         return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
 
-    def _guided_relus(self) -> contextlib.AbstractContextManager[None]:
+    def _rule_relus(self, rule: ReluRule) -> contextlib.AbstractContextManager[None]:
         import torch
 
         if self._gm is not None:
@@ -535,7 +536,7 @@ class TorchAdapter:
                 warnings.warn(
                     f"{len(functional)} ReLU(s) called as functions in forward() "
                     f"({', '.join(functional[:3])}{'...' if len(functional) > 3 else ''}) keep their "
-                    "plain gradient; Guided Backpropagation swaps the rule of nn.ReLU and nn.ReLU6 "
+                    f"plain gradient; the {rule.name} rule is set on nn.ReLU and nn.ReLU6 "
                     "modules only",
                     RuntimeWarning,
                     stacklevel=4,
@@ -545,7 +546,7 @@ class TorchAdapter:
             for m in self.model.modules()
             if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))
         ]
-        return instance_forwards([(m, lambda x, __top=top: guided_relu_torch(x, __top)) for m, top in mods])
+        return instance_forwards([(m, lambda x, __top=top: rule_relu_torch(x, rule, __top)) for m, top in mods])
 
     def site_scorer(
         self, inputs: list[np.ndarray], node: GraphNode, target: Target

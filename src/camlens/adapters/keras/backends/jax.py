@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ....rules import ReluRule
 from ._types import Key, Parts, Program, Runner
 
 COMPILES = True
@@ -39,27 +40,27 @@ def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[K
     return outs, scores, acts, {k: np.asarray(v) for k, v in grads.items()}
 
 
-def guided_relu(max_value: float | None = None) -> Callable[[Any], Any]:
-    """``min(max(x, 0), max_value)`` whose gradient passes only positive gradients at inputs
-    inside ``(0, max_value)`` (Springenberg et al., "Striving for Simplicity", 2015)."""
+def rule_relu(rule: ReluRule, max_value: float | None = None) -> Callable[[Any], Any]:
+    """``min(max(x, 0), max_value)`` whose gradient follows ``rule`` (and passes nothing back
+    at or above ``max_value``)."""
     import jax
     import jax.numpy as jnp
 
     @jax.custom_vjp
-    def jax_guided(x: Any) -> Any:
+    def jax_rule_relu(x: Any) -> Any:
         return jnp.maximum(x, 0) if max_value is None else jnp.clip(x, 0, max_value)
 
     def fwd(x: Any) -> tuple[Any, Any]:
-        return jax_guided(x), x
+        return jax_rule_relu(x), x
 
     def bwd(x: Any, dy: Any) -> tuple[Any]:
-        gate = (x > 0) & (dy > 0)
+        gate = rule.passes(x, dy)
         if max_value is not None:
             gate = gate & (x < max_value)
         return (dy * gate.astype(dy.dtype),)
 
-    jax_guided.defvjp(fwd, bwd)
-    return jax_guided
+    jax_rule_relu.defvjp(fwd, bwd)
+    return jax_rule_relu
 
 
 def capture_program(parts: Parts) -> Program:
@@ -104,7 +105,7 @@ def score_program(parts: Parts) -> Program:
     return run
 
 
-def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
+def input_gradient_program(parts: Parts, which: int, rule: ReluRule | None) -> Program:
     import jax
     import jax.numpy as jnp
     import keras
@@ -115,7 +116,7 @@ def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
         with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
 
             def total(z: Any) -> tuple[Any, list[Any]]:
-                outs, scores, _ = adapter._input_run(xs, which, target, guided, lambda k, y: y + z)
+                outs, scores, _ = adapter._input_run(xs, which, target, rule, lambda k, y: y + z)
                 return jnp.sum(scores), outs
 
             g, outs = jax.grad(total, has_aux=True)(jnp.zeros_like(xs[which]))

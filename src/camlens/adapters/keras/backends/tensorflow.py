@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ....rules import ReluRule
 from ._types import Key, Parts, Program, Runner
 
 COMPILES = True
@@ -44,24 +45,24 @@ def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[K
     return outs, scores, acts, grads
 
 
-def guided_relu(max_value: float | None = None) -> Callable[[Any], Any]:
-    """``min(max(x, 0), max_value)`` whose gradient passes only positive gradients at inputs
-    inside ``(0, max_value)`` (Springenberg et al., "Striving for Simplicity", 2015)."""
+def rule_relu(rule: ReluRule, max_value: float | None = None) -> Callable[[Any], Any]:
+    """``min(max(x, 0), max_value)`` whose gradient follows ``rule`` (and passes nothing back
+    at or above ``max_value``)."""
     import tensorflow as tf
 
     @tf.custom_gradient
-    def tf_guided(x: Any) -> Any:
+    def tf_rule_relu(x: Any) -> Any:
         y = tf.nn.relu(x) if max_value is None else tf.clip_by_value(x, 0.0, max_value)
 
         def grad(dy: Any) -> Any:
-            gate = tf.logical_and(x > 0, dy > 0)
+            gate = rule.passes(x, dy)
             if max_value is not None:
                 gate = tf.logical_and(gate, x < max_value)
             return dy * tf.cast(gate, dy.dtype)
 
         return y, grad
 
-    return tf_guided
+    return tf_rule_relu
 
 
 def capture_program(parts: Parts) -> Program:
@@ -109,7 +110,7 @@ def score_program(parts: Parts) -> Program:
     return run
 
 
-def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
+def input_gradient_program(parts: Parts, which: int, rule: ReluRule | None) -> Program:
     import tensorflow as tf
 
     @tf.function(autograph=False)
@@ -118,7 +119,7 @@ def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             z = tf.zeros_like(xs[which])
             tape.watch(z)
-            outs, scores, _ = adapter._input_run(xs, which, target, guided, lambda k, y: y + z)
+            outs, scores, _ = adapter._input_run(xs, which, target, rule, lambda k, y: y + z)
             total = tf.reduce_sum(scores)
         return outs, tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 

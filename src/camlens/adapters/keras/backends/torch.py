@@ -10,9 +10,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ....rules import ReluRule
 from ._types import Key, Parts, Program, Runner
 
-from ..._torch_autograd import guided_relu_torch
+from ..._torch_autograd import rule_relu_torch
 
 COMPILES = False
 
@@ -57,10 +58,9 @@ def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[K
     return outs, scores.detach(), acts, grads
 
 
-def guided_relu(max_value: float | None = None) -> Callable[[Any], Any]:
-    """``min(max(x, 0), max_value)`` whose gradient passes only positive gradients at inputs
-    inside ``(0, max_value)`` (Springenberg et al., "Striving for Simplicity", 2015)."""
-    return lambda x: guided_relu_torch(x, max_value)
+def rule_relu(rule: ReluRule, max_value: float | None = None) -> Callable[[Any], Any]:
+    """``min(max(x, 0), max_value)`` whose gradient follows ``rule``."""
+    return lambda x: rule_relu_torch(x, rule, max_value)
 
 
 def capture_program(parts: Parts) -> Program:
@@ -71,5 +71,5 @@ def score_program(parts: Parts) -> Program:
     raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
 
 
-def input_gradient_program(parts: Parts, which: int, guided: bool) -> Program:
+def input_gradient_program(parts: Parts, which: int, rule: ReluRule | None) -> Program:
     raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
