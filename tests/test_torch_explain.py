@@ -318,3 +318,27 @@ def test_a_module_that_fails_on_the_input_size_gets_one_clear_error(capsys):
     assert not any(m._forward_hooks for m in net.modules())
     for method in ("scorecam", "ablationcam"):  # the model reruns work at a function too
         assert np.isfinite(camlens.explain(net, x, method=method, target=1).map).all()
+
+
+def test_cam_on_torch_takes_the_linear_head_and_refuses_one_that_does_not_give_the_output():
+    # the head search is CAM's (camlens.methods.cam.head_weights); the adapter only says what
+    # each layer is. CAM equals relu-free sum of the Linear weights times the activations.
+    import torch
+
+    class Twice(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    torch.manual_seed(4)
+    body = [torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(), torch.nn.Linear(4, 3)]
+    good = torch.nn.Sequential(*body, torch.nn.Softmax(dim=1)).eval()
+    x = torch.rand(2, 3, 5, 5)
+    exp = camlens.explain(good, x, method="cam", target=1, layer="1")
+    with torch.no_grad():
+        acts = good[1](good[0](x)).permute(0, 2, 3, 1).numpy()
+    want = acts @ good[4].weight[1].detach().numpy()
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-5, atol=1e-6)
+    bad = torch.nn.Sequential(*body, Twice()).eval()
+    with pytest.raises(ValueError, match="does not produce output"):
+        camlens.explain(bad, x, method="cam", target=1, layer="1")

@@ -22,6 +22,7 @@ import numpy as np
 from ._args import batches
 from .adapters.base import ModelAdapter
 from .graph import GraphNode
+from .methods.cam import head_weights as cam_head_weights
 from .rules import GUIDED, ReluRule
 from .targets import ClassScore, Target
 from .tokens import grid_to_tokens, tokens_to_grid
@@ -93,7 +94,9 @@ class ModelAccess:
                 "target (an index, None, ClassScore or Logit) or method='gradcam'."
             )
         assert self._node is not None and self._class_idx is not None
-        head = self._adapter.head_weights(self._node, self._output_index)
+        adapter = self._adapter
+        head = cam_head_weights(adapter.graph(), self._node, self._output_index, adapter.layer_role,
+                                adapter.dense_kernel)
         return head[:, self._class_idx].T
 
     # ------------------------------------------------------------------ rerunning the model

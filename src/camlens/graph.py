@@ -38,7 +38,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from .tokens import TokenGrid, check_grid, guess_grid, infer_grid
 
@@ -49,7 +49,6 @@ __all__ = [
     "LayerReport",
     "choose_layers",
     "find_nodes",
-    "linear_head_after",
 ]
 
 _POOLING = {"MaxPooling2D", "AveragePooling2D", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"}
@@ -396,36 +395,6 @@ def _fallback_choice(graph: LayerGraph) -> LayerChoice:
     )
     same = [n for n in spatial if n.path == last.path]
     return LayerChoice(same, f"{last.path}: last layer with a spatial output (graph not readable)")
-
-
-def linear_head_after(
-    graph: LayerGraph,
-    node: GraphNode,
-    is_pool: Callable[[GraphNode], bool],
-    passes: Callable[[GraphNode], bool],
-    is_dense: Callable[[GraphNode], bool],
-) -> GraphNode:
-    """The dense layer that follows ``node`` through global average pooling (with only
-    pass-through layers such as dropout or flatten between): the head CAM takes its weights
-    from. Raises ``ValueError`` that names what follows ``node`` instead."""
-    succ = graph.successors()
-    by_id = {n.id: n for n in graph.nodes}
-    cur, pooled, walked = node.id, False, []
-    while len(succ[cur]) == 1:
-        cur = succ[cur][0]
-        n = by_id[cur]
-        walked.append(n.path)
-        if not pooled and is_pool(n):
-            pooled = True
-        elif pooled and is_dense(n):
-            return n
-        elif not (pooled and passes(n)):
-            break
-    raise ValueError(
-        f"CAM needs the layer to feed global average pooling and then one dense layer that gives "
-        f"the scores; after {node.path!r} the model has {' -> '.join(walked) or 'nothing'}. Use "
-        "method='gradcam', which equals CAM on such heads and works on any model."
-    )
 
 
 def find_nodes(graph: LayerGraph, name: str) -> list[GraphNode]:

@@ -117,7 +117,10 @@ class FunctionModel:
     def _no(self, what: str) -> NotImplementedError:
         return NotImplementedError(f"a FunctionModel has no {what}: it is a numpy function")
 
-    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
+    def layer_role(self, node: GraphNode) -> str | None:
+        return None
+
+    def dense_kernel(self, node: GraphNode) -> np.ndarray:
         raise self._no("layers")
 
     def site_scorer(self, inputs: list[np.ndarray], node: GraphNode, target: Target) -> Any:

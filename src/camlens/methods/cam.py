@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
+from ..graph import GraphNode, LayerGraph
 from .base import CAMMethod, SiteData, register
+
+__all__ = ["CAM", "head_weights"]
+
+#: what an adapter says a layer is, for the head search (``adapter.layer_role(node)``)
+ROLES = ("global_pool", "pass", "dense", "activation")
 
 
 @register
@@ -45,3 +53,55 @@ class CAM(CAMMethod):
         if weights.shape != expected:
             raise ValueError(f"cam: head_weights must be (N, C) = {expected}; got {weights.shape}")
         return np.einsum("nhwc,nc->nhw", acts, weights).astype(np.float32)
+
+
+def head_weights(
+    graph: LayerGraph,
+    node: GraphNode,
+    output_index: int,
+    role: Callable[[GraphNode], str | None],
+    kernel: Callable[[GraphNode], np.ndarray],
+) -> np.ndarray:
+    """``(C, classes)``: the kernel of the dense layer that follows ``node`` through global
+    average pooling (only pass-through layers such as dropout or flatten between) and gives
+    output ``output_index`` (only activations such as a softmax after it). ``role(n)`` is one
+    of :data:`ROLES` or ``None``, and ``kernel(n)`` the dense layer's ``(in, out)`` weights:
+    what the adapter says of its layers. Raises ``ValueError`` naming what the model has
+    instead."""
+    succ = graph.successors()
+    by_id = {n.id: n for n in graph.nodes}
+    cur, pooled, walked, dense = node.id, False, [], None
+    while len(succ[cur]) == 1:
+        cur = succ[cur][0]
+        n = by_id[cur]
+        walked.append(n.path)
+        if not pooled and role(n) == "global_pool":
+            pooled = True
+        elif pooled and role(n) == "dense":
+            dense = n
+            break
+        elif not (pooled and role(n) == "pass"):
+            break
+    if dense is None:
+        raise ValueError(
+            f"CAM needs the layer to feed global average pooling and then one dense layer that "
+            f"gives the scores; after {node.path!r} the model has {' -> '.join(walked) or 'nothing'}. "
+            "Use method='gradcam', which equals CAM on such heads and works on any model."
+        )
+    weights = np.asarray(kernel(dense), dtype=np.float32)
+    channels = (node.shape or (None,))[-1]
+    if weights.shape[0] != channels:
+        raise ValueError(
+            f"CAM: the {dense.kind} layer {dense.path!r} takes {weights.shape[0]} features; "
+            f"{node.path!r} has {channels} channels"
+        )
+    nid, out = dense.id, graph.outputs[output_index]
+    while nid != out:
+        nxt = succ[nid]
+        if len(nxt) != 1 or role(by_id[nxt[0]]) not in ("activation", "pass"):
+            raise ValueError(
+                f"CAM: the {dense.kind} layer {dense.path!r} after {node.path!r} does not produce "
+                f"output {graph.output_names[output_index]!r}"
+            )
+        nid = nxt[0]
+    return weights

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...graph import GraphNode, LayerGraph, linear_head_after
+from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule
 from ...targets import Target
 from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
@@ -519,39 +519,17 @@ class KerasAdapter:
             ops.append(self._ops[graph.outputs[i]])
         return without_final_activation(ops)
 
-    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
-        """Kernel ``(C, classes)`` of the Dense layer that follows ``node`` through global
-        average pooling, for CAM. Raises ``ValueError`` when the model has no such head."""
-        graph = self.graph()
-        dense = linear_head_after(
-            graph,
-            node,
-            is_pool=lambda n: n.kind == "GlobalAveragePooling2D",
-            passes=lambda n: n.kind == "Dropout",
-            is_dense=lambda n: n.kind == "Dense",
-        )
-        kernel = keras_to_numpy(self._ops[dense.id].kernel)
-        if kernel.shape[0] != (node.shape or (None,))[-1]:
-            raise ValueError(
-                f"CAM: the Dense layer {dense.path!r} takes {kernel.shape[0]} features; "
-                f"{node.path!r} has {(node.shape or (None,))[-1]} channels"
-            )
-        by_id = {n.id: n for n in graph.nodes}
-        if not self._feeds_output(dense.id, graph.outputs[output_index], by_id, graph.successors()):
-            raise ValueError(
-                f"CAM: the Dense layer {dense.path!r} after {node.path!r} does not produce "
-                f"output {graph.output_names[output_index]!r}"
-            )
-        return kernel
+    def layer_role(self, node: GraphNode) -> str | None:
+        """What the CAM head search needs to know of a layer (``camlens.methods.cam.ROLES``)."""
+        return _ROLES.get(node.kind)
 
-    @staticmethod
-    def _feeds_output(nid: int, out: int, by_id: dict[int, GraphNode], succ: dict[int, list[int]]) -> bool:
-        while nid != out:
-            nxt = succ[nid]
-            if len(nxt) != 1 or by_id[nxt[0]].kind not in ("Activation", "Softmax", "Dropout"):
-                return False
-            nid = nxt[0]
-        return True
+    def dense_kernel(self, node: GraphNode) -> np.ndarray:
+        """The ``(in, out)`` kernel of a Dense layer."""
+        return keras_to_numpy(self._ops[node.id].kernel)
+
+
+_ROLES = {"GlobalAveragePooling2D": "global_pool", "Dropout": "pass", "Dense": "dense",
+          "Activation": "activation", "Softmax": "activation"}
 
 
 def _pick(value: Any, k: int) -> Any:

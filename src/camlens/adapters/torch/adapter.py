@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ...graph import GraphNode, LayerGraph, linear_head_after
+from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule
 from ...targets import Target
 from .._torch_autograd import rule_relu_torch
@@ -665,24 +665,22 @@ class TorchAdapter:
                 mods.append(mod)
         return identity_hooks(mods)
 
-    def head_weights(self, node: GraphNode, output_index: int) -> np.ndarray:
-        """``(C, classes)`` weights of the Linear layer after global average pooling."""
-        dense = linear_head_after(
-            self.graph(),
-            node,
-            is_pool=lambda n: (n.kind == "AdaptiveAvgPool2d" and n.shape is not None and n.shape[:2] == (1, 1))
-            or n.kind in ("mean", "adaptive_avg_pool2d"),
-            passes=lambda n: n.kind in ("flatten", "Flatten", "Dropout", "view", "reshape", "squeeze"),
-            is_dense=lambda n: n.kind == "Linear",
-        )
-        weight = self._modules[self._node_module[dense.id]].weight.detach().cpu().numpy()
-        if weight.shape[1] != (node.shape or (None,))[-1]:
-            raise ValueError(
-                f"CAM: the Linear layer {dense.path!r} takes {weight.shape[1]} features; "
-                f"{node.path!r} has {(node.shape or (None,))[-1]} channels"
-            )
+    def layer_role(self, node: GraphNode) -> str | None:
+        """What the CAM head search needs to know of a layer (``camlens.methods.cam.ROLES``)."""
+        if node.kind == "AdaptiveAvgPool2d":
+            return "global_pool" if node.shape is not None and node.shape[:2] == (1, 1) else None
+        return _ROLES.get(node.kind)
+
+    def dense_kernel(self, node: GraphNode) -> np.ndarray:
+        """The ``(in, out)`` weights of a Linear module."""
+        weight = self._modules[self._node_module[node.id]].weight.detach().cpu().numpy()
         return weight.T.astype(np.float32)
 
+
+_ROLES = {"mean": "global_pool", "adaptive_avg_pool2d": "global_pool", "Linear": "dense",
+          **dict.fromkeys(("flatten", "Flatten", "Dropout", "view", "reshape", "squeeze"), "pass"),
+          **dict.fromkeys(("Softmax", "softmax", "Sigmoid", "sigmoid", "LogSoftmax", "log_softmax"),
+                          "activation")}
 
 # The fx trace and shape propagation of each traced module (one forward pass at batch 1, and
 # as long again for the trace on a model like EfficientNet-Lite0), kept between explain calls
