@@ -97,7 +97,9 @@ def explain(
             (``"path#1"`` for its second call), a layer index, or a list of them.
         output: for models with several outputs, which one (index or name) the target reads.
         normalize: "minmax" or "percentile", applied to each map.
-        batch_size: samples per forward/backward pass.
+        batch_size: samples per forward/backward pass, and the most inputs of any one model
+            run: where a method reruns the model, its own ``batch_size`` (``ScoreCAM(batch_size=8)``:
+            masked copies built at a time) is run in parts of at most this many.
         token_grid: for vision transformers, ``(gh, gw)`` patches of a token layer ``(T, C)``;
             ``T - gh * gw`` leading tokens (class, distillation, registers) are set aside. Without
             it ``T`` or ``T - 1`` must be a perfect square (197 = class token + 14x14). The map
