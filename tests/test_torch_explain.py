@@ -342,3 +342,47 @@ def test_cam_on_torch_takes_the_linear_head_and_refuses_one_that_does_not_give_t
     bad = torch.nn.Sequential(*body, Twice()).eval()
     with pytest.raises(ValueError, match="does not produce output"):
         camlens.explain(bad, x, method="cam", target=1, layer="1")
+
+
+class ExportOnly(nn.Module):
+    """torch.fx cannot trace this forward (it iterates over **kwargs); torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU()  # called twice: two call sites
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x, **kwargs):
+        for _ in kwargs:
+            pass
+        h = self.act(self.c1(x))
+        h = self.act(self.c2(h))
+        return self.fc(self.pool(h).flatten(1))
+
+
+def test_a_module_fx_cannot_trace_is_read_from_torch_export():
+    import warnings
+
+    torch.manual_seed(6)
+    net = ExportOnly().eval()
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(Exception):
+        torch.fx.symbolic_trace(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no run-order fallback
+        report = camlens.layers(net, input_shape=(1, 3, 8, 8))
+    assert report.chosen == ["act#1"]  # the dominator, not "the last spatial module"
+    kinds = {r.path: r.kind for r in report.rows}
+    assert kinds["act"] == "ReLU" and kinds["fc"] == "Linear" and kinds["pool"] == "AdaptiveAvgPool2d"
+    fm = camlens.feature_maps(net, x, ["act", "act#1"])  # each call site its own activations
+    with torch.no_grad():
+        a1 = net.act(net.c1(x))
+        a2 = net.act(net.c2(a1))
+    np.testing.assert_array_equal(fm["act"], a1.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(fm["act#1"], a2.permute(0, 2, 3, 1).numpy())
+    cam = camlens.explain(net, x, method="cam", target=1)  # the head is found on this graph too
+    grad = camlens.explain(net, x, method="gradcam", target=1)
+    np.testing.assert_allclose(np.maximum(cam.raw_maps[0], 0) / 64, grad.raw_maps[0], rtol=1e-5, atol=1e-7)

@@ -148,19 +148,41 @@ class TorchAdapter:
                 with eval_mode(self.model):  # trace the inference branches
                     traced = symbolic_trace(self.model)
             except Exception as exc:  # fx raises many types on untraceable Python
-                warnings.warn(
-                    f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}); camlens falls back to the "
-                    "order in which modules run, and layer='auto' to the last spatial one",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                self._graph = self._run_order_graph()
+                exported = self._exported()
+                if exported is None:
+                    warnings.warn(
+                        f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}), nor can torch.export; "
+                        "camlens falls back to the order in which modules run, and layer='auto' "
+                        "to the last spatial one",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    self._graph = self._run_order_graph()
+                else:
+                    # the exported graph gives the structure; modules are probed with hooks on
+                    # the module itself, functions inside forward() are not probed
+                    self._graph = self._fx_graph(exported, exported=True)
+                    _TRACES[self.model] = (key, self._graph, None, dict(self._node_module), dict(self._fx_node))
             else:
                 self._graph = self._fx_graph(traced)
                 self._gm = traced
                 _TRACES[self.model] = (key, self._graph, traced, dict(self._node_module), dict(self._fx_node))
         return self._graph
+
+    def _exported(self) -> Any:
+        """The module's graph from ``torch.export`` (which traces the Python that fx cannot:
+        Hugging Face models, keyword arguments, output dataclasses), as a GraphModule whose
+        nodes carry the module they ran in; ``None`` where export fails too."""
+        import torch
+
+        try:
+            with eval_mode(self.model), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.export(self.model, tuple(self._tensors(self._example or [])), strict=False)
+            return program.module()
+        except Exception:  # export raises many types on what it cannot trace
+            return None
 
     def _trace_key(self) -> tuple[Any, ...]:
         """What a kept trace depends on: the input shapes (for the propagated shapes), the
@@ -172,7 +194,7 @@ class TorchAdapter:
             type(self.model).forward,
         )
 
-    def _fx_graph(self, gm: Any) -> LayerGraph:
+    def _fx_graph(self, gm: Any, exported: bool = False) -> LayerGraph:
         import torch
         from torch.fx.passes.shape_prop import ShapeProp
 
@@ -223,6 +245,8 @@ class TorchAdapter:
                 else:
                     path = node.name
                     kind = getattr(node.target, "__name__", str(node.target))
+                    if exported:  # aten ops: "relu.default" is the function relu
+                        kind = kind.split(".")[0]
                 nid = len(nodes)
                 ids[node.name] = nid
                 self._fx_node[nid] = node.name
@@ -233,12 +257,13 @@ class TorchAdapter:
                 for prefix in _module_prefixes(node):
                     aliases.setdefault(prefix, [])
                     aliases[prefix] = [nid]  # the last node inside a module gives its output
-        self._name_module_outputs(gm, ids, nodes, calls)
+        self._name_module_outputs(gm, ids, nodes, calls, leaves_too=exported)
         aliases = {k: v for k, v in aliases.items() if k not in calls}
         return LayerGraph(nodes, inputs, outputs, output_names, input_names, aliases=aliases)
 
     def _name_module_outputs(
-        self, gm: Any, ids: dict[str, int], nodes: list[GraphNode], calls: dict[str, int]
+        self, gm: Any, ids: dict[str, int], nodes: list[GraphNode], calls: dict[str, int],
+        leaves_too: bool = False,
     ) -> None:
         """Give a module's name to the function node that is its output.
 
@@ -257,8 +282,9 @@ class TorchAdapter:
         chosen: dict[int, tuple[str, int]] = {}
         for (path, key, call), fx_node in last.items():
             nid = ids[fx_node.name]
-            if nid in self._node_module or path in self._modules and not list(self._modules[path].children()):
-                continue  # a module node already, or a leaf module (it has its own node)
+            leaf = path in self._modules and not list(self._modules[path].children())
+            if nid in self._node_module or (leaf and not leaves_too):
+                continue  # a module node already, or a leaf module (fx gives it its own node)
             users = list(fx_node.users)
             if not users or any(key in (u.meta.get("nn_module_stack") or {}) for u in users):
                 continue
@@ -266,6 +292,8 @@ class TorchAdapter:
                 chosen[nid] = (path, call)  # the innermost module whose output it is
         for nid, (path, call) in chosen.items():
             nodes[nid].path, nodes[nid].call = path, call
+            if leaves_too and not list(self._modules[path].children()):
+                nodes[nid].kind = type(self._modules[path]).__name__  # as fx names module nodes
             self._node_module[nid] = path
             calls[path] = max(calls.get(path, 0), call + 1)
 

@@ -1,0 +1,70 @@
+"""Hugging Face `transformers` models, built from configs with random weights: torch.fx cannot
+trace them, torch.export can, so the graph is readable and `layer="auto"` follows the same rules
+as on any model. Grad-CAM equals one computed by hand with a hook on the chosen module."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import camlens  # noqa: E402
+
+
+def _grad_cam_by_hand(model, module, x, cls, tokens=False):
+    store = {}
+
+    def hook(m, args, out):
+        out.retain_grad()
+        store["a"] = out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(x).logits
+        logits[:, cls].sum().backward()
+    finally:
+        handle.remove()
+    a, g = store["a"].detach(), store["a"].grad.detach()
+    if tokens:  # (N, 1 + h*w, C): the class token set aside, patches on their grid
+        n, t, c = a.shape
+        side = int(round((t - 1) ** 0.5))
+        a, g = a[:, 1:].reshape(n, side, side, c), g[:, 1:].reshape(n, side, side, c)
+    else:  # (N, C, h, w) -> channels-last
+        a, g = a.permute(0, 2, 3, 1), g.permute(0, 2, 3, 1)
+    w = g.mean(dim=(1, 2), keepdim=True)
+    return torch.relu((w * a).sum(-1)).numpy()
+
+
+def test_vit_auto_is_the_input_of_the_last_blocks_attention_and_gradcam_matches():
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "graph not readable" fallback
+        report = camlens.layers(model, input_shape=(1, 3, 32, 32))
+    chosen = report.chosen[0]
+    norm = dict(model.named_modules())[chosen]
+    assert chosen.endswith("1.layernorm_before") and isinstance(norm, torch.nn.LayerNorm)
+    exp = camlens.explain(model, x, target=2)
+    assert exp.sites[0].layer == chosen
+    want = _grad_cam_by_hand(model, norm, x, 2, tokens=True)
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-6)
+
+
+def test_resnet_container_names_and_gradcam_match():
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+    torch.manual_seed(1)
+    model = transformers.ResNetForImageClassification(cfg).eval()
+    x = torch.rand(2, 3, 32, 32)
+    exp = camlens.explain(model, x, target=1, layer="resnet.encoder.stages.1")
+    stage = dict(model.named_modules())["resnet.encoder.stages.1"]
+    want = _grad_cam_by_hand(model, stage, x, 1)
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-6)
+    auto = camlens.explain(model, x, target=1)
+    np.testing.assert_allclose(auto.raw_maps[0], want, rtol=1e-4, atol=1e-6)  # the same value
