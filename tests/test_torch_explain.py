@@ -386,3 +386,39 @@ def test_a_module_fx_cannot_trace_is_read_from_torch_export():
     cam = camlens.explain(net, x, method="cam", target=1)  # the head is found on this graph too
     grad = camlens.explain(net, x, method="gradcam", target=1)
     np.testing.assert_allclose(np.maximum(cam.raw_maps[0], 0) / 64, grad.raw_maps[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_module_returning_a_dataclass_has_its_fields_as_outputs():
+    # an output record built in forward() (as many libraries return): its tensor fields are the
+    # outputs, named as the fields; unset fields (no loss without labels) are left out. It used
+    # to end in a KeyError from the graph reader.
+    from dataclasses import dataclass
+
+    @dataclass
+    class Result:
+        logits: torch.Tensor
+        features: torch.Tensor
+        loss: torch.Tensor | None = None
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            f = self.act(self.conv(x)).mean((2, 3))
+            return Result(self.fc(f), features=f)
+
+    torch.manual_seed(7)
+    net = Net().eval()
+    x = torch.rand(2, 3, 8, 8)
+    exp = camlens.explain(net, x, target=1, output="logits")
+    with torch.no_grad():
+        want = net(x).logits[:, 1].numpy()
+    np.testing.assert_allclose(exp.scores, want, rtol=1e-6)
+    assert exp.sites[0].layer == "act"
+    feats = camlens.explain(net, x, target=camlens.targets.RegressionScore(3, output="features"))
+    with torch.no_grad():
+        np.testing.assert_allclose(feats.scores, net(x).features[:, 3].numpy(), rtol=1e-6)

@@ -20,6 +20,7 @@ as ``(N, h, w, C)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import sys
 import warnings
@@ -228,10 +229,10 @@ class TorchAdapter:
                 input_names.append(node.name)
                 nodes.append(GraphNode(len(nodes), node.name, 0, "Input", shape, [], True, len(inputs) - 1))
             elif node.op == "output":
-                flat = _flatten_output_arg(node.args[0])
-                for k, (name, arg) in enumerate(flat):
-                    outputs.append(ids[arg.name])
-                    output_names.append(name)
+                for name, arg in _flatten_output_arg(node.args[0]):
+                    for name, arg in _record_fields(name, arg, ids):
+                        outputs.append(ids[arg.name])
+                        output_names.append(name)
             elif node.op == "get_attr":
                 continue
             elif meta is None:
@@ -738,6 +739,25 @@ def _module_prefixes(node: Any) -> list[str]:
     return [path for _, path, _ in _module_scopes(node)]
 
 
+def _record_fields(name: str, arg: Any, ids: dict[str, int]) -> list[tuple[str, Any]]:
+    """The tensor nodes a traced output holds: the node itself, or, for an output record built
+    in ``forward()`` (a dataclass), its fields, named as at run time."""
+    if not hasattr(arg, "name") or arg.name in ids:
+        return [(name, arg)]
+    target = getattr(arg, "target", None)
+    if getattr(arg, "op", "") == "call_function" and dataclasses.is_dataclass(target):
+        fields = [f.name for f in dataclasses.fields(target)]
+        out: list[tuple[str, Any]] = []
+        for field, value in [*zip(fields, arg.args), *arg.kwargs.items()]:
+            if hasattr(value, "name"):
+                out.extend(_record_fields(field if name == "output" else f"{name}.{field}", value, ids))
+        return out
+    raise ValueError(
+        f"the module's output {name!r} is {getattr(target, '__name__', target)!r}, not a tensor; "
+        "camlens reads tensors and tuples, dicts and dataclasses of them: return those"
+    )
+
+
 def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(arg, (list, tuple)):
         out: list[tuple[str, Any]] = []
@@ -748,6 +768,13 @@ def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
         out = []
         for k, a in arg.items():
             out.extend(_flatten_output_arg(a, f"{prefix}{k}."))
+        return out
+    if dataclasses.is_dataclass(arg) and not isinstance(arg, type):  # an output record
+        out = []
+        for f in dataclasses.fields(arg):
+            value = getattr(arg, f.name)
+            if value is not None:  # an unset field (no loss without labels)
+                out.extend(_flatten_output_arg(value, f"{prefix}{f.name}."))
         return out
     return [(prefix.rstrip(".") or "output", arg)]
 
