@@ -422,3 +422,20 @@ def test_a_module_returning_a_dataclass_has_its_fields_as_outputs():
     feats = camlens.explain(net, x, target=camlens.targets.RegressionScore(3, output="features"))
     with torch.no_grad():
         np.testing.assert_allclose(feats.scores, net(x).features[:, 3].numpy(), rtol=1e-6)
+
+
+def test_a_failed_export_is_not_tried_again_on_the_next_call(monkeypatch):
+    calls = []
+    real = torch.export.export
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.export, "export", counted)
+    net = Untraceable()
+    x = torch.rand(1, 3, 8, 8)
+    for _ in range(3):
+        with pytest.warns(RuntimeWarning, match="cannot trace"):
+            camlens.explain(net, x)
+    assert calls == [1]  # data-dependent control flow: export fails once, and is remembered

@@ -91,6 +91,7 @@ def explain_files(
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from ._args import batches
     from ._explain import explain
     from .io import ImageError, as_preprocess, image_files, load_image, safe_name, unique_names
     from .methods import get_method
@@ -125,11 +126,11 @@ def explain_files(
         step(len(group))
 
     with ThreadPoolExecutor(max_workers=1) as writer:  # PNG encoding releases the GIL
-        for start in range(0, len(order), batch_size):
+        for part in batches(len(order), batch_size):
             # images of one size are explained together (a model without a fixed size may get
             # several sizes in one batch)
             groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray]]] = {}
-            for path, name in order[start : start + batch_size]:
+            for path, name in order[part]:
                 try:
                     img = load_image(path, (h, w), channels=c)
                 except ImageError as exc:

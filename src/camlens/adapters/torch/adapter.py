@@ -149,7 +149,7 @@ class TorchAdapter:
                 with eval_mode(self.model):  # trace the inference branches
                     traced = symbolic_trace(self.model)
             except Exception as exc:  # fx raises many types on untraceable Python
-                exported = self._exported()
+                exported = self._exported(key)
                 if exported is None:
                     warnings.warn(
                         f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
@@ -171,18 +171,23 @@ class TorchAdapter:
                 _TRACES[self.model] = (key, self._graph, traced, dict(self._node_module), dict(self._fx_node))
         return self._graph
 
-    def _exported(self) -> Any:
+    def _exported(self, key: tuple[Any, ...]) -> Any:
         """The module's graph from ``torch.export`` (which traces the Python that fx cannot:
         Hugging Face models, keyword arguments, output dataclasses), as a GraphModule whose
-        nodes carry the module they ran in; ``None`` where export fails too."""
+        nodes carry the module they ran in; ``None`` where export fails too. A failure is kept
+        with the trace key: an export can take as long as many forward passes, and each
+        explain call builds a new adapter."""
         import torch
 
+        if _NOT_EXPORTABLE.get(self.model) == key:
+            return None
         try:
             with eval_mode(self.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(self.model, tuple(self._tensors(self._example or [])), strict=False)
             return program.module()
         except Exception:  # export raises many types on what it cannot trace
+            _NOT_EXPORTABLE[self.model] = key
             return None
 
     def _trace_key(self) -> tuple[Any, ...]:
@@ -715,12 +720,15 @@ _ROLES = {"mean": "global_pool", "adaptive_avg_pool2d": "global_pool", "Linear":
 # as long again for the trace on a model like EfficientNet-Lite0), kept between explain calls
 # for as long as the module lives: explain builds a new adapter each time.
 _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+#: the trace key at which torch.export failed, per module (the run-order fallback follows)
+_NOT_EXPORTABLE: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def clear_trace_cache() -> None:
     """Forget every kept fx trace (after changing what a module's ``forward`` does without
     changing its submodules)."""
     _TRACES.clear()
+    _NOT_EXPORTABLE.clear()
 
 
 def _module_scopes(node: Any) -> list[tuple[str, str, int]]:
