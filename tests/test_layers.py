@@ -206,9 +206,11 @@ def test_vit_without_a_known_token_mixer_keeps_the_spatial_rule():
 
 
 def test_token_grid_for_register_tokens():
-    g = _vit_spec(tokens=20)  # class token + 3 registers + 4x4 patches: not inferable
-    # without the grid only the 16 patch tokens before the extra ones read as a grid
-    assert [n.path for n in choose_layers(g).nodes] == ["to_tokens"]
+    g = _vit_spec(tokens=20)  # class token + 3 registers + 4x4 patches: 20 and 19 not squares
+    # the model shows the grid: the 4x4 patch map upstream, flattened into the last 16 tokens
+    shown = choose_layers(g)
+    assert [n.path for n in shown.nodes] == ["b1_norm1"]
+    assert "20x8 tokens = 4 extra + 4x4 patches" in shown.reason
     choice = choose_layers(g, token_grid=(4, 4))
     assert [n.path for n in choice.nodes] == ["b1_norm1"]
     assert "20x8 tokens = 4 extra + 4x4 patches" in choice.reason

@@ -173,10 +173,11 @@ def test_gradcam_on_a_token_layer_matches_numpy(framework):
     assert exp.maps[0].shape == (2, 4, 6)
     hires = camlens.explain(model, X, method="hirescam", target=1, layer="tok", token_grid=(2, 3))
     np.testing.assert_allclose(hires.raw_maps[0], hirescam, rtol=1e-4, atol=1e-5)
-    # 8 tokens: neither 8 nor 7 is a square, so the grid must be given
-    no_square = r"8 tokens do not form a square grid.*token_grid=\(grid_height, grid_width\)"
-    with pytest.raises(ValueError, match=no_square):
-        camlens.explain(model, X, target=1, layer="tok")
+    # 8 tokens: neither 8 nor 7 is a square, but the model shows its grid: the patch
+    # embedding's 2x3 map is flattened into the last 6 tokens, the 2 in front are extra
+    shown = camlens.explain(model, X, method="gradcam", target=1, layer="tok")
+    assert shown.sites[0].shape == (2, 3, 3)
+    np.testing.assert_allclose(shown.raw_maps[0], gradcam, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- small ViTs

@@ -11,7 +11,7 @@ from ._args import batches, positive_int
 from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
-from .graph import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, layer_report
+from .graph import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report
 from .methods import PixelMethod, get_method
 from .tokens import infer_grid, split_tokens, tokens_to_grid
 from .targets import ClassScore, Target, as_target
@@ -39,9 +39,11 @@ def _resolve_layer(
         for n in found:
             if n.is_input:
                 raise ValueError(f"{spec!r} is a model input, not a layer; pick a layer after it")
+            if n.unusable is not None:
+                raise ValueError(f"layer {n.label!r} cannot be explained: {n.unusable}")
             if n.shape is not None and len(n.shape) == 2:  # ViT tokens: is there a patch grid?
                 if n.shape[0] is not None:
-                    infer_grid(n.shape[0], token_grid, argname="token_grid")
+                    infer_grid(n.shape[0], grid_arg(n, token_grid), argname="token_grid")
             elif not (n.shape is not None and len(n.shape) == 3):
                 raise ValueError(
                     f"layer {n.path!r} has output shape {n.shape} (without batch), not a spatial "
@@ -141,14 +143,15 @@ def explain(
         grads = np.concatenate([p.sites[k].gradients for p in parts]) if cam.needs_gradients else None
         site_shape = node.shape
         extra = None
+        grid = grid_arg(node, token_grid)
         if acts.ndim == 3:  # a ViT token layer (N, T, C): the patch tokens as (N, gh, gw, C)
-            extra, acts = split_tokens(acts, token_grid, argname="token_grid")
-            grads = None if grads is None else tokens_to_grid(grads, token_grid, argname="token_grid")
+            extra, acts = split_tokens(acts, grid, argname="token_grid")
+            grads = None if grads is None else tokens_to_grid(grads, grid, argname="token_grid")
             site_shape = tuple(acts.shape[1:])
         site = Site(node.path, node.call, _site_input(graph, node, anc), site_shape)
         access = ModelAccess(
             adapter, arrays, site.input_index, tgt, class_idx, batch_size, node=node,
-            activations=acts, gradients=grads, extra=extra, token_grid=token_grid,
+            activations=acts, gradients=grads, extra=extra, token_grid=grid,
             output_index=out_idx[0],
         )
         raw = cam(access)

@@ -163,7 +163,8 @@ def _probeable(adapter: ModelAdapter, node: GraphNode) -> bool:
 
 
 def _has_map(node: GraphNode) -> bool:
-    return not node.is_input and node.shape is not None and len(node.shape) == 3
+    return (not node.is_input and node.unusable is None and node.shape is not None
+            and len(node.shape) == 3)
 
 
 def _sites(n: int) -> str:
@@ -199,6 +200,8 @@ def _select(adapter: ModelAdapter, graph: LayerGraph, layers: Any) -> tuple[list
         for n in find_nodes(graph, spec):
             if n.is_input:
                 raise ValueError(f"{spec!r} is a model input, not a layer; pick a layer after it")
+            if n.unusable is not None:
+                raise ValueError(f"layer {n.label!r} has no feature map to show: {n.unusable}")
             if not _has_map(n):
                 raise ValueError(
                     f"layer {n.label!r} ({n.kind}) has output shape {n.shape} (without batch), "

@@ -49,6 +49,7 @@ __all__ = [
     "LayerReport",
     "choose_layers",
     "find_nodes",
+    "grid_arg",
 ]
 
 _POOLING = {"MaxPooling2D", "AveragePooling2D", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"}
@@ -56,6 +57,8 @@ _POOLING = {"MaxPooling2D", "AveragePooling2D", "MaxPool2d", "AvgPool2d", "Adapt
 # functions): any kind naming attention, products of token matrices, and pooling over tokens.
 _TOKEN_PRODUCTS = {"matmul", "bmm", "baddbmm", "einsum"}
 _TOKEN_POOLING = {"globalaveragepooling1d", "globalmaxpooling1d", "mean", "max", "amax", "sum"}
+_TOKEN_POOLING_1D = {"adaptiveavgpool1d", "adaptive_avg_pool1d", "avgpool1d", "avg_pool1d",
+                     "adaptivemaxpool1d", "adaptive_max_pool1d"}
 
 
 @dataclass
@@ -74,12 +77,20 @@ class GraphNode:
     inputs: list[int] = field(default_factory=list)
     is_input: bool = False
     input_index: int | None = None
+    #: why this node's output cannot be read as one map per sample, where the adapter knows
+    #: (its first axis is not the batch, its layout is unknown, it cannot be probed); such a
+    #: node is never chosen, and naming it raises this text
+    unusable: str | None = None
+    #: for a token layer, the patch grid the model itself shows: the nearest map ``(h, w, c)``
+    #: upstream whose ``h * w`` patches are the last tokens (the patch embedding), the leading
+    #: ``T - h * w`` tokens extra (class, distillation, registers); set by :class:`LayerGraph`
+    model_grid: TokenGrid | None = None
 
     @property
     def spatial(self) -> bool:
         """Whether the output is an image-like ``(h, w, c)`` map with ``h`` and ``w`` above 1
         (an unknown size counts as spatial)."""
-        if self.shape is None or len(self.shape) != 3:
+        if self.unusable is not None or self.shape is None or len(self.shape) != 3:
             return False
         return all(d is None or d > 1 for d in self.shape[:2])
 
@@ -98,10 +109,11 @@ def grid_of(node: GraphNode, token_grid: object = None) -> TokenGrid | None:
     """The patch grid of ``node``'s ``(T, C)`` token output: inferred from ``T`` (see
     :func:`camlens.tokens.guess_grid`), or ``token_grid=(gh, gw)`` with ``T - gh * gw >= 0``
     leading extra tokens. ``None`` for other shapes."""
-    if node.is_input or node.shape is None or len(node.shape) != 2 or node.shape[0] is None:
+    if (node.is_input or node.unusable is not None or node.shape is None or len(node.shape) != 2
+            or node.shape[0] is None):
         return None
     if token_grid is None:
-        return guess_grid(node.shape[0])
+        return node.model_grid or guess_grid(node.shape[0])
     gh, gw = check_grid(token_grid, "token_grid")
     if gh * gw > node.shape[0] or gh * gw < 2:
         return None
@@ -120,6 +132,9 @@ class LayerGraph:
     readable: bool = True
     #: nested models by path, with the node that gives their output at each call
     aliases: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _set_model_grids(self.nodes)
 
     def successors(self) -> dict[int, list[int]]:
         succ: dict[int, list[int]] = {n.id: [] for n in self.nodes}
@@ -143,6 +158,39 @@ class LayerGraph:
         for n in self.nodes:
             seen.setdefault(n.path, None)
         return list(seen)
+
+
+#: the most leading extra tokens a patch grid is read with (a class token, a distillation
+#: token, register tokens); more, and the tokens are not taken for that map's patches
+_MAX_EXTRA_TOKENS = 16
+
+
+def _set_model_grids(nodes: Sequence[GraphNode]) -> None:
+    """Give each token node ``(T, C)`` the grid of the nearest usable map ``(h, w, c)`` upstream
+    when ``0 <= T - h * w <= _MAX_EXTRA_TOKENS``: a ViT's tokens are its patch embedding's map
+    flattened, with the extra tokens put in front. Nodes in run order, so one pass finds the
+    nearest map (the latest one) above every node."""
+    by_id = {n.id: n for n in nodes}
+    nearest: dict[int, int | None] = {}
+    for n in nodes:
+        above = [p if (by_id[p].spatial and not by_id[p].is_input) else nearest.get(p)
+                 for p in n.inputs if p in by_id]
+        found = [a for a in above if a is not None]
+        nearest[n.id] = max(found) if found else None
+        src = nearest[n.id]
+        if (n.model_grid is None and src is not None and n.unusable is None and n.shape is not None
+                and len(n.shape) == 2 and n.shape[0] is not None):
+            h, w = by_id[src].shape[:2]
+            if h is not None and w is not None and 0 <= n.shape[0] - h * w <= _MAX_EXTRA_TOKENS:
+                n.model_grid = TokenGrid(int(h), int(w), int(n.shape[0] - h * w))
+
+
+def grid_arg(node: GraphNode, token_grid: object = None) -> object:
+    """The ``grid=`` to read ``node``'s tokens with: the caller's ``token_grid``, else the grid
+    the model shows (:attr:`GraphNode.model_grid`), else ``None`` (inferred from ``T``)."""
+    if token_grid is not None or node.model_grid is None:
+        return token_grid
+    return (node.model_grid.height, node.model_grid.width)
 
 
 def _dominators(graph: LayerGraph, roots: Iterable[int], sinks: Sequence[int]) -> dict[int, int | None]:
@@ -248,6 +296,10 @@ def choose_layers(
             return any(len(by_id[p].shape or ()) >= 2 for p in n.inputs)
         if kind in _TOKEN_POOLING:
             return len(n.shape or ()) == 1 and any(grid_of(by_id[p], token_grid) for p in n.inputs)
+        if kind in _TOKEN_POOLING_1D:
+            # tokens turned (C, T) and pooled over T (Hugging Face Swin's pooler)
+            return any(by_id[p].kind.lower() in ("transpose", "permute")
+                       and any(grid_of(by_id[q], token_grid) for q in by_id[p].inputs) for p in n.inputs)
         return False
 
     def token_pick(node: GraphNode, only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:
@@ -265,11 +317,11 @@ def choose_layers(
         idom = _dominators(graph, [node.id], [n.id for n in mixers])
         for nid in _chain(idom, mixers[0].id if len(mixers) == 1 else -1):
             cand = by_id.get(nid)
-            if cand is None or nid in mixer_ids or cand.shape != node.shape:
+            if cand is None or nid in mixer_ids or cand.shape != node.shape or cand.unusable:
                 continue
             if only is None or anc[nid] == only:
                 last = mixers[-1]
-                return cand, ("tokens" if last.kind.lower() in _TOKEN_POOLING else "mix", last)
+                return cand, ("tokens" if last.kind.lower() in _TOKEN_POOLING | _TOKEN_POOLING_1D else "mix", last)
         return None
 
     def pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:

@@ -35,6 +35,7 @@ from ...rules import ReluRule
 from ...targets import Target
 from .._torch_autograd import rule_relu_torch
 from ..base import Capture, InputSpec, _as_float_array, glorot_uniform
+from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
 
@@ -49,11 +50,35 @@ def is_torch_module(model: Any) -> bool:
     return isinstance(model, torch.nn.Module)
 
 
-def _to_channels_last_shape(shape: Sequence[int]) -> tuple[int, ...] | None:
+#: how many samples the graph's shapes are propagated with: a value whose first axis is not this
+#: is not one row per sample (Swin's attention windows, a detector's region crops, a constant)
+_PROBE_BATCH = 2
+
+
+def _node_shape(shape: Sequence[int], axis: int | None, what: str) -> tuple[tuple[int, ...], str | None]:
+    """The shape without the batch axis as the graph takes it (maps channels-last), and why the
+    value is not a per-sample output where it is not one. ``axis``: the channel axis of a 4-D
+    value (:mod:`.layouts`), ``None`` where unknown."""
     dims = tuple(int(d) for d in shape[1:])
-    if len(dims) == 3:
-        return (dims[1], dims[2], dims[0])
-    return dims
+    if not shape or int(shape[0]) != _PROBE_BATCH:
+        first = int(shape[0]) if shape else None
+        return dims, (
+            f"its output {tuple(int(d) for d in shape)} has {first} rows for a batch of "
+            f"{_PROBE_BATCH} images, so its first axis is not the batch (attention windows, "
+            f"region crops or a constant); explain a layer whose output has one row per image"
+        )
+    if len(dims) != 3:
+        return dims, None
+    if axis == 1:
+        return (dims[1], dims[2], dims[0]), None
+    if axis == 3:
+        return dims, None
+    return dims, (
+        f"the layout of its output (N, {', '.join(map(str, dims))}) cannot be read from the "
+        f"model ({what}): no convolution, pooling, Linear, LayerNorm or permute fixes which "
+        "axis holds the channels, and camlens does not guess; explain the layer before or after "
+        "it that does"
+    )
 
 
 class TorchAdapter:
@@ -75,6 +100,7 @@ class TorchAdapter:
         self._gm: Any = None  # the fx GraphModule, when the module could be traced
         self._fx_node: dict[int, str] = {}  # graph node id -> fx node name
         self._channels_last: bool | None = None  # whether the module takes channels-last memory
+        self._channels_first: set[int] = set()  # graph nodes whose 4-D output is (N, C, H, W)
 
     # ------------------------------------------------------------------ inputs
     def input_specs(self) -> list[InputSpec]:
@@ -142,8 +168,8 @@ class TorchAdapter:
             key = self._trace_key()
             hit = _TRACES.get(self.model)
             if hit is not None and hit[0] == key:
-                _, self._graph, self._gm, node_module, fx_node = hit
-                self._node_module, self._fx_node = dict(node_module), dict(fx_node)
+                _, self._graph, self._gm, node_module, fx_node, cf = hit
+                self._node_module, self._fx_node, self._channels_first = dict(node_module), dict(fx_node), set(cf)
                 return self._graph
             try:
                 with eval_mode(self.model):  # trace the inference branches
@@ -164,11 +190,13 @@ class TorchAdapter:
                     # the exported graph gives the structure; modules are probed with hooks on
                     # the module itself, functions inside forward() are not probed
                     self._graph = self._fx_graph(exported, exported=True)
-                    _TRACES[self.model] = (key, self._graph, None, dict(self._node_module), dict(self._fx_node))
+                    _TRACES[self.model] = (key, self._graph, None, dict(self._node_module), dict(self._fx_node),
+                                           set(self._channels_first))
             else:
                 self._graph = self._fx_graph(traced)
                 self._gm = traced
-                _TRACES[self.model] = (key, self._graph, traced, dict(self._node_module), dict(self._fx_node))
+                _TRACES[self.model] = (key, self._graph, traced, dict(self._node_module), dict(self._fx_node),
+                                       set(self._channels_first))
         return self._graph
 
     def _exported(self, key: tuple[Any, ...]) -> Any:
@@ -184,7 +212,7 @@ class TorchAdapter:
         try:
             with eval_mode(self.model), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                program = torch.export.export(self.model, tuple(self._tensors(self._example or [])), strict=False)
+                program = torch.export.export(self.model, tuple(self._probe_tensors()), strict=False)
             return program.module()
         except Exception:  # export raises many types on what it cannot trace
             _NOT_EXPORTABLE[self.model] = key
@@ -200,6 +228,10 @@ class TorchAdapter:
             type(self.model).forward,
         )
 
+    def _probe_tensors(self) -> list[Any]:
+        """The example inputs at ``_PROBE_BATCH`` samples, for tracing and shape propagation."""
+        return self._tensors([np.repeat(e, _PROBE_BATCH, axis=0) for e in self._example or []])
+
     def _fx_graph(self, gm: Any, exported: bool = False) -> LayerGraph:
         import torch
         from torch.fx.passes.shape_prop import ShapeProp
@@ -210,7 +242,7 @@ class TorchAdapter:
         with eval_mode(self.model), torch.no_grad():
             try:
                 with contextlib.redirect_stderr(printed):
-                    ShapeProp(gm).propagate(*self._tensors(self._example or []))
+                    ShapeProp(gm).propagate(*self._probe_tensors())
             except Exception as exc:  # the module's own error, wrapped by fx
                 raise self._failed_on_input(exc) from exc
         if printed.getvalue():  # whatever the module itself wrote
@@ -222,12 +254,24 @@ class TorchAdapter:
         outputs: list[int] = []
         output_names: list[str] = []
         aliases: dict[str, list[int]] = {}
+        axes = channel_axes(list(gm.graph.nodes), self._modules)
+        unusable: dict[int, str] = {}
+        n_given = len(self._example or [])
         for node in gm.graph.nodes:
             meta = node.meta.get("tensor_meta")
-            shape = None
+            shape = why = None
             if meta is not None and hasattr(meta, "shape"):
-                shape = _to_channels_last_shape(meta.shape)
+                shape, why = _node_shape(meta.shape, axes.get(node.name), node.name)
+            if node.op in ("placeholder", "call_module", "call_function", "call_method") and meta is not None:
+                if why is not None:
+                    unusable[len(nodes)] = why
+                elif axes.get(node.name) == 1 and shape is not None and len(shape) == 3:
+                    self._channels_first.add(len(nodes))
             preds = [ids[a.name] for a in node.all_input_nodes if a.name in ids]
+            if node.op == "placeholder" and len(inputs) >= n_given:
+                unusable.pop(len(nodes), None)
+                self._channels_first.discard(len(nodes))
+                continue  # an argument with a default (attn_mask=None): a constant, not an input
             if node.op == "placeholder":
                 ids[node.name] = len(nodes)
                 inputs.append(len(nodes))
@@ -264,6 +308,16 @@ class TorchAdapter:
                     aliases.setdefault(prefix, [])
                     aliases[prefix] = [nid]  # the last node inside a module gives its output
         self._name_module_outputs(gm, ids, nodes, calls, leaves_too=exported)
+        for nid, why in unusable.items():
+            nodes[nid].unusable = why
+        if exported:  # the module is run as it is: only module outputs can be hooked
+            for node in nodes:
+                if not node.is_input and node.id not in self._node_module and node.unusable is None:
+                    node.unusable = (
+                        f"it is a function inside forward() ({node.kind}), and this model is read "
+                        "with torch.export, whose functions camlens cannot probe; explain the "
+                        "module before or after it (`camlens.layers` lists them)"
+                    )
         aliases = {k: v for k, v in aliases.items() if k not in calls}
         return LayerGraph(nodes, inputs, outputs, output_names, input_names, aliases=aliases)
 
@@ -332,13 +386,19 @@ class TorchAdapter:
 
         with forward_hooks([(mod, hook_for(name)) for name, mod in leaves]):
             with eval_mode(self.model), torch.no_grad():
-                out = self.model(*self._tensors(self._example or []))
+                out = self.model(*self._probe_tensors())
         nodes = [GraphNode(0, "input", 0, "Input", None, [], True, 0)]
         calls: dict[str, int] = defaultdict(int)
         for name, shape in records:
             nid = len(nodes)
-            dims = None if shape is None else _to_channels_last_shape(shape)
-            nodes.append(GraphNode(nid, name, calls[name], type(self._modules[name]).__name__, dims, [nid - 1]))
+            mod = self._modules[name]
+            # without a graph only the module itself tells the layout; others stay as torch
+            # images are by convention, channels-first (the fallback warns to check the layer)
+            axis = module_axis(mod) or 1
+            dims, why = (None, None) if shape is None else _node_shape(shape, axis, name)
+            nodes.append(GraphNode(nid, name, calls[name], type(mod).__name__, dims, [nid - 1], unusable=why))
+            if dims is not None and len(dims) == 3 and axis == 1:
+                self._channels_first.add(nid)
             self._node_module[nid] = name
             calls[name] += 1
         n_out = len(_flatten_output_arg(out))
@@ -480,7 +540,7 @@ class TorchAdapter:
                 raise RuntimeError(
                     f"module {n.path!r} ran {len(recs)} time(s); call #{n.call} did not happen"
                 )
-            sites.append(site_capture(n, recs[n.call], grads.get((id(mod), n.call))))
+            sites.append(site_capture(n, recs[n.call], grads.get((id(mod), n.call)), n.id in self._channels_first))
         return capture_result(outs, scores, sites)
 
     def _capture_fx(
@@ -508,7 +568,8 @@ class TorchAdapter:
 
         tensors = self._tensors(inputs)
         outs, scores, grads = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes)
-        sites = [site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id])) for n in nodes]
+        sites = [site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id]),
+                              n.id in self._channels_first) for n in nodes]
         return capture_result(outs, scores, sites)
 
     def _scores_and_gradients(
@@ -603,7 +664,7 @@ class TorchAdapter:
 
             def whole(acts: np.ndarray) -> np.ndarray:
                 b = acts.shape[0]
-                repl = self._activation_tensor(acts, tensors_1[0])
+                repl = self._activation_tensor(acts, tensors_1[0], node.id in self._channels_first)
                 count = [0]
 
                 def hook(m: Any, args: Any, out: Any) -> Any:
@@ -669,7 +730,7 @@ class TorchAdapter:
                     caches[b] = {}
                     Replay("record", caches[b]).run(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
                 values = dict(caches[b])
-                values[start] = self._activation_tensor(acts, tensors_1[0])
+                values[start] = self._activation_tensor(acts, tensors_1[0], node.id in self._channels_first)
                 out = Replay("replay", values).run(*[None] * len(tensors_1))
                 s = target.score([o for _, o in _flatten_output_arg(out)], names, TorchOps)
             return s.detach().cpu().float().numpy().reshape(-1)
@@ -677,11 +738,11 @@ class TorchAdapter:
         return score
 
     @staticmethod
-    def _activation_tensor(acts: np.ndarray, like: Any) -> Any:
+    def _activation_tensor(acts: np.ndarray, like: Any, channels_first: bool) -> Any:
         import torch
 
         a = np.asarray(acts, dtype=np.float32)
-        if a.ndim == 4:
+        if a.ndim == 4 and channels_first:
             a = np.moveaxis(a, -1, 1)
         return torch.from_numpy(np.ascontiguousarray(a)).to(device=like.device, dtype=like.dtype)
 

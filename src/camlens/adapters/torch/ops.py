@@ -68,10 +68,11 @@ def probe(out: Any, key: Any, probes: dict[Any, Any]) -> Any:
     return out + z
 
 
-def site_capture(node: GraphNode, act: Any, grad: np.ndarray | None) -> SiteCapture:
-    """One call site's activations and gradients as arrays, spatial ones channels-last."""
+def site_capture(node: GraphNode, act: Any, grad: np.ndarray | None, channels_first: bool) -> SiteCapture:
+    """One call site's activations and gradients as arrays, spatial ones channels-last
+    (``channels_first``: the module gives them ``(N, C, H, W)``)."""
     a = act.cpu().float().numpy()
-    if a.ndim == 4:
+    if a.ndim == 4 and channels_first:
         a = np.moveaxis(a, 1, -1)
         grad = None if grad is None else np.moveaxis(grad, 1, -1)
     return SiteCapture(node, a, grad)
