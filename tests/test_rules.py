@@ -55,3 +55,34 @@ def test_rules_written_outside_the_adapters(kind):
     assert not np.allclose(guided, plain) and not np.allclose(deconv, guided)
     _, again = adapter.input_gradients(arrays, 0, target)  # no rule is left on the model
     np.testing.assert_array_equal(again, plain)
+
+
+def _gelu_model(kind):
+    if kind == "keras":
+        import keras
+
+        keras.utils.set_random_seed(4)
+        inp = keras.Input((6, 6, 3))
+        h = keras.layers.Conv2D(4, 3, padding="same", activation="gelu")(inp)
+        return keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    import torch
+
+    torch.manual_seed(4)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    ).eval()
+
+
+@pytest.mark.parametrize("kind", ["keras", "torch"])
+def test_guided_backprop_on_a_model_without_relu_says_it_is_plain_saliency(kind):
+    """ConvNeXt and ViTs use GELU: the guided rule has nothing to act on, and the map is the
+    plain gradient; that is said, not left to look like a guided map."""
+    import camlens
+
+    model = _gelu_model(kind)
+    x = np.random.default_rng(4).random((1, 6, 6, 3)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"no ReLU or ReLU6 \(its activations: (gelu|GELU)\).*plain input gradient"):
+        guided = camlens.explain(model, x, method="guidedbackprop", target=1)
+    plain = camlens.explain(model, x, method="saliency", target=1)
+    np.testing.assert_allclose(guided.raw_maps[0], plain.raw_maps[0], rtol=1e-5, atol=1e-7)

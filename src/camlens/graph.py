@@ -324,12 +324,16 @@ def choose_layers(
                 return cand, ("tokens" if last.kind.lower() in _TOKEN_POOLING | _TOKEN_POOLING_1D else "mix", last)
         return None
 
+    equivalent = _output_equivalent(graph, sinks, upstream, succ)
+
     def pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:
         # The output itself is a last resort: the gradient of a score with respect to the output
-        # is only the target's own selection (a mask, a one-hot), not the model's evidence.
-        hidden = [nid for nid in chain if nid not in sinks]
+        # is only the target's own selection (a mask, a one-hot), not the model's evidence. So
+        # are the layers that give the output up to a resize (a segmenter's logits before they
+        # are upsampled to the image).
+        hidden = [nid for nid in chain if nid not in equivalent]
         found = _pick(hidden, only)
-        return found if found is not None else _pick([nid for nid in chain if nid in sinks], only)
+        return found if found is not None else _pick([nid for nid in chain if nid in equivalent], only)
 
     def _pick(chain: list[int], only: frozenset[int] | None) -> tuple[GraphNode, _Via] | None:
         for nid in chain:
@@ -388,6 +392,31 @@ def choose_layers(
         for node, via, src, labels in why.values()
     ]
     return LayerChoice(chosen, "; ".join(reasons))
+
+
+#: operations that change a map's size or squash its values but mix nothing: a layer whose
+#: output reaches the explained output only through them is the output itself, resized
+_PASS_THROUGH = {
+    "interpolate", "upsample", "upsamplingbilinear2d", "upsamplingnearest2d", "upsample_bilinear2d",
+    "upsample_nearest2d", "upsampling2d", "resizing", "resize", "softmax", "log_softmax", "sigmoid",
+    "identity", "dropout", "activation", "contiguous", "getitem",
+}
+
+
+def _output_equivalent(
+    graph: LayerGraph, sinks: Sequence[int], upstream: set[int], succ: dict[int, list[int]]
+) -> set[int]:
+    """The explained outputs and the nodes whose every path to them runs only through
+    :data:`_PASS_THROUGH` operations (a segmentation head's logits, upsampled to the image)."""
+    by_id = {n.id: n for n in graph.nodes}
+    equivalent = set(sinks)
+    for n in reversed(graph.nodes):
+        if n.id in equivalent or n.id not in upstream or n.is_input:
+            continue
+        after = [m for m in succ[n.id] if m in upstream]
+        if after and all(m in equivalent and by_id[m].kind.lower() in _PASS_THROUGH for m in after):
+            equivalent.add(n.id)
+    return equivalent
 
 
 def _ancestors(graph: LayerGraph, sinks: Sequence[int]) -> set[int]:

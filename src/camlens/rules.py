@@ -11,10 +11,11 @@ Rules compare by identity: a compiled program is kept per rule object.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-__all__ = ["ReluRule", "GUIDED"]
+__all__ = ["ReluRule", "GUIDED", "no_relu_warning"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,3 +31,14 @@ class ReluRule:
 #: Guided Backpropagation (Springenberg et al., "Striving for Simplicity", 2015): only positive
 #: gradients, at positive inputs
 GUIDED = ReluRule("guided", lambda x, dy: (x > 0) & (dy > 0))
+
+
+def no_relu_warning(rule: ReluRule, others: Sequence[str] = ()) -> None:
+    """Warn that ``rule`` has no ReLU to act on: the gradient it gives is the plain one."""
+    seen = f" (its activations: {', '.join(others)})" if others else ""
+    warnings.warn(
+        f"the model has no ReLU or ReLU6{seen}: the {rule.name} rule changes nothing, so this "
+        "map is the plain input gradient (saliency), not a guided one",
+        RuntimeWarning,
+        stacklevel=5,
+    )

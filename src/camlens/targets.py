@@ -37,6 +37,7 @@ __all__ = [
     "SegmentationRegion",
     "FunctionTarget",
     "as_target",
+    "scores_of",
     "register_target",
     "parse_target",
     "text_targets",
@@ -92,6 +93,28 @@ class Target:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"
+
+
+def scores_of(target: Target, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+    """``target.score(...)``, checked: one score per sample, ``(N,)`` (or ``(N, 1)``) for a batch
+    of ``N``. A score of another shape (one number for the whole batch, a map per sample) would
+    otherwise be summed or spread over the samples with no error. Adapters call this, not
+    ``score`` directly."""
+    scores = target.score(outputs, names, xp)
+    shape = _static_shape(scores)
+    batch = _static_shape(outputs[0])[:1] if outputs else ()
+    n = batch[0] if batch else None
+    ok = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
+    if ok and n is not None and shape[0] is not None:
+        ok = shape[0] == n
+    if not ok:
+        raise ValueError(
+            f"the target ({target.describe()}) gives scores of shape {shape} for a batch of "
+            f"{n if n is not None else 'N'} samples; a target gives one score per sample, shape "
+            "(N,): reduce over every axis but the first (out[:, k], out.sum(axis=(1, 2))), not "
+            "over the batch"
+        )
+    return scores
 
 
 def _output_index(output: int | str | None, names: Sequence[str]) -> int:
@@ -284,35 +307,54 @@ class Similarity(Target):
 
 
 class SegmentationRegion(Target):
-    """Sum of a segmentation output's class channel over a region: ``sum_ij mask * out[n,i,j,k]``.
+    """Sum of a segmentation output's class channel over a region: ``sum_ij mask * out[n, k, i, j]``.
 
     ``mask``: ``(H, W)`` (or ``(N, H, W)``) boolean or weight array in the output's resolution;
-    ``None`` sums over the whole image. The output must be ``(N, H, W, classes)``.
+    ``None`` sums over the whole image. The output is ``(N, classes, H, W)`` for PyTorch modules
+    (torchvision's segmenters; pick a dict output by name, ``output="out"``) and
+    ``(N, H, W, classes)`` for Keras models, as each framework writes images;
+    ``channels="first"`` or ``"last"`` says it for a model that does otherwise.
     """
 
-    trace_fields = ("index", "mask")
+    trace_fields = ("index", "mask", "channels")
 
-    def __init__(self, index: int, mask: np.ndarray | None = None, output: int | str | None = None) -> None:
+    def __init__(
+        self, index: int, mask: np.ndarray | None = None, output: int | str | None = None,
+        channels: str | None = None,
+    ) -> None:
         super().__init__(output)
+        if channels not in (None, "first", "last"):
+            raise ValueError(f"channels must be 'first', 'last' or None (the framework's way); got {channels!r}")
         self.index = int(index)
         self.mask = None if mask is None else np.asarray(mask, dtype=np.float32)
+        self.channels = channels
+
+    def _axis(self, xp: Any) -> int:
+        if self.channels is not None:
+            return 1 if self.channels == "first" else 3
+        return 1 if getattr(xp, "images_channels_first", False) else 3
 
     def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
         y = self.select(outputs, names)
         shape = _static_shape(y)
+        axis = self._axis(xp)
+        layout = "(N, classes, H, W)" if axis == 1 else "(N, H, W, classes)"
         if len(shape) != 4:
-            raise ValueError(
-                f"SegmentationRegion needs an output of shape (N, H, W, classes); got {shape}"
-            )
-        k = shape[-1]
+            raise ValueError(f"SegmentationRegion needs an output of shape {layout}; got {shape}")
+        k = shape[axis]
         if k is not None and not -k <= self.index < k:
-            raise ValueError(f"class index {self.index} is out of range for {k} classes")
-        channel = y[..., self.index]
+            raise ValueError(
+                f"class index {self.index} is out of range for {k} classes (output {shape} read "
+                f"as {layout}; channels='first' or 'last' says otherwise)"
+            )
+        channel = y[:, self.index] if axis == 1 else y[..., self.index]
         if self.mask is None:
             return xp.sum(channel, axis=(1, 2))
-        if self.mask.shape[-2:] != tuple(shape[1:3]):
+        size = tuple(shape[2:4]) if axis == 1 else tuple(shape[1:3])
+        if self.mask.shape[-2:] != size:
             raise ValueError(
-                f"mask shape {self.mask.shape} does not match the output's {tuple(shape[1:3])}"
+                f"mask shape {self.mask.shape} does not match the output's {size} (output "
+                f"{shape} read as {layout}); give the mask at the output's resolution"
             )
         return xp.sum(channel * xp.convert_to_tensor(self.mask), axis=(1, 2))
 

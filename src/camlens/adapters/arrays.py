@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..graph import GraphNode, LayerGraph
-from ..targets import Target
+from ..targets import Target, scores_of
 from .base import Capture, InputSpec, ModelAdapter, check_inputs
 
 __all__ = ["FunctionModel", "Recorder", "NumpyOps"]
@@ -102,7 +102,7 @@ class FunctionModel:
 
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
         self.calls.append(("score", len(inputs[0])))
-        scores = target.score(self._outputs(inputs), self.output_names(), NumpyOps)
+        scores = scores_of(target, self._outputs(inputs), self.output_names(), NumpyOps)
         return np.asarray(scores, np.float32).reshape(-1)
 
     def capture(self, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target,
@@ -111,7 +111,7 @@ class FunctionModel:
             raise ValueError("a FunctionModel has no layers to capture; test layer methods on SiteData")
         self.calls.append(("capture", len(inputs[0])))
         outs = self._outputs(inputs)
-        scores = np.asarray(target.score(outs, self.output_names(), NumpyOps), np.float32).reshape(-1)
+        scores = np.asarray(scores_of(target, outs, self.output_names(), NumpyOps), np.float32).reshape(-1)
         return Capture(outs, scores, [])
 
     def _no(self, what: str) -> NotImplementedError:

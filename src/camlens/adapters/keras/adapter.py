@@ -22,7 +22,7 @@ import numpy as np
 
 from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule
-from ...targets import Target
+from ...targets import Target, scores_of
 from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
@@ -271,7 +271,7 @@ class KerasAdapter:
             values = self._input_values(inputs)
             self._run_nodes(values, [n.id for n in graph.nodes if not n.is_input], lean=True)
             outs = [_pick(values[n], k) for n, k in self._output_srcs]
-            scores = target.score(outs, graph.output_names, keras.ops)
+            scores = scores_of(target, outs, graph.output_names, keras.ops)
         return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
 
     def capture(
@@ -328,7 +328,7 @@ class KerasAdapter:
             self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
         ):
             outs = self._call(inputs)
-            scores = target.score(outs, graph.output_names, keras.ops)
+            scores = scores_of(target, outs, graph.output_names, keras.ops)
         for key, op in wanted.items():
             if len(records[key]) != expected[key]:
                 raise RuntimeError(
@@ -402,7 +402,7 @@ class KerasAdapter:
             if rule is not None:
                 patches.enter_context(rule_relus(self.backend_module, self._ops.values(), rule))
             outs = self._call(xs)
-            scores = target.score(outs, self.graph().output_names, keras.ops)
+            scores = scores_of(target, outs, self.graph().output_names, keras.ops)
         return outs, scores, {key: xs[which]}
 
     def _gradient_function(self) -> Callable[..., Any]:
@@ -469,7 +469,7 @@ class KerasAdapter:
             ):
                 self._run_nodes(vals, order, lean=True)
                 outs = [_pick(vals[n], k) for n, k in self._output_srcs]
-                s = target.score(outs, names, keras.ops)
+                s = scores_of(target, outs, names, keras.ops)
             return np.asarray(keras_to_numpy(s), np.float32).reshape(-1)
 
         return score

@@ -22,7 +22,7 @@ import numpy as np
 
 from ...graph import GraphNode
 from ...rules import ReluRule
-from ...targets import Target
+from ...targets import Target, scores_of
 from .backends._types import Key, Parts, Program
 
 __all__ = ["ProgramCache", "PROGRAMS", "clear_compiled_cache", "compiled_capture", "compiled_score",
@@ -179,7 +179,7 @@ def compiled_capture(
     fn, idx = found
     grads, outs, acts = fn(adapter.model, list(inputs), idx)
     # the target's own score of the outputs: its checks (a class out of range) and the scores
-    scores = target.score(outs, adapter.graph().output_names, keras.ops)
+    scores = scores_of(target, outs, adapter.graph().output_names, keras.ops)
     return outs, scores, acts, grads
 
 
@@ -194,7 +194,7 @@ def compiled_score(adapter: Any, inputs: list[np.ndarray], target: Target) -> np
         return None
     fn, idx = found
     outs = fn(adapter.model, list(inputs), idx)
-    scores = target.score(outs, adapter.graph().output_names, keras.ops)
+    scores = scores_of(target, outs, adapter.graph().output_names, keras.ops)
     return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
 
 
@@ -214,6 +214,6 @@ def compiled_input_gradients(
         return None
     fn, idx = found
     outs, grads = fn(adapter.model, list(inputs), idx)
-    scores = target.score(outs, adapter.graph().output_names, keras.ops)
+    scores = scores_of(target, outs, adapter.graph().output_names, keras.ops)
     return (np.asarray(keras.ops.convert_to_numpy(scores), np.float32).reshape(-1),
             np.asarray(grads, dtype=np.float32))

@@ -8,7 +8,7 @@ import contextlib
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
-from ...rules import ReluRule
+from ...rules import ReluRule, no_relu_warning
 
 __all__ = ["instance_attrs", "probes", "rule_relus", "without_final_activation"]
 
@@ -68,6 +68,9 @@ def rule_relus(backend: ModuleType, ops: Any, rule: ReluRule) -> contextlib.Abst
                 changes.append((op, "call", lambda x, *a, __fn=fn, **k: __fn(x)))
         elif name in ("relu", "relu6") and callable(act):
             changes.append((op, "activation", backend.rule_relu(rule, 6.0 if name == "relu6" else None)))
+    if not changes:
+        others = sorted({getattr(getattr(op, "activation", None), "__name__", "") for op in ops} - {"", "linear"})
+        no_relu_warning(rule, others)
     return instance_attrs(changes)
 
 

@@ -31,8 +31,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode, LayerGraph
-from ...rules import ReluRule
-from ...targets import Target
+from ...rules import ReluRule, no_relu_warning
+from ...targets import Target, scores_of
 from .._torch_autograd import rule_relu_torch
 from ..base import Capture, InputSpec, _as_float_array, glorot_uniform
 from .layouts import channel_axes, module_axis
@@ -419,7 +419,7 @@ class TorchAdapter:
         with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
             out = self._run_channels_last(inputs)
             outs = [o for _, o in _flatten_output_arg(out)]
-            scores = target.score(outs, self.graph().output_names, TorchOps)
+            scores = scores_of(target, outs, self.graph().output_names, TorchOps)
         return scores.detach().cpu().float().numpy().reshape(-1)
 
     def _run_channels_last(self, inputs: list[np.ndarray]) -> Any:
@@ -584,7 +584,7 @@ class TorchAdapter:
             with torch.no_grad():
                 out = run()
             outs = [o for _, o in _flatten_output_arg(out)]
-            scores = target.score(outs, self.graph().output_names, TorchOps)
+            scores = scores_of(target, outs, self.graph().output_names, TorchOps)
             keys = list(probes)
             values: Sequence[Any] = [None] * len(keys)
             if keys and scores.requires_grad:  # else no probe is upstream of the score
@@ -611,7 +611,7 @@ class TorchAdapter:
             if rule is not None:
                 stack.enter_context(self._rule_relus(rule))
             out = self.model(*tensors)
-            scores = target.score([o for _, o in _flatten_output_arg(out)], graph.output_names, TorchOps)
+            scores = scores_of(target, [o for _, o in _flatten_output_arg(out)], graph.output_names, TorchOps)
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
         grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
             g.detach().cpu().float().numpy(), 1, -1
@@ -641,6 +641,9 @@ class TorchAdapter:
             for m in self.model.modules()
             if isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6))
         ]
+        if not mods:
+            no_relu_warning(rule, sorted({type(m).__name__ for m in self.model.modules()
+                                          if type(m).__name__ in _OTHER_ACTIVATIONS}))
         return instance_forwards([(m, lambda x, __top=top: rule_relu_torch(x, rule, __top)) for m, top in mods])
 
     def site_scorer(
@@ -675,7 +678,7 @@ class TorchAdapter:
                 with forward_hooks([(mod, hook)]):
                     with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
-                        s = target.score([o for _, o in _flatten_output_arg(out)], names, TorchOps)
+                        s = scores_of(target, [o for _, o in _flatten_output_arg(out)], names, TorchOps)
                 return s.detach().cpu().float().numpy().reshape(-1)
 
             return whole
@@ -732,7 +735,7 @@ class TorchAdapter:
                 values = dict(caches[b])
                 values[start] = self._activation_tensor(acts, tensors_1[0], node.id in self._channels_first)
                 out = Replay("replay", values).run(*[None] * len(tensors_1))
-                s = target.score([o for _, o in _flatten_output_arg(out)], names, TorchOps)
+                s = scores_of(target, [o for _, o in _flatten_output_arg(out)], names, TorchOps)
             return s.detach().cpu().float().numpy().reshape(-1)
 
         return score
@@ -771,6 +774,9 @@ class TorchAdapter:
         weight = self._modules[self._node_module[node.id]].weight.detach().cpu().numpy()
         return weight.T.astype(np.float32)
 
+
+_OTHER_ACTIVATIONS = {"GELU", "SiLU", "Hardswish", "Mish", "ELU", "LeakyReLU", "PReLU", "Tanh",
+                      "Sigmoid", "Softplus", "SELU", "CELU", "GELUActivation", "QuickGELUActivation"}
 
 _ROLES = {"mean": "global_pool", "adaptive_avg_pool2d": "global_pool", "Linear": "dense",
           **dict.fromkeys(("flatten", "Flatten", "Dropout", "view", "reshape", "squeeze"), "pass"),

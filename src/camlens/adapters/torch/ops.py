@@ -16,6 +16,9 @@ __all__ = ["TorchOps", "probe", "site_capture", "capture_result"]
 class TorchOps:
     """The few array functions targets use, on torch tensors (names as in keras.ops)."""
 
+    #: torch images are (N, C, H, W): a segmentation output's classes are on axis 1
+    images_channels_first = True
+
     @staticmethod
     def argmax(x: Any, axis: int = -1) -> Any:
         return x.argmax(dim=axis)
