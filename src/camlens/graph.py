@@ -463,19 +463,36 @@ def _reason(
     )
 
 
+def _parts(path: str) -> list[str]:
+    return path.replace("/", ".").split(".")
+
+
 def _fallback_choice(graph: LayerGraph) -> LayerChoice:
     spatial = [n for n in graph.nodes if n.spatial and not n.is_input]
     if not spatial:
         raise ValueError("no layer of this model has a spatial output (batch, h, w, channels)")
-    last = spatial[-1]
+    # A model with a backbone (detectors, segmenters) reads its heads from the backbone: its
+    # deepest stage before a feature pyramid (torchvision's ``backbone.body``) feeds every
+    # pyramid level, so every box's score depends on it; a later layer (one pyramid level, a
+    # head's convolution) sees only some boxes or one head.
+    inside = [n for n in spatial if "backbone" in _parts(n.path)]
+    body = [n for n in inside if "body" in _parts(n.path)[_parts(n.path).index("backbone"):]]
+    pool = body or inside
+    last = (pool or spatial)[-1]
+    where = (
+        "the last spatial layer of the backbone's body (before the feature pyramid: every "
+        "level, and so every box's score, depends on it)" if body else
+        "the last spatial layer of the backbone, which the heads read" if inside else
+        "the last layer with a spatial output"
+    )
     warnings.warn(
-        f"the model's graph cannot be read, so the layer was chosen as the last one with a "
-        f"spatial output ({last.path}); check it, or pass layer=...",
+        f"the model's graph cannot be read, so the layer was chosen as {where}: {last.path}; "
+        "check it, or pass layer=...",
         RuntimeWarning,
         stacklevel=3,
     )
     same = [n for n in spatial if n.path == last.path]
-    return LayerChoice(same, f"{last.path}: last layer with a spatial output (graph not readable)")
+    return LayerChoice(same, f"{last.path}: {where} (graph not readable)")
 
 
 def find_nodes(graph: LayerGraph, name: str) -> list[GraphNode]:

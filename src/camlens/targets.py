@@ -35,6 +35,8 @@ __all__ = [
     "RegressionScore",
     "Similarity",
     "SegmentationRegion",
+    "Detection",
+    "box_iou",
     "FunctionTarget",
     "as_target",
     "scores_of",
@@ -74,6 +76,11 @@ class Target:
         """The class explained for each sample, for class targets; else ``None``."""
         return None
 
+    def samples(self, outputs: Sequence[Any], names: Sequence[str]) -> int | None:
+        """How many samples the outputs are for, where their first axis does not say it (a
+        detector's one dict per image); ``None``: the first output's first axis."""
+        return None
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -102,8 +109,10 @@ def scores_of(target: Target, outputs: Sequence[Any], names: Sequence[str], xp: 
     ``score`` directly."""
     scores = target.score(outputs, names, xp)
     shape = _static_shape(scores)
-    batch = _static_shape(outputs[0])[:1] if outputs else ()
-    n = batch[0] if batch else None
+    n = target.samples(outputs, names)
+    if n is None:
+        batch = _static_shape(outputs[0])[:1] if outputs else ()
+        n = batch[0] if batch else None
     ok = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
     if ok and n is not None and shape[0] is not None:
         ok = shape[0] == n
@@ -363,6 +372,138 @@ class SegmentationRegion(Target):
         return f"class {self.index} over the {region}{self._suffix()}"
 
 
+def _to_numpy(t: Any) -> np.ndarray:
+    if hasattr(t, "detach"):
+        return t.detach().cpu().float().numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of boxes ``(K, 4)`` and ``(M, 4)``, ``(x1, y1, x2, y2)``: ``(K, M)``."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+class Detection(Target):
+    """The score of one detected box, for detectors that return one dict per image with
+    ``boxes`` ``(K, 4)`` (x1, y1, x2, y2, in input pixels), ``labels`` ``(K,)`` and ``scores``
+    ``(K,)``: torchvision's Faster R-CNN, RetinaNet, FCOS, SSD in eval mode.
+
+    Which box, in each image: ``index=k``, the k-th detection of the model's list (torchvision
+    sorts by score, so 0 is the most confident), one int or one per sample; or ``box=(x1, y1,
+    x2, y2)`` with ``label=c``: the detection of class ``c`` that overlaps that box most, at an
+    IoU of at least ``iou`` (an error names the best one found otherwise). The score explained is
+    the detection's class score; ``regression=True`` (with ``box``) adds its IoU with ``box``, so
+    that the map shows what places the box as well as what classifies it (the box-score target
+    of pytorch-grad-cam's Faster R-CNN tutorial, for one box). For one map per box of an image,
+    pass the image once per box: ``explain(model, np.repeat(img, 3, 0), target=Detection(index=[0, 1, 2]))``.
+    ``keys``: the dict keys, for detectors that name them otherwise.
+    """
+
+    def __init__(
+        self,
+        index: int | Sequence[int] | None = None,
+        box: Sequence[float] | None = None,
+        label: int | None = None,
+        iou: float = 0.5,
+        regression: bool = False,
+        keys: tuple[str, str, str] = ("boxes", "labels", "scores"),
+    ) -> None:
+        super().__init__(None)
+        if (index is None) == (box is None):
+            raise ValueError("Detection needs exactly one of index=K (the K-th detection) or box=(x1, y1, x2, y2)")
+        if box is not None:
+            box = [float(v) for v in box]
+            if len(box) != 4 or not (box[2] > box[0] and box[3] > box[1]):
+                raise ValueError(f"box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1; got {box!r}")
+            if label is None:
+                raise ValueError("Detection(box=...) needs label=CLASS: the class of the detection to match")
+        if regression and box is None:
+            raise ValueError("regression=True needs box=(x1, y1, x2, y2): the IoU is taken with that box")
+        if index is not None and not isinstance(index, (int, np.integer)):
+            index = [int(i) for i in index]
+        self.index, self.box, self.label = index, box, label
+        self.iou, self.regression, self.keys = float(iou), bool(regression), tuple(keys)
+
+    def _images(self, outputs: Sequence[Any], names: Sequence[str]) -> list[tuple[Any, Any, Any]]:
+        """Per image, the (boxes, labels, scores) tensors, from outputs named ``i.boxes``..."""
+        found: dict[int, dict[str, Any]] = {}
+        for name, value in zip(names, outputs):
+            head, _, key = str(name).partition(".")
+            if head.isdigit() and key in self.keys:
+                found.setdefault(int(head), {})[key] = value
+        if not found or any(len(v) != 3 for v in found.values()) or sorted(found) != list(range(len(found))):
+            raise ValueError(
+                f"Detection reads one dict per image with keys {list(self.keys)} (torchvision's "
+                f"detectors); the model's outputs are {list(names)[:8]}{'...' if len(names) > 8 else ''}. "
+                "Give keys=(boxes, labels, scores) as this model names them, or use a callable target"
+            )
+        return [(found[i][self.keys[0]], found[i][self.keys[1]], found[i][self.keys[2]]) for i in sorted(found)]
+
+    def samples(self, outputs: Sequence[Any], names: Sequence[str]) -> int | None:
+        return len(self._images(outputs, names))
+
+    def _pick(self, n: int, boxes: np.ndarray, labels: np.ndarray) -> int:
+        k = len(boxes)
+        if self.box is None:
+            idx = self.index if isinstance(self.index, (int, np.integer)) else self.index[n]
+            if not -k <= idx < k:
+                raise ValueError(
+                    f"image {n} has {k} detection(s); there is no detection #{idx} (lower the "
+                    "detector's score threshold, or ask for an earlier one)"
+                )
+            return int(idx) % k
+        same = np.flatnonzero(labels.astype(np.int64) == int(self.label))
+        if same.size == 0:
+            raise ValueError(f"image {n} has no detection of class {self.label} (labels: {sorted(set(labels.astype(int).tolist()))})")
+        overlaps = box_iou(boxes[same], np.asarray(self.box))[:, 0]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] < self.iou:
+            raise ValueError(
+                f"image {n}: no detection of class {self.label} overlaps box {self.box} at IoU >= "
+                f"{self.iou} (the best: {overlaps[best]:.3f}, box {boxes[same[best]].round(1).tolist()}); "
+                "lower iou= or give the box as the detector found it"
+            )
+        return int(same[best])
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        images = self._images(outputs, names)
+        if isinstance(self.index, list) and len(self.index) != len(images):
+            raise ValueError(f"{len(self.index)} detection indices given for a batch of {len(images)} images")
+        scores = []
+        for n, (boxes, labels, conf) in enumerate(images):
+            j = self._pick(n, _to_numpy(boxes), _to_numpy(labels))
+            s = conf[j]
+            if self.regression:
+                ref = self.box
+                b = boxes[j]
+                w = xp.maximum(xp.minimum(b[2], ref[2]) - xp.maximum(b[0], ref[0]), 0.0)
+                h = xp.maximum(xp.minimum(b[3], ref[3]) - xp.maximum(b[1], ref[1]), 0.0)
+                inter = w * h
+                union = (b[2] - b[0]) * (b[3] - b[1]) + (ref[2] - ref[0]) * (ref[3] - ref[1]) - inter
+                s = s + inter / union
+            scores.append(s)
+        return xp.stack(scores, axis=0)
+
+    def for_sample(self, n: int, class_indices: np.ndarray | None) -> "Target":
+        if not isinstance(self.index, list):
+            return self
+        pinned = copy.copy(self)
+        pinned.index = self.index[n]
+        return pinned
+
+    def describe(self) -> str:
+        if self.box is None:
+            return f"score of detection #{self.index}" + (" (the most confident)" if self.index == 0 else "")
+        what = f"score of the class-{self.label} detection best matching box {self.box}"
+        return what + (" plus its IoU with that box" if self.regression else "")
+
+
 class FunctionTarget(Target):
     """A user function ``fn(output) -> (N,)`` over the selected output tensor."""
 
@@ -440,3 +581,4 @@ def parse_target(text: str) -> Any:
 register_target("class", "class:CLASS")(ClassScore)
 register_target("logit", "logit[:CLASS]")(Logit)
 register_target("regression", "regression:INDEX")(RegressionScore)
+register_target("box", "box:INDEX")(Detection)

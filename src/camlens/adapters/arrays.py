@@ -35,6 +35,9 @@ class NumpyOps:
     reshape = staticmethod(np.reshape)
     sum = staticmethod(np.sum)
     sqrt = staticmethod(np.sqrt)
+    stack = staticmethod(np.stack)
+    maximum = staticmethod(np.maximum)
+    minimum = staticmethod(np.minimum)
 
     @staticmethod
     def cast(x: Any, dtype: str) -> Any:

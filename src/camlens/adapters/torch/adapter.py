@@ -181,7 +181,8 @@ class TorchAdapter:
                         f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}), nor can torch.export; "
                         "camlens falls back to the order in which modules run, and layer='auto' "
-                        "to the last spatial one",
+                        "to a stated default (the last spatial layer of the backbone where there "
+                        "is one, else of the model)",
                         RuntimeWarning,
                         stacklevel=3,
                     )
@@ -210,7 +211,7 @@ class TorchAdapter:
         if _NOT_EXPORTABLE.get(self.model) == key:
             return None
         try:
-            with eval_mode(self.model), warnings.catch_warnings():
+            with eval_mode(self.model), warnings.catch_warnings(), _quiet_logs():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(self.model, tuple(self._probe_tensors()), strict=False)
             return program.module()
@@ -372,11 +373,14 @@ class TorchAdapter:
         )
 
     def _run_order_graph(self) -> LayerGraph:
-        """Modules in the order they ran on the example batch, without edges."""
+        """Modules in the order their calls ended on the example batch (a block after the
+        modules inside it, so blocks and stages are layers too: ``backbone.body.layer4``),
+        without edges; outputs named as the run gives them (``0.boxes``, ``0.scores`` for a
+        detector's per-image dicts)."""
         import torch
 
         records: list[tuple[str, tuple[int, ...] | None]] = []
-        leaves = [(n, m) for n, m in self.model.named_modules() if n and not list(m.children())]
+        leaves = [(n, m) for n, m in self.model.named_modules() if n]
 
         def hook_for(name: str) -> Callable[..., None]:
             def hook(m: Any, args: Any, out: Any) -> None:
@@ -401,8 +405,8 @@ class TorchAdapter:
                 self._channels_first.add(nid)
             self._node_module[nid] = name
             calls[name] += 1
-        n_out = len(_flatten_output_arg(out))
-        return LayerGraph(nodes, [0], [len(nodes) - 1] * n_out, [str(i) for i in range(n_out)], ["input"], readable=False)
+        names = [name for name, _ in _flatten_output_arg(out)]
+        return LayerGraph(nodes, [0], [len(nodes) - 1] * len(names), names, ["input"], readable=False)
 
     # ------------------------------------------------------------------ running
     def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -418,8 +422,7 @@ class TorchAdapter:
 
         with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
             out = self._run_channels_last(inputs)
-            outs = [o for _, o in _flatten_output_arg(out)]
-            scores = scores_of(target, outs, self.graph().output_names, TorchOps)
+            outs, scores = _scored(out, target)
         return scores.detach().cpu().float().numpy().reshape(-1)
 
     def _run_channels_last(self, inputs: list[np.ndarray]) -> Any:
@@ -583,8 +586,7 @@ class TorchAdapter:
         with eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
             with torch.no_grad():
                 out = run()
-            outs = [o for _, o in _flatten_output_arg(out)]
-            scores = scores_of(target, outs, self.graph().output_names, TorchOps)
+            outs, scores = _scored(out, target)
             keys = list(probes)
             values: Sequence[Any] = [None] * len(keys)
             if keys and scores.requires_grad:  # else no probe is upstream of the score
@@ -601,7 +603,7 @@ class TorchAdapter:
         back by it while this call runs."""
         import torch
 
-        graph = self.graph()
+        self.graph()  # shapes known before the run
         tensors = self._tensors(inputs)
         x = tensors[which].requires_grad_(True)
         with contextlib.ExitStack() as stack:
@@ -611,7 +613,7 @@ class TorchAdapter:
             if rule is not None:
                 stack.enter_context(self._rule_relus(rule))
             out = self.model(*tensors)
-            scores = scores_of(target, [o for _, o in _flatten_output_arg(out)], graph.output_names, TorchOps)
+            _, scores = _scored(out, target)
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
         grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
             g.detach().cpu().float().numpy(), 1, -1
@@ -659,8 +661,7 @@ class TorchAdapter:
         """
         import torch
 
-        graph = self.graph()
-        names = graph.output_names
+        self.graph()
         tensors_1 = self._tensors(inputs)
         if self._gm is None:
             mod = self._module_for(node)
@@ -678,7 +679,7 @@ class TorchAdapter:
                 with forward_hooks([(mod, hook)]):
                     with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
-                        s = scores_of(target, [o for _, o in _flatten_output_arg(out)], names, TorchOps)
+                        _, s = _scored(out, target)
                 return s.detach().cpu().float().numpy().reshape(-1)
 
             return whole
@@ -735,7 +736,7 @@ class TorchAdapter:
                 values = dict(caches[b])
                 values[start] = self._activation_tensor(acts, tensors_1[0], node.id in self._channels_first)
                 out = Replay("replay", values).run(*[None] * len(tensors_1))
-                s = scores_of(target, [o for _, o in _flatten_output_arg(out)], names, TorchOps)
+                _, s = _scored(out, target)
             return s.detach().cpu().float().numpy().reshape(-1)
 
         return score
@@ -791,6 +792,25 @@ _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictio
 _NOT_EXPORTABLE: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
+@contextlib.contextmanager
+def _quiet_logs() -> Any:
+    """torch.export logs the whole graph when it meets a data-dependent branch; a failed
+    export is expected here (the run-order fallback follows, with its own warning)."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.fx.experimental.symbolic_shapes", "torch.export",
+                                               "torch._export", "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def clear_trace_cache() -> None:
     """Forget every kept fx trace (after changing what a module's ``forward`` does without
     changing its submodules)."""
@@ -831,6 +851,14 @@ def _record_fields(name: str, arg: Any, ids: dict[str, int]) -> list[tuple[str, 
         f"the module's output {name!r} is {getattr(target, '__name__', target)!r}, not a tensor; "
         "camlens reads tensors and tuples, dicts and dataclasses of them: return those"
     )
+
+
+def _scored(out: Any, target: Target) -> tuple[list[Any], Any]:
+    """The module's flattened outputs and the target's scores on them, the outputs named as this
+    run gives them (a detector returns one dict per image: ``0.boxes``, ``1.boxes``...)."""
+    pairs = _flatten_output_arg(out)
+    outs = [o for _, o in pairs]
+    return outs, scores_of(target, outs, [n for n, _ in pairs], TorchOps)
 
 
 def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -58,6 +58,24 @@ class TorchOps:
     def sqrt(x: Any) -> Any:
         return x.sqrt()
 
+    @staticmethod
+    def stack(xs: Sequence[Any], axis: int = 0) -> Any:
+        import torch
+
+        return torch.stack(list(xs), dim=axis)
+
+    @staticmethod
+    def maximum(a: Any, b: Any) -> Any:
+        import torch
+
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b, dtype=torch.as_tensor(a).dtype))
+
+    @staticmethod
+    def minimum(a: Any, b: Any) -> Any:
+        import torch
+
+        return torch.minimum(torch.as_tensor(a), torch.as_tensor(b, dtype=torch.as_tensor(a).dtype))
+
 
 def probe(out: Any, key: Any, probes: dict[Any, Any]) -> Any:
     """``out + z`` with ``z = 0`` recorded in ``probes[key]``: the gradient at ``out``."""
