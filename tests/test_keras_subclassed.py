@@ -379,3 +379,19 @@ def test_an_output_made_after_the_last_layer_warns_for_logits():
     assert report.rows[-1].path == "raw_softmax" and report.chosen == ["conv2"]
     with pytest.warns(RuntimeWarning, match="cannot tell whether it ends in a softmax"):
         camlens.explain(model, X, target=Logit(0))
+
+
+def test_a_functional_model_holding_a_custom_layer_with_sublayers():
+    keras.utils.set_random_seed(9)
+    enc = Encoder(name="enc")
+    inp = keras.Input((8, 8, 3))
+    gap, head = L.GlobalAveragePooling2D(name="gap"), L.Dense(3, name="head")
+    model = keras.Model(inp, head(gap(enc(inp))))
+    flat = keras.Model(inp, head(gap(enc.c2(enc.c1(inp)))))
+    report = camlens.layers(model)
+    assert [r.path for r in report.rows] == ["enc/c1", "enc/c2", "gap", "head"]
+    assert report.chosen == ["enc/c2"]
+    for layer in ("enc/c1", "enc"):  # the layer's own path names its output
+        exp = camlens.explain(model, X, target=2, layer=layer)
+        ref = camlens.explain(flat, X, target=2, layer="c1" if layer == "enc/c1" else "c2")
+        np.testing.assert_allclose(exp.raw_maps[0], ref.raw_maps[0], rtol=1e-4, atol=1e-6)
