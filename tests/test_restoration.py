@@ -1,4 +1,5 @@
-"""The user's model is left exactly as it was: every method x {Keras, torch} x {success, a
+"""The user's model is left exactly as it was: every method x {Keras functional, Keras
+subclassed, torch} x {success, a
 class or logit target, the target raising, a layer raising, KeyboardInterrupt}.
 
 After each run, whatever happened, the model has the same weights, no instance attribute that
@@ -21,7 +22,7 @@ from camlens.targets import Logit
 
 SHIPPED = [m for m in available_methods() if not m.startswith("test-")]
 MODES = ["class", "logit", "target raises", "layer raises", "interrupt"]
-LAYER = {"keras": "c2", "torch": "5"}
+LAYER = {"keras": "c2", "keras-subclassed": "c2", "torch": "5"}
 
 
 class Tripped(RuntimeError):
@@ -112,8 +113,38 @@ def _keras_model():
     return model
 
 
+def _keras_subclassed_model():
+    """The same network as a subclassed model (its graph is recorded from one call)."""
+    import keras
+
+    class Tripwire(keras.layers.Layer):
+        def call(self, x):
+            _Trip.check()
+            return x
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.c1 = keras.layers.Conv2D(4, 3, padding="same", name="c1")
+            self.trip = Tripwire(name="trip")
+            self.drop = keras.layers.Dropout(0.5, name="drop")
+            self.c2 = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c2")
+            self.gap = keras.layers.GlobalAveragePooling2D(name="gap")
+            self.head = keras.layers.Dense(3, activation="softmax", name="head")
+
+        def call(self, x, training=False):
+            x = self.trip(keras.ops.relu(self.c1(x)))  # a raw op between layers too
+            return self.head(self.gap(self.c2(self.drop(x, training=training))))
+
+    keras.utils.set_random_seed(0)
+    model = Net()
+    model(np.zeros((1, 8, 8, 3), np.float32))
+    model.c1.trainable = False
+    return model
+
+
 def _keras_state(model):
-    layers = {lyr.name: lyr for lyr in model.layers}
+    layers = {lyr.name: lyr for lyr in [model, *model._flatten_layers(include_self=False, recursive=True)]}
     return {
         "weights": [np.array(w) for w in model.get_weights()],
         "dicts": {n: sorted(k for k in vars(lyr)) for n, lyr in layers.items()},
@@ -128,7 +159,7 @@ def _keras_state(model):
 def models():
     import torch
 
-    found = {"torch": _torch_model(), "keras": _keras_model()}
+    found = {"torch": _torch_model(), "keras": _keras_model(), "keras-subclassed": _keras_subclassed_model()}
     with torch.no_grad():  # settle what a first call builds lazily, before the snapshots
         found["torch"](torch.zeros(1, 3, 8, 8))
     found["keras"](np.zeros((1, 8, 8, 3), np.float32))
@@ -152,7 +183,7 @@ def _same(a, b, where=""):
 
 @pytest.mark.filterwarnings("ignore:the map at")  # a random tiny model gives some flat maps
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("kind", ["torch", "keras"])
+@pytest.mark.parametrize("kind", ["torch", "keras", "keras-subclassed"])
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_model_is_left_as_it_was(models, kind, name, mode):
     if kind == "torch" and os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
@@ -161,6 +192,8 @@ def test_the_model_is_left_as_it_was(models, kind, name, mode):
     if kind == "keras" and mode in ("layer raises", "interrupt"):
         model = _keras_model()  # not compiled yet: the tripwire's Python runs while tracing
         model(np.zeros((1, 8, 8, 3), np.float32))
+    if kind == "keras-subclassed" and mode in ("layer raises", "interrupt"):
+        model = _keras_subclassed_model()
     method = _settings(name)
     state = _torch_state if kind == "torch" else _keras_state
     before = state(model)

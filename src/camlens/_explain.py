@@ -75,9 +75,9 @@ def explain(
     """Explain the model's ``target`` score on ``inputs`` with ``method`` at ``layer``.
 
     Args:
-        model: a Keras 3 Functional or Sequential model (nested and shared submodels,
-            several inputs and outputs are fine) or a ``torch.nn.Module``. It is left exactly
-            as it was.
+        model: a Keras 3 Functional, Sequential or (built) subclassed model (nested and
+            shared submodels, several inputs and outputs are fine) or a ``torch.nn.Module``.
+            It is left exactly as it was.
         inputs: a batch ``(N, H, W, C)`` or one image ``(H, W, C)``, preprocessed as the model
             expects; for several inputs a list (or a dict by input name). PyTorch modules also
             take ``(N, C, H, W)`` tensors or arrays.
@@ -241,8 +241,10 @@ def layers(
     ``.candidates`` and ``.reason``.
 
     ``input_shape``: for PyTorch modules, which have no input shape of their own, the shape of
-    one input batch, e.g. ``(1, 3, 224, 224)``. ``token_grid``: for vision transformers, the
-    patch grid of token layers, as in :func:`explain`.
+    one input batch, e.g. ``(1, 3, 224, 224)``; for a subclassed Keras model, channels-last
+    ``(1, H, W, C)`` (without it, the shape it was built or first called with).
+    ``token_grid``: for vision transformers, the patch grid of token layers, as in
+    :func:`explain`.
     """
     adapter = adapt(model)
     if input_shape is not None:

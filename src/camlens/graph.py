@@ -130,6 +130,10 @@ class LayerGraph:
     output_names: list[str]
     input_names: list[str]
     readable: bool = True
+    #: the edges over-approximate what each node reads (values computed between layers, seen
+    #: by a recorded run): every path of the model is a path of the graph, so a node on every
+    #: path of the graph is on every path of the model, but not the other way round
+    approximate: bool = False
     #: nested models by path, with the node that gives their output at each call
     aliases: dict[str, list[int]] = field(default_factory=dict)
 
@@ -280,6 +284,30 @@ def choose_layers(
         check_grid(token_grid, "token_grid")
     if not graph.readable:
         return _fallback_choice(graph)
+    if not graph.approximate:
+        return _choose(graph, outputs, token_grid)
+    try:
+        choice = _choose(graph, outputs, token_grid)
+    except _NoDominator:
+        return _fallback_choice(graph, _APPROXIMATE)
+    choice.reason += (
+        " (the model computes between its layers, so its graph has more paths than the model: "
+        "a deeper layer may be on every path too)"
+    )
+    return choice
+
+
+_APPROXIMATE = (
+    "the model computes between its layers (x + y, keras.ops.relu(x)) and no spatial layer is "
+    "known to lie on every path"
+)
+
+
+class _NoDominator(ValueError):
+    """No spatial layer lies on every path of the graph."""
+
+
+def _choose(graph: LayerGraph, outputs: Sequence[int] | None, token_grid: object) -> LayerChoice:
     out_idx = list(outputs) if outputs else [0]
     sinks = [graph.outputs[i] for i in out_idx]
     sink = sinks[0] if len(sinks) == 1 else -1
@@ -382,7 +410,7 @@ def choose_layers(
             chosen.append(found[0])
             why[found[0].path] = (*found, ["all inputs together"], [found[0].label])
     if not chosen:
-        raise ValueError(
+        raise _NoDominator(
             f"no layer with a spatial output lies on every path to output {out_name}: "
             "the model has no layer a CAM can be computed at. Give a layer explicitly with "
             "layer=..., or use a pixel-attribution method."
@@ -467,7 +495,7 @@ def _parts(path: str) -> list[str]:
     return path.replace("/", ".").split(".")
 
 
-def _fallback_choice(graph: LayerGraph) -> LayerChoice:
+def _fallback_choice(graph: LayerGraph, why: str = "the model's graph cannot be read") -> LayerChoice:
     spatial = [n for n in graph.nodes if n.spatial and not n.is_input]
     if not spatial:
         raise ValueError("no layer of this model has a spatial output (batch, h, w, channels)")
@@ -486,13 +514,13 @@ def _fallback_choice(graph: LayerGraph) -> LayerChoice:
         "the last layer with a spatial output"
     )
     warnings.warn(
-        f"the model's graph cannot be read, so the layer was chosen as {where}: {last.path}; "
-        "check it, or pass layer=...",
+        f"{why}, so the layer was chosen as {where}: {last.path}; check it, or pass layer=...",
         RuntimeWarning,
         stacklevel=3,
     )
     same = [n for n in spatial if n.path == last.path]
-    return LayerChoice(same, f"{last.path}: {where} (graph not readable)")
+    note = "graph not readable" if graph.approximate is False else "values computed between layers"
+    return LayerChoice(same, f"{last.path}: {where} ({note})")
 
 
 def find_nodes(graph: LayerGraph, name: str) -> list[GraphNode]:

@@ -1,4 +1,5 @@
-"""Keras 3 adapter: Functional and Sequential models, nested and shared submodels.
+"""Keras 3 adapter: Functional and Sequential models, nested and shared submodels, and
+subclassed models.
 
 The layer graph is read from the model's own node lists, in the order Keras runs them
 (``Functional._run_through_graph``: depth by depth, deepest first), so the k-th time a probed
@@ -8,12 +9,18 @@ Probing replaces a layer's ``call`` on the instance for the duration of one expl
 (``patches.py``); the gradient of the score with respect to each call site comes from the
 running backend's module (``backends/``, chosen once per adapter, the same names in each), and
 on TensorFlow and JAX from compiled programs (``compiled.py``). This module is backend-free.
+
+A subclassed model (or a Functional one holding one, or a custom layer with sublayers) has no
+nodes to read: its graph comes from one recorded eager call (``recorded.py``), and it runs
+eagerly: no compiled programs, and the replay from a layer reruns the whole model with that
+layer's call returning the replacement.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections import defaultdict
 from types import ModuleType
 from typing import Any, Callable, Sequence
@@ -28,6 +35,7 @@ from . import backends
 from .backends._types import Key, MakeProbe
 from .compiled import compiled_capture, compiled_input_gradients, compiled_score
 from .patches import probes, rule_relus, without_final_activation
+from .recorded import children, is_container, needs_recording, record
 
 __all__ = ["KerasAdapter", "is_keras_model", "keras_to_numpy", "load_keras_file"]
 
@@ -86,9 +94,21 @@ class KerasAdapter:
         # for each graph node that is a call: the Keras node and where its input tensors come from
         self._calls: dict[int, tuple[Any, list[Source]]] = {}
         self._output_srcs: list[Source] = []
+        # how many times each layer runs in one call of the model, by id
+        self._op_calls: dict[int, int] = {}
+        self._recorded: bool | None = None
+        self._raw_ops = False  # a recorded model computes between its layers
+        self._example: list[np.ndarray] | None = None  # recorded: the inputs the graph is of
+        self._warned: set[str] = set()
+        #: a subclassed model has no input size of its own (an instance attribute here)
+        try:
+            self.needs_input_size = self._top() is None
+        except ValueError:  # an unbuilt Sequential: said when its graph is asked for
+            self.needs_input_size = False
 
     # ------------------------------------------------------------------ graph
-    def _top(self) -> Any:
+    def _top(self) -> Any | None:
+        """The Functional the model runs; ``None`` for a subclassed model."""
         import keras
 
         model = self.model
@@ -100,17 +120,67 @@ class KerasAdapter:
                 )
             return model._functional
         if not _is_functional(model):
-            raise TypeError(
-                f"{type(model).__name__} is a subclassed keras.Model, whose layer graph cannot be "
-                "read; rebuild it with the functional API (keras.Model(inputs, outputs)) or "
-                "keras.Sequential, which keep the graph camlens needs"
-            )
+            return None
         return model
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the graph is read from a recorded call (``recorded.py``), not from nodes."""
+        if self._recorded is None:
+            top = self._top()
+            self._recorded = top is None or needs_recording(top)
+        return self._recorded
 
     def graph(self) -> LayerGraph:
         if self._graph is None:
-            self._graph = self._build_graph()
+            self._graph = self._record_graph() if self.recorded else self._build_graph()
         return self._graph
+
+    def _record_graph(self) -> LayerGraph:
+        example = self._example
+        if example is None:
+            shapes = self._known_shapes()
+            if shapes is None or any(d is None for s in shapes for d in s[1:]):
+                raise ValueError(
+                    f"{type(self.model).__name__} is a subclassed Keras model, which has no input "
+                    "shape of its own: explain a batch first, or call "
+                    "camlens.layers(model, input_shape=(1, H, W, C))"
+                )
+            example = [np.zeros((1, *s[1:]), np.float32) for s in shapes]
+        names = [s.name for s in self.input_specs()]
+        if len(names) != len(example):
+            names = _input_names(len(example))
+
+        def run() -> None:
+            with self._no_grad():
+                self._call([self._tensor(a) for a in example])
+
+        rec = record(self.model, run, names)
+        self._ops, self._op_calls = rec.ops, rec.op_calls
+        self._channels_first, self._raw_ops = rec.channels_first, rec.raw_ops
+        return rec.graph
+
+    def _known_shapes(self) -> list[tuple[int | None, ...]] | None:
+        """The input shapes the model knows: a Functional's inputs, else the shapes a
+        subclassed model was built or first called with (batch first)."""
+        top = self._top()
+        if top is not None:
+            return [tuple(x.shape) for x in top.inputs]
+        built = getattr(self.model, "_build_shapes_dict", None) or {}
+        if len(built) != 1:
+            return None
+        shape = next(iter(built.values()))
+        if isinstance(shape, (list, tuple)) and shape and all(isinstance(s, (list, tuple)) for s in shape):
+            return [tuple(s) for s in shape]
+        if isinstance(shape, (list, tuple)) and all(d is None or isinstance(d, int) for d in shape):
+            return [tuple(shape)]
+        return None
+
+    @staticmethod
+    def _tensor(a: np.ndarray) -> Any:
+        import keras
+
+        return keras.ops.convert_to_tensor(a)
 
     def _build_graph(self) -> LayerGraph:
         top = self._top()
@@ -155,11 +225,13 @@ class KerasAdapter:
 
         input_ids = []
         input_names = []
+        assert top is not None
         for i, x in enumerate(top.inputs):
             op = x._keras_history.operation
             input_names.append(op.name)
             input_ids.append(add(op.name, op, x.shape, [], is_input=True, input_index=i))
         self._output_srcs = walk(top, "", [(i, 0) for i in input_ids])
+        self._op_calls = dict(calls)
         return LayerGraph(
             nodes,
             input_ids,
@@ -171,15 +243,25 @@ class KerasAdapter:
 
     def input_specs(self) -> list[InputSpec]:
         top = self._top()
-        return [
-            InputSpec(x._keras_history.operation.name, tuple(x.shape)) for x in top.inputs
-        ]
+        if top is not None:
+            return [
+                InputSpec(x._keras_history.operation.name, tuple(x.shape)) for x in top.inputs
+            ]
+        if self._example is not None:
+            names = _input_names(len(self._example))
+            return [InputSpec(n, (None, *a.shape[1:])) for n, a in zip(names, self._example)]
+        shapes = self._known_shapes()
+        if shapes is None:
+            return [InputSpec("input", (None, None, None, None))]
+        return [InputSpec(n, (None, *s[1:])) for n, s in zip(_input_names(len(shapes)), shapes)]
 
     def output_names(self) -> list[str]:
         """Keys for dict outputs, else the producing layers' names (``name_1`` for repeats)."""
         import keras
 
         top = self._top()
+        if top is None or self.recorded:
+            return self.graph().output_names
         struct = getattr(top, "_outputs_struct", None)
         if isinstance(struct, dict):
             return [".".join(map(str, p)) for p, _ in keras.tree.flatten_with_path(struct)]
@@ -194,7 +276,24 @@ class KerasAdapter:
         return names
 
     def prepare(self, inputs: Any) -> list[np.ndarray]:
-        return check_inputs(inputs, self.input_specs())
+        if self._top() is not None:
+            arrays = check_inputs(inputs, self.input_specs())
+        else:
+            # a subclassed model takes what its call takes: the ranks it was built with (else
+            # images), any size; as many inputs as given
+            n = len(inputs) if isinstance(inputs, (list, tuple)) and len(inputs) > 1 and all(
+                np.ndim(a) >= 2 for a in inputs) else 1
+            shapes = self._known_shapes()
+            if shapes is None or len(shapes) != n:
+                shapes = [(None, None, None, None)] * n
+            names = _input_names(n)
+            arrays = check_inputs(inputs, [InputSpec(k, (None,) * len(s)) for k, s in zip(names, shapes)])
+        if self.recorded and (
+            self._example is None or [a.shape[1:] for a in arrays] != [e.shape[1:] for e in self._example]
+        ):
+            self._example = [a[:1].copy() for a in arrays]
+            self._graph = None  # another input size: record again
+        return arrays
 
     def can_probe(self, node: GraphNode) -> bool:
         return True
@@ -224,11 +323,11 @@ class KerasAdapter:
         seen: set[int] = set()
 
         def walk(m: Any, prefix: str) -> None:  # nested models expanded, in model order
-            for layer in m.layers:
-                if id(layer) in seen:
+            for layer in children(m):
+                if id(layer) in seen or not isinstance(layer, keras.layers.Layer):
                     continue
                 seen.add(id(layer))
-                if isinstance(layer, keras.Model):
+                if isinstance(layer, keras.Model) or is_container(layer):
                     walk(layer, f"{prefix}{layer.name}/")
                 elif any(len(w.shape) >= 2 for w in layer.weights):
                     found.append((prefix + layer.name, layer))
@@ -265,6 +364,13 @@ class KerasAdapter:
             compiled = compiled_score(self, inputs, target)
             if compiled is not None:
                 return compiled
+        if self.recorded:
+            with self._no_grad(), (
+                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+            ):
+                outs = self._call(list(inputs))
+                scores = target.score(outs, graph.output_names, keras.ops)
+            return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
         with self._no_grad(), (
             self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
         ):
@@ -305,9 +411,7 @@ class KerasAdapter:
         wanted: dict[int, Any] = {}
         for n in nodes:
             wanted.setdefault(id(self._ops[n.id]), self._ops[n.id])
-        expected = {
-            key: sum(1 for m in graph.nodes if id(self._ops[m.id]) == key) for key in wanted
-        }
+        expected = {key: self._op_calls.get(key, 0) for key in wanted}
         # Only the call sites asked for get a probe: a layer that also runs early in the
         # network would otherwise pull the backward pass through the whole network.
         sites = {(id(self._ops[n.id]), n.call) for n in nodes}
@@ -379,6 +483,16 @@ class KerasAdapter:
             compiled = compiled_input_gradients(self, inputs, which, target, rule)
             if compiled is not None:
                 return compiled
+        if rule is not None and self.recorded:
+            self.graph()
+            if self._raw_ops:
+                self._warn_once(
+                    "rule",
+                    f"{type(self.model).__name__} computes between its layers (keras.ops, x + y): "
+                    "a ReLU there (keras.ops.relu) is not a layer, and passes gradients back "
+                    "plainly, not by the rule; use ReLU layers or activation='relu' for guided "
+                    "methods",
+                )
         grad_fn = self._gradient_function()
         run = functools.partial(self._input_run, inputs, which, target, rule)
         _, scores, _, grads = grad_fn(run, True)
@@ -417,7 +531,13 @@ class KerasAdapter:
         return self._backend_module
 
     def _compiles(self) -> bool:
-        return self.backend in backends.SUPPORTED and self.backend_module.COMPILES
+        return (self.backend in backends.SUPPORTED and self.backend_module.COMPILES
+                and not self.recorded)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _no_grad(self) -> contextlib.AbstractContextManager[Any]:
         """No autograd graph for runs that need no gradient (only the torch backend builds one)."""
@@ -444,6 +564,8 @@ class KerasAdapter:
         import keras
 
         graph = self.graph()
+        if self.recorded:
+            return self._recorded_site_scorer(inputs, node, target)
         if node.id not in self._calls:
             raise ValueError(f"{node.path!r} is not a layer call that can be replaced")
         after = descendants(graph, node.id)
@@ -470,6 +592,55 @@ class KerasAdapter:
                 self._run_nodes(vals, order, lean=True)
                 outs = [_pick(vals[n], k) for n, k in self._output_srcs]
                 s = scores_of(target, outs, names, keras.ops)
+            return np.asarray(keras_to_numpy(s), np.float32).reshape(-1)
+
+        return score
+
+    def _recorded_site_scorer(
+        self, inputs: list[np.ndarray], node: GraphNode, target: Target
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`site_scorer` for a recorded graph: the whole model reruns on the sample,
+        repeated, with ``node``'s layer returning the replacement at its call ``node.call``."""
+        import keras
+
+        if node.is_input:
+            raise ValueError(f"{node.path!r} is a model input, not a layer call that can be replaced")
+        op = self._ops[node.id]
+        names = self.graph().output_names
+        channels_first = node.id in self._channels_first
+        expected = self._op_calls.get(id(op), 0)
+
+        def score(acts: np.ndarray) -> np.ndarray:
+            a = np.asarray(acts, dtype=np.float32)
+            if channels_first:
+                a = np.moveaxis(a, -1, 1)
+            b = a.shape[0]
+            replacement = keras.ops.convert_to_tensor(a)
+            seen = [0]
+
+            def on_call(layer: Any, y: Any) -> Any:
+                k = seen[0]
+                seen[0] += 1
+                if k != node.call:
+                    return y
+                if not keras.ops.is_tensor(y) or tuple(y.shape) != tuple(a.shape):
+                    raise ValueError(
+                        f"layer {node.label!r} gives {getattr(y, 'shape', type(y).__name__)} here; "
+                        f"its replacement has shape {a.shape}"
+                    )
+                return keras.ops.cast(replacement, y.dtype)
+
+            xs = [np.repeat(x, b, axis=0) for x in inputs]
+            with self._no_grad(), probes([op], on_call), (
+                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+            ):
+                outs = self._call(xs)
+                s = target.score(outs, names, keras.ops)
+            if seen[0] != expected:
+                raise RuntimeError(
+                    f"layer {node.path!r} ran {seen[0]} time(s) but the recorded call ran it "
+                    f"{expected} time(s); camlens cannot tell the call sites apart"
+                )
             return np.asarray(keras_to_numpy(s), np.float32).reshape(-1)
 
         return score
@@ -516,7 +687,17 @@ class KerasAdapter:
         graph = self.graph()
         ops = []
         for i in target.output_indices(graph.output_names):
-            ops.append(self._ops[graph.outputs[i]])
+            op = self._ops[graph.outputs[i]]
+            if self.recorded and is_container(op):
+                self._warn_once(
+                    "logits",
+                    f"output {graph.output_names[i]!r} of {type(self.model).__name__} is computed "
+                    "after its last layer (keras.ops, x + y), so camlens cannot tell whether it "
+                    "ends in a softmax or sigmoid to skip for logits: it is explained as the "
+                    "model gives it; end the model with a layer (Dense(..., activation=...)) "
+                    "to have the logits",
+                )
+            ops.append(op)
         return without_final_activation(ops)
 
     def layer_role(self, node: GraphNode) -> str | None:
@@ -530,6 +711,10 @@ class KerasAdapter:
 
 _ROLES = {"GlobalAveragePooling2D": "global_pool", "Dropout": "pass", "Dense": "dense",
           "Activation": "activation", "Softmax": "activation"}
+
+
+def _input_names(n: int) -> list[str]:
+    return ["input"] if n == 1 else [f"input_{i}" for i in range(n)]
 
 
 def _pick(value: Any, k: int) -> Any:
