@@ -228,3 +228,27 @@ def test_forward_arguments_with_defaults_are_not_inputs():
 
     want = _hooked(net, net.blocks[1].norm1, x, 1, to_grid)
     np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-6)
+
+
+class OwnLayerNorm(nn.LayerNorm):
+    """A LayerNorm subclass defined outside torch.nn, as timm's is: torch.fx traces through it
+    into F.layer_norm instead of keeping it as a module."""
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def test_modules_fx_traces_through_keep_their_names_and_can_be_probed():
+    torch.manual_seed(3)
+    net = DefaultArgViT().eval()
+    for block in net.blocks:
+        own = OwnLayerNorm(16)
+        own.load_state_dict(block.norm1.state_dict())
+        block.norm1 = own
+    report = camlens.layers(net, input_shape=(1, 3, 16, 16))
+    assert report.chosen == ["blocks.1.norm1"], report.reason  # not "layer_norm_2", a function
+    assert {r.path: r.kind for r in report.rows}["blocks.1.norm1"] == "OwnLayerNorm"
+    x = _images(h=16, w=16, seed=3)
+    exp = camlens.explain(net, x, target=1)
+    want = _hooked(net, net.blocks[1].norm1, x, 1, lambda t: torch.from_numpy(tokens_to_grid(t.numpy())))
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-6)

@@ -308,7 +308,7 @@ class TorchAdapter:
                 for prefix in _module_prefixes(node):
                     aliases.setdefault(prefix, [])
                     aliases[prefix] = [nid]  # the last node inside a module gives its output
-        self._name_module_outputs(gm, ids, nodes, calls, leaves_too=exported)
+        self._name_module_outputs(gm, ids, nodes, calls)
         for nid, why in unusable.items():
             nodes[nid].unusable = why
         if exported:  # the module is run as it is: only module outputs can be hooked
@@ -323,8 +323,7 @@ class TorchAdapter:
         return LayerGraph(nodes, inputs, outputs, output_names, input_names, aliases=aliases)
 
     def _name_module_outputs(
-        self, gm: Any, ids: dict[str, int], nodes: list[GraphNode], calls: dict[str, int],
-        leaves_too: bool = False,
+        self, gm: Any, ids: dict[str, int], nodes: list[GraphNode], calls: dict[str, int]
     ) -> None:
         """Give a module's name to the function node that is its output.
 
@@ -341,11 +340,11 @@ class TorchAdapter:
             for key, path, call in _module_scopes(fx_node):
                 last[(path, key, call)] = fx_node
         chosen: dict[int, tuple[str, int]] = {}
+        hooked = set(self._node_module.values())  # modules fx kept as nodes of their own
         for (path, key, call), fx_node in last.items():
             nid = ids[fx_node.name]
-            leaf = path in self._modules and not list(self._modules[path].children())
-            if nid in self._node_module or (leaf and not leaves_too):
-                continue  # a module node already, or a leaf module (fx gives it its own node)
+            if nid in self._node_module or path in hooked:
+                continue  # a module node already (fx keeps torch.nn's own modules whole)
             users = list(fx_node.users)
             if not users or any(key in (u.meta.get("nn_module_stack") or {}) for u in users):
                 continue
@@ -353,8 +352,10 @@ class TorchAdapter:
                 chosen[nid] = (path, call)  # the innermost module whose output it is
         for nid, (path, call) in chosen.items():
             nodes[nid].path, nodes[nid].call = path, call
-            if leaves_too and not list(self._modules[path].children()):
-                nodes[nid].kind = type(self._modules[path]).__name__  # as fx names module nodes
+            if not list(self._modules[path].children()):
+                # a module without submodules that fx traced through (timm's LayerNorm,
+                # torchvision's Permute): named and typed as fx names module nodes
+                nodes[nid].kind = type(self._modules[path]).__name__
             self._node_module[nid] = path
             calls[path] = max(calls.get(path, 0), call + 1)
 
