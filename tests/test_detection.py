@@ -139,3 +139,41 @@ def test_detection_errors_name_the_value_and_the_fix(det):
         camlens.explain(nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten()).eval(), X, target=Detection(index=0),
                         layer="0")
     assert parse_target("box:1").index == 1
+
+
+def test_the_explained_boxes_are_kept_and_drawn_on_the_overlay(det):
+    x = X[:1].repeat(3, 1, 1, 1)
+    exp = camlens.explain(det, x, target=Detection(index=[0, 1, 2]), layer="backbone.body", batch_size=2)
+    with torch.no_grad():
+        found = det(X[:1])[0]["boxes"].numpy()
+    np.testing.assert_allclose(exp.boxes, found[:3], rtol=1e-6)  # per sample, across the two parts
+    plain = exp.overlay(boxes=None)
+    drawn = exp.overlay()
+    assert drawn.shape == plain.shape == (3, 16, 16, 3)
+    changed = np.any(drawn != plain, axis=-1)
+    assert changed.any() and (drawn[changed] == 255).all()  # white outlines, nothing else touched
+    big = exp.overlay(np.zeros((3, 32, 32, 3), np.uint8))  # a photo twice the input: boxes scaled
+    b = np.clip(np.round(found[0] * 2), 0, 31).astype(int)
+    assert (big[0, b[1], b[0]:b[2] + 1] == 255).all()
+
+
+def test_draw_boxes_exact_pixels():
+    from camlens.viz import draw_boxes
+
+    img = np.zeros((6, 8, 3), np.uint8)
+    out = draw_boxes(img, [[1, 1, 5, 4]], color=(255, 0, 0), width=1)
+    mask = np.zeros((6, 8), bool)
+    mask[1, 1:6] = mask[4, 1:6] = mask[1:5, 1] = mask[1:5, 5] = True
+    assert (out[mask] == (255, 0, 0)).all() and (out[~mask] == 0).all() and (img == 0).all()
+    assert (draw_boxes(img, np.zeros((0, 4))) == 0).all()
+    with pytest.raises(ValueError, match="finite"):
+        draw_boxes(img, [[0, 0, np.nan, 1]])
+
+
+def test_per_sample_targets_follow_a_batch_run_in_parts():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    x = torch.rand(5, 3, 8, 8)
+    whole = camlens.explain(net, x, target=[0, 1, 2, 0, 1])
+    parts = camlens.explain(net, x, target=[0, 1, 2, 0, 1], batch_size=2)
+    np.testing.assert_array_equal(parts.class_indices, [0, 1, 2, 0, 1])
+    np.testing.assert_allclose(parts.raw_maps[0], whole.raw_maps[0], rtol=1e-5, atol=1e-7)

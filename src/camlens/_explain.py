@@ -136,6 +136,7 @@ def explain(
 
     outputs, scores, parts = _capture(adapter, arrays, nodes, tgt, cam.needs_gradients, batch_size)
     class_idx = tgt.class_indices(outputs, graph.output_names)
+    boxes = _explained_boxes(tgt, parts, graph, arrays[0].shape[0], batch_size)
     anc = graph.input_ancestry()
     per_site: list[tuple[np.ndarray, np.ndarray, Site, dict[str, Any]]] = []
     for k, node in enumerate(nodes):
@@ -164,7 +165,21 @@ def explain(
             raw = algo.reduce_channels(attributions)
             shown = finish_maps(raw, raw.shape[1:3], normalize, f"{algo.name} @ {site.label}")
         per_site.append((shown, raw, site, detail))
-    return _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx, per_site)
+    exp = _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx, per_site)
+    exp.boxes = boxes
+    return exp
+
+
+def _explained_boxes(
+    tgt: Target, parts: list[Capture], graph: LayerGraph, total: int, batch_size: int
+) -> np.ndarray | None:
+    """For a target that explains boxes (:class:`camlens.targets.Detection`), the box of each
+    sample ``(N, 4)``, read from each part's outputs by the names that run gave them."""
+    if not hasattr(tgt, "boxes"):
+        return None
+    picked = [b for s, p in zip(batches(total, batch_size), parts)
+              for b in tgt.for_samples(s).boxes(p.outputs, p.names or graph.output_names)]
+    return np.stack(picked).astype(np.float32)
 
 
 def _explanation(
@@ -196,10 +211,17 @@ def _capture(
     """The batched capture pass: the model's outputs, the target scores, and per batch the
     activations (and gradients) at ``nodes``."""
     parts = [
-        adapter.capture([a[s] for a in arrays], nodes, tgt, need_gradients=need_gradients)
+        adapter.capture([a[s] for a in arrays], nodes, tgt.for_samples(s), need_gradients=need_gradients)
         for s in batches(arrays[0].shape[0], batch_size)
     ]
-    outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
+    sizes = [len(p.scores) for p in parts]
+    if len({len(p.outputs) for p in parts}) > 1 or any(
+            o.ndim == 0 or o.shape[0] != n for p, n in zip(parts, sizes) for o in p.outputs):
+        # not one row per sample: outputs per image (a detector's dicts, 0.boxes, 0.labels...
+        # for each part) are listed in order
+        outputs = [o for p in parts for o in p.outputs]
+    else:
+        outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
     return outputs, np.concatenate([p.scores for p in parts]), parts
 
 

@@ -52,6 +52,8 @@ class Explanation:
             ``"completeness_error"``), else empty dicts.
         target_spec: the :class:`camlens.targets.Target` object that was explained (``target``
             is its description); the metrics measure it again when given this explanation.
+        boxes: for a :class:`~camlens.targets.Detection` target, the box explained in each
+            image, ``(N, 4)`` (x1, y1, x2, y2) in input pixels; ``overlay`` draws it. Else ``None``.
     """
 
     maps: list[np.ndarray]
@@ -66,6 +68,7 @@ class Explanation:
     outputs: list[np.ndarray] = field(repr=False, default_factory=list)
     details: list[dict[str, Any]] = field(repr=False, default_factory=list)
     target_spec: Any = field(repr=False, default=None)
+    boxes: np.ndarray | None = field(repr=False, default=None)
 
     @property
     def map(self) -> np.ndarray:
@@ -95,13 +98,16 @@ class Explanation:
         cmap: str = "jet",
         alpha: float = 0.4,
         site: int | None = None,
+        boxes: Any = "auto",
     ) -> np.ndarray | list[np.ndarray]:
         """Heatmaps blended onto the images, uint8 RGB ``(N, H, W, 3)``.
 
         ``images``: the photos to draw on (any size: the map is resized to them); by default
         the model inputs, rescaled for display. For a model with several inputs, a list with
         one batch per input. Returns one array for a single site (or when ``site`` is given),
-        else a list with one array per site.
+        else a list with one array per site. ``boxes``: outlines to draw, one ``(K, 4)`` array
+        per image in input pixels (scaled to the photos); ``"auto"`` draws the explained box of
+        a detection, ``None`` nothing.
         """
         picked = range(len(self.sites)) if site is None else [site]
         result = []
@@ -111,7 +117,15 @@ class Explanation:
                 imgs = imgs[None]
             if imgs.shape[0] != len(self):
                 raise ValueError(f"{imgs.shape[0]} images given for {len(self)} maps")
-            result.append(viz.overlay(imgs, self.maps[k], cmap=cmap, alpha=alpha))
+            drawn = viz.overlay(imgs, self.maps[k], cmap=cmap, alpha=alpha)
+            outlines = self.boxes[:, None] if isinstance(boxes, str) and boxes == "auto" and self.boxes is not None else boxes
+            if outlines is not None and not (isinstance(outlines, str) and outlines == "auto"):
+                if len(outlines) != len(drawn):
+                    raise ValueError(f"boxes for {len(outlines)} images given for {len(drawn)} maps")
+                size = self.inputs[self.sites[k].input_index].shape[1:3] if self.inputs else drawn.shape[1:3]
+                scale = (drawn.shape[2] / size[1], drawn.shape[1] / size[0])
+                drawn = np.stack([viz.draw_boxes(d, b, scale=scale) for d, b in zip(drawn, outlines)])
+            result.append(drawn)
         return result[0] if len(result) == 1 else result
 
     def plot(self, index: int = 0, images: Any = None, cmap: str = "jet", alpha: float = 0.4) -> Any:

@@ -89,6 +89,19 @@ class Target:
         copies of one sample (a top-class target keeps the class it explained)."""
         return self
 
+    def for_samples(self, part: slice) -> "Target":
+        """The target of the samples ``part`` of the batch, for a batch run in parts: what a
+        target holds per sample (a list of classes, a mask or reference per sample) is cut to
+        them; the caller's target stays as it was."""
+        return self
+
+    def _cut(self, attr: str, part: slice, per_sample: bool) -> "Target":
+        if not per_sample:
+            return self
+        cut = copy.copy(self)
+        setattr(cut, attr, getattr(self, attr)[part])
+        return cut
+
     @classmethod
     def from_text(cls, arg: str) -> "Target":
         """The target that ``NAME:ARG`` names (``arg`` may be empty): an integer argument by
@@ -197,6 +210,9 @@ class ClassScore(Target):
         pinned = copy.copy(self)
         pinned.index = int(class_indices[n]) if class_indices is not None else self.index
         return pinned
+
+    def for_samples(self, part: slice) -> "Target":
+        return self._cut("index", part, isinstance(self.index, list))
 
     def class_indices(self, outputs: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
         y = np.asarray(outputs[_output_index(self.output, names)])
@@ -310,6 +326,10 @@ class Similarity(Target):
         nb = xp.sqrt(xp.sum(b * b, axis=-1) + eps)
         return dot / (na * nb)
 
+    def for_samples(self, part: slice) -> "Target":
+        ref = self.reference
+        return self._cut("reference", part, ref is not None and ref.ndim == 2 and len(ref) > 1)
+
     def describe(self) -> str:
         against = "a reference embedding" if self.other is None else f"output {self.other!r}"
         return f"cosine similarity of output {self.output!r} with {against}"
@@ -366,6 +386,9 @@ class SegmentationRegion(Target):
                 f"{shape} read as {layout}); give the mask at the output's resolution"
             )
         return xp.sum(channel * xp.convert_to_tensor(self.mask), axis=(1, 2))
+
+    def for_samples(self, part: slice) -> "Target":
+        return self._cut("mask", part, self.mask is not None and self.mask.ndim == 3)
 
     def describe(self) -> str:
         region = "whole image" if self.mask is None else f"region of {int((self.mask > 0).sum())} pixels"
@@ -496,6 +519,17 @@ class Detection(Target):
         pinned = copy.copy(self)
         pinned.index = self.index[n]
         return pinned
+
+    def for_samples(self, part: slice) -> "Target":
+        return self._cut("index", part, isinstance(self.index, list))
+
+    def boxes(self, outputs: Sequence[Any], names: Sequence[str]) -> list[np.ndarray]:
+        """The box explained in each image, ``(4,)`` (x1, y1, x2, y2) in input pixels."""
+        picked = []
+        for n, (boxes, labels, _) in enumerate(self._images(outputs, names)):
+            b = _to_numpy(boxes)
+            picked.append(b[self._pick(n, b, _to_numpy(labels))].copy())
+        return picked
 
     def describe(self) -> str:
         if self.box is None:

@@ -34,6 +34,9 @@ class Capture:
     outputs: list[np.ndarray]
     scores: np.ndarray
     sites: list[SiteCapture]
+    #: the outputs' names as this run gave them, where they depend on the batch (a detector's
+    #: ``0.boxes``, ``1.boxes``...); ``None``: the graph's ``output_names``
+    names: list[str] | None = None
 
 
 @dataclass

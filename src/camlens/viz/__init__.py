@@ -5,7 +5,7 @@ Pure numpy and matplotlib (through the Agg canvas, never pyplot); matplotlib and
 imported only by the functions that use them, so importing this package stays cheap.
 """
 
-from .color import colorize, overlay, to_rgb_uint8
+from .color import colorize, draw_boxes, overlay, to_rgb_uint8
 from .figures import figure_to_png_bytes, panel, save_png
 from .grid import RANKS, feature_grid, feature_grid_array, feature_overview, rank_channels
 from .._image import NORMALIZE_MODES, normalize, resize_bilinear
@@ -18,6 +18,7 @@ __all__ = [
     "to_rgb_uint8",
     "colorize",
     "overlay",
+    "draw_boxes",
     "panel",
     "figure_to_png_bytes",
     "save_png",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from .._image import resize_bilinear
 if TYPE_CHECKING:
     from matplotlib.colors import Colormap
 
-__all__ = ["to_rgb_uint8", "colorize", "overlay"]
+__all__ = ["to_rgb_uint8", "colorize", "overlay", "draw_boxes"]
 
 # Resizing and float arithmetic can push a [0, 1] heatmap a hair outside the range.
 _RANGE_TOLERANCE = 1e-4
@@ -152,3 +152,34 @@ def overlay(
     colored = colorize(heat, cmap)
     blended = _to_uint8((1.0 - alpha) * rgb + alpha * colored.astype(np.float64))
     return blended[0] if single else blended
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: Any,
+    color: tuple[int, int, int] = (255, 255, 255),
+    width: int = 2,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
+    """A copy of the uint8 RGB ``image`` ``(H, W, 3)`` with rectangle outlines: ``boxes``
+    ``(K, 4)`` as ``(x1, y1, x2, y2)`` in pixels, multiplied by ``scale = (sx, sy)`` first (boxes
+    given in the model's input pixels, drawn on a photo of another size). Boxes are clipped to
+    the image; an empty list draws nothing."""
+    out = np.array(to_rgb_uint8(image), copy=True)
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(b).all():
+        raise ValueError("boxes must be finite (x1, y1, x2, y2) values")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width must be a positive number of pixels; got {width!r}")
+    h, w = out.shape[:2]
+    for x1, y1, x2, y2 in b * np.array([scale[0], scale[1], scale[0], scale[1]]):
+        c1, c2 = sorted((int(round(x1)), int(round(x2))))
+        r1, r2 = sorted((int(round(y1)), int(round(y2))))
+        c1, c2, r1, r2 = max(c1, 0), min(c2, w - 1), max(r1, 0), min(r2, h - 1)
+        if c1 > c2 or r1 > r2:
+            continue  # wholly outside the image
+        out[r1 : min(r1 + width, r2 + 1), c1 : c2 + 1] = color
+        out[max(r2 - width + 1, r1) : r2 + 1, c1 : c2 + 1] = color
+        out[r1 : r2 + 1, c1 : min(c1 + width, c2 + 1)] = color
+        out[r1 : r2 + 1, max(c2 - width + 1, c1) : c2 + 1] = color
+    return out

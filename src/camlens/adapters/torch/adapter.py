@@ -423,7 +423,7 @@ class TorchAdapter:
 
         with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
             out = self._run_channels_last(inputs)
-            outs, scores = _scored(out, target)
+            outs, scores, names = _scored(out, target)
         return scores.detach().cpu().float().numpy().reshape(-1)
 
     def _run_channels_last(self, inputs: list[np.ndarray]) -> Any:
@@ -535,7 +535,7 @@ class TorchAdapter:
 
         with forward_hooks([(m, hook) for m in wanted.values()]):
             tensors = self._tensors(inputs)
-            outs, scores, grads = self._scores_and_gradients(lambda: self.model(*tensors), target, probes)
+            outs, scores, grads, names = self._scores_and_gradients(lambda: self.model(*tensors), target, probes)
         sites = []
         for n in nodes:
             mod = self._module_for(n)
@@ -545,7 +545,7 @@ class TorchAdapter:
                     f"module {n.path!r} ran {len(recs)} time(s); call #{n.call} did not happen"
                 )
             sites.append(site_capture(n, recs[n.call], grads.get((id(mod), n.call)), n.id in self._channels_first))
-        return capture_result(outs, scores, sites)
+        return capture_result(outs, scores, sites, names)
 
     def _capture_fx(
         self, inputs: list[np.ndarray], nodes: Sequence[GraphNode], target: Target, need_gradients: bool
@@ -571,14 +571,14 @@ class TorchAdapter:
                 return probe(out, n.name, probes) if need_gradients else out
 
         tensors = self._tensors(inputs)
-        outs, scores, grads = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes)
+        outs, scores, grads, names = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes)
         sites = [site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id]),
                               n.id in self._channels_first) for n in nodes]
-        return capture_result(outs, scores, sites)
+        return capture_result(outs, scores, sites, names)
 
     def _scores_and_gradients(
         self, run: Any, target: Target, probes: dict[Any, Any]
-    ) -> tuple[list[Any], Any, dict[Any, np.ndarray]]:
+    ) -> tuple[list[Any], Any, dict[Any, np.ndarray], list[str]]:
         """``run()`` the model in eval mode, under no_grad until its first probe (``probes``
         fills as it meets the call sites); the outputs, the target's scores and the gradient of
         their sum with respect to each probe (zeros where a probe does not reach the score)."""
@@ -587,14 +587,14 @@ class TorchAdapter:
         with eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
             with torch.no_grad():
                 out = run()
-            outs, scores = _scored(out, target)
+            outs, scores, names = _scored(out, target)
             keys = list(probes)
             values: Sequence[Any] = [None] * len(keys)
             if keys and scores.requires_grad:  # else no probe is upstream of the score
                 values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
             grads = {k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
                          else v.detach().cpu().float().numpy()) for k, v in zip(keys, values)}
-        return outs, scores, grads
+        return outs, scores, grads, names
 
     def input_gradients(
         self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
@@ -614,7 +614,7 @@ class TorchAdapter:
             if rule is not None:
                 stack.enter_context(self._rule_relus(rule))
             out = self.model(*tensors)
-            _, scores = _scored(out, target)
+            _, scores, _ = _scored(out, target)
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
         grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
             g.detach().cpu().float().numpy(), 1, -1
@@ -680,7 +680,7 @@ class TorchAdapter:
                 with forward_hooks([(mod, hook)]):
                     with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
-                        _, s = _scored(out, target)
+                        _, s, _ = _scored(out, target)
                 return s.detach().cpu().float().numpy().reshape(-1)
 
             return whole
@@ -737,7 +737,7 @@ class TorchAdapter:
                 values = dict(caches[b])
                 values[start] = self._activation_tensor(acts, tensors_1[0], node.id in self._channels_first)
                 out = Replay("replay", values).run(*[None] * len(tensors_1))
-                _, s = _scored(out, target)
+                _, s, _ = _scored(out, target)
             return s.detach().cpu().float().numpy().reshape(-1)
 
         return score
@@ -854,12 +854,12 @@ def _record_fields(name: str, arg: Any, ids: dict[str, int]) -> list[tuple[str, 
     )
 
 
-def _scored(out: Any, target: Target) -> tuple[list[Any], Any]:
-    """The module's flattened outputs and the target's scores on them, the outputs named as this
-    run gives them (a detector returns one dict per image: ``0.boxes``, ``1.boxes``...)."""
+def _scored(out: Any, target: Target) -> tuple[list[Any], Any, list[str]]:
+    """The module's flattened outputs, the target's scores on them and the outputs' names as
+    this run gives them (a detector returns one dict per image: ``0.boxes``, ``1.boxes``...)."""
     pairs = _flatten_output_arg(out)
-    outs = [o for _, o in pairs]
-    return outs, scores_of(target, outs, [n for n, _ in pairs], TorchOps)
+    outs, names = [o for _, o in pairs], [n for n, _ in pairs]
+    return outs, scores_of(target, outs, names, TorchOps), names
 
 
 def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:

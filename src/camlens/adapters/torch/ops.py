@@ -99,6 +99,6 @@ def site_capture(node: GraphNode, act: Any, grad: np.ndarray | None, channels_fi
     return SiteCapture(node, a, grad)
 
 
-def capture_result(outs: list[Any], scores: Any, sites: list[SiteCapture]) -> Capture:
+def capture_result(outs: list[Any], scores: Any, sites: list[SiteCapture], names: list[str]) -> Capture:
     return Capture([o.detach().cpu().float().numpy() for o in outs],
-                   scores.detach().cpu().float().numpy().reshape(-1), sites)
+                   scores.detach().cpu().float().numpy().reshape(-1), sites, names)
