@@ -33,7 +33,7 @@ __all__ = ["Recording", "children", "is_container", "needs_recording", "record"]
 
 #: layers of these packages are leaves even when they hold sublayers (MultiHeadAttention holds
 #: EinsumDense layers): as in the Functional graph, they are one call each
-_LIBRARIES = ("keras.", "keras_hub.", "keras_cv.", "keras_nlp.", "tf_keras.")
+_LIBRARIES = ("keras.", "tf_keras.")
 
 
 def _is_graph_model(op: Any) -> bool:
