@@ -177,3 +177,10 @@ def test_per_sample_targets_follow_a_batch_run_in_parts():
     parts = camlens.explain(net, x, target=[0, 1, 2, 0, 1], batch_size=2)
     np.testing.assert_array_equal(parts.class_indices, [0, 1, 2, 0, 1])
     np.testing.assert_allclose(parts.raw_maps[0], whole.raw_maps[0], rtol=1e-5, atol=1e-7)
+
+
+def test_the_default_class_target_on_a_detector_is_refused_not_read_from_box_coordinates(det):
+    # output 0 is image 0's boxes (6, 4): read as (batch, classes) it would explain the largest
+    # coordinate of each of 6 boxes as if they were 6 samples
+    with pytest.raises(ValueError, match=r"output '0.boxes' has shape \(6, 4\), whose first axis is not the batch of 2.*Detection"):
+        camlens.explain(det, X, layer="backbone.body")

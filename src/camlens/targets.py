@@ -115,17 +115,33 @@ class Target:
         return f"<{type(self).__name__}: {self.describe()}>"
 
 
-def scores_of(target: Target, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+def scores_of(
+    target: Target, outputs: Sequence[Any], names: Sequence[str], xp: Any, batch: int | None = None
+) -> Any:
     """``target.score(...)``, checked: one score per sample, ``(N,)`` (or ``(N, 1)``) for a batch
     of ``N``. A score of another shape (one number for the whole batch, a map per sample) would
-    otherwise be summed or spread over the samples with no error. Adapters call this, not
-    ``score`` directly."""
+    otherwise be summed or spread over the samples with no error. ``batch``: the number of
+    input samples, where the adapter knows it: an output the target reads whose first axis is
+    not the batch (a detector's boxes of all images) is refused before it is read as classes.
+    Adapters call this, not ``score`` directly."""
+    n = target.samples(outputs, names)
+    if n is None and batch is not None:
+        for i in target.output_indices(names):
+            shape = _static_shape(outputs[i])
+            if not shape or (shape[0] is not None and shape[0] != batch):
+                raise ValueError(
+                    f"output {names[i]!r} has shape {shape}, whose first axis is not the batch of "
+                    f"{batch} input(s): {target.describe()} would read it as one row per "
+                    "sample. Pick an output with one row per sample (output=...), or a target "
+                    "that reads this one: camlens.targets.Detection for a detector's per-image "
+                    "boxes, or a callable"
+                )
+        n = batch
     scores = target.score(outputs, names, xp)
     shape = _static_shape(scores)
-    n = target.samples(outputs, names)
     if n is None:
-        batch = _static_shape(outputs[0])[:1] if outputs else ()
-        n = batch[0] if batch else None
+        first = _static_shape(outputs[0])[:1] if outputs else ()
+        n = first[0] if first else None
     ok = len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)
     if ok and n is not None and shape[0] is not None:
         ok = shape[0] == n

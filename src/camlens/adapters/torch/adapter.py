@@ -423,7 +423,7 @@ class TorchAdapter:
 
         with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
             out = self._run_channels_last(inputs)
-            outs, scores, names = _scored(out, target)
+            outs, scores, names = _scored(out, target, len(inputs[0]))
         return scores.detach().cpu().float().numpy().reshape(-1)
 
     def _run_channels_last(self, inputs: list[np.ndarray]) -> Any:
@@ -535,7 +535,7 @@ class TorchAdapter:
 
         with forward_hooks([(m, hook) for m in wanted.values()]):
             tensors = self._tensors(inputs)
-            outs, scores, grads, names = self._scores_and_gradients(lambda: self.model(*tensors), target, probes)
+            outs, scores, grads, names = self._scores_and_gradients(lambda: self.model(*tensors), target, probes, len(inputs[0]))
         sites = []
         for n in nodes:
             mod = self._module_for(n)
@@ -571,13 +571,13 @@ class TorchAdapter:
                 return probe(out, n.name, probes) if need_gradients else out
 
         tensors = self._tensors(inputs)
-        outs, scores, grads, names = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes)
+        outs, scores, grads, names = self._scores_and_gradients(lambda: Probed(self._gm).run(*tensors), target, probes, len(inputs[0]))
         sites = [site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id]),
                               n.id in self._channels_first) for n in nodes]
         return capture_result(outs, scores, sites, names)
 
     def _scores_and_gradients(
-        self, run: Any, target: Target, probes: dict[Any, Any]
+        self, run: Any, target: Target, probes: dict[Any, Any], batch: int
     ) -> tuple[list[Any], Any, dict[Any, np.ndarray], list[str]]:
         """``run()`` the model in eval mode, under no_grad until its first probe (``probes``
         fills as it meets the call sites); the outputs, the target's scores and the gradient of
@@ -587,7 +587,7 @@ class TorchAdapter:
         with eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
             with torch.no_grad():
                 out = run()
-            outs, scores, names = _scored(out, target)
+            outs, scores, names = _scored(out, target, batch)
             keys = list(probes)
             values: Sequence[Any] = [None] * len(keys)
             if keys and scores.requires_grad:  # else no probe is upstream of the score
@@ -614,7 +614,7 @@ class TorchAdapter:
             if rule is not None:
                 stack.enter_context(self._rule_relus(rule))
             out = self.model(*tensors)
-            _, scores, _ = _scored(out, target)
+            _, scores, _ = _scored(out, target, len(inputs[0]))
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
         grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
             g.detach().cpu().float().numpy(), 1, -1
@@ -680,7 +680,7 @@ class TorchAdapter:
                 with forward_hooks([(mod, hook)]):
                     with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
-                        _, s, _ = _scored(out, target)
+                        _, s, _ = _scored(out, target, b)
                 return s.detach().cpu().float().numpy().reshape(-1)
 
             return whole
@@ -737,7 +737,7 @@ class TorchAdapter:
                 values = dict(caches[b])
                 values[start] = self._activation_tensor(acts, tensors_1[0], node.id in self._channels_first)
                 out = Replay("replay", values).run(*[None] * len(tensors_1))
-                _, s, _ = _scored(out, target)
+                _, s, _ = _scored(out, target, b)
             return s.detach().cpu().float().numpy().reshape(-1)
 
         return score
@@ -854,12 +854,13 @@ def _record_fields(name: str, arg: Any, ids: dict[str, int]) -> list[tuple[str, 
     )
 
 
-def _scored(out: Any, target: Target) -> tuple[list[Any], Any, list[str]]:
+def _scored(out: Any, target: Target, batch: int) -> tuple[list[Any], Any, list[str]]:
     """The module's flattened outputs, the target's scores on them and the outputs' names as
-    this run gives them (a detector returns one dict per image: ``0.boxes``, ``1.boxes``...)."""
+    this run gives them (a detector returns one dict per image: ``0.boxes``, ``1.boxes``...),
+    for ``batch`` input samples."""
     pairs = _flatten_output_arg(out)
     outs, names = [o for _, o in pairs], [n for n, _ in pairs]
-    return outs, scores_of(target, outs, names, TorchOps), names
+    return outs, scores_of(target, outs, names, TorchOps, batch), names
 
 
 def _flatten_output_arg(arg: Any, prefix: str = "") -> list[tuple[str, Any]]:
