@@ -13,6 +13,7 @@ from torch import nn  # noqa: E402
 
 import camlens  # noqa: E402
 from camlens.tokens import tokens_to_grid  # noqa: E402
+from test_vit import Block  # noqa: E402
 
 
 def _hooked(net, module, x, cls, to_nhwc):
@@ -177,13 +178,8 @@ def test_a_layer_whose_first_axis_is_not_the_batch_is_refused():
     assert exp.sites[0].layer == "conv"  # the windows are never the automatic choice
 
 
-class MaskedBlock(nn.Module):
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+class MaskedBlock(Block):
+    """test_vit's pre-norm block, its forward taking an optional attention mask."""
 
     def forward(self, x, attn_mask=None):
         h = self.norm1(x)

@@ -217,18 +217,25 @@ def record(model: Any, run: Callable[[], Any], input_names: Sequence[str]) -> Re
             out |= s
         return out
 
+    def run_in_scope(op: Any, original: Callable[..., Any], args: Any, kwargs: Any) -> tuple[set[int], Any, Any, int]:
+        """Run one call of ``op`` in a scope of its own: the producers of its inputs, its
+        output, the scope, and which call of ``op`` it was."""
+        preds = producers(_tensors((args, kwargs)))
+        scope = _Scope(preds)
+        scopes.append(scope)
+        try:
+            y = original(*args, **kwargs)
+        finally:
+            scopes.pop()
+        call = calls[id(op)]
+        calls[id(op)] += 1
+        return preds, y, scope, call
+
     def wrap_leaf(op: Any) -> Callable[..., Any]:
         original = op.call
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            preds = producers(_tensors((args, kwargs)))
-            scopes.append(_Scope(preds))
-            try:
-                y = original(*args, **kwargs)
-            finally:
-                scopes.pop()
-            call = calls[id(op)]
-            calls[id(op)] += 1
+            preds, y, _, call = run_in_scope(op, original, args, kwargs)
             add(paths[id(op)], op, y, preds, call=call)
             return y
 
@@ -238,15 +245,7 @@ def record(model: Any, run: Callable[[], Any], input_names: Sequence[str]) -> Re
         original = op.call
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            preds = producers(_tensors((args, kwargs)))
-            scope = _Scope(preds)
-            scopes.append(scope)
-            try:
-                y = original(*args, **kwargs)
-            finally:
-                scopes.pop()
-            call = calls[id(op)]
-            calls[id(op)] += 1
+            preds, y, scope, call = run_in_scope(op, original, args, kwargs)
             flat = _tensors(y)
             known = [src.get(id(t)) for t in flat]
             if len(flat) == 1 and known[0] is not None:
