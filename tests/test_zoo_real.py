@@ -115,6 +115,7 @@ def test_timm_swin_reads_its_channels_last_maps():
     exp = camlens.explain(model, x, target=2)
     assert exp.sites[0].layer == "norm" and exp.sites[0].shape == (7, 7, 256)  # (N, 7, 7, C) as it is
     peer = _peer_map(model, "norm", x, _Class(2), lambda t: t.permute(0, 3, 1, 2))
+    assert np.ptp(exp.raw_maps[0]) > 0
     np.testing.assert_allclose(_unit(exp.maps[0][0]), _unit(peer), atol=1e-5)
 
 
@@ -152,6 +153,7 @@ def test_torchvision_detector_one_box_equals_a_hook_reference():
         handle.remove()
     a, g = seen["a"].detach().permute(0, 2, 3, 1).numpy(), g.permute(0, 2, 3, 1).numpy()
     want = np.maximum(np.einsum("nijc,nc->nij", a, g.mean(axis=(1, 2))), 0)
+    assert np.ptp(want) > 0
     np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(exp.boxes[0], out[0]["boxes"][0].detach().numpy(), rtol=1e-5)
 
@@ -176,4 +178,32 @@ def test_torchvision_segmenter_region_matches_pytorch_grad_cam():
             return self.m(x)["out"]
 
     peer = _peer_map(Out(model), "m." + layer, x, lambda out: (out[2] * torch.from_numpy(mask)).sum())
+    assert np.ptp(exp.raw_maps[0]) > 0
+    np.testing.assert_allclose(_unit(exp.maps[0][0]), _unit(peer), atol=1e-5)
+
+
+@needs_peer
+def test_torchvision_detector_box_score_equals_pytorch_grad_cams_box_target():
+    """pytorch-grad-cam's Faster R-CNN target for one box: the score of the detection of that
+    label overlapping it most, plus that IoU; camlens' ``Detection(box, label, regression=True)``
+    is the same number, so the maps at the same layer agree."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    model = _seeded(lambda: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0))
+    x = torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        found = model(x)[0]
+    box, label = found["boxes"][0].numpy(), int(found["labels"][0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exp = camlens.explain(model, x, target=Detection(box=box, label=label, regression=True))
+    layer = exp.sites[0].layer
+    peer_target = FasterRCNNBoxScoreTarget(labels=[label], bounding_boxes=torch.from_numpy(box[None]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cam = GradCAM(model=model, target_layers=[dict(model.named_modules())[layer]])
+        peer = cam(input_tensor=x, targets=[peer_target])[0]
+    assert np.ptp(exp.raw_maps[0]) > 0
     np.testing.assert_allclose(_unit(exp.maps[0][0]), _unit(peer), atol=1e-5)
