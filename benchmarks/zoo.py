@@ -98,6 +98,8 @@ def tokens_reshape(prefix: int, grid: int) -> Callable:
         t = t[:, prefix:, :].reshape(t.size(0), grid, grid, t.size(2))
         return t.transpose(2, 3).transpose(1, 2)
 
+    # more leading tokens than a class token: camlens needs the grid too (token_grid=)
+    reshape.token_grid = (grid, grid) if prefix > 1 else None  # type: ignore[attr-defined]
     return reshape
 
 
@@ -553,10 +555,14 @@ def run_model(spec: Spec) -> dict[str, Any]:
         k = 0
         row["forward_error"] = first_line(exc)
     row["target"] = k
+    grid = getattr(built.reshape, "token_grid", None)
+    tg = {"token_grid": grid} if grid else {}
+    if grid:
+        row["token_grid"] = list(grid)
 
     # what layer="auto" picks
     try:
-        rep = camlens.layers(model=built.model, input_shape=tuple(x.shape) if torch_model else None)
+        rep = camlens.layers(model=built.model, input_shape=tuple(x.shape) if torch_model else None, **tg)
         row["chosen"] = ", ".join(rep.chosen)
         row["why"] = rep.reason
     except Exception as exc:  # noqa: BLE001
@@ -575,10 +581,10 @@ def run_model(spec: Spec) -> dict[str, Any]:
     auto = None
     try:
         t0 = time.perf_counter()
-        auto = camlens.explain(built.model, x, target=k)
+        auto = camlens.explain(built.model, x, target=k, **tg)
         row["first_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        camlens.explain(built.model, x, target=k)
+        camlens.explain(built.model, x, target=k, **tg)
         row["again_s"] = round(time.perf_counter() - t0, 3)
         row["auto"] = auto.sites[0].label if hasattr(auto.sites[0], "label") else auto.sites[0].layer
         row["auto_map"] = list(auto.raw_maps[0].shape[1:])
@@ -591,7 +597,7 @@ def run_model(spec: Spec) -> dict[str, Any]:
     at_peer = None
     if row["peer"]:
         try:
-            at_peer = camlens.explain(built.model, x, target=k, layer=row["peer"])
+            at_peer = camlens.explain(built.model, x, target=k, layer=row["peer"], **tg)
             s = at_peer.sites[0]
             row["peer_site"] = s.label if hasattr(s, "label") else s.layer
         except Exception as exc:  # noqa: BLE001
@@ -635,7 +641,7 @@ def run_model(spec: Spec) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 camlens.explain(built.model, x, method=method_instance(name), target=k,
-                                **({} if name == "saliency" else {"layer": layer}))
+                                **({} if name == "saliency" else {"layer": layer, **tg}))
             methods[name] = "ok"
         except Exception as exc:  # noqa: BLE001
             methods[name] = first_line(exc)
@@ -668,7 +674,9 @@ def worker(name: str, smoke: bool) -> None:
     except (ValueError, OSError):
         pass
     warnings.simplefilter("ignore")
-    spec = next(s for s in SPECS if s.name == name and (s.smoke == smoke or s.family in FULL_TOO))
+    family, _, name = name.rpartition("::")
+    spec = next(s for s in SPECS if s.name == name and (not family or s.family == family)
+                and (s.smoke == smoke or s.family in FULL_TOO))
     try:
         row = run_model(spec)
     except BaseException as exc:  # noqa: BLE001 - building the model failed
@@ -683,7 +691,7 @@ def run_child(spec: Spec, smoke: bool, timeout: float) -> dict[str, Any]:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     src = str(ROOT / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", spec.name] + (["--smoke"] if smoke else [])
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", f"{spec.family}::{spec.name}"] + (["--smoke"] if smoke else [])
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
