@@ -39,7 +39,7 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -98,8 +98,6 @@ def tokens_reshape(prefix: int, grid: int) -> Callable:
         t = t[:, prefix:, :].reshape(t.size(0), grid, grid, t.size(2))
         return t.transpose(2, 3).transpose(1, 2)
 
-    # more leading tokens than a class token: camlens needs the grid too (token_grid=)
-    reshape.token_grid = (grid, grid) if prefix > 1 else None  # type: ignore[attr-defined]
     return reshape
 
 
@@ -130,7 +128,11 @@ def _tv_task(name: str, module: str, peer: Callable, code: str, kind: str, **kw:
         import importlib
 
         ctor = getattr(importlib.import_module(f"torchvision.models.{module}"), name)
-        model = ctor(weights=None, weights_backbone=None, **kw).eval()
+        extra = dict(kw)
+        if kind == "detector":  # 224 px instead of 800 (CPU time), every box kept (a box to explain)
+            extra.update(min_size=224, max_size=224)
+            extra["box_score_thresh" if "rcnn" in name else "score_thresh"] = 0.0
+        model = ctor(weights=None, weights_backbone=None, **extra).eval()
         logits = (lambda out: out["out"].sum(dim=(2, 3))) if kind == "segmenter" else None
         return Built(model, "torch", 224, peer(model), code, None, logits, kind)
 
@@ -489,6 +491,18 @@ def torch_path(model: Any, module: Any) -> str:
     raise LookupError("the recommended module is not a submodule of the model")
 
 
+def task_target(built: Built, k: int) -> Any:
+    """What a row explains: class ``k`` for classifiers, the class-``k`` region of a
+    segmenter's ``out``, the most confident box of a detector."""
+    from camlens.targets import Detection, SegmentationRegion
+
+    if built.kind == "detector":
+        return Detection(index=0)
+    if built.kind == "segmenter":
+        return SegmentationRegion(k, output="out")
+    return k
+
+
 def top_class(built: Built, x: Any) -> int:
     if built.kind == "detector":
         return 0
@@ -555,10 +569,9 @@ def run_model(spec: Spec) -> dict[str, Any]:
         k = 0
         row["forward_error"] = first_line(exc)
     row["target"] = k
-    grid = getattr(built.reshape, "token_grid", None)
-    tg = {"token_grid": grid} if grid else {}
-    if grid:
-        row["token_grid"] = list(grid)
+    # camlens reads token grids from the model (the patch embedding upstream): none is given
+    tg: dict[str, Any] = {}
+    target = task_target(built, k)
 
     # what layer="auto" picks
     try:
@@ -581,10 +594,10 @@ def run_model(spec: Spec) -> dict[str, Any]:
     auto = None
     try:
         t0 = time.perf_counter()
-        auto = camlens.explain(built.model, x, target=k, **tg)
+        auto = camlens.explain(built.model, x, target=target, **tg)
         row["first_s"] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
-        camlens.explain(built.model, x, target=k, **tg)
+        camlens.explain(built.model, x, target=target, **tg)
         row["again_s"] = round(time.perf_counter() - t0, 3)
         row["auto"] = auto.sites[0].label if hasattr(auto.sites[0], "label") else auto.sites[0].layer
         row["auto_map"] = list(auto.raw_maps[0].shape[1:])
@@ -597,7 +610,7 @@ def run_model(spec: Spec) -> dict[str, Any]:
     at_peer = None
     if row["peer"]:
         try:
-            at_peer = camlens.explain(built.model, x, target=k, layer=row["peer"], **tg)
+            at_peer = camlens.explain(built.model, x, target=target, layer=row["peer"], **tg)
             s = at_peer.sites[0]
             row["peer_site"] = s.label if hasattr(s, "label") else s.layer
         except Exception as exc:  # noqa: BLE001
@@ -640,7 +653,7 @@ def run_model(spec: Spec) -> dict[str, Any]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                camlens.explain(built.model, x, method=method_instance(name), target=k,
+                camlens.explain(built.model, x, method=method_instance(name), target=target,
                                 **({} if name == "saliency" else {"layer": layer, **tg}))
             methods[name] = "ok"
         except Exception as exc:  # noqa: BLE001

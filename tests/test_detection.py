@@ -184,3 +184,8 @@ def test_the_default_class_target_on_a_detector_is_refused_not_read_from_box_coo
     # coordinate of each of 6 boxes as if they were 6 samples
     with pytest.raises(ValueError, match=r"output '0.boxes' has shape \(6, 4\), whose first axis is not the batch of 2.*Detection"):
         camlens.explain(det, X, layer="backbone.body")
+
+
+def test_feature_maps_of_a_detector_need_no_target(det):
+    fmaps = camlens.feature_maps(det, X[:1], layers=["backbone.body", "cls_head"])
+    assert fmaps["backbone.body"].shape == (1, 4, 4, 8) and fmaps["cls_head"].shape == (1, 4, 4, 3)

@@ -146,7 +146,10 @@ class FeatureMaps:
 
 class _ActivationsOnly(Target):
     """A zero score per sample: the adapters run a target, but feature maps need none. Unlike
-    ``ClassScore`` it reads any output shape (a segmentation map, an embedding, a regression)."""
+    ``ClassScore`` it reads any output shape (a segmentation map, an embedding, a regression,
+    a detector's boxes)."""
+
+    explains = False
 
     def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
         y = self.select(outputs, names)

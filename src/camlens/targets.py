@@ -57,6 +57,9 @@ class Target:
     trace_fields: ClassVar[tuple[str, ...] | None] = None
     #: how ``--target`` writes it: ``NAME`` or ``NAME:ARG`` (set by :func:`register_target`)
     text_form: ClassVar[str] = ""
+    #: whether the scores mean anything: a target that only lets the model run (feature maps
+    #: need activations, no score) is not checked for one score per sample
+    explains: ClassVar[bool] = True
 
     def __init__(self, output: int | str | None = None) -> None:
         self.output = output
@@ -124,6 +127,8 @@ def scores_of(
     input samples, where the adapter knows it: an output the target reads whose first axis is
     not the batch (a detector's boxes of all images) is refused before it is read as classes.
     Adapters call this, not ``score`` directly."""
+    if not target.explains:
+        return target.score(outputs, names, xp)
     n = target.samples(outputs, names)
     if n is None and batch is not None:
         for i in target.output_indices(names):
