@@ -53,3 +53,17 @@ def test_keras_hub_vit_gradcam_is_drawn_on_the_patch_grid_and_scores_are_the_mod
     named = camlens.explain(model, X, target=2, layer=LN)
     np.testing.assert_allclose(named.raw_maps[0], raw, rtol=1e-6)
     assert all(np.array_equal(b, keras_to_numpy(w)) for b, w in zip(before, model.weights))
+
+
+def test_keras_hub_deit_auto_sets_the_class_and_distillation_tokens_aside():
+    """DeiT's encoder returns (hidden states, empty placeholders): the hidden states keep their
+    one exact producer, so the blocks stay on every path; 2 + 16 tokens read on the 4x4 grid."""
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.DeiTBackbone(image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2,
+                                             hidden_dim=32, intermediate_dim=64)
+    model = keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
+    report = camlens.layers(model)
+    assert report.chosen == [f"{backbone.name}/deit_encoder/transformer_block_2/ln_1"], report.reason
+    assert "18x32 tokens = 2 extra + 4x4 patches" in report.reason
+    exp = camlens.explain(model, X, target=1)
+    assert exp.sites[0].shape == (4, 4, 32) and np.isfinite(exp.raw_maps[0]).all()

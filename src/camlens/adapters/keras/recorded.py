@@ -250,6 +250,17 @@ def record(model: Any, run: Callable[[], Any], input_names: Sequence[str]) -> Re
             known = [src.get(id(t)) for t in flat]
             if len(flat) == 1 and known[0] is not None:
                 aliases[paths[id(op)]].append(known[0])
+            elif flat and known[0] is not None:
+                # a layer's output first, values made inside after it (keras-hub's encoders
+                # return (hidden states, empty placeholders)): the container's path names the
+                # first; the others may come from anything the call saw, and a consumer of the
+                # first keeps its one exact producer
+                aliases[paths[id(op)]].append(known[0])
+                for t, s in zip(flat, known):
+                    if s is None:
+                        state["raw"] = True
+                        keep.append(t)
+                        loose[id(t)] = frozenset(scope.seen)
             elif any(s is None for s in known):
                 state["raw"] = True
                 add(paths[id(op)], op, y, scope.seen, call=call)
