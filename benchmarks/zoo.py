@@ -274,7 +274,7 @@ HUGGINGFACE = [
                                       "layer[-1].norm1*", reshape=tokens_reshape(1, 16)), needs=HF),
     Spec("huggingface", "Dinov2 with registers",
          _hf("Dinov2WithRegistersConfig", "Dinov2WithRegistersForImageClassification", "norm1",
-             "layer[-1].norm1*", reshape=tokens_reshape(5, 16)), needs=HF),
+             "layer[-1].norm1*", reshape=tokens_reshape(5, 14)), needs=HF),  # patch 16: 14x14
     Spec("huggingface", "ViT tiny config", _hf("ViTConfig", "ViTForImageClassification", "layernorm_before",
                                                "layer[-1].layernorm_before*", 32, tokens_reshape(1, 4),
                                                **TINY_VIT), smoke=True, needs=HF),

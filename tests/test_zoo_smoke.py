@@ -1,8 +1,7 @@
-"""``benchmarks/zoo.py --smoke`` runs per family and prints its table.
-
-Only that rows come out is checked: many zoo rows are expected to fail today (the table exists to
-show which and how), so no status is asserted. A family whose library is missing is skipped.
-"""
+"""``benchmarks/zoo.py --smoke`` runs per family and prints its table; every smoke row is ok
+(auto takes the recommended layer or the same tensor, Grad-CAM equals pytorch-grad-cam's there,
+every method runs). A family whose library is missing is skipped. The full table, with the rows
+where camlens deliberately picks another layer and why, is docs/zoo.md."""
 
 from __future__ import annotations
 
@@ -64,7 +63,7 @@ def test_zoo_smoke_family(family, tmp_path):
     rows = json.loads(out.read_text())
     expected = [s.name for s in _zoo().selected(True, family=family)]
     assert [r["model"] for r in rows] == expected
-    assert all(r["status"] for r in rows)
+    assert [r["status"] for r in rows] == ["ok"] * len(rows), [(r["model"], r["status"]) for r in rows]
     lines = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("family"))
     assert lines[header].split()[:3] == ["family", "model", "auto"]
