@@ -664,16 +664,43 @@ def run_model(spec: Spec) -> dict[str, Any]:
     return row
 
 
+#: rows where camlens takes another layer than the recommended one on purpose, and why (read
+#: against the row's maps: each reason is checked in docs/zoo.md's notes)
+_FINAL_POOLED = "the final norm, whose every token (or position) the head averages, so every patch has a gradient there"
+DELIBERATE = {
+    ("torchvision", "squeezenet1_1"): "the class maps (13x13x1000, after their ReLU) that SqueezeNet's head only "
+                                      "averages: the map there is each class's own activation map (CAM)",
+    ("torchvision", "swin_t"): "`permute`: the final norm's (N, 7, 7, 768) map turned channels-first, which the "
+                               "head averages; the recommended layer sits inside the last block, before its attention",
+    ("timm", "swin_tiny_patch4_window7_224"): _FINAL_POOLED + " ((N, 7, 7, 768), channels-last)",
+    ("timm", "mixer_b16_224"): _FINAL_POOLED,
+    ("timm", "beit_base_patch16_224"): "the last block's patch tokens, which the head averages (after fc_norm)",
+    ("huggingface", "Swin"): _FINAL_POOLED,
+    ("torchvision", "deeplabv3_resnet50"): "the head's last hidden map: the 1x1 convolution after it gives the "
+                                           "class logits, only upsampled to the output (their map is the target itself)",
+    ("torchvision", "fcn_resnet50"): "the head's last hidden map: the 1x1 convolution after it gives the class "
+                                     "logits, only upsampled to the output (their map is the target itself)",
+    ("keras.applications", "ConvNeXtTiny"): "`add_17`, the last block's output (its residual sum); the recommended "
+                                            "`..._identity` is the block's drop-path identity before that sum",
+}
+#: rows where pytorch-grad-cam is the one that is off, and why
+PEER_OFF = {
+    ("torchvision", "densenet121"): "torchvision's DenseNet applies an in-place ReLU to norm5's output, so the "
+                                    "activations pytorch-grad-cam keeps at norm5 are overwritten after the ReLU",
+}
+
+
 def status(row: dict[str, Any]) -> str:
     if "auto_error" in row:
         return "error: " + row["auto_error"]
+    key = (row.get("family"), row.get("model"))
     if row.get("agree") == "no":
-        return "wrong layer"
+        return "deliberate" if key in DELIBERATE else "wrong layer"
     if "peer_error" in row:
         return "error at recommended layer: " + row["peer_error"]
     diff = row.get("gradcam_diff")
     if isinstance(diff, str) or (isinstance(diff, float) and diff > TOL):
-        return "grad-cam differs"
+        return "grad-cam off" if key in PEER_OFF else "grad-cam differs"
     if "gradcam_error" in row:
         return "grad-cam failed"
     return "ok"
@@ -802,6 +829,8 @@ def details(rows: list[dict[str, Any]]) -> str:
                 bits.append(f"{key.replace('_', ' ')}: {r[key]}")
         if r.get("agree") == "no":
             bits.append(f"auto picks `{r.get('auto')}`, recommended `{r.get('peer_site', r.get('peer'))}`")
+        if r.get("note"):
+            bits.append(f"why ({r['status']}): {r['note']}")
         if r.get("status", "").startswith("error") and not bits:
             bits.append(r["status"])
         for m, v in (r.get("methods") or {}).items():
@@ -859,6 +888,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip {spec.family} / {spec.name}: {', '.join(spec.needs)} not all installed", flush=True)
             continue
         row = earlier.get((spec.family, spec.name)) or run_child(spec, args.smoke, args.timeout)
+        if "agree" in row or "auto_error" in row:
+            row["status"] = status(row)  # the notes above may have changed since a reused row ran
+        why = DELIBERATE.get((spec.family, spec.name)) or PEER_OFF.get((spec.family, spec.name))
+        if why and row["status"] in ("deliberate", "grad-cam off"):
+            row["note"] = why
         rows.append(row)
         print(f"[{len(rows)}/{len(specs)}] {row['family']} / {row['model']}: {row.get('status')}", flush=True)
     print()
