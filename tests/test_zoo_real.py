@@ -27,6 +27,10 @@ if getattr(torchvision, "IS_STUB", False):
 import camlens  # noqa: E402
 from camlens.targets import Detection, SegmentationRegion  # noqa: E402
 
+if __import__("os").environ.get("KERAS_BACKEND", "torch") != "torch":
+    pytest.skip("native torch models do not depend on the Keras backend: run in the torch run",
+                allow_module_level=True)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent / "stubs"))
 try:
     grad_cam, _ = importlib.import_module("grad_cam_loader").import_grad_cam()
@@ -135,9 +139,17 @@ def test_torchvision_resnet_and_swin_match_pytorch_grad_cam():
     np.testing.assert_allclose(_unit(exp.maps[0][0]), _unit(peer), atol=1e-5)
 
 
-def test_torchvision_detector_one_box_equals_a_hook_reference():
-    model = _seeded(lambda: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0))
+DETECTORS = {
+    "faster-rcnn": lambda: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0),
+    "retinanet": lambda: torchvision.models.detection.retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, score_thresh=0.0, min_size=160, max_size=160),
+}
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_torchvision_detector_one_box_equals_a_hook_reference(name):
+    model = _seeded(DETECTORS[name])
     x = torch.rand(1, 3, 160, 160, generator=torch.Generator().manual_seed(1))
     with pytest.warns(RuntimeWarning, match="backbone's body"):
         exp = camlens.explain(model, x, target=Detection(index=0))
