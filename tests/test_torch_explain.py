@@ -439,3 +439,35 @@ def test_a_failed_export_is_not_tried_again_on_the_next_call(monkeypatch):
         with pytest.warns(RuntimeWarning, match="cannot trace"):
             camlens.explain(net, x)
     assert calls == [1]  # data-dependent control flow: export fails once, and is remembered
+
+
+def test_no_crash_where_torch_export_would_load_triton_after_tensorflow(tmp_path):
+    """triton (in torch's CUDA builds) loaded after TensorFlow crashes the process; a module
+    only torch.export could read is then read from its run order, with a warning that says
+    why and how to read it whole. In a fresh process: the test run itself loads triton first."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("triton") is None or importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("needs triton (a CUDA build of torch) and TensorFlow")
+    script = tmp_path / "order.py"
+    script.write_text(
+        "import warnings\n"
+        "import tensorflow, torch, camlens\n"
+        "class M(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.c = torch.nn.Conv2d(3, 4, 3); self.h = torch.nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n"
+        "        y = self.c(x)\n"
+        "        return self.h(torch.stack([y[i].mean(dim=(1, 2)) for i in range(x.shape[0])]))\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    exp = camlens.explain(M().eval(), torch.rand(2, 3, 8, 8), target=0)\n"
+        "print('layer', exp.sites[0].layer)\n"
+        "print(any('import torch._dynamo before TensorFlow' in str(x.message) for x in w))\n"
+    )
+    env = {**__import__("os").environ, "KERAS_BACKEND": "tensorflow"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-3:] == ["layer", "c", "True"], proc.stdout

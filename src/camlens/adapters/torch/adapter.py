@@ -210,6 +210,17 @@ class TorchAdapter:
 
         if _NOT_EXPORTABLE.get(self.model) == key:
             return None
+        if _triton_would_crash():
+            warnings.warn(
+                "TensorFlow is loaded, and torch.export would now load triton (torch's CUDA "
+                "builds bring it), which crashes a process that loaded TensorFlow first; camlens "
+                "does not call it, so this model's graph is read from the order its modules run. "
+                "To read it whole, import torch._dynamo before TensorFlow (or keras with the "
+                "TensorFlow backend), or run without TensorFlow (KERAS_BACKEND=torch)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
         try:
             with eval_mode(self.model), warnings.catch_warnings(), _quiet_logs():
                 warnings.simplefilter("ignore")
@@ -791,6 +802,19 @@ _ROLES = {"mean": "global_pool", "adaptive_avg_pool2d": "global_pool", "Linear":
 _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 #: the trace key at which torch.export failed, per module (the run-order fallback follows)
 _NOT_EXPORTABLE: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+def _triton_would_crash() -> bool:
+    """Whether torch.export would load triton into a process that has TensorFlow loaded: triton
+    loaded after TensorFlow crashes the interpreter (a segmentation fault, not an exception)."""
+    import importlib.util
+
+    if "tensorflow" not in sys.modules or "triton" in sys.modules:
+        return False
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @contextlib.contextmanager
