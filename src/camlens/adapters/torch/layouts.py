@@ -23,7 +23,7 @@ rather than guess.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Sequence
 
 __all__ = ["channel_axes", "module_axis"]
 
@@ -66,16 +66,15 @@ def _op_name(node: Any) -> str:
     return name.split(".")[0].lower()  # aten ops: "permute.default"
 
 
-def _ndim(node: Any) -> int | None:
-    meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
-    shape = getattr(meta, "shape", None)
-    return None if shape is None else len(shape)
-
-
 def _shape(node: Any) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if hasattr(node, "meta") else None
     shape = getattr(meta, "shape", None)
     return None if shape is None else tuple(int(d) for d in shape)
+
+
+def _ndim(node: Any) -> int | None:
+    shape = _shape(node)
+    return None if shape is None else len(shape)
 
 
 def _dims(node: Any) -> list[int] | None:
@@ -118,13 +117,12 @@ def _data_inputs(node: Any) -> list[Any]:
     return [a for a in node.all_input_nodes if _ndim(a) == 4]
 
 
-def channel_axes(graph_nodes: Iterable[Any], modules: dict[str, Any]) -> dict[str, int]:
-    """``{fx node name: channel axis}`` for the 4-D values of an fx graph whose layout the graph
-    shows (see the module docs); values not in the result have none."""
+def channel_axes(graph_nodes: Sequence[Any], modules: dict[str, Any]) -> dict[str, int]:
+    """``{fx node name: channel axis}`` for the 4-D values of an fx graph (its nodes in order)
+    whose layout the graph shows (see the module docs); values not in the result have none."""
     nodes = [n for n in graph_nodes if _ndim(n) == 4 or n.op == "placeholder"]
     users: dict[str, list[Any]] = {}
-    all_nodes = list(graph_nodes) if not isinstance(graph_nodes, list) else graph_nodes
-    for n in all_nodes:
+    for n in graph_nodes:
         for a in n.all_input_nodes:
             users.setdefault(a.name, []).append(n)
     axis: dict[str, int] = {}
