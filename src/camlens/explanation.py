@@ -118,8 +118,10 @@ class Explanation:
             if imgs.shape[0] != len(self):
                 raise ValueError(f"{imgs.shape[0]} images given for {len(self)} maps")
             drawn = viz.overlay(imgs, self.maps[k], cmap=cmap, alpha=alpha)
-            outlines = self.boxes[:, None] if isinstance(boxes, str) and boxes == "auto" and self.boxes is not None else boxes
-            if outlines is not None and not (isinstance(outlines, str) and outlines == "auto"):
+            outlines = boxes
+            if isinstance(boxes, str) and boxes == "auto":  # the explained box of a detection
+                outlines = None if self.boxes is None else self.boxes[:, None]
+            if outlines is not None:
                 if len(outlines) != len(drawn):
                     raise ValueError(f"boxes for {len(outlines)} images given for {len(drawn)} maps")
                 size = self.inputs[self.sites[k].input_index].shape[1:3] if self.inputs else drawn.shape[1:3]
