@@ -50,7 +50,7 @@ def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[K
             values = torch.autograd.grad(scores.sum(), [probes[k] for k in keys], allow_unused=True)
         grads = {
             k: (np.zeros(tuple(probes[k].shape), np.float32) if v is None
-                else v.detach().cpu().numpy())
+                else v.detach().to(torch.float32).cpu().numpy())  # numpy has no bfloat16
             for k, v in zip(keys, values)
         }
     acts = {k: v.detach() for k, v in acts.items()}

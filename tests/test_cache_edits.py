@@ -1,0 +1,130 @@
+"""Edits a user makes to a model between two ``explain`` calls are seen (issue 14).
+
+On TensorFlow and JAX the first call compiles the probed run and keeps the program with the
+model; a program that froze an old activation, a layer's setting, a dtype policy or a replaced
+layer would return the old maps and scores with no warning. Each case edits the model after a
+first call and compares the second call with a call after ``clear_compiled_cache()`` (what a
+fresh process gives), and checks that the edit changed the result at all (else the comparison
+could not fail). The torch backend runs eagerly; the same tests hold there trivially.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import camlens
+from camlens.adapters.keras import clear_compiled_cache
+from camlens.targets import Logit
+
+keras = pytest.importorskip("keras")
+L = keras.layers
+
+
+def _model() -> "keras.Model":
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((8, 8, 3), name="image")
+    h = L.Conv2D(4, 3, padding="same", name="c1")(inp)
+    h = L.ReLU(name="r1")(h)
+    h = L.Conv2D(5, 3, padding="same", name="c2")(h)
+    h = L.LeakyReLU(negative_slope=0.1, name="r2")(h)
+    h = L.BatchNormalization(name="bn")(h)
+    g = L.GlobalAveragePooling2D(name="gap")(h)
+    out = L.Dense(3, activation="softmax", name="head")(g)
+    return keras.Model(inp, out, name="editable")
+
+
+def _x() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+
+
+def _run(model, method: str = "gradcam", target=None):
+    layer = None if method == "saliency" else "c2"
+    exp = camlens.explain(model, _x(), method=method, layer=layer, target=target)
+    return np.asarray(exp.maps, np.float64), np.asarray(exp.scores, np.float64)
+
+
+def _edit_activation(model):
+    model.get_layer("head").activation = keras.activations.linear  # keras.io: softmax -> logits
+
+
+def _edit_slope(model):
+    model.get_layer("r2").negative_slope = 0.9
+
+
+def _edit_relu_cap(model):
+    model.get_layer("r1").max_value = 0.05
+
+
+def _edit_weights(model):
+    model.set_weights([w * 1.5 + 0.1 for w in model.get_weights()])
+
+
+def _edit_kernel(model):
+    layer = model.get_layer("c2")
+    layer.kernel.assign(np.flip(np.asarray(layer.kernel), axis=-1))
+
+
+def _edit_dtype(model):
+    model.get_layer("c2").dtype_policy = "mixed_bfloat16"  # float32 weights, bfloat16 compute
+
+
+def _edit_use_bias(model):
+    layer = model.get_layer("head")
+    layer.bias.assign(np.array([3.0, -3.0, 0.0], "float32"))
+
+
+EDITS = {
+    "final activation removed": _edit_activation,
+    "LeakyReLU slope": _edit_slope,
+    "ReLU max_value": _edit_relu_cap,
+    "set_weights": _edit_weights,
+    "kernel assigned": _edit_kernel,
+    "dtype policy": _edit_dtype,
+    "bias assigned": _edit_use_bias,
+}
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "saliency"])
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_an_edit_between_calls_is_seen(edit, method):
+    model = _model()
+    kind = "scorecam" if method == "scorecam" else method
+    before = _run(model, kind)
+    _run(model, kind)  # the second call of the same kind runs the kept program, if any
+    EDITS[edit](model)
+    after = _run(model, kind)
+    clear_compiled_cache()
+    fresh = _run(model, kind)
+    np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6, err_msg=f"{edit}: stale scores")
+    np.testing.assert_allclose(after[0], fresh[0], rtol=1e-4, atol=1e-5, err_msg=f"{edit}: stale maps")
+    changed = not (np.allclose(before[1], fresh[1], atol=1e-6) and np.allclose(before[0], fresh[0], atol=1e-6))
+    assert changed, f"{edit} does not change {method}: the test could not fail"
+
+
+def test_trainable_flag_changes_nothing_and_is_not_stale():
+    model = _model()
+    before = _run(model)
+    model.trainable = False
+    model.get_layer("bn").trainable = True
+    after = _run(model)
+    clear_compiled_cache()
+    fresh = _run(model)
+    np.testing.assert_allclose(after[0], fresh[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after[0], before[0], rtol=1e-5, atol=1e-6)  # inference: same maps
+    assert model.trainable is False and model.get_layer("bn").trainable is True
+
+
+def test_a_layer_swapped_in_a_sequential_is_seen():
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="c2"), L.GlobalAveragePooling2D(),
+                              L.Dense(3, activation="softmax", name="head")])
+    before = _run(model, target=Logit(0))
+    model.pop()
+    model.add(L.Dense(3, name="head2", kernel_initializer="ones"))
+    after = _run(model, target=Logit(0))
+    clear_compiled_cache()
+    fresh = _run(model, target=Logit(0))
+    np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(after[0], fresh[0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(before[1], fresh[1])
