@@ -128,3 +128,76 @@ def test_a_layer_swapped_in_a_sequential_is_seen():
     np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(after[0], fresh[0], rtol=1e-4, atol=1e-5)
     assert not np.allclose(before[1], fresh[1])
+
+
+# ---------------------------------------------------------------------------- torch modules
+def _torch_net():
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.c1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.act = torch.nn.LeakyReLU(0.1)
+            self.c2 = torch.nn.Conv2d(4, 5, 3, padding=1)
+            self.head = torch.nn.Linear(5, 3)
+            self.residual = True  # forward branches on it: a trace freezes the branch taken
+            self.scale = 1.0
+
+        def forward(self, x):
+            h = self.act(self.c1(x))
+            y = self.c2(h)
+            if self.residual:
+                y = y + h.mean(1, keepdim=True)
+            return self.head(torch.relu(y).mean((2, 3)) * self.scale)
+
+    return Net()
+
+
+def _torch_run(model, method):
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype("float32")
+    exp = camlens.explain(model, x, method=method, layer="c2", target=Logit(0))
+    return np.asarray(exp.maps, np.float64), np.asarray(exp.scores, np.float64)
+
+
+TORCH_EDITS = {
+    "a flag forward branches on": lambda m: setattr(m, "residual", False),
+    "a number forward reads": lambda m: setattr(m, "scale", 3.0),
+    "a submodule's setting": lambda m: setattr(m.act, "negative_slope", 0.9),
+    "a submodule replaced": lambda m: setattr(m, "act", __import__("torch").nn.Tanh()),
+    "weights": lambda m: m.c2.weight.data.mul_(-2.0),
+}
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam"])
+@pytest.mark.parametrize("edit", list(TORCH_EDITS))
+def test_a_torch_edit_between_calls_is_seen(edit, method):
+    from camlens.adapters.torch import clear_trace_cache
+
+    model = _torch_net()
+    before = _torch_run(model, method)
+    TORCH_EDITS[edit](model)
+    after = _torch_run(model, method)
+    clear_trace_cache()
+    fresh = _torch_run(model, method)
+    np.testing.assert_allclose(after[1], fresh[1], rtol=1e-5, atol=1e-6, err_msg=f"{edit}: stale scores")
+    np.testing.assert_allclose(after[0], fresh[0], rtol=1e-4, atol=1e-5, err_msg=f"{edit}: stale maps")
+    assert not (np.allclose(before[0], fresh[0]) and np.allclose(before[1], fresh[1])), edit
+
+
+def test_without_an_edit_the_kept_trace_and_programs_are_reused():
+    """The checks must not retrace every call (a setting that changes by itself would)."""
+    from camlens.adapters.keras import PROGRAMS
+    from camlens.adapters.torch.adapter import _TRACES
+
+    net = _torch_net()
+    _torch_run(net, "gradcam")
+    entry = _TRACES[net]
+    _torch_run(net, "gradcam")
+    assert _TRACES[net] is entry
+    model = _model()
+    _run(model)
+    kept = dict(PROGRAMS._per_model.get(model, {}))
+    _run(model)
+    assert {k: v[2] for k, v in PROGRAMS._per_model.get(model, {}).items()} == {k: v[2] for k, v in kept.items()}

@@ -232,11 +232,12 @@ class TorchAdapter:
 
     def _trace_key(self) -> tuple[Any, ...]:
         """What a kept trace depends on: the input shapes (for the propagated shapes), the
-        module tree and the class's ``forward``. A change of plain attributes that ``forward``
-        branches on is not seen; ``camlens.adapters.torch.clear_trace_cache()`` forgets."""
+        module tree, the class's ``forward`` and every module's public settings of plain
+        types (a flag ``forward`` branches on, a number it reads: a trace freezes both).
+        ``training`` is left out: explaining runs in eval mode whatever the flags."""
         return (
             tuple(a.shape[1:] for a in self._example or []),
-            tuple((name, id(m)) for name, m in self._modules.items()),
+            tuple((name, id(m), _settings(m)) for name, m in self._modules.items()),
             type(self.model).forward,
         )
 
@@ -802,6 +803,17 @@ _ROLES = {"mean": "global_pool", "adaptive_avg_pool2d": "global_pool", "Linear":
 _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 #: the trace key at which torch.export failed, per module (the run-order fallback follows)
 _NOT_EXPORTABLE: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(module: Any) -> tuple[Any, ...]:
+    return tuple(
+        (k, v) for k, v in module.__dict__.items()
+        if k[0] != "_" and k != "training"
+        and (type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)))
+    )
 
 
 def _triton_would_crash() -> bool:
