@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("camlens._image", "camlens._args", "camlens.tokens", "camlens.graph",
               "camlens.targets", "camlens.methods", "camlens._torchfile", "camlens.data",
-              "camlens.samples", "camlens.registry", "camlens.rules")),
+              "camlens.samples", "camlens.registry", "camlens.rules", "camlens._restore")),
     ("adapters", ("camlens.adapters", "camlens.models")),
     ("viz", ("camlens.viz",)),
     ("library", ("camlens.io", "camlens.access", "camlens._explain", "camlens.explanation",

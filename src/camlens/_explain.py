@@ -8,6 +8,7 @@ import numpy as np
 
 from .adapters import adapt
 from ._args import batches, positive_int
+from ._restore import interruptible
 from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
@@ -60,6 +61,7 @@ def _site_input(graph: LayerGraph, node: GraphNode, anc: dict[int, frozenset[int
     return spatial[0] if spatial else 0
 
 
+@interruptible
 def explain(
     model: Any,
     inputs: Any,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ._args import batches
+from ._restore import interruptible
 from .adapters import adapt
 from .io import safe_name
 from .graph import GraphNode, LayerGraph, choose_layers, find_nodes
@@ -216,6 +217,7 @@ def _select(adapter: ModelAdapter, graph: LayerGraph, layers: Any) -> tuple[list
     return nodes, "given by the caller: " + ", ".join(n.label for n in nodes)
 
 
+@interruptible
 def feature_maps(
     model: Any,
     image: Any,

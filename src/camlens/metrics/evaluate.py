@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..explanation import Explanation
+from .._restore import interruptible
 from ..registry import Registry
 from ._common import MetricResult, setup
 from .confidence import _result, confidence_scores
@@ -131,6 +132,7 @@ def _energy_pointing(model: Any, exp: Explanation, run: MetricRun) -> MetricResu
     return energy_pointing_game(exp, run.objects, site=run.common["site"])
 
 
+@interruptible
 def evaluate(
     model: Any,
     explanation: Explanation,

@@ -53,6 +53,13 @@ class ProgramCache:
             per_model[key] = entry = (fingerprint.key, fingerprint.keep, build())
         return entry[2]
 
+    def forget(self, model: Any, key: tuple[Any, ...], program: Program) -> None:
+        """Drop ``program`` (kept under ``key`` for ``model``), if it is still the one kept."""
+        per_model = self._per_model.get(model, {})
+        entry = per_model.get(key)
+        if entry is not None and entry[2] is program:
+            del per_model[key]
+
     def count(self, model: Any) -> int:
         """How many programs are kept for ``model``."""
         return len(self._per_model.get(model, {}))
@@ -218,7 +225,19 @@ def _program(
     target_key, make, idx = traced
     model = adapter.model
     key = (*kind, target_key, len(inputs))
-    return PROGRAMS.get(model, key, behaviour(adapter.graph_ops()), lambda: build(_parts(type(adapter), weakref.ref(model), node_ids, make))), idx
+    program = PROGRAMS.get(model, key, behaviour(adapter.graph_ops()),
+                           lambda: build(_parts(type(adapter), weakref.ref(model), node_ids, make)))
+
+    def run(*args: Any) -> Any:
+        try:
+            return program(*args)
+        except BaseException:
+            # a trace cut short (Ctrl-C, an error in the model) can leave tf.function's own
+            # cache inconsistent (a KeyError on the next call): the next call builds anew
+            PROGRAMS.forget(model, key, program)
+            raise
+
+    return run, idx
 
 
 def _parts(cls: type, model_ref: Callable[[], Any], node_ids: list[int], make: Callable[[Any], Target]) -> Parts:

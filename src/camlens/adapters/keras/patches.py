@@ -8,6 +8,7 @@ import contextlib
 from types import ModuleType
 from typing import Any, Callable, Iterator, Sequence
 
+from ..._restore import Patch
 from ...rules import ReluRule, no_relu_warning
 
 __all__ = ["instance_attrs", "probes", "rule_relus", "without_final_activation"]
@@ -15,23 +16,24 @@ __all__ = ["instance_attrs", "probes", "rule_relus", "without_final_activation"]
 _MISSING = object()
 
 
-@contextlib.contextmanager
-def instance_attrs(changes: Sequence[tuple[Any, str, Any]]) -> Iterator[None]:
+class instance_attrs(Patch):
     """Set ``obj.attr = value`` on each instance while the block runs; always put back what
     was there (an instance attribute the user had set comes back as it was, one that was not
-    set is removed again). ``object.__setattr__`` keeps Keras' attribute tracking out of it."""
-    saved: list[tuple[Any, str, Any]] = []
-    try:
-        for obj, attr, value in changes:
-            saved.append((obj, attr, obj.__dict__.get(attr, _MISSING)))
-            object.__setattr__(obj, attr, value)
-        yield
-    finally:
-        for obj, attr, old in reversed(saved):
-            if old is _MISSING:  # pop: an interrupt may have come before the swap itself
-                obj.__dict__.pop(attr, None)
+    set is removed again). ``object.__setattr__`` keeps Keras' attribute tracking out of it.
+    Never half set or half undone, whatever interrupts it (:mod:`camlens._restore`)."""
+
+    def __init__(self, changes: Sequence[tuple[Any, str, Any]]) -> None:
+        super().__init__()
+        self.changes = list(changes)
+
+    def apply(self) -> None:
+        for obj, attr, value in self.changes:
+            old = obj.__dict__.get(attr, _MISSING)
+            if old is _MISSING:
+                self.undo_with(lambda obj=obj, attr=attr: obj.__dict__.pop(attr, None))
             else:
-                object.__setattr__(obj, attr, old)
+                self.undo_with(lambda obj=obj, attr=attr, old=old: object.__setattr__(obj, attr, old))
+            object.__setattr__(obj, attr, value)
 
 
 def probes(ops: Sequence[Any], on_call: Callable[[Any, Any], Any]) -> contextlib.AbstractContextManager[None]:

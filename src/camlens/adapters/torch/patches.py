@@ -1,59 +1,64 @@
 """What the torch adapter sets on modules while explaining, each put back exactly, also after
-an exception or an interrupt: eval mode, forward hooks, instance-level ``forward``."""
+an exception or an interrupt: eval mode, forward hooks, instance-level ``forward``. Setting and
+putting back hold interrupts (:mod:`camlens._restore`)."""
 
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
+from ..._restore import Patch
+
 __all__ = ["eval_mode", "instance_forwards", "forward_hooks", "identity_hooks"]
 
 
-@contextlib.contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode for every module while the block runs; each module's own flag restored."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
+class eval_mode(Patch):
+    """Eval mode for every module while the block runs; each module's own flag restored.
+    The flags are set directly, not by ``model.eval()``: a ``train()`` the user overrode
+    might change more than the flags, which nothing would put back."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def apply(self) -> None:
+        for m in self.model.modules():
+            self.undo_with(lambda m=m, flag=m.training: setattr(m, "training", flag))
+            m.training = False
 
 
-@contextlib.contextmanager
-def instance_forwards(changes: Sequence[tuple[Any, Any]]) -> Iterator[None]:
+class instance_forwards(Patch):
     """Give each module its own ``forward`` while the block runs; the instance attribute is
     removed again afterwards (also after an exception)."""
-    done: list[tuple[Any, Any]] = []
-    try:
-        for mod, fn in changes:
-            done.append((mod, mod.__dict__.get("forward", _UNSET)))
-            mod.forward = fn
-        yield
-    finally:
-        for mod, old in reversed(done):
-            if old is _UNSET:  # pop: an interrupt may have come before the swap itself
-                mod.__dict__.pop("forward", None)
+
+    def __init__(self, changes: Sequence[tuple[Any, Any]]) -> None:
+        super().__init__()
+        self.changes = list(changes)
+
+    def apply(self) -> None:
+        for mod, fn in self.changes:
+            old = mod.__dict__.get("forward", _UNSET)
+            if old is _UNSET:
+                self.undo_with(lambda mod=mod: mod.__dict__.pop("forward", None))
             else:
-                mod.forward = old
+                self.undo_with(lambda mod=mod, old=old: setattr(mod, "forward", old))
+            mod.forward = fn
 
 
 _UNSET = object()
 
 
-@contextlib.contextmanager
-def forward_hooks(pairs: Sequence[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
-    """``module.register_forward_hook(fn)`` for each pair while the block runs. Registered one
-    by one inside the ``try``, so an exception or interrupt half-way leaves none behind."""
-    handles: list[Any] = []
-    try:
-        for mod, fn in pairs:
-            handles.append(mod.register_forward_hook(fn))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+class forward_hooks(Patch):
+    """``module.register_forward_hook(fn)`` for each pair while the block runs, all removed
+    after."""
+
+    def __init__(self, pairs: Sequence[tuple[Any, Callable[..., Any]]]) -> None:
+        super().__init__()
+        self.pairs = list(pairs)
+
+    def apply(self) -> None:
+        for mod, fn in self.pairs:  # signals are held here: no hook goes in without its handle
+            self.undo_with(mod.register_forward_hook(fn).remove)
 
 
 def identity_hooks(mods: Sequence[Any]) -> contextlib.AbstractContextManager[None]:
