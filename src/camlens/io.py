@@ -12,8 +12,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ImageError", "load_image", "MAX_PIXELS", "decode_pixels", "load_model", "image_files", "PREPROCESSING", "IMAGE_SUFFIXES",
-           "safe_name", "unique_names", "agreed_size", "image_geometry", "as_preprocess"]
+__all__ = ["ImageError", "load_image", "MAX_PIXELS", "decode_pixels", "load_model", "image_files",
+           "PREPROCESSING", "IMAGE_SUFFIXES", "safe_name", "unique_names", "agreed_size", "image_geometry",
+           "as_preprocess"]
 
 
 class ImageError(ValueError):
@@ -191,7 +192,8 @@ def _open_regular(p: Path, label: str) -> Any:
         fd = os.open(p, flags)
     except FileNotFoundError:
         if p.is_symlink():
-            raise ImageError(f"{label}: a symbolic link to {_label(os.readlink(p))}, which does not exist") from None
+            target = _label(os.readlink(p))
+            raise ImageError(f"{label}: a symbolic link to {target}, which does not exist") from None
         raise ImageError(f"{label}: no such file") from None
     except IsADirectoryError:  # Windows; on POSIX a folder opens and fstat says what it is
         raise ImageError(f"{label}: is a folder, not an image") from None
