@@ -310,3 +310,171 @@ def test_agreed_size_takes_the_given_size_only_where_the_model_has_none():
     assert agreed_size((8, 8), (8, 8), "") == (8, 8)
     with pytest.raises(ValueError, match=r"the model takes 8x8 images; drop input_size=\(9, 9\)"):
         agreed_size((8, 8), (9, 9), "input_size=(9, 9)")
+
+
+# ---------------------------------------------------------------- load_image: size, bombs, odd files
+# (issue 14: a pixel budget checked on the header, Pillow's bomb guard as a per-file message,
+# EXIF orientation, and files that are not regular files refused before they are opened)
+from fuzz_images import exif_jpeg, png_bytes  # noqa: E402
+
+
+def _never_decoded(monkeypatch):
+    """Make decoding any pixels fail the test: the budget must refuse on the header alone."""
+    from PIL import ImageFile
+
+    def load(self):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"pixels of a {self.size} image were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+def test_the_pixel_budget_refuses_on_the_header_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(png_bytes(7000, 6000))  # 42 MP, under Pillow's own guard
+    _never_decoded(monkeypatch)
+    with pytest.raises(ImageError) as info:
+        load_image(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the image is 7000x6000 pixels; camlens reads up to 40 megapixels")
+    assert "\n" not in message and "max_pixels" in message
+
+
+def test_max_pixels_is_a_keyword(tmp_path):
+    path = tmp_path / "small.png"
+    Image.fromarray(_rgb(30, 40)).save(path)
+    with pytest.raises(ImageError, match="40x30 pixels; camlens reads up to 0.001 megapixels"):
+        load_image(path, max_pixels=1000)
+    assert load_image(path, max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(ValueError, match="max_pixels must be a whole number"):
+        load_image(path, max_pixels=0)
+
+
+def test_a_size_over_the_budget_is_refused_before_reading(tmp_path):
+    path = tmp_path / "small.png"
+    Image.fromarray(_rgb(30, 40)).save(path)
+    with pytest.raises(ValueError, match="size 7000x7000 is 49 megapixels, over max_pixels=40000000") as info:
+        load_image(path, size=(7000, 7000))  # today's code: 0.6 GB of floats for a 30x40 file
+    assert not isinstance(info.value, ImageError)  # the size, not the file, is wrong
+    with pytest.raises(ValueError, match="size 200x300 is 0.06 megapixels, over max_pixels=1000"):
+        load_image(path, size=(200, 300), max_pixels=1000)
+
+
+@pytest.mark.parametrize("side", [10_000, 50_000])
+def test_decompression_bombs_are_an_image_error_without_warnings(tmp_path, side):
+    import warnings
+
+    path = tmp_path / f"bomb{side}.png"
+    path.write_bytes(png_bytes(side, side, idat=False))  # a 60-byte header
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageError) as info:
+            load_image(path)
+    assert str(info.value).startswith(f"{path}: the image ")
+    assert "megapixels" in str(info.value) and "Scale it down" in str(info.value)
+    assert [str(w.message) for w in seen] == []
+
+
+@pytest.mark.parametrize("orientation, turn", [(3, 2), (6, -1), (8, 1)])
+def test_exif_orientation_is_applied(tmp_path, orientation, turn):
+    # a smooth picture, so that JPEG loses little: the right turn is near, every other far
+    yy, xx = np.mgrid[0:24, 0:40]
+    stored = np.stack([xx * 6, yy * 10, (xx + yy) * 3], axis=-1).astype(np.uint8)
+    path = tmp_path / f"phone{orientation}.jpg"
+    path.write_bytes(exif_jpeg(stored, orientation))
+    arr = load_image(path)
+    want = np.rot90(stored, k=turn).astype(np.float32)  # np.rot90: k=1 is a counter-clockwise turn
+    assert arr.shape == want.shape
+    assert np.abs(arr - want).mean() < 3
+    for k in range(4):  # the other turns of the same shape (as stored, the opposite turn) are far
+        other = np.rot90(stored, k=k)
+        if k % 4 != turn % 4 and other.shape == arr.shape:
+            assert np.abs(arr - other).mean() > 20, k
+
+
+def test_exif_orientation_in_the_app_decoder(tmp_path):
+    pytest.importorskip("fastapi")
+    from camlens.app._session import decode_image
+
+    yy, xx = np.mgrid[0:24, 0:40]
+    stored = np.stack([xx * 6, yy * 10, (xx + yy) * 3], axis=-1).astype(np.uint8)
+    arr = decode_image(exif_jpeg(stored, 6), "phone.jpg", 1_000_000)
+    assert arr.dtype == np.uint8 and arr.shape == (40, 24, 3)
+    assert np.abs(arr.astype(float) - np.rot90(stored, k=-1)).mean() < 3
+
+
+def _in_thread(fn, seconds: float = 5.0):
+    """``fn()`` run on a thread: its result or exception, or "hang" when it took too long."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        return "hang"
+    return box
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_is_refused_without_hanging(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    got = _in_thread(lambda: load_image(fifo))
+    if got == "hang":  # let the stuck open go before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load_image waited on a named pipe")
+    assert isinstance(got.get("error"), ImageError), got
+    assert str(got["error"]) == f"{fifo}: a named pipe, not an image file; give the image file itself"
+
+
+def test_symbolic_link_loops_and_dangling_links(tmp_path):
+    import os
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    os.symlink(a, b)
+    os.symlink(b, a)
+    with pytest.raises(ImageError, match="a loop of symbolic links"):
+        load_image(a)
+    gone = tmp_path / "gone.png"
+    os.symlink(tmp_path / "nowhere.png", gone)
+    with pytest.raises(ImageError, match="a symbolic link to .*nowhere.png, which does not exist"):
+        load_image(gone)
+
+
+def test_no_permission_says_so(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "locked.png"
+    Image.fromarray(_rgb()).save(path)
+
+    def denied(*args, **kwargs):  # what os.open does on a chmod 000 file for a non-root user
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(ImageError, match="locked.png: no permission to read the file"):
+        load_image(path)
+
+
+def test_an_empty_file_says_so(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.png: the file is empty"):
+        load_image(path)
+
+
+def test_first_frame_of_an_animation(tmp_path):
+    frames = [Image.fromarray(np.full((6, 8, 3), v, np.uint8)) for v in (10, 200)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    arr = load_image(path)
+    assert arr.shape == (6, 8, 3) and np.abs(arr - 10).max() <= 2

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import re
+import struct
+import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ImageError", "load_image", "load_model", "image_files", "PREPROCESSING", "IMAGE_SUFFIXES",
-           "safe_name", "unique_names", "agreed_size", "image_geometry", "as_preprocess"]
+__all__ = ["ImageError", "load_image", "MAX_PIXELS", "decode_pixels", "load_model", "image_files",
+           "PREPROCESSING", "IMAGE_SUFFIXES", "safe_name", "unique_names", "agreed_size", "image_geometry",
+           "as_preprocess"]
 
 
 class ImageError(ValueError):
@@ -109,40 +113,191 @@ def image_files(paths: "list[str] | tuple[str, ...]") -> list[str]:
     return out
 
 
+#: the most pixels (width x height) an image file may declare to be read (40 megapixels, the
+#: web app's limit too): checked on the file's header, before any pixel is decoded, because a
+#: PNG of a few hundred bytes can declare billions of pixels. A decoded 40-megapixel image is
+#: about 0.5 GB of float32; :func:`load_image` and the app take ``max_pixels`` to change it.
+MAX_PIXELS = 40_000_000
+
+#: Pillow warns about, or refuses, images over ``PIL.Image.MAX_IMAGE_PIXELS`` while it opens
+#: them, through the process-wide warnings filters; this lock keeps two threads (the app
+#: decodes on two) from interleaving the ``catch_warnings`` blocks that silence that warning,
+#: which would leave a filter behind
+_OPENING = threading.Lock()
+
+
 def load_image(
     path: str | os.PathLike[str],
     size: tuple[int | None, int | None] | None = None,
     channels: int = 3,
+    *,
+    max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
     """Read an image file as float32 ``(H, W, channels)`` with values 0..255.
 
-    RGBA and palette images are composited or converted to RGB, grayscale is repeated to RGB
-    (or RGB converted to gray for ``channels=1``), 16-bit images are scaled to 0..255, and the
-    image is resized to ``size`` = (height, width) when given.
-    """
-    from PIL import Image, UnidentifiedImageError
+    The image is turned upright by its EXIF orientation (phone photos), RGBA and palette
+    images are composited on white, grayscale is repeated to RGB (or RGB converted to gray for
+    ``channels=1``), 16-bit images are scaled to 0..255, the first frame of an animation or
+    the first page of a multi-page TIFF is read, and the image is resized to ``size`` =
+    (height, width) when given.
 
+    Raises :class:`ImageError`, one line naming the file, for anything that is not a readable
+    image: no such file, a folder, a named pipe or other non-regular file (refused before it
+    is opened, so a pipe cannot hang the read), a symlink loop, no permission, an unknown or
+    damaged format, under 2 pixels a side, or more than ``max_pixels`` pixels declared in its
+    header (:data:`MAX_PIXELS`, 40 megapixels, by default; checked before the pixels are
+    decoded, so a decompression bomb costs nothing). A ``size`` over ``max_pixels`` is a
+    ValueError: no file could be read at it.
+    """
+    _check_budget(max_pixels)
+    target = None
+    if size is not None and None not in size:
+        target = (int(size[0]), int(size[1]))  # type: ignore[arg-type]
+        if target[0] * target[1] > max_pixels:
+            raise ValueError(
+                f"size {target[0]}x{target[1]} is {target[0] * target[1] / 1e6:g} megapixels, over "
+                f"max_pixels={max_pixels}: give a smaller size or a larger max_pixels"
+            )
     p = Path(path)
-    if not p.exists():
-        raise ImageError(f"{p}: no such file")
-    if p.is_dir():
-        raise ImageError(f"{p}: is a folder, not an image")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            arr = _to_array(img, channels)
-    except UnidentifiedImageError:
-        raise ImageError(f"{p}: not an image file PIL can read (is it really a {p.suffix or 'picture'}?)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{p}: the image is damaged or truncated ({exc})") from None
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ImageError(f"{p}: the image is {arr.shape[1]}x{arr.shape[0]} pixels; too small to explain")
-    if size is not None and None not in size and tuple(size) != arr.shape[:2]:
-        arr = _resize(arr, (int(size[0]), int(size[1])))  # type: ignore[arg-type]
+    label = _label(str(p))
+    with _open_regular(p, label) as fp:
+        arr = decode_pixels(fp, label, channels=channels, max_pixels=max_pixels,
+                            reader="camlens reads",
+                            fix="Scale it down first (in Python: load_image's max_pixels).")
+    if target is not None and target != arr.shape[:2]:
+        arr = _resize(arr, target)
     return arr
 
 
-def _to_array(img: Any, channels: int) -> np.ndarray:
+def _check_budget(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 4:
+        raise ValueError(f"max_pixels must be a whole number of at least 4 (2x2 pixels); got {max_pixels!r}")
+
+
+def _label(text: str) -> str:
+    """``text`` as it goes into a one-line message: as is, or quoted when it holds a newline or
+    another character that would break the line."""
+    return text if text.isprintable() else ascii(text)
+
+
+def _open_regular(p: Path, label: str) -> Any:
+    """``p`` opened for binary reading, or ImageError for what is not a regular file. The file
+    is opened without blocking and checked on its descriptor: a named pipe is refused instead
+    of waiting forever for a writer, and nothing can swap the file between check and read."""
+    import errno
+    import stat
+
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        if p.is_symlink():
+            target = _label(os.readlink(p))
+            raise ImageError(f"{label}: a symbolic link to {target}, which does not exist") from None
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:  # Windows; on POSIX a folder opens and fstat says what it is
+        raise ImageError(f"{label}: is a folder, not an image") from None
+    except PermissionError:
+        raise ImageError(f"{label}: no permission to read the file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(f"{label}: a loop of symbolic links, not an image") from None
+        raise ImageError(f"{label}: cannot open the file ({exc.strerror or exc})") from None
+    try:
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if stat.S_ISREG(mode) and info.st_size == 0:
+            raise ImageError(f"{label}: the file is empty")
+        if stat.S_ISDIR(mode):
+            raise ImageError(f"{label}: is a folder, not an image")
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+            raise ImageError(f"{label}: {kind}, not an image file; give the image file itself")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def decode_pixels(
+    fp: Any,
+    label: str,
+    *,
+    channels: int = 3,
+    max_pixels: int = MAX_PIXELS,
+    dtype: Any = np.float32,
+    reader: str = "camlens reads",
+    fix: str = "Scale it down first.",
+    not_image: str | None = None,
+) -> np.ndarray:
+    """The one decoder of image files, for :func:`load_image` and the web app: a binary file
+    object as ``(H, W, channels)`` pixels 0..255 (``dtype`` float32, or uint8 without a float
+    copy), upright by its EXIF orientation. Raises :class:`ImageError` whose message starts with
+    ``label``: an unreadable or damaged file (``not_image``: the sentence for a file PIL does
+    not recognise), one under 2 pixels a side, and one declaring more than ``max_pixels``
+    pixels, refused on its header before anything is decoded (``reader`` and ``fix`` word that
+    message). Pillow's own decompression-bomb error becomes that message too, and its warning
+    is not shown: the budget here is the guard.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    def too_big(w: int, h: int) -> ImageError:
+        return ImageError(f"{label}: the image is {w}x{h} pixels; {reader} up to "
+                          f"{max_pixels / 1e6:g} megapixels. {fix}")
+
+    try:
+        with _OPENING, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+    except Image.DecompressionBombError as exc:
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        many = f"{int(declared.group(1)) / 1e6:,.0f} megapixels" if declared else "too many pixels"
+        raise ImageError(f"{label}: the image declares {many}, too many to open safely; {reader} up to "
+                         f"{max_pixels / 1e6:g} megapixels. {fix}") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: {not_image or 'not an image file PIL can read'}") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        raise ImageError(f"{label}: the image is damaged or truncated ({_one_line(exc)})") from None
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise too_big(w, h)
+        try:
+            img.load()
+            arr = _to_array(_upright(img), channels, dtype)
+        except MemoryError:
+            raise ImageError(f"{label}: not enough memory to decode {w}x{h} pixels. {fix}") from None
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError) as exc:
+            raise ImageError(f"{label}: the image is damaged or truncated ({_one_line(exc)})") from None
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ImageError(f"{label}: the image is {arr.shape[1]}x{arr.shape[0]} pixels; too small to explain")
+    return arr
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _upright(img: Any) -> Any:
+    """``img`` turned by its EXIF orientation (tags 2-8: a phone held sideways stores its
+    pixels sideways). Metadata that cannot be parsed means no known orientation: the pixels
+    are used as stored rather than refusing a photo for its metadata."""
+    from PIL import ImageOps
+
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # any parse failure of the EXIF block (Pillow raises several kinds)
+        return img
+    if orientation not in (2, 3, 4, 5, 6, 7, 8):
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _to_array(img: Any, channels: int, dtype: Any = np.float32) -> np.ndarray:
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -151,13 +306,15 @@ def _to_array(img: Any, channels: int) -> np.ndarray:
         # only plain 32-bit "I" images need a guess at their range
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         gray = (a * (255.0 / top)).astype(np.float32)
+        if np.dtype(dtype) == np.uint8:
+            gray = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
         return gray[..., None] if channels == 1 else np.repeat(gray[..., None], 3, axis=-1)
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     img = img.convert("L" if channels == 1 else "RGB")
-    a = np.asarray(img, dtype=np.float32)
+    a = np.asarray(img, dtype=dtype)
     return a[..., None] if a.ndim == 2 else a
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ..io import ImageError, as_preprocess, image_geometry
+from ..io import MAX_PIXELS, ImageError, _label, as_preprocess, decode_pixels, image_geometry
 
 if TYPE_CHECKING:
     from ..models import Bundled
@@ -36,38 +36,19 @@ class Prepared:
     x: np.ndarray  # (H, W, c) float32: the model input, preprocessed
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """The bytes of an uploaded file as uint8 RGB ``(H, W, 3)``, or :class:`ImageError` with a
-    message that names the file and says what is wrong with it."""
-    from PIL import Image, UnidentifiedImageError
-
-    from ..io import _to_array
-
-    label = name or "the upload"
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The bytes of an uploaded file as uint8 RGB ``(H, W, 3)``, upright by its EXIF
+    orientation, or :class:`ImageError` with a message that names the file and says what is
+    wrong with it. The file's declared size is checked against ``max_pixels`` before its
+    pixels are decoded (:func:`camlens.io.decode_pixels`, the decoder ``load_image`` uses)."""
+    label = _label(name or "the upload")
     if not data:
         raise ImageError(f"{label}: the file is empty")
-    problem = None
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                problem = (f"{label}: the image is {w}x{h} pixels; the app takes up to "
-                           f"{max_pixels / 1e6:g} megapixels. Scale it down first.")
-            else:
-                img.load()
-                arr = _to_array(img, 3)
-    except UnidentifiedImageError:
-        problem = (f"{label}: not an image file. Upload a photo (PNG, JPEG, WebP, GIF, BMP or "
-                   "TIFF).")
-    except Image.DecompressionBombError:
-        problem = f"{label}: the image has too many pixels to open safely. Scale it down first."
-    except (OSError, SyntaxError, ValueError) as exc:
-        problem = f"{label}: the image is damaged or truncated ({exc})"
-    if problem is not None:
-        raise ImageError(problem)
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ImageError(f"{label}: the image is {arr.shape[1]}x{arr.shape[0]} pixels; too small to explain")
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return decode_pixels(
+        io.BytesIO(data), label, channels=3, max_pixels=max_pixels, dtype=np.uint8,
+        reader="the app takes", fix="Scale it down first.",
+        not_image="not an image file. Upload a photo (PNG, JPEG, WebP, GIF, BMP or TIFF).",
+    )
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:

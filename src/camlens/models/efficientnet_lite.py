@@ -335,7 +335,17 @@ def _set_weights(model: Any, weights: dict[str, list[np.ndarray]]) -> None:
 # -- preprocessing ----------------------------------------------------------------------------
 
 
-def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
+def _resize_short_side(image: np.ndarray, size: int, crop: int) -> np.ndarray:
+    """The centre ``crop`` x ``crop`` of ``image`` with its short side resized to ``size``
+    (bilinear, PIL), float32.
+
+    Only the crop is ever made: PIL resizes the box of the source that becomes the crop
+    (``resize(box=...)``, the same sampling positions and filter as resizing the whole image
+    and cutting the centre out, up to one level of its 8-bit rounding). Resizing the whole
+    image first would cost memory in proportion to the aspect ratio: a 2 x 20000 strip would
+    become 256 x 2,560,000 pixels, gigabytes, before the crop. So any aspect ratio is handled,
+    in memory of the crop's size, rather than refused: a panorama is a fair photo to explain.
+    """
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -343,14 +353,18 @@ def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
         new_h, new_w = size, max(1, int(size * w / h))
     else:
         new_h, new_w = max(1, int(size * h / w)), size
+    top = round((new_h - crop) / 2.0)
+    left = round((new_w - crop) / 2.0)
+    sy, sx = h / new_h, w / new_w  # source pixels per resized pixel
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
     if image.dtype == np.uint8:
-        resized = Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)
+        resized = Image.fromarray(image).resize((crop, crop), Image.BILINEAR, box=box)
         return np.asarray(resized, dtype=np.float32)
     # Float images keep their precision: each channel is resized as a 32-bit float image.
     channels = [
         np.asarray(
             Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32)).resize(
-                (new_w, new_h), Image.BILINEAR
+                (crop, crop), Image.BILINEAR, box=box
             )
         )
         for c in range(3)
@@ -367,7 +381,8 @@ def display(x: np.ndarray) -> np.ndarray:
 def preprocess(image: np.ndarray) -> np.ndarray:
     """An RGB image, ``(H, W, 3)`` uint8 or float in 0..255, as EfficientNet-Lite0 input.
 
-    The short side is resized to 256 (bilinear, PIL), the centre 224x224 is cropped, and the
+    The short side is resized to 256 (bilinear, PIL), the centre 224x224 is cropped (only the
+    crop is made, so memory does not grow with the aspect ratio), and the
     pixels are scaled as ``(rgb - 127) / 128``, the mean and deviation the Lite models were
     trained with (Edge models use "inception-style" scaling, unlike EfficientNet-B0's ImageNet
     mean/std). Grayscale ``(H, W)`` images are repeated to RGB; an alpha channel is dropped.
@@ -388,11 +403,7 @@ def preprocess(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected uint8 or float pixels in 0..255, got dtype {image.dtype}")
     if image.dtype != np.uint8:
         image = image.astype(np.float32)
-    resized = _resize_short_side(np.ascontiguousarray(image), RESIZE_SIZE)
-    h, w = resized.shape[:2]
-    top = round((h - IMAGENET_INPUT_SIZE) / 2.0)
-    left = round((w - IMAGENET_INPUT_SIZE) / 2.0)
-    crop = resized[top : top + IMAGENET_INPUT_SIZE, left : left + IMAGENET_INPUT_SIZE]
+    crop = _resize_short_side(np.ascontiguousarray(image), RESIZE_SIZE, IMAGENET_INPUT_SIZE)
     return ((crop - MEAN_RGB) / STDDEV_RGB).astype(np.float32)
 
 
