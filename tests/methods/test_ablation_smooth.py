@@ -12,6 +12,7 @@ from camlens.methods import (
     SmoothGradCAMPlusPlus,
     get_method,
 )
+from camlens.methods.base import noise_key
 
 # --- Ablation-CAM -------------------------------------------------------------------------------
 #
@@ -130,9 +131,10 @@ def test_smooth_gradcampp_hand_computed():
     data = SiteData(np.zeros((1, 1, 2, 1)), images=images, capture=queued_capture(pairs, seen))
     out = SmoothGradCAMPlusPlus(n_samples=2, sigma=0.1, seed=3)(data)
     np.testing.assert_allclose(out[0], [[13 / 40, 26 / 40]], rtol=1e-6)
-    # the copies are the image plus the documented noise, std = sigma * range = 0.5
+    # the copies are the image plus the documented noise, std = sigma * range = 0.5, keyed by
+    # the seed and the image's content
     for m, copy in enumerate(np.concatenate(seen)):
-        noise = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(0, m)))
+        noise = np.random.default_rng(np.random.SeedSequence(noise_key(3, images[0]), spawn_key=(m,)))
         want = images[0] + np.float32(0.5) * noise.standard_normal((1, 2, 3), dtype=np.float32)
         np.testing.assert_allclose(copy, want, rtol=1e-6)
 
@@ -181,7 +183,8 @@ def test_smooth_gradcampp_seeds():
     a = SmoothGradCAMPlusPlus(seed=4)(data)
     np.testing.assert_array_equal(a, SmoothGradCAMPlusPlus(seed=4)(data))
     assert not np.array_equal(a, SmoothGradCAMPlusPlus(seed=5)(data))
-    assert not np.array_equal(SmoothGradCAMPlusPlus()(data), SmoothGradCAMPlusPlus()(data))
+    np.testing.assert_array_equal(SmoothGradCAMPlusPlus()(data), SmoothGradCAMPlusPlus(seed=0)(data))
+    assert not np.array_equal(SmoothGradCAMPlusPlus(seed=None)(data), SmoothGradCAMPlusPlus(seed=None)(data))
 
 
 def test_smooth_gradcampp_zero_gradients_give_zeros_not_nan():

@@ -130,10 +130,14 @@ def test_rise_chunks_equal_one_shot_and_seed_reproduces(batch_size):
     assert not np.allclose(other, one_shot)
 
 
-def test_rise_without_seed_keeps_its_masks():
-    rise = RISE(n_masks=5, cell=2)
+def test_rise_seeds_zero_by_default_and_none_keeps_its_masks():
+    assert RISE().seed == 0
+    np.testing.assert_array_equal(RISE(n_masks=5, cell=2).masks((4, 4)), RISE(n_masks=5, cell=2, seed=0).masks((4, 4)))
+    rise = RISE(n_masks=5, cell=2, seed=None)  # a random seed, fixed at construction
     np.testing.assert_array_equal(rise.masks((4, 4)), rise.masks((4, 4)))
     assert isinstance(rise.seed, int)
+    with pytest.raises(ValueError, match="rise: seed must be None or an integer of at least 0; got -1"):
+        RISE(seed=-1)
 
 
 def test_rise_errors():

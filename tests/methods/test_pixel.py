@@ -15,6 +15,7 @@ from camlens.methods import (
     get_method,
     guided_gradcam,
 )
+from camlens.methods.base import noise_key
 
 RNG = np.random.default_rng(7)
 X = RNG.normal(size=(2, 5, 4, 3)).astype(np.float32)
@@ -89,7 +90,8 @@ def test_smoothgrad_noise_and_squared_match_a_direct_computation():
     squared, _ = SmoothGrad(n_samples=5, sigma=0.2, seed=3, squared=True).attribute(data)
     for n in range(2):
         std = 0.2 * (X[n].max() - X[n].min())
-        noisy = (X[n] + np.random.default_rng([3, n]).standard_normal((5, *X[n].shape)) * std).astype(np.float32)
+        rng = np.random.default_rng(np.random.SeedSequence(noise_key(3, X[n])))
+        noisy = (X[n] + rng.standard_normal((5, *X[n].shape)) * std).astype(np.float32)
         np.testing.assert_allclose(plain[n], (2.0 * noisy).mean(axis=0), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(squared[n], ((2.0 * noisy) ** 2).mean(axis=0), rtol=1e-5, atol=1e-6)
 
@@ -110,6 +112,8 @@ def test_smoothgrad_seed_reproducible_and_per_sample():
     alone, _ = SmoothGrad(n_samples=4, seed=5).attribute(power(3, X[:1]))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a[:1], alone)  # sample 0's noise does not depend on the batch
+    swapped, _ = SmoothGrad(n_samples=4, seed=5).attribute(power(3, X[::-1]))
+    np.testing.assert_array_equal(swapped[::-1], a)  # nor on its place in it
     assert not np.allclose(a, SmoothGrad(n_samples=4, seed=6).attribute(power(3))[0])
 
 

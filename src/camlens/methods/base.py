@@ -8,12 +8,29 @@ later, in :mod:`camlens.explanation`, the same way for every method.
 
 Shared notation in the method docstrings: ``A[n, i, j, c]`` activations, ``G[n, i, j, c]``
 gradients of the score of sample ``n``, ``Z = h * w`` the number of spatial positions.
+
+Noise. The stochastic methods (SmoothGrad, Smooth Grad-CAM++, SS-CAM, RISE) take ``seed=``:
+0 by default, also when a method is chosen by name; the noise of each image comes from the
+seed and the image's content, so a batch equals its images one by one. Each sample's noise is
+drawn from :func:`noise_key` of the seed and the sample's own image, never from its position
+in the batch: the same call gives the same maps every time, and an image gets the same noise
+alone, in any batch, in any order, whatever ``batch_size`` splits it and on every backend
+(RISE's masks depend on the seed only: the same masks for every image). ``seed=None`` opts
+out: fresh noise on every call.
+
+Flat scores. A method that builds its map only from the scores of modified inputs (Score-CAM
+and its variants, RISE) cannot say anything about a sample whose scores did not change under
+any modification (:func:`scores_flat`): a model that ignores its input, or a saturated score.
+Its map is all zero, and one ``UserWarning`` per call names the samples
+(:func:`warn_flat_scores`), rather than noise normalised to full contrast.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -29,6 +46,10 @@ __all__ = [
     "get_method",
     "available_methods",
     "slow_methods",
+    "noise_key",
+    "scores_flat",
+    "warn_flat_scores",
+    "FLAT_RTOL",
 ]
 
 
@@ -204,3 +225,47 @@ def available_methods() -> list[str]:
 def slow_methods() -> dict[str, str]:
     """``{name: what makes it slow}`` for every registered method with a declared ``cost``."""
     return {name: cls.cost for name, cls in sorted(_REGISTRY.items()) if cls.cost}
+
+
+def noise_key(seed: int | None, image: np.ndarray) -> tuple[int, ...]:
+    """The entropy of one sample's noise: ``seed`` followed by a 128-bit hash of ``image``
+    (its shape and float32 bytes, ``-0.0`` read as ``0.0``), for ``np.random.SeedSequence``.
+
+    The noise depends on what the image is, not where it sits in the batch: an image explained
+    alone or in any batch gets the same noise, and two different images get independent
+    noise. ``seed=None`` puts fresh entropy in place of the seed (not reproducible).
+    """
+    x = np.ascontiguousarray(image, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = 0.0
+    digest = hashlib.blake2b(repr(x.shape).encode(), digest_size=16, person=b"camlens-noise")
+    digest.update(x.tobytes())
+    first = int(np.random.SeedSequence().entropy) if seed is None else int(seed)  # type: ignore[arg-type]
+    return (first, *(int(w) for w in np.frombuffer(digest.digest(), dtype="<u4")))
+
+
+#: scores count as unchanged when ``max - min <= FLAT_RTOL * max(|min|, |max|)``: a few float32
+#: rounding steps (float32 resolves 1.2e-7 of a value), far below any change a model makes
+FLAT_RTOL = 1e-6
+
+
+def scores_flat(scores: np.ndarray) -> bool:
+    """Whether one sample's scores of its modified inputs are all equal, to :data:`FLAT_RTOL`
+    relative to their magnitude (all zero counts as equal). One score is never judged: a single
+    value cannot show whether the model responds."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size < 2:
+        return False
+    lo, hi = float(s.min()), float(s.max())
+    return hi - lo <= FLAT_RTOL * max(abs(lo), abs(hi))
+
+
+def warn_flat_scores(method: str, samples: Sequence[int], what: str = "mask") -> None:
+    """The one warning of a call whose ``samples`` had flat scores (their maps set to zero)."""
+    if len(samples):
+        warnings.warn(
+            f"{method}: the model's score did not change under any {what} for images "
+            f"{[int(n) for n in samples]}: the map is meaningless (all zero); check that the "
+            "target's score depends on the input (a model that ignores its input, or a "
+            "saturated score such as a probability of 1.0)",
+            UserWarning,
+            stacklevel=3,
+        )

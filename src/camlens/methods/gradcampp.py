@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._args import non_negative, positive_int, seed_or_none
-from .base import CAMMethod, SiteData, WeightedCAM, register
+from .base import CAMMethod, SiteData, WeightedCAM, noise_key, register
 
 __all__ = ["plusplus_weights", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus"]
 
@@ -81,7 +81,10 @@ class SmoothGradCAMPlusPlus(CAMMethod):
     Grad-CAM++ exactly. Defaults: ``n_samples = 8`` (the paper shows more, at one backward
     pass each), ``sigma = 0.15`` (15% of the value range, within SmoothGrad's advice of
     10-20%). Copies are captured ``batch_size`` at a time; each copy's noise comes from its own
-    stream keyed by ``(seed, sample, copy)``, so the map does not depend on ``batch_size``.
+    stream, ``SeedSequence(noise_key(seed, x), spawn_key=(copy,))``, keyed by the seed (0 by
+    default) and the image's content (:func:`camlens.methods.base.noise_key`), never by the
+    sample's place in the batch: a batch equals its images one by one, and ``batch_size``
+    changes nothing. ``seed=None``: fresh noise per call.
 
     Example::
 
@@ -99,7 +102,7 @@ class SmoothGradCAMPlusPlus(CAMMethod):
     needs_gradients = False
 
     def __init__(
-        self, n_samples: int = 8, sigma: float = 0.15, seed: int | None = None, batch_size: int = 8
+        self, n_samples: int = 8, sigma: float = 0.15, seed: int | None = 0, batch_size: int = 8
     ) -> None:
         self.n_samples = positive_int(self.name, "n_samples", n_samples)
         self.sigma = non_negative(self.name, "sigma", sigma)
@@ -107,27 +110,29 @@ class SmoothGradCAMPlusPlus(CAMMethod):
         self.batch_size = positive_int(self.name, "batch_size", batch_size)
 
     def noisy_copies(self, image: np.ndarray, copies: np.ndarray, key: tuple[int, ...]) -> np.ndarray:
-        """``(B, H, W, c)`` copies of ``image`` with noise ``copies[b]`` added."""
+        """``(B, H, W, c)`` copies of ``image`` with noise ``copies[b]`` added; ``key`` is the
+        image's :func:`~camlens.methods.base.noise_key`."""
         std = np.float32(self.sigma * float(image.max() - image.min()))
         noise = np.stack(
             [
-                np.random.default_rng(np.random.SeedSequence(key[0], spawn_key=(*key[1:], int(m))))
+                np.random.default_rng(np.random.SeedSequence(key, spawn_key=(int(m),)))
                 .standard_normal(image.shape, dtype=np.float32)
                 for m in copies
             ]
         )
         return image[None] + std * noise
 
-    def smoothed(self, data: SiteData, n: int, entropy: int) -> tuple[np.ndarray, ...]:
+    def smoothed(self, data: SiteData, n: int) -> tuple[np.ndarray, ...]:
         """``(Ā, D1, D2, D3)`` of sample ``n``, each ``(h, w, C)`` float32."""
         assert data.images is not None and data.capture is not None
         image = np.asarray(data.images[n], dtype=np.float32)
+        key = noise_key(self.seed, image)
         shape = np.shape(data.activations)[1:]
         # Float64 sums: with identical copies (sigma = 0) the means are the values exactly.
         sums = [np.zeros(shape, dtype=np.float64) for _ in range(4)]
         for start in range(0, self.n_samples, self.batch_size):
             copies = np.arange(start, min(start + self.batch_size, self.n_samples))
-            acts, grads = data.capture(n, self.noisy_copies(image, copies, (entropy, n)))
+            acts, grads = data.capture(n, self.noisy_copies(image, copies, key))
             acts = np.asarray(acts, dtype=np.float32)
             grads = np.asarray(grads, dtype=np.float32)
             want = (len(copies), *shape)
@@ -147,10 +152,9 @@ class SmoothGradCAMPlusPlus(CAMMethod):
             raise ValueError(
                 f"{self.name} reruns the model on noisy copies of the image: it needs images and capture"
             )
-        entropy = int(np.random.SeedSequence(self.seed).entropy)  # type: ignore[arg-type]
         out = np.zeros(acts.shape[:3], dtype=np.float32)
         for n in range(acts.shape[0]):
-            a, d1, d2, d3 = (t[None] for t in self.smoothed(data, n, entropy))
+            a, d1, d2, d3 = (t[None] for t in self.smoothed(data, n))
             w = plusplus_weights(a, d1, d2, d3).astype(np.float32)
             out[n] = np.maximum(np.einsum("nhwc,nc->nhw", a, w), 0.0)[0]
         return out

@@ -3,7 +3,10 @@ Occlusion and RISE.
 
 Notation: ``x`` sample ``n``'s image ``(H, W, c)``, ``S`` its target score
 (:attr:`PixelData.score`). Both give one value per pixel: attributions ``(N, H, W, 1)``.
-Perturbed copies are built and scored ``batch_size`` at a time, never all at once.
+Perturbed copies are built and scored ``batch_size`` at a time, never all at once. A sample whose
+score is the same on every copy (:func:`~camlens.methods.base.scores_flat`) gets an all-zero
+map: Occlusion's drops are zero then anyway; RISE would return its mean mask scaled by the
+constant score, normalised to full contrast, so it sets the map to zero and warns.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from .._image import resize_bilinear
-from .base import PixelData, PixelMethod, register
+from .._args import seed_or_none
+from .base import PixelData, PixelMethod, register, scores_flat, warn_flat_scores
 
 __all__ = ["Occlusion", "RISE"]
 
@@ -132,9 +136,11 @@ class RISE(PixelMethod):
     Mask ``M_i``: a ``cell x cell`` grid of 0/1 (1 with probability ``p``), bilinearly
     upsampled to ``(cell + 1) * ceil(H / cell)`` by ``(cell + 1) * ceil(W / cell)`` and cropped
     to ``H x W`` at a random shift below one grid cell. Saliency
-    ``= sum_i S(x * M_i) M_i / (n_masks * p)``. The grids and shifts are drawn up front from
-    ``np.random.default_rng(seed)`` (``seed=None``: a random seed fixed at construction),
-    the same masks for every image; masks are then built ``batch_size`` at a time
+    ``= sum_i S(x * M_i) M_i / (n_masks * p)``; all zero, with a warning, for an image whose
+    scores ``S(x * M_i)`` are all the same. The grids and shifts are drawn up front from
+    ``np.random.default_rng(seed)``, ``seed=0`` by default (``seed=None``: a random seed fixed
+    at construction): the masks depend on the seed only, the same masks for every image, so a
+    batch equals its images one by one. Masks are built ``batch_size`` at a time
     (:meth:`masks`), so the result does not depend on ``batch_size``. The paper uses 4000
     to 8000 masks; the default 1000 keeps CPU runs short.
 
@@ -159,7 +165,7 @@ class RISE(PixelMethod):
         n_masks: int = 1000,
         cell: int = 7,
         p: float = 0.5,
-        seed: int | None = None,
+        seed: int | None = 0,
         batch_size: int = 32,
     ) -> None:
         if n_masks < 1:
@@ -171,6 +177,7 @@ class RISE(PixelMethod):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}")
         self.n_masks, self.cell, self.p, self.batch_size = int(n_masks), int(cell), float(p), int(batch_size)
+        seed = seed_or_none(self.name, seed)
         self.seed = int(np.random.SeedSequence().entropy) if seed is None else seed  # type: ignore[arg-type]
         self._params: tuple[tuple[int, int], np.ndarray, np.ndarray] | None = None
 
@@ -208,9 +215,15 @@ class RISE(PixelMethod):
         images = _images(self, data)
         N, H, W, _ = images.shape
         total = np.zeros((N, H, W))
+        low, high = np.full(N, np.inf), np.full(N, -np.inf)
         for masks in self._chunks((H, W)):
             for n in range(N):
                 s = _scores(data, n, images[n][None] * masks[..., None])
                 total[n] += np.einsum("k,khw->hw", s, masks)
+                low[n], high[n] = min(low[n], s.min()), max(high[n], s.max())
+        # the scores' range is all that is needed to tell them flat (see base.scores_flat)
+        flat = [n for n in range(N) if scores_flat(np.array([low[n], high[n]])) and self.n_masks > 1]
+        total[flat] = 0.0
+        warn_flat_scores(self.name, flat)
         out = (total / (self.n_masks * self.p)).astype(np.float32)[..., None]
         return out, {}

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._args import positive_int
-from .base import PixelData, PixelMethod, register
+from .._args import positive_int, seed_or_none
+from .base import PixelData, PixelMethod, noise_key, register
 
 __all__ = [
     "Saliency",
@@ -95,9 +95,10 @@ class SmoothGrad(PixelMethod):
 
     attributions ``= (1/K) sum_k dS/dx (x + e_k)`` with ``e_k ~ N(0, s^2)``,
     ``s = sigma * (max(x) - min(x))`` (the paper's noise level) and ``K = n_samples``;
-    map ``= max_c |attributions|``. The noise of sample ``n`` is drawn from
-    ``np.random.default_rng([seed, n])``: the same image gets the same noise whatever the
-    batch and ``batch_size``.
+    map ``= max_c |attributions|``. ``seed=0`` by default; the noise of each image is drawn
+    from one stream, ``np.random.default_rng(SeedSequence(noise_key(seed, x)))``, keyed by the
+    seed and the image's content (:func:`camlens.methods.base.noise_key`): a batch equals its
+    images one by one, and ``batch_size`` changes nothing. ``seed=None``: fresh noise per call.
 
     Example::
 
@@ -118,7 +119,7 @@ class SmoothGrad(PixelMethod):
         self,
         n_samples: int = 25,
         sigma: float = 0.15,
-        seed: int | None = None,
+        seed: int | None = 0,
         squared: bool = False,
         batch_size: int = 32,
     ) -> None:
@@ -128,7 +129,7 @@ class SmoothGrad(PixelMethod):
             raise ValueError(f"sigma must be >= 0 (a fraction of the image's range, e.g. 0.15); got {sigma}")
         self.n_samples = int(n_samples)
         self.sigma = float(sigma)
-        self.seed = seed
+        self.seed = seed_or_none(self.name, seed)
         self.squared = bool(squared)
         self.batch_size = positive_int(self.name, "batch_size", batch_size)
 
@@ -138,7 +139,7 @@ class SmoothGrad(PixelMethod):
         out = np.empty(images.shape, dtype=np.float32)
         stds = np.empty(len(images))
         for n, image in enumerate(images):
-            rng = np.random.default_rng(None if self.seed is None else [self.seed, n])
+            rng = np.random.default_rng(np.random.SeedSequence(noise_key(self.seed, image)))
             stds[n] = std = self.sigma * float(image.max() - image.min())
             total = np.zeros(image.shape, dtype=np.float64)
             for start in range(0, self.n_samples, self.batch_size):

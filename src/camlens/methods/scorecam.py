@@ -6,6 +6,11 @@ multiplied by the channel's mask ``H_c`` (averaged over a few modified copies in
 IS-CAM). They share :func:`normalised_masks` and one scoring loop, which builds at most
 ``batch_size`` masked copies at a time whatever the channel count: with the 1280 channels of
 EfficientNet-Lite0 at 224 px, all masked copies at once would take 770 MB.
+
+A sample whose scores are the same under every mask (:func:`~camlens.methods.base.scores_flat`:
+a model that ignores its input, a saturated score) has weights ``softmax`` of equal numbers,
+``1/C`` each, and its map would be the plain channel mean normalised to full contrast, telling
+nothing of the score: all four give it an all-zero map and one ``UserWarning`` per call.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 
 from .._image import resize_bilinear
 from .._args import non_negative, positive_int, seed_or_none
-from .base import CAMMethod, SiteData, register
+from .base import CAMMethod, SiteData, noise_key, register, scores_flat, warn_flat_scores
 
 __all__ = ["normalised_masks", "ScoreCAM", "FastScoreCAM", "SSCAM", "ISCAM"]
 
@@ -52,7 +57,8 @@ class ScoreCAM(CAMMethod):
 
     ``H_c = minmax(upsample(A[n, :, :, c]))`` (bilinear to the input size, scaled to [0, 1]);
     ``s_c = S(x * H_c)``, the target score of the masked image; ``w = softmax_c(s)``;
-    map ``= relu(sum_c w_c A[n, :, :, c])``. A constant channel gives an all-zero mask (no
+    map ``= relu(sum_c w_c A[n, :, :, c])``; all zero, with a warning, where every ``s_c`` is
+    the same (see the module's note). A constant channel gives an all-zero mask (no
     division by zero); all such channels share one scored all-black copy. Masked copies are
     built and scored ``batch_size`` at a time, so memory stays at ``batch_size`` images
     whatever the channel count. The default, 8, is also the faster choice on a CPU: a 224 px
@@ -101,22 +107,19 @@ class ScoreCAM(CAMMethod):
         key: tuple[int, ...],
     ) -> np.ndarray:
         """``(B, H, W, c)`` images to score: ``image`` times ``masks[b]``, the mask of channel
-        ``channels[b]``, for copy number ``copies[b]``; ``key`` seeds any noise."""
+        ``channels[b]``, for copy number ``copies[b]``; ``key`` (:meth:`noise_key` of the
+        image) seeds any noise."""
         return image[None] * masks[..., None]
 
-    def _entropy(self) -> int | None:
-        return None
+    def noise_key(self, image: np.ndarray) -> tuple[int, ...]:
+        """The entropy of ``image``'s noise, ``()`` for a method without noise."""
+        return ()
 
     # --- the shared loop ------------------------------------------------------------------
 
     def channel_scores(self, data: SiteData, n: int, channels: np.ndarray | None = None) -> np.ndarray:
         """``(K,)`` target scores of sample ``n``'s image masked by each of ``channels``
         (default: all), averaged over the method's copies of each."""
-        return self._channel_scores(data, n, channels, self._entropy())
-
-    def _channel_scores(
-        self, data: SiteData, n: int, channels: np.ndarray | None, entropy: int | None
-    ) -> np.ndarray:
         assert data.images is not None and data.score is not None
         acts = np.asarray(data.activations[n], dtype=np.float32)
         image = np.asarray(data.images[n], dtype=np.float32)
@@ -132,9 +135,9 @@ class ScoreCAM(CAMMethod):
                 source = np.arange(len(chans))
                 source[flat] = flat[0]
                 kept = np.unique(source)
-                scores = self._scored(data, n, acts, image, chans[kept], entropy)
+                scores = self._scored(data, n, acts, image, chans[kept])
                 return scores[np.searchsorted(kept, source)]
-        return self._scored(data, n, acts, image, chans, entropy)
+        return self._scored(data, n, acts, image, chans)
 
     def _scored(
         self,
@@ -143,10 +146,10 @@ class ScoreCAM(CAMMethod):
         acts: np.ndarray,
         image: np.ndarray,
         chans: np.ndarray,
-        entropy: int | None,
     ) -> np.ndarray:
         assert data.score is not None
         reps = self.copies_per_channel
+        key = self.noise_key(image)
         total = len(chans) * reps
         sums = np.zeros(len(chans), dtype=np.float64)
         # Copies run channel-major: copy j is copy j % reps of channel j // reps. Only the masks
@@ -156,9 +159,7 @@ class ScoreCAM(CAMMethod):
             which, copy = np.divmod(job, reps)
             first = int(which[0])
             masks = normalised_masks(acts, chans[first : int(which[-1]) + 1], image.shape[:2])
-            batch = self.masked_copies(
-                image, masks[which - first], chans[which], copy, (n,) if entropy is None else (entropy, n)
-            )
+            batch = self.masked_copies(image, masks[which - first], chans[which], copy, key)
             s = np.asarray(data.score(n, batch), dtype=np.float64).reshape(-1)
             if s.shape != (len(job),):
                 raise ValueError(
@@ -172,13 +173,18 @@ class ScoreCAM(CAMMethod):
         acts, _ = self._checked(data)
         if data.images is None or data.score is None:
             raise ValueError(f"{self.name} runs the model on masked images: it needs images and score")
-        entropy = self._entropy()  # one per call; each sample's noise is keyed by its index too
         out = np.zeros(acts.shape[:3], dtype=np.float32)
+        flat = []
         for n in range(acts.shape[0]):
             chans = self.scored_channels(acts[n])
+            scores = self.channel_scores(data, n, chans)
+            if scores_flat(scores):  # the map would be the channel mean: nothing of the score
+                flat.append(n)
+                continue
             w = np.zeros(acts.shape[-1], dtype=np.float32)
-            w[chans] = _softmax(self._channel_scores(data, n, chans, entropy))
+            w[chans] = _softmax(scores)
             out[n] = np.maximum(np.einsum("hwc,c->hw", acts[n], w), 0.0)
+        warn_flat_scores(self.name, flat)
         return out
 
 
@@ -232,8 +238,11 @@ class SSCAM(ScoreCAM):
     mask units (masks lie in [0, 1]); the defaults are the paper's, ``N = 35``, ``sigma = 2``.
     A constant channel's mask is zero, so its copies are pure noise times the image.
 
-    Each copy's noise is drawn from its own stream keyed by ``(seed, sample, channel, copy)``,
-    so the map does not depend on ``batch_size``; ``seed=None`` draws fresh noise per call.
+    ``seed=0`` by default. Each copy's noise is drawn from its own stream,
+    ``SeedSequence(noise_key(seed, x), spawn_key=(channel, copy))``: keyed by the seed and the
+    image's content (:func:`camlens.methods.base.noise_key`), never by the sample's place in
+    the batch, so a batch equals its images one by one and ``batch_size`` changes nothing;
+    ``seed=None`` draws fresh noise per call.
 
     Example::
 
@@ -250,7 +259,7 @@ class SSCAM(ScoreCAM):
     cost = "35 model runs per channel of the layer"
 
     def __init__(
-        self, n_samples: int = 35, sigma: float = 2.0, seed: int | None = None, batch_size: int = 8
+        self, n_samples: int = 35, sigma: float = 2.0, seed: int | None = 0, batch_size: int = 8
     ) -> None:
         super().__init__(batch_size)
         self.n_samples = positive_int(self.name, "n_samples", n_samples)
@@ -261,8 +270,8 @@ class SSCAM(ScoreCAM):
     def copies_per_channel(self) -> int:
         return self.n_samples
 
-    def _entropy(self) -> int | None:
-        return int(np.random.SeedSequence(self.seed).entropy)  # type: ignore[arg-type]
+    def noise_key(self, image: np.ndarray) -> tuple[int, ...]:
+        return noise_key(self.seed, image)
 
     def masked_copies(
         self,
@@ -275,7 +284,7 @@ class SSCAM(ScoreCAM):
         size = image.shape[:2]
         noise = np.stack(
             [
-                np.random.default_rng(np.random.SeedSequence(key[0], spawn_key=(*key[1:], int(c), int(i))))
+                np.random.default_rng(np.random.SeedSequence(key, spawn_key=(int(c), int(i))))
                 .standard_normal(size, dtype=np.float32)
                 for c, i in zip(channels, copies)
             ]
