@@ -7,17 +7,23 @@ never a traceback.
 must contain. tests/test_cli_reliability.py runs each through the command line;
 benchmarks/_reliability_cli.py counts them for docs. Cases that need Keras to be made (a real
 ``.keras`` to truncate, a Lambda layer) are made only when ``keras=True``.
+
+``pth_payloads(folder)``: crafted torch weight files for camlens._torchfile, each a few hundred
+bytes to a megabyte, written with the pickle opcodes spelled out below (nothing of torch is
+needed): ones that used to expand to gigabytes or raise RecursionError / OverflowError /
+ValueError, and ones that must still load.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import struct
 import textwrap
 import zipfile
 from pathlib import Path
 
-__all__ = ["model_cases"]
+__all__ = ["model_cases", "pth_payloads"]
 
 
 def _keras_files(folder: Path) -> list[tuple[str, str, str]]:
@@ -118,3 +124,104 @@ def model_cases(folder: str | os.PathLike[str], keras: bool = True) -> list[tupl
     if keras:
         cases += _keras_files(root)
     return cases
+
+
+# -- crafted torch weight files ----------------------------------------------------------------
+# pickle protocol 2, opcode by opcode: what torch.save writes for a state dict, with the numbers
+# a hostile file would choose
+
+
+def _text(t: str) -> bytes:
+    raw = t.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+
+def _int(n: int) -> bytes:
+    if 0 <= n < 256:
+        return b"K" + bytes([n])  # BININT1
+    if -(2**31) <= n < 2**31:
+        return b"J" + struct.pack("<i", n)  # BININT
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+
+def _global(module: str, name: str) -> bytes:
+    return f"c{module}\n{name}\n".encode()
+
+
+def _tuple(*parts: bytes) -> bytes:
+    return b"(" + b"".join(parts) + b"t"  # MARK ... TUPLE
+
+
+def _call(fn: bytes, *args: bytes) -> bytes:
+    return fn + _tuple(*args) + b"R"  # REDUCE
+
+
+def _storage(key: str, numel: int, kind: str = "FloatStorage") -> bytes:
+    return _tuple(_text("storage"), _global("torch", kind), _text(key), _text("cpu"), _int(numel)) + b"Q"
+
+
+def _tensor(storage: bytes, offset: int, size: list[int], stride: list[int]) -> bytes:
+    return _call(_global("torch._utils", "_rebuild_tensor_v2"), storage, _int(offset),
+                 _tuple(*map(_int, size)), _tuple(*map(_int, stride)), b"\x89",
+                 _call(_global("collections", "OrderedDict")))
+
+
+def _state_dict(**items: bytes) -> bytes:
+    body = b"".join(_text(k) + v for k, v in items.items())
+    return b"\x80\x02" + _call(_global("collections", "OrderedDict")) + b"(" + body + b"u."
+
+
+def _zip(path: Path, pickled: bytes, storages: dict[str, bytes], compress: int = zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", compression=compress) as z:
+        z.writestr("archive/data.pkl", pickled)
+        z.writestr("archive/byteorder", "little")
+        for key, data in storages.items():
+            z.writestr("archive/data/" + key, data)
+
+
+def pth_payloads(folder: str | os.PathLike[str]) -> list[tuple[str, Path, str]]:
+    """Write the crafted files; ``(name, path, expect)`` per file, ``expect`` a word of the
+    refusal, or ``"loads"`` for a file that must load."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    one_double = {"0": bytes(8)}
+    mib = 1 << 20
+    many = _tensor(_storage("0", mib // 4), 0, [mib // 4], [1])
+    cases: list[tuple[str, bytes, dict[str, bytes], int, str]] = [
+        # 2**28 doubles (2 GiB) read from one stored double with stride 0
+        ("stride-0 tensor of 2 GiB", _state_dict(w=_tensor(_storage("0", 1, "DoubleStorage"), 0, [1 << 28], [0])),
+         one_double, zipfile.ZIP_STORED, "may expand to"),
+        # 600 tensors over the same 1 MiB storage: 600 MiB of copies
+        ("600 tensors on one 1 MiB storage", b"\x80\x02](" + many * 600 + b"e.", {"0": bytes(mib)},
+         zipfile.ZIP_STORED, "may expand to"),
+        # a deflated storage of 320 MiB of zeros in a file of about 300 KB
+        ("deflated 320 MiB storage", _state_dict(w=_tensor(_storage("0", 80 * mib), 0, [80 * mib], [1])),
+         {"0": bytes(320 * mib)}, zipfile.ZIP_DEFLATED, "may expand to"),
+        # a storage that claims more elements than its entry holds
+        ("storage larger than its bytes", _state_dict(w=_tensor(_storage("0", 1 << 30), 0, [4], [1])),
+         {"0": bytes(16)}, zipfile.ZIP_STORED, "expected"),
+        # 100,000 nested lists: RecursionError in the reader
+        ("100,000 nested lists", b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".", {},
+         zipfile.ZIP_STORED, "nested too deeply"),
+        # a stride of 2**62 on a dimension of size 1: OverflowError in numpy
+        ("stride 2**62", _state_dict(w=_tensor(_storage("0", 4), 0, [1, 2], [1 << 62, 1])),
+         {"0": bytes(16)}, zipfile.ZIP_STORED, "loads"),
+        # a size of 2**70 beside a 0: ValueError in numpy
+        ("size 0 x 2**70", _state_dict(w=_tensor(_storage("0", 4), 0, [0, 1 << 70], [1, 1])),
+         {"0": bytes(16)}, zipfile.ZIP_STORED, "implausibly large"),
+        # a list that contains itself: RecursionError in the reader
+        ("a list that contains itself", b"\x80\x02]q\x00h\x00a.", {}, zipfile.ZIP_STORED, "loads"),
+        # one tensor referenced 5,000 times: built once, not 5,000 copies of 1 MiB
+        ("one tensor referenced 5,000 times", b"\x80\x02](" + many + b"q\x01" + b"h\x01" * 4999 + b"e.",
+         {"0": bytes(mib)}, zipfile.ZIP_STORED, "loads"),
+        # torch.save of a module: refused by name, nothing runs
+        ("a pickled module", b"\x80\x02" + _call(_global("torch.nn.modules.linear", "Linear")) + b".", {},
+         zipfile.ZIP_STORED, "refused to load"),
+    ]
+    out = []
+    for k, (name, pickled, storages, compress, expect) in enumerate(cases):
+        path = root / f"payload{k}.pth"
+        _zip(path, pickled, storages, compress)
+        out.append((name, path, expect))
+    return out
