@@ -375,6 +375,13 @@ def _load_zip(path: str, budget: _Budget) -> Any:
                 raise TorchFileError(
                     f"{path}: storage {key!r} holds {info.file_size} bytes, {expected} expected"
                 )
+            stored = info.compress_size if info.compress_type != zipfile.ZIP_STORED else info.file_size
+            if info.header_offset + stored > budget.file_size or (
+                    info.compress_type == zipfile.ZIP_STORED and info.compress_size < info.file_size):
+                raise TorchFileError(
+                    f"{path}: storage {key!r} claims {info.file_size} bytes, which the file does "
+                    f"not hold (it has {budget.file_size}): truncated or corrupt"
+                )
             budget.take(info.file_size, f"storage {key!r}")  # what archive.read allocates
             try:
                 raw = archive.read(entry)
