@@ -494,7 +494,7 @@ class _Stop(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[dict[str, int]]:
+def _stop_on_signals(enabled: bool = True) -> Iterator[dict[str, int]]:
     """While a command runs, SIGINT and SIGTERM raise :class:`KeyboardInterrupt` (``_Stop``) in
     the main thread, once: the ``dict`` says which signal came (``"signum"``). A second one
     while the command stops (restoring the model, writing ``results.json``) is ignored so that
@@ -502,7 +502,7 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
     the library installs no signal handler. A signal ignored when camlens started (``nohup``,
     a shell's background job) stays ignored; the old handlers come back afterwards."""
     came: dict[str, int] = {}
-    if threading.current_thread() is not threading.main_thread():  # signal() needs the main thread
+    if not enabled or threading.current_thread() is not threading.main_thread():  # signal() needs it
         yield came
         return
 
@@ -558,7 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
-    with _stop_on_signals() as came:
+    # the app's server handles its own signals (and its Ctrl-C is its normal end)
+    with _stop_on_signals(args.command != "app") as came:
         try:
             code = _run(args)
         except KeyboardInterrupt as exc:  # also one that came while an error was being said
