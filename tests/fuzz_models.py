@@ -12,18 +12,25 @@ benchmarks/_reliability_cli.py counts them for docs. Cases that need Keras to be
 bytes to a megabyte, written with the pickle opcodes spelled out below (nothing of torch is
 needed): ones that used to expand to gigabytes or raise RecursionError / OverflowError /
 ValueError, and ones that must still load.
+
+``NET`` (a tiny torch model file, ``build`` and the slow ``slow``), ``run_cli`` and
+``as_a_user``: how the tests and the benchmark run the command line in a child process, as a
+user that file permissions apply to.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import struct
+import subprocess
+import sys
 import textwrap
 import zipfile
 from pathlib import Path
 
-__all__ = ["model_cases", "pth_payloads"]
+__all__ = ["model_cases", "pth_payloads", "NET", "cli_env", "as_a_user", "run_cli", "interrupt_explain"]
 
 
 def _keras_files(folder: Path) -> list[tuple[str, str, str]]:
@@ -225,3 +232,146 @@ def pth_payloads(folder: str | os.PathLike[str]) -> list[tuple[str, Path, str]]:
         _zip(path, pickled, storages, compress)
         out.append((name, path, expect))
     return out
+
+
+# -- running the command line as a user would ---------------------------------------------------
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+NET = textwrap.dedent(
+    """
+    import time
+
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def __init__(self, pause=0.0):
+            super().__init__()
+            torch.manual_seed(0)
+            self.pause = pause
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            time.sleep(self.pause)  # a slow model: a signal comes while it runs
+            return self.fc(self.features(x).mean((2, 3)))
+
+
+    def build():
+        return Net().eval()
+
+
+    def slow():
+        return Net(pause=0.3).eval()
+    """
+)
+
+
+def cli_env() -> dict[str, str]:
+    """The environment of a child ``camlens``: this checkout's ``src`` first; Keras on torch
+    (the fastest to import) unless the run says otherwise."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    env.setdefault("KERAS_BACKEND", "torch")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def as_a_user() -> None:
+    """``preexec_fn``: as root, drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the
+    bounding set, so that the program exec'd next has them not (PR_CAPBSET_DROP is 24)."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):
+        if libc.prctl(24, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+#: runs camlens.cli.main on each argv of a JSON list in one process (one torch import), each
+#: with its own stderr; an exception that escapes main is recorded as a traceback
+RUNNER = textwrap.dedent(
+    """
+    import contextlib, io, json, sys, traceback
+    from camlens.cli import main
+
+    results = []
+    for argv in json.loads(sys.argv[1]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = main(argv)
+            except SystemExit as exc:
+                rc = exc.code
+            except BaseException:
+                traceback.print_exc()
+                rc = "raised"
+        results.append({"rc": rc, "err": err.getvalue()})
+    print(json.dumps(results))
+    """
+)
+
+
+def run_cli(commands: list[list[str]], cwd: Path, timeout: float = 180) -> list[dict]:
+    """``{rc, err}`` per command line, run by :data:`RUNNER` in a child process as a user
+    (:func:`as_a_user`)."""
+    out = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(commands)], cwd=cwd, env=cli_env(),
+                         preexec_fn=as_a_user, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"the runner failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def interrupt_explain(folder: Path, sig: int, images: int = 6) -> dict:
+    """Start ``python -m camlens explain`` on ``images`` photos with the slow model (one image
+    per batch, about a second each), send ``sig`` once the first PNG exists, and say what was
+    left: ``rc``, ``err``, ``listed`` (the files results.json lists, None without one),
+    ``present`` (the names in the output folder), ``whole`` (the PNGs that decode fully)."""
+    import signal
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "net.py").write_text(NET)
+    for k in range(images):
+        (folder / "photos").mkdir(exist_ok=True)
+        pixels = np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "photos" / f"im{k}.png")
+    out = folder / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camlens", "explain", "net.py:slow", "photos", "--batch-size", "1",
+         "-o", "out"], cwd=folder, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.png")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    listed = None
+    try:
+        results = json.loads((out / "results.json").read_text())
+        listed = [f for r in results["images"] for f in r["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    whole = []
+    for png in sorted(out.glob("*.png")):
+        try:
+            with Image.open(png) as im:
+                im.load()  # a truncated PNG raises here
+            whole.append(png.name)
+        except Exception:
+            pass
+    return {"rc": proc.returncode, "err": err, "listed": listed, "images": images,
+            "present": sorted(p.name for p in out.iterdir()) if out.exists() else [],
+            "whole": whole}
+
+

@@ -9,8 +9,6 @@ CAP_DAC_READ_SEARCH), and skips where it cannot."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -18,8 +16,6 @@ import signal
 import stat
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,42 +26,9 @@ from camlens.cli import main
 from camlens.files import Interrupted, explain_files
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzz_models import model_cases  # noqa: E402
+from fuzz_models import NET, as_a_user, cli_env, interrupt_explain, model_cases, run_cli  # noqa: E402
 
 torch = pytest.importorskip("torch")
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-NET = textwrap.dedent(
-    """
-    import time
-
-    import torch
-    from torch import nn
-
-
-    class Net(nn.Module):
-        def __init__(self, pause=0.0):
-            super().__init__()
-            torch.manual_seed(0)
-            self.pause = pause
-            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            time.sleep(self.pause)  # a slow model: a signal comes while it runs
-            return self.fc(self.features(x).mean((2, 3)))
-
-
-    def build():
-        return Net().eval()
-
-
-    def slow():
-        return Net(pause=0.3).eval()
-    """
-)
-
 
 @pytest.fixture
 def net(tmp_path) -> Path:
@@ -81,66 +44,15 @@ def _png(path: Path, seed: int, side: int = 16) -> Path:
     return path
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    env.setdefault("KERAS_BACKEND", "torch")
-    return env
-
-
-def _as_a_user() -> None:
-    """``preexec_fn``: as root, drop CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) from the
-    bounding set, so that the program exec'd next has them not (PR_CAPBSET_DROP is 24)."""
-    if os.geteuid() != 0:
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (1, 2):
-        if libc.prctl(24, cap, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def _locked(folder: Path) -> Path:
     """``folder`` with mode 000, after checking that a child process is kept out of it."""
     folder.chmod(0)
     probe = subprocess.run([sys.executable, "-c", f"import os; os.listdir({str(folder)!r})"],
-                           preexec_fn=_as_a_user, capture_output=True, timeout=60)
+                           preexec_fn=as_a_user, capture_output=True, timeout=60)
     if probe.returncode == 0:
         folder.chmod(0o755)
         pytest.skip("permissions do not apply to this user (root that cannot drop its powers)")
     return folder
-
-
-#: runs camlens.cli.main on each argv of a JSON list in one process (one torch import), each
-#: with its own stderr; an exception that escapes main is recorded as a traceback
-RUNNER = textwrap.dedent(
-    """
-    import contextlib, io, json, sys, traceback
-    from camlens.cli import main
-
-    results = []
-    for argv in json.loads(sys.argv[1]):
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                rc = main(argv)
-            except SystemExit as exc:
-                rc = exc.code
-            except BaseException:
-                traceback.print_exc()
-                rc = "raised"
-        results.append({"rc": rc, "err": err.getvalue()})
-    print(json.dumps(results))
-    """
-)
-
-
-def _run_cli(commands: list[list[str]], cwd: Path, timeout: float = 180) -> list[dict]:
-    out = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(commands)], cwd=cwd, env=_env(),
-                         preexec_fn=_as_a_user, capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _one_line(result: dict, *words: str) -> str:
@@ -162,7 +74,7 @@ def test_bad_image_paths_are_skipped_with_a_line_each_and_the_run_goes_on(net, t
     os.symlink("gone.png", tmp_path / "dangling.png")
     bad = ["locked/inside.png", "pipe.png", "loop_a.png", "dangling.png"]
     try:
-        [run] = _run_cli([["explain", f"{net}:build", "locked/inside.png", "good.png", "pipe.png",
+        [run] = run_cli([["explain", f"{net}:build", "locked/inside.png", "good.png", "pipe.png",
                            "loop_a.png", "dangling.png", "-o", "out"]], cwd=tmp_path)
     finally:
         (tmp_path / "locked").chmod(0o755)
@@ -185,7 +97,7 @@ def test_an_unreadable_folder_and_output_that_cannot_be_written_are_one_line_eac
     _locked(tmp_path / "photos" / "private")
     model = f"{net}:build"
     try:
-        runs = _run_cli([
+        runs = run_cli([
             ["explain", model, "photos", "-o", "out"],
             ["explain", model, "c.png", "-o", "ro"],
             ["explain", model, "c.png", "-o", "ro/new"],
@@ -248,7 +160,7 @@ def test_every_broken_model_file_is_one_line_and_exit_2(tmp_path, capsys):
 def test_a_named_pipe_as_model_does_not_hang(tmp_path):
     os.mkfifo(tmp_path / "model.keras")
     done = subprocess.run([sys.executable, "-m", "camlens", "layers", str(tmp_path / "model.keras")],
-                          env=_env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     _one_line({"err": done.stderr}, "model.keras", "not a regular file")
 
@@ -257,36 +169,19 @@ def test_a_named_pipe_as_model_does_not_hang(tmp_path):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_during_explain_leaves_whole_files_and_results_of_the_images_done(net, tmp_path, sig, code):
-    for k in range(6):
-        _png(tmp_path / "photos" / f"im{k}.png", k, side=32)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "camlens", "explain", f"{net}:slow", "photos", "--batch-size", "1",
-         "-o", "out"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.png")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, err
+def test_a_signal_during_explain_leaves_whole_files_and_results_of_the_images_done(tmp_path, sig, code):
+    run = interrupt_explain(tmp_path, sig)
+    err = run["err"]
+    assert run["rc"] == code, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
     name = "" if sig == signal.SIGINT else " by SIGTERM"
     m = re.fullmatch(rf"camlens: interrupted{name}: (\d) of 6 images done; out/results.json lists them", last)
     assert m, err
-    results = json.loads((out / "results.json").read_text())
-    assert 1 <= len(results["images"]) == int(m.group(1)) < 6
-    listed = {f for r in results["images"] for f in r["files"]}
-    assert len(listed) == 2 * len(results["images"])  # an overlay and a heatmap each
-    assert {p.name for p in out.iterdir()} == listed | {"results.json"}  # no partial or hidden file
-    for f in listed:
-        with Image.open(out / f) as im:
-            im.load()  # a truncated PNG raises here
+    listed = run["listed"]
+    assert 1 <= len(listed) // 2 == int(m.group(1)) < 6  # an overlay and a heatmap each
+    assert run["present"] == sorted(listed + ["results.json"])  # no partial or hidden file
+    assert run["whole"] == sorted(listed)
 
 
 def test_explain_files_interrupted_lists_exactly_the_images_written(tmp_path):
