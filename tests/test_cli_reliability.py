@@ -72,16 +72,18 @@ def test_bad_image_paths_are_skipped_with_a_line_each_and_the_run_goes_on(net, t
     os.symlink("loop_b.png", tmp_path / "loop_a.png")
     os.symlink("loop_a.png", tmp_path / "loop_b.png")
     os.symlink("gone.png", tmp_path / "dangling.png")
-    bad = ["locked/inside.png", "pipe.png", "loop_a.png", "dangling.png"]
+    _png(tmp_path / "private.png", 2).chmod(0)
+    bad = ["locked/inside.png", "pipe.png", "loop_a.png", "dangling.png", "private.png"]
     try:
         [run] = run_cli([["explain", f"{net}:build", "locked/inside.png", "good.png", "pipe.png",
-                           "loop_a.png", "dangling.png", "-o", "out"]], cwd=tmp_path)
+                          "loop_a.png", "dangling.png", "private.png", "-o", "out"]], cwd=tmp_path)
     finally:
         (tmp_path / "locked").chmod(0o755)
     assert run["rc"] == 1 and "Traceback" not in run["err"], run["err"]
     skipped = [ln for ln in run["err"].splitlines() if ln.startswith("camlens: skipped ")]
     assert [ln.split()[2].rstrip(":") for ln in skipped] == bad, run["err"]
-    for line, why in zip(skipped, ("permission denied", "named pipe", "loop", "does not exist")):
+    whys = ("permission denied", "named pipe", "loop", "does not exist", "permission denied; fix")
+    for line, why in zip(skipped, whys):
         assert why in line, line
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["image"] for r in results["images"]] == [good.name]

@@ -123,6 +123,8 @@ def _read_image(path: str, size: Any, channels: int) -> np.ndarray:
     if info is not None and not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
         raise ImageError(f"{path}: not a regular file (a named pipe, socket or device); give "
                          "an image file")
+    if info is not None and stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
+        raise ImageError(f"{path}: permission denied; fix its permissions (chmod u+r)")
     try:
         return load_image(path, size, channels=channels)
     except ImageError:
