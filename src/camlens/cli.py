@@ -467,6 +467,7 @@ def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) ->
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _output_folder(args.out)
     try:
         return run_demo(args.out, _names(args.method), args.image, layer=args.layer)
     except ImportError as exc:
