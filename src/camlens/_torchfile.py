@@ -20,6 +20,17 @@ Both file layouts torch writes are read:
 
 Tensors are rebuilt from (storage, offset, size, stride), so views, slices and transposes come
 back as the values torch would show, as contiguous numpy arrays that own their memory.
+
+Memory is bounded by the file, not by what the pickle claims: every storage must be present in
+full (its zip entry or its bytes in a legacy file), and everything the reader allocates
+(storages read, arrays built) must fit a budget of 4 times the file's size, at least 256 MiB
+(``max_bytes=`` sets another). Why 4: a state dict's arrays are copies of its storages, so a
+real file needs about twice its size (storages + arrays); tied weights and views of one storage
+add a little; 4 leaves room for those and refuses a few hundred bytes that ask for gigabytes
+(a stride-0 tensor, one storage referenced by hundreds of tensors, a highly compressed zip
+entry: torch.save never compresses). The 256 MiB floor lets a small file hold an expanded
+buffer. Anything unexpected while reading (an overflow, objects nested too deeply or referring
+to themselves) is a :class:`TorchFileError` naming the file, never another exception.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ __all__ = ["TorchFileError", "UnsafeFileError", "load", "load_state_dict"]
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _MAX_EXPANDED_ELEMENTS = 1 << 28
+#: the least the reader may allocate for any file (see the module's docstring)
+_MIN_BUDGET = 256 << 20
+#: the reader may allocate this many times the file's size
+_BUDGET_FACTOR = 4
 
 
 class TorchFileError(ValueError):
@@ -48,6 +63,29 @@ class TorchFileError(ValueError):
 
 class UnsafeFileError(TorchFileError):
     """The pickle names something other than the plain data a weight file is made of."""
+
+
+class _Budget:
+    """What the reader may still allocate for one file; :meth:`take` is asked before every
+    allocation whose size the file decides."""
+
+    __slots__ = ("file_size", "limit", "path", "used")
+
+    def __init__(self, path: str, file_size: int, limit: int | None) -> None:
+        self.path = path
+        self.file_size = file_size
+        self.limit = limit if limit is not None else max(_MIN_BUDGET, _BUDGET_FACTOR * file_size)
+        self.used = 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        if self.used + nbytes > self.limit:
+            raise TorchFileError(
+                f"{self.path}: {what} needs {nbytes} bytes, past the {self.limit} bytes this "
+                f"{self.file_size}-byte file may expand to ({_BUDGET_FACTOR} times its size, at "
+                f"least {_MIN_BUDGET >> 20} MiB): refused as implausible; if the file is yours, "
+                "pass max_bytes= to camlens._torchfile.load"
+            )
+        self.used += nbytes
 
 
 # -- storages ---------------------------------------------------------------------------------
@@ -154,19 +192,20 @@ class _TensorRef:
         if self.offset < 0:
             raise TorchFileError(f"corrupt torch file: negative storage offset {self.offset}")
 
-    def materialize(self) -> np.ndarray:
+    def materialize(self, budget: _Budget) -> np.ndarray:
         flat = self.storage.data
         if flat is None:
             raise TorchFileError(f"corrupt torch file: storage {self.storage_key()!r} has no data")
         stype = self.storage.stype
         count = int(np.prod(self.size, dtype=object)) if self.size else 1
-        if count > max(flat.size, _MAX_EXPANDED_ELEMENTS):
+        if count > max(flat.size, _MAX_EXPANDED_ELEMENTS) or max(self.size, default=0) >= 1 << 62:
             # Only stride-0 (expanded) tensors hold more elements than their storage; a huge
             # one would exhaust memory when copied out.
             raise TorchFileError(
                 f"corrupt torch file: a tensor of size {self.size} ({count} elements) built on "
                 f"{flat.size} stored elements is implausibly large"
             )
+        budget.take(count * (4 if stype.bfloat16 else flat.itemsize), f"a tensor of size {self.size}")
         if any(n == 0 for n in self.size):
             out = np.empty(self.size, dtype=flat.dtype)
         else:
@@ -181,7 +220,8 @@ class _TensorRef:
             view = np.lib.stride_tricks.as_strided(
                 base,
                 shape=self.size,
-                strides=tuple(s * flat.itemsize for s in self.stride),
+                # a dimension of size 1 is never stepped along: its stride may be anything
+                strides=tuple(s * flat.itemsize if n > 1 else 0 for n, s in zip(self.size, self.stride)),
                 writeable=False,
             )
             out = np.array(view, copy=True, order="C")
@@ -267,26 +307,38 @@ def _unpickle(file: BinaryIO, storage_for: Any = None) -> Any:
         raise TorchFileError(f"not a readable torch file: {type(exc).__name__}: {exc}") from exc
 
 
-def _materialize(obj: Any) -> Any:
-    """Replace every tensor reference in a loaded object by its numpy array."""
+def _materialize(obj: Any, budget: _Budget, memo: dict[int, Any] | None = None) -> Any:
+    """Replace every tensor reference in a loaded object by its numpy array.
+
+    ``memo``: what each tensor, dict and list became, by identity: a tensor the pickle
+    references many times is built once (and is one array, as it is one tensor in torch), and
+    a list that contains itself becomes one, instead of recursing forever."""
+    memo = {} if memo is None else memo
+    key = id(obj)
+    if key in memo:
+        return memo[key]
     if isinstance(obj, _TensorRef):
-        return obj.materialize()
-    if isinstance(obj, dict):
-        out = type(obj)() if type(obj) in (dict, collections.OrderedDict) else {}
-        for k, v in obj.items():
-            out[k] = _materialize(v)
+        memo[key] = out = obj.materialize(budget)
         return out
+    if isinstance(obj, dict):
+        built: Any = type(obj)() if type(obj) in (dict, collections.OrderedDict) else {}
+        memo[key] = built
+        for k, v in obj.items():
+            built[k] = _materialize(v, budget, memo)
+        return built
     if isinstance(obj, list):
-        return [_materialize(v) for v in obj]
+        memo[key] = items = []
+        items.extend(_materialize(v, budget, memo) for v in obj)
+        return items
     if isinstance(obj, tuple):
-        return tuple(_materialize(v) for v in obj)
+        return tuple(_materialize(v, budget, memo) for v in obj)
     return obj
 
 
 # -- the zip layout ---------------------------------------------------------------------------
 
 
-def _load_zip(path: str) -> Any:
+def _load_zip(path: str, budget: _Budget) -> Any:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as exc:
@@ -323,6 +375,14 @@ def _load_zip(path: str) -> Any:
                 raise TorchFileError(
                     f"{path}: storage {key!r} holds {info.file_size} bytes, {expected} expected"
                 )
+            stored = info.compress_size if info.compress_type != zipfile.ZIP_STORED else info.file_size
+            if info.header_offset + stored > budget.file_size or (
+                    info.compress_type == zipfile.ZIP_STORED and info.compress_size < info.file_size):
+                raise TorchFileError(
+                    f"{path}: storage {key!r} claims {info.file_size} bytes, which the file does "
+                    f"not hold (it has {budget.file_size}): truncated or corrupt"
+                )
+            budget.take(info.file_size, f"storage {key!r}")  # what archive.read allocates
             try:
                 raw = archive.read(entry)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -337,7 +397,7 @@ def _load_zip(path: str) -> Any:
                 obj = _unpickle(io.BytesIO(fh.read()), storage_for)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise TorchFileError(f"{path}: data.pkl cannot be read (truncated?): {exc}") from exc
-        return _materialize(obj)
+        return _materialize(obj, budget)
 
 
 # -- the legacy layout ------------------------------------------------------------------------
@@ -352,8 +412,8 @@ def _read_exact(fh: BinaryIO, n: int, path: str, what: str) -> bytes:
     return data
 
 
-def _load_legacy(path: str) -> Any:
-    file_size = os.path.getsize(path)
+def _load_legacy(path: str, budget: _Budget) -> Any:
+    file_size = budget.file_size
     with open(path, "rb") as fh:
         try:
             magic = _unpickle(fh)
@@ -421,46 +481,61 @@ def _load_legacy(path: str) -> Any:
                     f"{storage.numel} expected"
                 )
             dtype = np.dtype(order + storage.stype.dtype)
+            budget.take(count * dtype.itemsize, f"storage {key!r}")
             raw = _read_exact(fh, count * dtype.itemsize, path, f"storage {key!r}")
             storage.data = np.frombuffer(raw, dtype=dtype, count=count)
 
     missing = [k for k, s in roots.items() if s.data is None]
     if missing:
         raise TorchFileError(f"{path}: corrupt torch file: no data for storages {missing[:5]}")
-    return _materialize(obj)
+    return _materialize(obj, budget)
 
 
 # -- entry points -----------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike[str]) -> Any:
+def load(path: str | os.PathLike[str], max_bytes: int | None = None) -> Any:
     """The object saved in a torch file, with every tensor as a numpy array.
 
     Raises :class:`UnsafeFileError` when the file names anything a weight file has no use for
-    (nothing it names is called first), and :class:`TorchFileError` for files that are not torch
-    files, are truncated or corrupt.
+    (nothing it names is called first), and :class:`TorchFileError` (every message names the
+    file) for files that are not torch files, are truncated or corrupt, or would expand past
+    ``max_bytes`` (default: 4 times the file's size, at least 256 MiB; see the module's
+    docstring). ``OSError`` only where the file itself cannot be opened.
     """
     path = os.fspath(path)
     with open(path, "rb") as fh:
         head = fh.read(4)
+        size = os.fstat(fh.fileno()).st_size
     if not head:
         raise TorchFileError(f"{path}: the file is empty")
-    if head.startswith(b"PK"):
-        return _load_zip(path)
-    if head[:1] == b"\x80":  # a pickle's PROTO opcode: the legacy layout
-        return _load_legacy(path)
-    if zipfile.is_zipfile(path):  # a zip with something prepended
-        return _load_zip(path)
+    budget = _Budget(path, size, max_bytes)
+    try:
+        if head.startswith(b"PK"):
+            return _load_zip(path, budget)
+        if head[:1] == b"\x80":  # a pickle's PROTO opcode: the legacy layout
+            return _load_legacy(path, budget)
+        if zipfile.is_zipfile(path):  # a zip with something prepended
+            return _load_zip(path, budget)
+    except TorchFileError as exc:
+        if path in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+    except RecursionError as exc:
+        raise TorchFileError(f"{path}: not a readable torch file: its objects are nested too "
+                             "deeply for a state dict") from exc
+    except Exception as exc:  # an overflow, an odd shape: anything not foreseen is still ours
+        raise TorchFileError(f"{path}: not a readable torch file ({type(exc).__name__}: {exc})") from exc
     raise TorchFileError(f"{path}: not a PyTorch weight file (neither a zip archive nor a pickle)")
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike[str], max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """A state dict saved with ``torch.save`` as ``{name: numpy array}``, without torch.
 
     Checkpoints that wrap the state dict (``{"state_dict": {...}}`` or ``{"model": {...}}``) are
-    unwrapped. Non-tensor entries are left out.
+    unwrapped. Non-tensor entries are left out. ``max_bytes``: as for :func:`load`.
     """
-    obj = load(path)
+    obj = load(path, max_bytes)
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(wrapper)

@@ -3,17 +3,22 @@
 ``camlens evaluate MODEL IMAGE...`` and ``camlens app [MODEL]``.
 
 Exit status: 0 when everything worked, 1 when some images failed (the others are still done),
-2 for a bad command line or a model that cannot be used.
+2 for a bad command line, a model that cannot be used or a file that cannot be written; 130
+after Ctrl-C and 143 after SIGTERM (``camlens explain`` first writes ``results.json`` for the
+images done).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 if TYPE_CHECKING:
     from .models import Bundled
@@ -246,6 +251,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
     images = _images(args.images)
+    _output_folder(args.out)
     model = _load_model(args.model)
     _input_geometry(model, args.size, "camlens.explain(model, [a, b])")  # in the CLI's words
     with tqdm(total=len(images), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
@@ -260,6 +266,25 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return _skipped(message for _, message in done.failed)
 
 
+def _output_folder(out: str) -> None:
+    """``-o`` must be a folder that can be written, or one that can be made: said before the
+    model loads, not as a traceback after it ran."""
+    from .files import check_output_folder
+
+    check_output_folder(out, "-o")
+
+
+def _output_file(path: str, flag: str) -> None:
+    """The folder of an output file (``report -o``, ``evaluate --json``) must be writable, and
+    the path not a folder: said before the work, not as a traceback after it."""
+    from .files import check_output_folder
+
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path}: is a folder; give a file name such as {Path(path) / 'out'}"
+                         f"{'.html' if flag == '-o' else '.json'}")
+    check_output_folder(Path(path).parent, flag)
+
+
 def _skipped(messages: Iterable[str]) -> int:
     """Says which images were skipped and why; the exit status: 1 if any was, else 0."""
     said = 0
@@ -270,7 +295,8 @@ def _skipped(messages: Iterable[str]) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from .features import LAYER_SETS, feature_maps
-    from .io import ImageError, as_preprocess, load_image
+    from .files import _read_image
+    from .io import ImageError, as_preprocess
     from .viz.color import _get_cmap
 
     if args.max_channels < 1:
@@ -280,10 +306,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
         raise UsageError(f"--layers is empty; give {', '.join(LAYER_SETS)} or layer names")
     layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
     _get_cmap(args.cmap)  # fail before the model loads
+    _output_folder(args.out)
     model, lite, size, channels = _chosen_model(args, "camlens.feature_maps(model, [a, b])")
     prep = lite.preprocess if lite is not None else as_preprocess(args.preprocess)
     try:
-        pixels = load_image(args.image, size, channels=channels)
+        pixels = _read_image(args.image, size, channels)
     except ImageError as exc:
         return _skipped([str(exc)])
     fmaps = feature_maps(model, prep(pixels), layers)
@@ -328,6 +355,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     methods = _names(args.methods)
     metrics = _names(args.metrics)
     check_options(methods, metrics, args.top)  # bad names fail before the model loads
+    _output_file(args.out, "-o")
     options: dict[str, Any] = {}
     images = _images(args.images)
     if args.model == "bundled":
@@ -396,6 +424,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                  flag=lambda name: "--" + name.replace("_", "-"))
     if problems:
         raise UsageError(*problems)
+    if args.json:
+        _output_file(args.json, "--json")
     images = _images(args.images)
     model, lite, _, _ = _chosen_model(args, "camlens.metrics")
 
@@ -415,7 +445,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"lower is better: {', '.join(low)}" if low else "",
             f"higher is better: {', '.join(high)}" if high else "") if part))
     if args.json and done.methods:
-        Path(args.json).write_text(json.dumps({"model": args.model, **done.to_dict()}, indent=2))
+        from .viz import write_atomic
+
+        write_atomic(args.json, json.dumps({"model": args.model, **done.to_dict()}, indent=2))
         print(f"wrote {args.json}")
     return _skipped(message for _, message in done.failed)
 
@@ -435,6 +467,7 @@ def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) ->
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _output_folder(args.out)
     try:
         return run_demo(args.out, _names(args.method), args.image, layer=args.layer)
     except ImportError as exc:
@@ -456,10 +489,91 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 _USAGE_ERRORS = (UsageError, ValueError, TypeError, NotImplementedError)
 
 
+class _Stop(KeyboardInterrupt):
+    """SIGTERM as the command line sees it: a ``KeyboardInterrupt``, so that everything that
+    puts a model back or finishes files on Ctrl-C does the same on SIGTERM."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool = True) -> Iterator[dict[str, int]]:
+    """While a command runs, SIGINT and SIGTERM raise :class:`KeyboardInterrupt` (``_Stop``) in
+    the main thread, once: the ``dict`` says which signal came (``"signum"``). A second one
+    while the command stops (restoring the model, writing ``results.json``) is ignored so that
+    the clean-up finishes; a third ends the process at once. Only the command line does this:
+    the library installs no signal handler. A signal ignored when camlens started (``nohup``,
+    a shell's background job) stays ignored; the old handlers come back afterwards."""
+    came: dict[str, int] = {}
+    if not enabled or threading.current_thread() is not threading.main_thread():  # signal() needs it
+        yield came
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        came["count"] = came.get("count", 0) + 1
+        if came["count"] == 1:
+            came["signum"] = signum
+            if not came.get("closing"):  # else the command is done: main says it and exits
+                raise _Stop(signum)
+        if came["count"] >= 3:
+            os._exit(128 + came["signum"])
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield came
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt, came: dict[str, int]) -> int:
+    """The one line said after an interrupt, and the exit status: 128 + the signal's number
+    (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process a signal ended."""
+    from .files import Interrupted
+
+    signum = came.get("signum", signal.SIGINT)
+    what = "interrupted" if signum == signal.SIGINT else f"interrupted by {signal.Signals(signum).name}"
+    if isinstance(exc, Interrupted):
+        done, total = exc.done, exc.total
+        tail = (f"{done.results} lists them" if done.results is not None
+                else "nothing was written")
+        print(f"camlens: {what}: {len(done.images)} of {total} images done; {tail}", file=sys.stderr)
+    else:
+        print(f"camlens: {what}; files already written are complete", file=sys.stderr)
+    return 128 + int(signum)
+
+
+def _os_error(exc: OSError) -> str:
+    """An ``OSError`` as one line: the file, what went wrong, and for the usual ones the fix."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else "camlens"
+    fix = {errno.ENOSPC: "; free some space or write elsewhere (-o)",
+           errno.EACCES: "; fix the permissions or write elsewhere (-o)",
+           errno.EROFS: "; write elsewhere (-o)"}.get(exc.errno or 0, "")
+    return f"{where}: {exc.strerror or exc}{fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
+    # the app's server handles its own signals (and its Ctrl-C is its normal end)
+    with _stop_on_signals(args.command != "app") as came:
+        try:
+            code = _run(args)
+        except KeyboardInterrupt as exc:  # also one that came while an error was being said
+            code = _interrupted(exc, came)
+        came["closing"] = 1
+    if "signum" in came and code < 128:  # a signal as the command finished: its status
+        code = 128 + int(came["signum"])
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with its errors said in one line each (:data:`_USAGE_ERRORS` and
+    ``OSError``); the exit status."""
     try:
         return _COMMANDS[args.command](args)
     except _USAGE_ERRORS as exc:
@@ -467,6 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"camlens: {line}", file=sys.stderr)
         if isinstance(exc, UsageError) and exc.system_exit:
             raise SystemExit(2) from None
+        return 2
+    except OSError as exc:  # a disk that filled up, a folder made read-only while writing
+        print(f"camlens: {_os_error(exc)}", file=sys.stderr)
         return 2
 
 

@@ -84,8 +84,8 @@ def run_demo(
     rows = [[shown[i], *overlays[n]] for i, n in enumerate(names)]
     titles = [[f"{n}: {results[n]['top3'][0]['name']}", *methods] for n in names]
     fig = viz.panel(rows, titles=titles)
-    (out_dir / "summary.png").write_bytes(viz.figure_to_png_bytes(fig, dpi=80))
-    (out_dir / "summary.json").write_text(json.dumps(
+    viz.write_atomic(out_dir / "summary.png", viz.figure_to_png_bytes(fig, dpi=80))
+    viz.write_atomic(out_dir / "summary.json", json.dumps(
         {"model": "efficientnet_lite0", "layer": layer_reason, "methods": list(methods),
          "images": results, "failed": failed}, indent=2))
     print(f"layer: {layer_reason}")

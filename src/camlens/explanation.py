@@ -253,7 +253,7 @@ class Explanation:
         meta = self.to_dict()
         meta["files"] = [p.name for p in written]
         meta["names"] = list(names)
-        (out / "explanation.json").write_text(json.dumps(meta, indent=2))
+        viz.write_atomic(out / "explanation.json", json.dumps(meta, indent=2))
         written.append(out / "explanation.json")
         return written
 

@@ -124,7 +124,7 @@ class FeatureMaps:
             _, shown = viz.feature_grid_array(acts, max_channels=max_channels, rank=rank)
             fig = viz.feature_grid(acts, layer=label, max_channels=max_channels, cmap=cmap, rank=rank)
             path = out / f"{name}.png"
-            path.write_bytes(viz.figure_to_png_bytes(fig, dpi=dpi))
+            viz.write_atomic(path, viz.figure_to_png_bytes(fig, dpi=dpi))
             written.append(path)
             entries.append({
                 "file": path.name,
@@ -135,12 +135,12 @@ class FeatureMaps:
                 "channels_total": int(acts.shape[-1]),
             })
         overview = out / "overview.png"
-        overview.write_bytes(viz.figure_to_png_bytes(
+        viz.write_atomic(overview, viz.figure_to_png_bytes(
             viz.feature_overview(self, index=index, cmap=cmap, rank=rank), dpi=dpi))
         written.append(overview)
         meta = {"sample": index, "rank": rank, "reason": self.reason,
                 "overview": overview.name, "layers": entries}
-        (out / "index.json").write_text(json.dumps(meta, indent=2))
+        viz.write_atomic(out / "index.json", json.dumps(meta, indent=2))
         written.append(out / "index.json")
         return written
 

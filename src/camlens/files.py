@@ -15,13 +15,15 @@ support) before or while the images are explained.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["ExplainedFiles", "EvaluatedFiles", "explain_files", "evaluate_files", "evaluate_problems"]
+__all__ = ["ExplainedFiles", "EvaluatedFiles", "Interrupted", "explain_files", "evaluate_files",
+           "evaluate_problems", "check_output_folder"]
 
 #: ``progress(n)``: ``n`` more images are done (explained, or failed to read)
 Progress = Callable[[int], None]
@@ -50,6 +52,85 @@ class ExplainedFiles:
         """Every file written: the PNGs, then ``results.json``."""
         files = [self.out / name for row in self.images for name in row["files"]]
         return files + ([self.results] if self.results is not None else [])
+
+
+class Interrupted(KeyboardInterrupt):
+    """:func:`explain_files` was interrupted (Ctrl-C, or what a caller turns SIGTERM into) after
+    writing ``done.images`` (every file of those is whole; ``done.results`` lists exactly them)
+    out of ``total`` images. A ``KeyboardInterrupt``, so that code which stops on one still
+    does; raised from the original interrupt."""
+
+    def __init__(self, done: ExplainedFiles, total: int) -> None:
+        super().__init__(f"interrupted: {len(done.images)} of {total} images done")
+        self.done = done
+        self.total = total
+
+
+def check_output_folder(out: str | Path, flag: str = "out") -> Path:
+    """Fails now, with a message naming ``out`` and the fix, where writing into the folder
+    ``out`` would fail later (after the model has run): ``out`` is a file, or it (or, when it
+    does not exist yet, the nearest folder above it, where it would be made) cannot be written
+    to. Makes nothing: a missing folder is made when the first file is written. ``flag``: how
+    the caller names the option (``-o``)."""
+    import errno
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder}: is a file, not a folder; give a folder name (it is "
+                         "made if missing), or move the file away")
+    probe_in = folder
+    while not probe_in.exists() and probe_in != probe_in.parent:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        raise ValueError(f"{flag} {folder}: {probe_in} is a file, so the folder cannot be made "
+                         "there; give another folder name")
+    probe = probe_in / f".camlens-write-test-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        where = "the folder" if probe_in == folder else f"{probe_in} (where it would be made)"
+        why = "it is read-only" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else exc.strerror
+        raise ValueError(f"{flag} {folder}: cannot write in {where}: {why}; give a folder you "
+                         "can write to") from None
+    return folder
+
+
+def _read_image(path: str, size: Any, channels: int) -> np.ndarray:
+    """:func:`camlens.io.load_image`, with the problems of the file itself (a folder on the way
+    that cannot be read, a link loop, a named pipe, which would block the reader forever) said
+    before anything opens it, and any other ``OSError`` as the image's :class:`ImageError`: a
+    folder loop goes on with the next image."""
+    import errno
+    import stat
+
+    from .io import ImageError, load_image
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageError(f"{path}: a symbolic link to a file that does not exist") from None
+        info = None  # load_image says "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(f"{path}: a symbolic link loop (the link points back at itself); "
+                             "give the image file") from None
+        if exc.errno == errno.EACCES:
+            raise ImageError(f"{path}: permission denied (a folder on the way cannot be "
+                             "read); fix its permissions (chmod u+rx)") from None
+        raise ImageError(f"{path}: cannot be read ({exc.strerror})") from None
+    if info is not None and not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+        raise ImageError(f"{path}: not a regular file (a named pipe, socket or device); give "
+                         "an image file")
+    if info is not None and stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
+        raise ImageError(f"{path}: permission denied; fix its permissions (chmod u+r)")
+    try:
+        return load_image(path, size, channels=channels)
+    except ImageError:
+        raise
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 def explain_files(
@@ -88,12 +169,18 @@ def explain_files(
         progress: called as ``progress(n)`` when ``n`` more images are done.
 
     Returns the :class:`ExplainedFiles`; an image that cannot be read is in its ``failed``.
+
+    Every file is written whole or not at all (:func:`camlens.viz.write_atomic`), and an
+    image's files are listed only once all of them are written. Interrupted (Ctrl-C) or
+    stopped by an error, it finishes the PNGs being encoded, writes ``results.json`` for the
+    images done, then raises: :class:`Interrupted` (a ``KeyboardInterrupt`` with ``done``) for
+    an interrupt, the error itself otherwise.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from ._args import batches
     from ._explain import explain
-    from .io import ImageError, as_preprocess, image_files, load_image, safe_name, unique_names
+    from .io import ImageError, as_preprocess, image_files, unique_names
     from .methods import get_method
 
     if batch_size < 1:
@@ -103,36 +190,31 @@ def explain_files(
     prep = as_preprocess(preprocess)
     images = image_files([str(p) for p in paths])
     (h, w), c = _check_model(model, method, layer, size)
+    check_output_folder(out)
     name = method if isinstance(method, str) else get_method(method).name
     done = ExplainedFiles(out=Path(out), method=name)
-    reasons: list[str] = []
     order = list(zip(images, unique_names(images)))
     step = progress if progress is not None else (lambda n: None)
-    pending: tuple[Any, Any, Any] | None = None
+    # (group, explanation, files) per batch whose files are all written, appended by the writer
+    # thread itself once exp.save returns: an interrupt in this thread cannot come between
+    # writing the files and recording them
+    saved: list[tuple[list[tuple[str, str, Any]], Any, list[Path]]] = []
+    pending: tuple[Any, int] | None = None  # (the save of the last batch, its size)
 
-    def finish(save: Any, group: list[tuple[str, str, Any]], exp: Any) -> None:
-        files = save.result()
-        for i, (path, name, _) in enumerate(group):
-            done.images.append({
-                "image": path,
-                "score": float(exp.scores[i]),
-                "class": None if exp.class_indices is None else int(exp.class_indices[i]),
-                # save() names files "<safe name>_<method>_<layer>_..."; match all of that
-                # prefix so that "cat" does not also claim the files of "cat_2"
-                "files": [f.name for f in files if f.name.startswith(f"{safe_name(name)}_{exp.method}_")],
-            })
-        if exp.reason not in reasons:
-            reasons.append(exp.reason)
-        step(len(group))
+    def save(exp: Any, group: list[tuple[str, str, Any]], x: np.ndarray) -> None:
+        files = exp.save(done.out, images=x.astype(np.uint8) if c != 1 else x,
+                         names=[n for _, n, _ in group], cmap=cmap, alpha=alpha, write_json=False)
+        saved.append((group, exp, files))
 
-    with ThreadPoolExecutor(max_workers=1) as writer:  # PNG encoding releases the GIL
+    writer = ThreadPoolExecutor(max_workers=1)  # PNG encoding releases the GIL
+    try:
         for part in batches(len(order), batch_size):
             # images of one size are explained together (a model without a fixed size may get
             # several sizes in one batch)
             groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray]]] = {}
             for path, name in order[part]:
                 try:
-                    img = load_image(path, (h, w), channels=c)
+                    img = _read_image(path, (h, w), c)
                 except ImageError as exc:
                     done.failed.append((path, str(exc)))
                     step(1)
@@ -144,20 +226,58 @@ def explain_files(
                               output=output, batch_size=batch_size)
                 # the PNGs of this batch are written while the next batch is explained
                 if pending is not None:
-                    finish(*pending)
-                save = writer.submit(exp.save, done.out, images=x.astype(np.uint8) if c != 1 else x,
-                                     names=[n for _, n, _ in group], cmap=cmap, alpha=alpha,
-                                     write_json=False)
-                pending = (save, group, exp)
+                    pending[0].result()  # a failed save raises here
+                    step(pending[1])
+                pending = (writer.submit(save, exp, group, x), len(group))
+        writer.shutdown(wait=True)
         if pending is not None:
-            finish(*pending)
+            pending[0].result()
+            step(pending[1])
+    except BaseException as exc:
+        writer.shutdown(wait=True)  # the batch being written is finished: its files are whole
+        _record(done, saved)
+        if done.images:
+            try:
+                _write_results(done)
+            except OSError:
+                pass  # the first error is the one to report
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, Interrupted):
+            raise Interrupted(done, len(images)) from exc
+        raise
+    _record(done, saved)
     if done.images:
-        done.layer = "; ".join(reasons)
-        done.results = done.out / "results.json"
-        done.results.write_text(json.dumps(
-            {"method": done.method, "layer": done.layer, "images": done.images,
-             "failed": [{"image": p, "error": e} for p, e in done.failed]}, indent=2))
+        _write_results(done)
     return done
+
+
+def _record(done: ExplainedFiles, saved: list[tuple[list[tuple[str, str, Any]], Any, list[Path]]]) -> None:
+    """``done.images`` and ``done.layer`` from the batches whose files are written."""
+    from .io import safe_name
+
+    reasons: list[str] = []
+    done.images = []
+    for group, exp, files in saved:
+        for i, (path, name, _) in enumerate(group):
+            done.images.append({
+                "image": path,
+                "score": float(exp.scores[i]),
+                "class": None if exp.class_indices is None else int(exp.class_indices[i]),
+                # save() names files "<safe name>_<method>_<layer>_..."; match all of that
+                # prefix so that "cat" does not also claim the files of "cat_2"
+                "files": [f.name for f in files if f.name.startswith(f"{safe_name(name)}_{exp.method}_")],
+            })
+        if exp.reason not in reasons:
+            reasons.append(exp.reason)
+    done.layer = "; ".join(reasons)
+
+
+def _write_results(done: ExplainedFiles) -> None:
+    from .viz import write_atomic
+
+    done.results = done.out / "results.json"
+    write_atomic(done.results, json.dumps(
+        {"method": done.method, "layer": done.layer, "images": done.images,
+         "failed": [{"image": p, "error": e} for p, e in done.failed]}, indent=2))
 
 
 def _check_model(model: Any, method: Any, layer: Any, size: tuple[int, int] | None) -> tuple[tuple[Any, Any], int]:
@@ -278,7 +398,7 @@ def evaluate_files(
     methods before it have been reported to ``on_method``).
     """
     from ._explain import explain
-    from .io import ImageError, as_preprocess, image_files, load_image
+    from .io import ImageError, as_preprocess, image_files
     from .metrics import DEFAULT_METRICS, METRICS, evaluate
 
     names = list(DEFAULT_METRICS if metrics is None else metrics)
@@ -294,7 +414,7 @@ def evaluate_files(
     groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
     for path in images:
         try:
-            img = load_image(path, hw if resize else None, channels=channels)
+            img = _read_image(path, hw if resize else None, channels)
         except ImageError as exc:
             done.failed.append((path, str(exc)))
             continue

@@ -95,18 +95,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def image_files(paths: "list[str] | tuple[str, ...]") -> list[str]:
     """The image files of ``paths``: a file is kept as given (a bad one fails later, with its
     name), a folder gives its image files (by suffix, at any depth, sorted; hidden files and
-    folders skipped). Raises ValueError for a folder that holds no image file."""
+    folders skipped; links to folders not followed, so a link loop cannot recurse). Raises
+    ValueError for a folder that holds no image file, and for one that cannot be read or holds
+    a subfolder that cannot be read: its images would be left out without a word."""
     out: list[str] = []
     for item in paths:
         p = Path(item)
-        if not p.is_dir():
+        if not os.path.isdir(p):  # False, not PermissionError, in a folder that cannot be read
             out.append(str(item))
             continue
-        found = sorted(
-            str(f) for f in p.rglob("*")
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-        )
+        unreadable: list[OSError] = []
+        found = []
+        for top, dirs, names in os.walk(p, onerror=unreadable.append):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [os.path.join(top, n) for n in names
+                      if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES
+                      and os.path.isfile(os.path.join(top, n))]  # isfile: no hang, no raise
+        if unreadable:
+            bad = unreadable[0]
+            raise ValueError(f"{bad.filename}: cannot read the folder ({bad.strerror}); fix "
+                             "its permissions (chmod u+rx) or give the folders you can read")
+        found.sort()
         if not found:
             raise ValueError(f"{p}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})")
         out.extend(found)
@@ -338,11 +347,10 @@ def load_model(path: str | os.PathLike[str]) -> Any:
     Python: give only files you trust. A ``FILE.py`` may import modules beside it.
     """
     text = os.fspath(path)
-    if _PYTHON_SPEC.match(text) and not Path(text).exists():  # a file named "a:b.keras" is a file
+    if _PYTHON_SPEC.match(text) and not os.path.lexists(text):  # a file named "a:b.keras" is a file
         return _load_python_model(text)
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such model file")
+    _check_model_file(p)
     if p.suffix not in (".keras", ".h5", ".hdf5"):
         hint = ""
         if p.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
@@ -352,9 +360,87 @@ def load_model(path: str | os.PathLike[str]) -> Any:
             f"{p}: camlens reads Keras models saved as .keras or .h5, or Python code as "
             f"FILE.py:NAME; got {p.suffix or 'no suffix'!r}.{hint}"
         )
+    _check_keras_container(p)
     from .adapters.keras import load_keras_file
 
-    return load_keras_file(p)
+    try:
+        return load_keras_file(p)
+    except ValueError as exc:
+        if "safe_mode" in str(exc) or "unsafe_deserialization" in str(exc):
+            raise ValueError(
+                f"{p}: the model holds Python code (a Lambda layer or a custom function), and "
+                "camlens loads Keras files with safe_mode=True, which refuses to run it. If you "
+                "trust the file, load it yourself with keras.saving.load_model(path, "
+                "safe_mode=False) and pass the model to camlens.explain, or on the command line "
+                "give FILE.py:NAME where NAME does that"
+            ) from exc
+        raise
+
+
+def _check_model_file(p: Path) -> None:
+    """Fails with a message naming ``p`` and the fix unless it is a regular, readable,
+    non-empty file. The one ``os.stat`` does not open the file: a named pipe would block a
+    reader forever, and Keras says "File not found" for a folder or an empty file."""
+    import errno
+    import stat
+
+    try:
+        info = p.stat()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: no such model file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{p}: a symbolic link that points back at itself (a loop); give "
+                             "the model file itself") from None
+        if exc.errno == errno.EACCES:
+            raise ValueError(f"{p}: permission denied (a folder on the way cannot be read); "
+                             "fix the permissions or copy the model somewhere readable") from None
+        raise ValueError(f"{p}: cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"{p}: is a folder, not a model file; give the .keras or .h5 file "
+                         "(a SavedModel folder loads with keras.layers.TFSMLayer in Python)")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{p}: not a regular file (a named pipe or a device); save the model "
+                         "to a file and give that")
+    if info.st_size == 0:
+        raise ValueError(f"{p}: the file is empty (0 bytes); was it saved or copied completely?")
+    if not os.access(p, os.R_OK):
+        raise ValueError(f"{p}: permission denied; fix the file's permissions (chmod +r)")
+
+
+def _check_keras_container(p: Path) -> None:
+    """A ``.keras`` file is a zip archive and an ``.h5`` one an HDF5 file: one that is not
+    (truncated, damaged, or another kind of file renamed) is refused here, with what it is,
+    because Keras says "File not found" for a damaged zip."""
+    import zipfile
+
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if p.suffix == ".keras":
+        if not zipfile.is_zipfile(p):
+            what = "truncated or damaged" if head.startswith(b"PK") else "not a zip archive"
+            raise ValueError(f"{p}: not a readable .keras file ({what}; a .keras model is a zip "
+                             "archive): save or download it again")
+        with zipfile.ZipFile(p) as archive:
+            if "config.json" not in archive.namelist():
+                raise ValueError(f"{p}: a zip archive but not a Keras model (no config.json); "
+                                 "save the model with model.save('model.keras')")
+    elif head != b"\x89HDF\r\n\x1a\n" and not _hdf5_at_offset(p):
+        raise ValueError(f"{p}: not an HDF5 file (an .h5 model starts with the HDF5 "
+                         "signature); save or download it again")
+
+
+def _hdf5_at_offset(p: Path) -> bool:
+    """HDF5 allows a user block before the signature, at 512, 1024, 2048, ... bytes."""
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        offset = 512
+        while offset + 8 <= size and offset <= 1 << 20:
+            fh.seek(offset)
+            if fh.read(8) == b"\x89HDF\r\n\x1a\n":
+                return True
+            offset *= 2
+    return False
 
 
 #: "models.py:build", "pkg.models:Net", "path/to/m.py:zoo.resnet" (not "C:\\models\\m.keras")
@@ -392,7 +478,7 @@ def _load_python_model(spec: str) -> Any:
         sys.path.insert(0, folder)  # so that the file can import its neighbours
         try:
             loader.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a script that calls sys.exit() at import, too
             raise ValueError(f"{spec}: running {file} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             sys.path.remove(folder)
@@ -401,6 +487,8 @@ def _load_python_model(spec: str) -> Any:
             module = importlib.import_module(source)
         except ImportError as exc:
             raise ValueError(f"{spec}: cannot import {source!r} ({exc}); give a file as FILE.py:{name}") from exc
+        except (Exception, SystemExit) as exc:
+            raise ValueError(f"{spec}: importing {source} failed: {type(exc).__name__}: {exc}") from exc
     obj: Any = module
     for part in name.split("."):
         if not hasattr(obj, part):
@@ -418,7 +506,7 @@ def _load_python_model(spec: str) -> Any:
     if not _is_model(obj) and (inspect.isclass(obj) or callable(obj)):
         try:
             obj = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise ValueError(f"{spec}: calling {name}() failed: {type(exc).__name__}: {exc}") from exc
         what = f"{name}()"
     if not _is_model(obj):

@@ -51,5 +51,7 @@ def write_report(
     report = collect(model, images, names, **options)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(report), encoding="utf-8")
+    from ..viz import write_atomic
+
+    write_atomic(out, render_html(report))  # whole or absent, also after SIGTERM
     return report

@@ -6,7 +6,7 @@ imported only by the functions that use them, so importing this package stays ch
 """
 
 from .color import colorize, draw_boxes, overlay, to_rgb_uint8
-from .figures import figure_to_png_bytes, panel, save_png
+from .figures import figure_to_png_bytes, panel, save_png, write_atomic
 from .grid import RANKS, feature_grid, feature_grid_array, feature_overview, rank_channels
 from .._image import NORMALIZE_MODES, normalize, resize_bilinear
 from .encode import data_uri
@@ -22,6 +22,7 @@ __all__ = [
     "panel",
     "figure_to_png_bytes",
     "save_png",
+    "write_atomic",
     "RANKS",
     "rank_channels",
     "feature_grid",

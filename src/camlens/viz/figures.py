@@ -15,7 +15,7 @@ from .color import to_rgb_uint8
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["panel", "figure_to_png_bytes", "save_png"]
+__all__ = ["panel", "figure_to_png_bytes", "save_png", "write_atomic"]
 
 _CELL_INCHES = 3.0
 
@@ -88,5 +88,33 @@ def save_png(array_uint8: np.ndarray, path: str | os.PathLike[str]) -> Path:
         raise ValueError(f"save_png needs (H, W), (H, W, 3) or (H, W, 4); got shape {arr.shape}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(arr)).save(out, format="PNG", compress_level=1)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", compress_level=1)
+    return write_atomic(out, buf.getvalue())
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` (``str``: as UTF-8) to ``path`` so that ``path`` is only ever absent, the
+    old file, or the whole new one: the bytes go to a hidden file beside it, which
+    ``os.replace`` then renames over ``path`` (atomic on one file system). A process stopped
+    half-way (SIGTERM, Ctrl-C, a full disk) leaves no truncated file under the real name, and
+    the hidden one is removed when Python gets to run its clean-up.
+
+    No ``fsync``: this guards against the process stopping, not against power loss, and a sync
+    per PNG would cost more than encoding it. The file gets the usual permissions (0666 less
+    the umask), not the 0600 of :mod:`tempfile`. Returns ``path`` as a ``Path``."""
+    out = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    temp = out.with_name(f".{out.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(temp, out)
+    except BaseException:  # KeyboardInterrupt too: no half-written hidden file stays behind
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
     return out
