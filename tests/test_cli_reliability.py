@@ -82,7 +82,7 @@ def test_bad_image_paths_are_skipped_with_a_line_each_and_the_run_goes_on(net, t
     assert run["rc"] == 1 and "Traceback" not in run["err"], run["err"]
     skipped = [ln for ln in run["err"].splitlines() if ln.startswith("camlens: skipped ")]
     assert [ln.split()[2].rstrip(":") for ln in skipped] == bad, run["err"]
-    whys = ("permission denied", "named pipe", "loop", "does not exist", "permission denied; fix")
+    whys = ("permission denied", "named pipe", "loop", "does not exist", "permission denied")
     for line, why in zip(skipped, whys):
         assert why in line, line
     results = json.loads((tmp_path / "out" / "results.json").read_text())

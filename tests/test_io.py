@@ -461,7 +461,7 @@ def test_no_permission_says_so(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "open", denied)
-    with pytest.raises(ImageError, match="locked.png: no permission to read the file"):
+    with pytest.raises(ImageError, match="locked.png: permission denied"):
         load_image(path)
 
 

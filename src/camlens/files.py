@@ -97,34 +97,11 @@ def check_output_folder(out: str | Path, flag: str = "out") -> Path:
 
 
 def _read_image(path: str, size: Any, channels: int) -> np.ndarray:
-    """:func:`camlens.io.load_image`, with the problems of the file itself (a folder on the way
-    that cannot be read, a link loop, a named pipe, which would block the reader forever) said
-    before anything opens it, and any other ``OSError`` as the image's :class:`ImageError`: a
-    folder loop goes on with the next image."""
-    import errno
-    import stat
-
+    """:func:`camlens.io.load_image` (which refuses what is not a regular, readable file
+    before reading it: a named pipe would block forever), with any other ``OSError`` as the
+    image's :class:`ImageError`: a folder loop goes on with the next image."""
     from .io import ImageError, load_image
 
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise ImageError(f"{path}: a symbolic link to a file that does not exist") from None
-        info = None  # load_image says "no such file"
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageError(f"{path}: a symbolic link loop (the link points back at itself); "
-                             "give the image file") from None
-        if exc.errno == errno.EACCES:
-            raise ImageError(f"{path}: permission denied (a folder on the way cannot be "
-                             "read); fix its permissions (chmod u+rx)") from None
-        raise ImageError(f"{path}: cannot be read ({exc.strerror})") from None
-    if info is not None and not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
-        raise ImageError(f"{path}: not a regular file (a named pipe, socket or device); give "
-                         "an image file")
-    if info is not None and stat.S_ISREG(info.st_mode) and not os.access(path, os.R_OK):
-        raise ImageError(f"{path}: permission denied; fix its permissions (chmod u+r)")
     try:
         return load_image(path, size, channels=channels)
     except ImageError:

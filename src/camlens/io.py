@@ -207,7 +207,8 @@ def _open_regular(p: Path, label: str) -> Any:
     except IsADirectoryError:  # Windows; on POSIX a folder opens and fstat says what it is
         raise ImageError(f"{label}: is a folder, not an image") from None
     except PermissionError:
-        raise ImageError(f"{label}: no permission to read the file") from None
+        raise ImageError(f"{label}: permission denied (the file, or a folder on the way, cannot be "
+                         "read); fix its permissions (chmod u+r, u+rx for a folder)") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ImageError(f"{label}: a loop of symbolic links, not an image") from None
