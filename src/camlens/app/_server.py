@@ -464,7 +464,7 @@ def serve(
 
     Ctrl+C stops it within about a second, running requests or not: they are cancelled (each
     stops at the model's next batch), the server closes, one line says so, and
-    ``KeyboardInterrupt`` is raised to the caller (the CLI exits 130)."""
+    ``KeyboardInterrupt`` is raised to the caller. ``time_limit``: as for :func:`create_app`."""
     import uvicorn
 
     model = None
@@ -481,7 +481,8 @@ def serve(
         )
     hosts = list(_LOOPBACK_NAMES) + [host] if loopback else None
     app = create_app(model, preprocess=preprocess, class_names=class_names,
-                     max_upload_bytes=max_upload_bytes, allowed_hosts=hosts, input_size=input_size)
+                     max_upload_bytes=max_upload_bytes, allowed_hosts=hosts, input_size=input_size,
+                     time_limit=time_limit)
     shown = f"[{host}]" if ":" in host else host
     print(f"camlens app: {app.state.session.name} on http://{shown}:{port}/  (Ctrl+C stops it)",
           file=sys.stderr)
