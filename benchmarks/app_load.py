@@ -240,10 +240,11 @@ def run(requests: int = 200, concurrency: int = 8, fuzz: int = 200, smoke: bool 
             conn.close()
             fast = [m["name"] for m in info["methods"] if not m["slow"]]
             layers = tuple(row["path"] for row in info["layers"])
-            load = []
+            load, chosen = [], []
             for i in range(requests):
                 name, data = rng.choice(pictures)
                 method = "gradcam" if i % 2 == 0 else rng.choice(fast)
+                chosen.append(method)
                 body, ctype = multipart([("file", (name, data)), ("method", method), ("target", "top")])
                 headers = {"Content-Type": ctype}
                 if i % 3 == 0:  # as the page sends it
@@ -263,6 +264,9 @@ def run(requests: int = 200, concurrency: int = 8, fuzz: int = 200, smoke: bool 
             app.stop()
     statuses = collections.Counter(s for s, _ in answers)
     latencies = [t for s, t in answers if s == 200]
+    per_method: dict[str, list[float]] = collections.defaultdict(list)
+    for m, (s, t) in zip(chosen, answers):
+        per_method[m].append(t)
     return {
         "model": info.get("model"), "requests": requests, "concurrency": concurrency,
         "statuses": dict(sorted(statuses.items())), "errors": sum(n for s, n in statuses.items() if s != 200),
@@ -272,6 +276,8 @@ def run(requests: int = 200, concurrency: int = 8, fuzz: int = 200, smoke: bool 
         "fuzz": fuzz, "fuzz_statuses": dict(sorted(collections.Counter(fuzz_answers).items())),
         "fuzz_5xx": sum(1 for s in fuzz_answers if s >= 500 or s == 0),
         "serving_after_fuzz": fuzz_serving, "info_status": info_status,
+        "methods": {m: {"requests": len(ts), "median_ms": 1000 * _percentile(ts, 50), "max_ms": 1000 * max(ts)}
+                    for m, ts in sorted(per_method.items())},
     }
 
 
@@ -302,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'fuzz':<6} {fuzz:>8} {concurrency:>7} {r['fuzz_5xx']:>6} {'-':>8} {'-':>8} {'-':>7} "
           f"{_fmt(r['peak_rss_mb']):>11} {'yes' if r['serving_after_fuzz'] else 'NO':>13}  {fuzz_statuses}")
     print("errors: load answers other than 200; for the fuzz, 5xx answers and failed connections")
+    print("latency: from sending to the whole answer, waiting for the model included (it explains one")
+    print("request at a time), so it grows with the clients; per method of the load run:")
+    print(f"{'method':<22} {'requests':>8} {'median ms':>9} {'max ms':>8}")
+    for m, row in r["methods"].items():
+        print(f"{m:<22} {row['requests']:>8} {row['median_ms']:>9.0f} {row['max_ms']:>8.0f}")
     ok = r["errors"] == 0 and r["fuzz_5xx"] == 0 and r["serving_after_load"] and r["serving_after_fuzz"]
     return 0 if ok else 1
 

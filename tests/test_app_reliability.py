@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 
 import camlens
@@ -183,7 +184,7 @@ def test_odd_targets_get_400_and_the_next_request_is_served(client, target, mess
     assert r.status_code == 400, r.text
     detail = r.json()["detail"]
     assert detail.startswith(message) and len(detail) < 200, detail
-    assert client.post("/api/explain", data={"photo": "coffee", "target": "1"}).status_code == 200
+    assert client.post("/api/explain", data={"photo": "coffee", "target": "top"}).status_code == 200
 
 
 @pytest.mark.parametrize("field", ["method", "layer", "photo"])
@@ -404,3 +405,31 @@ def test_request_fuzz_gets_no_5xx_and_the_app_keeps_serving(model):
     assert sum(s == 200 for s in statuses) >= 5 and sum(400 <= s < 500 for s in statuses) >= 50
     assert took < 60, took
     print("fuzz statuses:", sorted(collections.Counter(statuses).items()))
+
+
+# ---------------------------------------------------------------- the library's hook
+
+
+def test_the_batch_check_stops_explain_between_batches_and_leaves_the_model_as_it_was(model):
+    """The one hook the app uses (``camlens._args.checking_batches``): what the check raises
+    stops the method at its next batch, the model's patches are undone, and outside the block
+    nothing is checked."""
+    from camlens._args import checking_batches
+    from keras_models import probe_free
+
+    class Stop(Exception):
+        pass
+
+    checks: list[int] = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) > 2:
+            raise Stop
+
+    x = np.random.default_rng(0).random((1, 16, 16, 3), dtype=np.float32)
+    with checking_batches(check), pytest.raises(Stop):
+        camlens.explain(model, x, method="scorecam", batch_size=1)  # one batch per channel
+    assert len(checks) == 3 and probe_free(model)
+    whole = camlens.explain(model, x, method="scorecam", batch_size=1)
+    assert len(checks) == 3 and np.isfinite(whole.map).all()
