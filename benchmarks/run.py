@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("speed_limit", "peers", "scorecam_memory", "faithfulness", "metrics_speed", "folder")
+BENCHMARKS = ("speed_limit", "peers", "scorecam_memory", "faithfulness", "metrics_speed", "folder",
+              "app_load")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,7 +222,8 @@ def test_serve_binds_loopback_and_warns_for_every_address(tmp_path, model, monke
     path = tmp_path / "small.keras"
     model.save(path)
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: calls.append(
+        (self.config.app, {"host": self.config.host, "port": self.config.port})))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning for the default
         serve(str(path), preprocess="unit")

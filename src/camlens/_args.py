@@ -5,11 +5,13 @@ the bad value and, where there is one, the method or function it was given to.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["positive_int", "non_negative", "seed_or_none", "whole_number", "batches"]
+__all__ = ["positive_int", "non_negative", "seed_or_none", "whole_number", "batches", "checking_batches"]
 
 
 def positive_int(method: str, name: str, value: object) -> int:
@@ -46,8 +48,29 @@ def whole_number(name: str, value: object) -> int:
     return int(value)
 
 
+#: called before every batch of :func:`batches` in this context (None: nothing is called)
+_BATCH_CHECK: ContextVar[Callable[[], None] | None] = ContextVar("camlens_batch_check", default=None)
+
+
+@contextmanager
+def checking_batches(check: Callable[[], None]) -> Iterator[None]:
+    """Call ``check()`` before each batch of every :func:`batches` loop run inside this block
+    (this thread or task). The web app raises from it to stop a request's work between
+    batches when its client went away or time ran out; every patch on the model is undone on
+    an exception, so the model is left as it was."""
+    token = _BATCH_CHECK.set(check)
+    try:
+        yield
+    finally:
+        _BATCH_CHECK.reset(token)
+
+
 def batches(total: int, size: int) -> Iterator[slice]:
     """``slice``s of at most ``size`` that cover ``range(total)`` in order: how every loop over
-    samples, copies or masks takes them a batch at a time."""
+    samples, copies or masks takes them a batch at a time (and where long work can be
+    stopped: see :func:`checking_batches`)."""
+    check = _BATCH_CHECK.get()
     for start in range(0, total, size):
+        if check is not None:
+            check()
         yield slice(start, min(start + size, total))

@@ -334,8 +334,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
               max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), input_size=args.size)
     except (OSError, ImportError) as exc:
         raise UsageError(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # serve has said "stopped by Ctrl+C"
+        return 130
     return 0
 
 

@@ -2,9 +2,16 @@
 
 Nothing is fetched from elsewhere: the page has no external scripts, styles or fonts, a
 Content-Security-Policy keeps it that way, and FastAPI's Swagger/ReDoc pages (which load their
-assets from a CDN) are switched off.
+assets from a CDN) are switched off. Requests that change anything (every POST) are taken from
+the app's own page only: another site's page in the same browser gets 403.
+
+The model runs one request at a time, each in a thread of its own; a request whose client went
+away, that ran past the time limit, or that is running when Ctrl+C stops the app stops at the
+model's next batch (:class:`camlens.app._session.Job`), so it never keeps the model from the
+next request or the app from stopping.
 """
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -18,20 +25,25 @@ from importlib import resources
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..io import ImageError
-from ._session import DISPLAY_SIDE, AppModel, Prepared, _fit, decode_image, png_bytes
+from ..io import MAX_PIXELS, ImageError  # the pixel budget: one for the CLI and the app
+from ._session import DISPLAY_SIDE, AppModel, Cancelled, Job, Prepared, _fit, decode_image, png_bytes
 
 __all__ = ["create_app", "serve", "MAX_UPLOAD_BYTES", "MAX_PIXELS"]
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-#: decoded size limit: a small, highly compressed file can still be a huge image
-MAX_PIXELS = 40_000_000
 #: room for the multipart framing and the small form fields around the file
 _FORM_SLACK = 64 * 1024
+#: the longest method, layer, target or photo name taken (a layer path is far shorter)
+MAX_FIELD_CHARS = 1000
+#: seconds a request may keep the model (waiting included) before it is stopped with 503
+TIME_LIMIT = 300.0
+#: request methods that change nothing: the only ones another site's page may send
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _log = logging.getLogger("camlens.app")
 
@@ -53,9 +65,43 @@ def _page() -> tuple[str, str]:
     return html, csp
 
 
+def _short(text: str, chars: int = 40) -> str:
+    """``text`` quoted, cut to ``chars`` characters: a message names a bad value, never echoes
+    a whole field."""
+    return repr(text) if len(text) <= chars else repr(text[:chars]) + f"... ({len(text)} characters)"
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:chars] + "..."
+
+
+def _cross_site(headers: dict[bytes, bytes]) -> Optional[str]:
+    """Why a state-changing request is refused as coming from another site's page (CSRF), or
+    ``None``. A browser says where a request comes from in ``Sec-Fetch-Site`` (the page's
+    own fetches are ``same-origin``; ``none`` is the user's own action) and in ``Origin``,
+    which for the app's own page is the address it was opened at, the ``Host`` header. A
+    client that sends neither (curl, a script) is not a browser page and is let through."""
+    site = headers.get(b"sec-fetch-site")
+    if site is not None:
+        value = site.decode("latin-1").strip().lower()
+        if value not in ("same-origin", "none"):
+            return (f"refused a request from another site's page (Sec-Fetch-Site: {_cut(value, 40)}): "
+                    "the camlens app takes requests from its own page only")
+    origin = headers.get(b"origin")
+    if origin is not None:
+        text = origin.decode("latin-1").strip()
+        scheme, sep, netloc = text.lower().partition("://")
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if not sep or scheme not in ("http", "https") or not host or netloc.rstrip("/") != host:
+            return (f"refused a request from the page at {_short(text, 100)}: the camlens app takes "
+                    "requests from its own page only")
+    return None
+
+
 class _Guard:
     """ASGI middleware: refuses request bodies over ``limit`` bytes with 413 before they are
-    read whole (by Content-Length, or by counting when there is none), and, when
+    read whole (by Content-Length, or by counting when there is none), state-changing
+    requests from another site's page with 403 (:func:`_cross_site`), and, when
     ``allowed_hosts`` is given, requests for other Host names (DNS rebinding)."""
 
     def __init__(self, app: Any, limit: int, message: str, allowed_hosts: Optional[Sequence[str]]) -> None:
@@ -81,7 +127,12 @@ class _Guard:
             host = headers.get(b"host", b"").decode("latin-1").lower()
             name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
             if name not in self.allowed:
-                await self._answer(send, 400, f"unexpected Host {host!r}: open the app at the address it printed")
+                await self._answer(send, 400, f"unexpected Host {_short(host, 100)}: open the app at the address it printed")
+                return
+        if scope.get("method", "GET") not in _SAFE_METHODS:
+            refusal = _cross_site(headers)
+            if refusal is not None:
+                await self._answer(send, 403, refusal)
                 return
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
@@ -125,6 +176,71 @@ def _mb(n: int) -> str:
     return f"{n / 1024:.0f} KB" if n < 1024 * 1024 else f"{n / (1024 * 1024):.1f} MB"
 
 
+def _target(text: str) -> Optional[int]:
+    """The form's target: ``None`` for the top class, else the class index. Only ASCII digits
+    are a number here (``int`` takes "²"-like digits and refuses more than 4,300 of them);
+    a number too long for any model gets the out-of-range message without being converted."""
+    t = text.strip().lower()
+    if t in ("", "top"):
+        return None
+    if re.fullmatch(r"-?[0-9]+", t) is None:
+        raise HTTPException(400, f"bad target {_short(text)}: use top or a class index")
+    if len(t.lstrip("-")) > 18:
+        raise HTTPException(400, f"target class {_short(t)} is out of range: use top or a class index")
+    return int(t)
+
+
+def _field(name: str, value: str) -> str:
+    if len(value) > MAX_FIELD_CHARS:
+        raise HTTPException(400, f"the {name} field is {len(value)} characters long; the app takes up "
+                                 f"to {MAX_FIELD_CHARS}")
+    return value
+
+
+def _invalid(exc: RequestValidationError) -> str:
+    """A form FastAPI could not read, in a line that names the field and never repeats what
+    was sent (an upload's bytes would otherwise come back in the answer)."""
+    problems = []
+    for error in exc.errors():
+        loc = error.get("loc") or ("?",)
+        field = str(loc[-1])[:40]
+        if field == "file":
+            problems.append("the file field is not a file upload (it has no file name): choose the "
+                            "image as a file")
+        else:
+            problems.append(f"the {field} field: {str(error.get('msg', 'not valid'))[:120]}")
+    return "; ".join(dict.fromkeys(problems)) or "the form could not be read"
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a daemon thread of its own, awaited. Unlike the shared thread pool,
+    nothing waits for the thread when the app stops: a job is cancelled and gives up at its next
+    batch, but one batch of a slow model must not hold up Ctrl+C."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: Any, error: Optional[BaseException]) -> None:
+        if future.done():
+            return
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
+
+    def work() -> None:
+        try:
+            outcome: tuple[Any, Optional[BaseException]] = (fn(*args), None)
+        except BaseException as exc:  # handed to the awaiting request
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: the app stopped meanwhile
+            pass
+
+    threading.Thread(target=work, name="camlens-app-job", daemon=True).start()
+    return await future
+
+
 def create_app(
     model: Any = None,
     *,
@@ -135,6 +251,7 @@ def create_app(
     name: Optional[str] = None,
     allowed_hosts: Optional[Sequence[str]] = None,
     input_size: Optional[tuple[int, int]] = None,
+    time_limit: float = TIME_LIMIT,
 ) -> FastAPI:
     """The camlens web app for ``model`` as a FastAPI application (serve it with uvicorn, or
     use :func:`serve`).
@@ -155,17 +272,22 @@ def create_app(
             it binds a loopback address, against DNS rebinding); ``None`` answers any.
         input_size: ``(H, W)`` photos are resized to, for a model without a fixed input size;
             a torch module needs it.
+        time_limit: seconds one request may keep the model (its wait for the model included);
+            a longer one is stopped at the model's next batch and answered 503.
 
     Endpoints: ``GET /`` the page; ``GET /api/info`` model, methods, layer candidates (the
     automatic one marked, with the reason) and bundled photos; ``GET /api/photo/{name}`` a
     bundled photo as PNG; ``POST /api/explain`` (form: ``file`` or ``photo``, ``method``,
     ``layer``, ``target`` = "top" or a class index) the overlay, heatmap and top classes;
     ``POST /api/features`` (form: ``file`` or ``photo``, ``layer``) the feature-map grid.
+    ``app.state.jobs`` holds the requests running now (:func:`serve` cancels them on Ctrl+C).
     """
     from .. import samples
 
     if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be a positive whole number; got {max_upload_bytes!r}")
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f"time_limit must be a positive number of seconds; got {time_limit!r}")
     session = AppModel(model, preprocess=preprocess, class_names=class_names, name=name,
                        input_size=input_size)
     html, csp = _page()
@@ -175,6 +297,8 @@ def create_app(
     app.add_middleware(_Guard, limit=max_upload_bytes + _FORM_SLACK, message=too_large,
                        allowed_hosts=allowed_hosts)
     app.state.session = session
+    jobs: set[Job] = set()
+    app.state.jobs = jobs
 
     info = session.info()
     info["photos"] = [{"name": n, "about": about} for n, (about, _) in samples.PHOTOS.items()]
@@ -200,6 +324,7 @@ def create_app(
         return photo_cache[name]
 
     async def image_of(file: Optional[UploadFile], photo_name: str) -> Prepared:
+        photo_name = _field("photo", photo_name)
         if file is not None and file.filename:
             data = await file.read(max_upload_bytes + 1)
             if len(data) > max_upload_bytes:
@@ -214,11 +339,42 @@ def create_app(
             raise HTTPException(400, "no image: upload a file or choose a bundled photo")
         return await run_in_threadpool(session.prepare, pixels)
 
-    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+    async def run(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args, job=...)`` on the model, stopped (at its next batch) when the client goes
+        away, the time limit passes or the app stops."""
+        job = Job()
+        jobs.add(job)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + time_limit
+        work = asyncio.ensure_future(_in_thread(lambda: fn(*args, job=job)))
         try:
-            return await run_in_threadpool(fn, *args)
+            while not work.done():
+                await asyncio.wait({work}, timeout=0.1)
+                if work.done() or job.reason is not None:
+                    continue
+                if await request.is_disconnected():
+                    job.cancel("the client went away")
+                elif loop.time() > deadline:
+                    job.cancel(f"the request took longer than the app's limit of {time_limit:g} s: "
+                               "choose a faster method or a smaller model")
+            return work.result()
         except (ValueError, TypeError, NotImplementedError, KeyError) as exc:
-            raise HTTPException(400, str(exc).strip("'\"")) from None
+            if job.reason is not None:
+                raise HTTPException(503, job.reason) from None
+            raise HTTPException(400, _cut(str(exc).strip("'\""), 600)) from None
+        except Cancelled as exc:
+            raise HTTPException(503, str(exc)) from None
+        except asyncio.CancelledError:
+            job.cancel("the app is stopping")
+            raise
+        except Exception as exc:
+            if job.reason is not None:
+                raise HTTPException(503, job.reason) from None
+            # answered here rather than by the app-wide handler, which closes the connection
+            _log.exception("camlens app: %s failed", request.url.path)
+            raise HTTPException(500, f"camlens failed: {type(exc).__name__}: {_cut(str(exc), 300)}") from None
+        finally:
+            jobs.discard(job)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
@@ -238,30 +394,32 @@ def create_app(
 
     @app.post("/api/explain")
     async def api_explain(
+        request: Request,
         file: Optional[UploadFile] = File(None),
         photo: str = Form(""),
         method: str = Form("gradcam"),
         layer: str = Form("auto"),
         target: str = Form("top"),
     ) -> dict:
-        text = target.strip().lower()
-        if text in ("", "top"):
-            tgt = None
-        elif text.lstrip("-").isdigit():
-            tgt = int(text)
-        else:
-            raise HTTPException(400, f"bad target {target!r}: use top or a class index")
+        method, layer = _field("method", method), _field("layer", layer)
+        tgt = _target(_field("target", target))
         prepared = await image_of(file, photo)
-        return await run(session.explain, prepared, method, layer, tgt)
+        return await run(request, session.explain, prepared, method, layer, tgt)
 
     @app.post("/api/features")
     async def api_features(
+        request: Request,
         file: Optional[UploadFile] = File(None),
         photo: str = Form(""),
         layer: str = Form("auto"),
     ) -> dict:
+        layer = _field("layer", layer)
         prepared = await image_of(file, photo)
-        return await run(session.features, prepared, layer)
+        return await run(request, session.features, prepared, layer)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _invalid(exc)}, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Any, exc: Exception) -> JSONResponse:
@@ -294,12 +452,17 @@ def serve(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     log_level: str = "warning",
     input_size: Optional[tuple[int, int]] = None,
+    time_limit: float = TIME_LIMIT,
 ) -> None:
     """Load ``model_path`` (a ``.keras``/``.h5`` file or ``FILE.py:NAME``, see
     :func:`camlens.io.load_model`; ``None`` for the bundled model) and serve
     the app on ``host:port`` until interrupted. Binds 127.0.0.1 by default: only this computer
     can reach the app. Another address (``0.0.0.0``) lets anyone on the network upload images
-    and run the model; that is warned about."""
+    and run the model; that is warned about.
+
+    Ctrl+C stops it within about a second, running requests or not: they are cancelled (each
+    stops at the model's next batch), the server closes, one line says so, and
+    ``KeyboardInterrupt`` is raised to the caller. ``time_limit``: as for :func:`create_app`."""
     import uvicorn
 
     model = None
@@ -316,8 +479,26 @@ def serve(
         )
     hosts = list(_LOOPBACK_NAMES) + [host] if loopback else None
     app = create_app(model, preprocess=preprocess, class_names=class_names,
-                     max_upload_bytes=max_upload_bytes, allowed_hosts=hosts, input_size=input_size)
+                     max_upload_bytes=max_upload_bytes, allowed_hosts=hosts, input_size=input_size,
+                     time_limit=time_limit)
     shown = f"[{host}]" if ":" in host else host
     print(f"camlens app: {app.state.session.name} on http://{shown}:{port}/  (Ctrl+C stops it)",
           file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    jobs: set[Job] = app.state.jobs
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server, which on Ctrl+C also cancels the running requests: uvicorn alone
+        waits for them to finish, however long the method takes."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            for job in list(jobs):
+                job.cancel("the app is stopping")
+
+    # a request that does not finish within a second of Ctrl+C is dropped
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=1)
+    try:
+        _Server(config).run()
+    except KeyboardInterrupt:
+        print("camlens app: stopped by Ctrl+C", file=sys.stderr)
+        raise

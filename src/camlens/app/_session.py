@@ -9,17 +9,19 @@ import base64
 import io
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .._args import checking_batches
 from ..io import MAX_PIXELS, ImageError, _label, as_preprocess, decode_pixels, image_geometry
 
 if TYPE_CHECKING:
     from ..models import Bundled
 
-__all__ = ["AppModel", "Prepared", "decode_image", "DISPLAY_SIDE"]
+__all__ = ["AppModel", "Prepared", "decode_image", "DISPLAY_SIDE", "Job", "Cancelled"]
 
 #: the long side of the picture the page shows (and the overlay is drawn on), in pixels
 DISPLAY_SIDE = 512
@@ -93,6 +95,31 @@ def _probabilities(row: np.ndarray) -> np.ndarray:
         return z
     e = np.exp(z - z.max())
     return e / e.sum()
+
+
+class Cancelled(Exception):
+    """A request's work stopped between two batches: its client went away, it ran past the
+    app's time limit, or the app is stopping. The message says which."""
+
+
+class Job:
+    """One request's model work, which the server can stop from another thread.
+
+    :meth:`cancel` only records why (a plain attribute write, safe from a signal handler); the
+    worker sees it at its next batch (:func:`camlens._args.checking_batches`) or while it
+    waits for the model, and raises :class:`Cancelled`.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise Cancelled(self.reason)
 
 
 class AppModel:
@@ -219,6 +246,24 @@ class AppModel:
 
     # -- model calls ------------------------------------------------------------------------------
 
+    @contextmanager
+    def _model(self, job: Job | None) -> Iterator[None]:
+        """Hold the model for one call: requests wait their turn, but a cancelled ``job``
+        stops waiting, and stops its work at the next batch, so an abandoned request never
+        keeps the model from the next one."""
+        if job is None:
+            with self.lock:
+                yield
+            return
+        while not self.lock.acquire(timeout=0.05):
+            job.check()
+        try:
+            job.check()
+            with checking_batches(job.check):
+                yield
+        finally:
+            self.lock.release()
+
     def check_layer(self, layer: str) -> str:
         base = layer.partition("#")[0]
         if base not in self.layer_paths:
@@ -234,9 +279,11 @@ class AppModel:
             raise ValueError(f"target class {target} is out of range: the model has {self.num_classes} classes (0..{self.num_classes - 1})")
         return target
 
-    def explain(self, prepared: Prepared, method: str, layer: str = "auto", target: int | None = None) -> dict[str, Any]:
+    def explain(self, prepared: Prepared, method: str, layer: str = "auto", target: int | None = None,
+                job: Job | None = None) -> dict[str, Any]:
         """Explain one image; returns what the page shows (PNG data URLs, predictions, the
-        layer and why). Raises ``ValueError`` for a bad method, layer or target."""
+        layer and why). Raises ``ValueError`` for a bad method, layer or target, and
+        :class:`Cancelled` when ``job`` is cancelled before the work is done."""
         from .._explain import explain
         from ..methods import get_method
         from ..viz import colorize, resize_bilinear
@@ -249,7 +296,7 @@ class AppModel:
             self.check_layer(layer)
         self.check_target(target)
         start = time.perf_counter()
-        with self.lock:
+        with self._model(job):
             exp = explain(self.model, prepared.x[None], method=algo, target=target, layer=layer)
         seconds = time.perf_counter() - start
         shown = prepared.shown
@@ -274,14 +321,16 @@ class AppModel:
             "seconds": round(seconds, 3),
         }
 
-    def features(self, prepared: Prepared, layer: str = "auto", max_channels: int = 64) -> dict[str, Any]:
-        """The feature-map grid of one layer for one image, as a PNG data URL."""
+    def features(self, prepared: Prepared, layer: str = "auto", max_channels: int = 64,
+                 job: Job | None = None) -> dict[str, Any]:
+        """The feature-map grid of one layer for one image, as a PNG data URL (``job``: as
+        for :meth:`explain`)."""
         from ..features import feature_maps
         from ..viz import feature_grid, figure_to_png_bytes
 
         layer = self.report.chosen[0] if layer in ("", "auto") and self.report.chosen else layer
         self.check_layer(layer)
-        with self.lock:
+        with self._model(job):
             fmaps = feature_maps(self.model, prepared.x[None], [layer])
         acts = fmaps.sample(0, 0)
         fig = feature_grid(acts, layer=fmaps.layers[0], max_channels=max_channels)
