@@ -147,3 +147,16 @@ def test_folder_smoke():
     assert header == ["run", "images", "wall", "s", "ms", "/", "image"]
     assert [r[-3] for r in rows[:2]] == ["4", "8"]  # the two folder sizes
     assert any(r[:2] == ["in-process:", "camlens.explain"] for r in rows)
+
+
+def test_reliability_and_app_load_smoke():
+    """``benchmarks/reliability.py --smoke`` (its image part) and ``app_load.py --smoke`` print
+    their rows; once, in the torch run (neither depends on the Keras backend)."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
+        pytest.skip("runs once, in the torch run")
+    proc = _run(str(BENCHMARKS / "reliability.py"), "--smoke", "--only", "files", timeout=300)
+    assert "image fuzz cases" in proc.stdout and "0 tracebacks" in proc.stdout, proc.stdout
+    proc = _run(str(BENCHMARKS / "app_load.py"), "--smoke", timeout=300)  # exit 0: no error, serving
+    assert proc.stdout.splitlines()[1].split() == ["run", "requests", "clients", "errors", "p50", "ms", "p95",
+                                                   "ms", "wall", "s", "peak", "RSS", "MB", "serving",
+                                                   "after", "answers"], proc.stdout
