@@ -500,7 +500,8 @@ def _stop_on_signals(enabled: bool = True) -> Iterator[dict[str, int]]:
     the main thread, once: the ``dict`` says which signal came (``"signum"``). A second one
     while the command stops (restoring the model, writing ``results.json``) is ignored so that
     the clean-up finishes; a third ends the process at once. Only the command line does this:
-    the library installs no signal handler. A signal ignored when camlens started (``nohup``,
+    the library's handler (``camlens._restore``, on only while a patch is on the model) holds a
+    signal for the microseconds a patch is being set or undone and then passes it here. A signal ignored when camlens started (``nohup``,
     a shell's background job) stays ignored; the old handlers come back afterwards."""
     came: dict[str, int] = {}
     if not enabled or threading.current_thread() is not threading.main_thread():  # signal() needs it
