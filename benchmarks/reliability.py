@@ -48,9 +48,10 @@ def _interrupts_child(points: int, kinds: list[str]) -> None:
             print("RESULT " + json.dumps(res), flush=True)
 
 
-def interrupts(points: int) -> list[tuple[str, str]]:
+def interrupts(points: int, backends: list[str] | None = None) -> list[tuple[str, str]]:
     runs = {"tensorflow": ["keras", "keras-subclassed"], "jax": ["keras", "keras-subclassed"],
             "torch": ["keras", "keras-subclassed", "torch"]}
+    runs = {b: k for b, k in runs.items() if backends is None or b in backends}
     rows: list[tuple[str, str]] = []
     total = interrupted = 0
     leaks: list[str] = []
@@ -77,9 +78,9 @@ def interrupts(points: int) -> list[tuple[str, str]]:
     return rows
 
 
-def _part(name: str, points: int, smoke: bool) -> list[tuple[str, str]]:
+def _part(name: str, points: int, smoke: bool, backends: list[str] | None = None) -> list[tuple[str, str]]:
     if name == "interrupts":
-        return interrupts(1 if smoke else points)
+        return interrupts(1 if smoke else points, backends)
     sys.path.insert(0, str(HERE))
     module = importlib.import_module(f"_reliability_{name}")
     try:
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--points", type=int, default=12, help="interrupts per method and model (default 12)")
     ap.add_argument("--only", default=",".join(PARTS), help=f"parts, comma-separated: {', '.join(PARTS)}")
     ap.add_argument("--smoke", action="store_true", help="a few of each; nothing written")
+    ap.add_argument("--backends", default=None, help="the interrupt part on these Keras backends only "
+                    "(comma-separated; nothing written)")
     ap.add_argument("--write", default=str(ROOT / "docs" / "reliability.md"), help="the page to write")
     args = ap.parse_args(argv)
     wanted = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -102,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[tuple[str, list[tuple[str, str]], float]] = []
     for name in wanted:
         t = time.perf_counter()
-        rows = _part(name, args.points, args.smoke)
+        backends = args.backends.split(",") if args.backends else None
+        rows = _part(name, args.points, args.smoke, backends)
         sections.append((name, rows, time.perf_counter() - t))
         print(f"\n## {name} ({time.perf_counter() - t:.0f} s)")
         for what, figure in rows:
             print(f"  {what:<44} {figure}")
-    if not args.smoke and set(wanted) == set(PARTS):
+    if not args.smoke and not args.backends and set(wanted) == set(PARTS):
         _write(Path(args.write), sections, args.points)
         print(f"\nwrote {args.write}")
     failed = any(f.startswith("FAILED") or what == "leak" for _, rows, _ in sections for what, f in rows)

@@ -157,7 +157,11 @@ def interrupt_sweep(kind: str, name: str, points: int, seed: int = 0) -> dict:
         def call():
             camlens.explain(model, x, method, target=1, layer=layer)
 
-        call()  # compile and trace first: the points of a warm run
+        try:
+            call()  # compile and trace first: the points of a warm run
+        except Exception as exc:  # noqa: BLE001 - the state an earlier sweep left (grad mode off)
+            return {"points": 0, "runs": 0, "interrupted": 0,
+                    "leaks": [f"the first call failed: {type(exc).__name__}: {exc}"[:300]]}
         before = state(model)
         total, _ = run_interrupted(call, None)
         rng = random.Random(seed)

@@ -49,3 +49,22 @@ def test_bundled_photos_load_offline():
     assert set(samples.PHOTOS) >= {"chelsea", "coffee", "astronaut", "rocket", "flower", "grace_hopper"}
     with pytest.raises(ValueError, match="no bundled photo 'dog'.*chelsea"):
         samples.photo("dog")
+
+
+def test_warnings_point_at_the_callers_line():
+    """A warning raised deep inside camlens names the user's line, not camlens' code."""
+    import warnings
+
+    import numpy as np
+
+    torch = __import__("pytest").importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)  # the ReLU is off everywhere: a constant map, and a warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        camlens.explain(model, np.ones((1, 3, 8, 8), np.float32), layer="1")
+    assert caught, "expected the constant-map warning"
+    assert all(w.filename == __file__ for w in caught), [(w.filename, str(w.message)[:60]) for w in caught]

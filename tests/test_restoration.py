@@ -151,7 +151,16 @@ def _keras_state(model):
         "calls": {n: type(lyr).call for n, lyr in layers.items()},
         "activations": {n: getattr(lyr, "activation", None) for n, lyr in layers.items()},
         "trainable": {n: lyr.trainable for n, lyr in layers.items()},
+        "grad_enabled": _grad_enabled(),  # torch's autograd mode (the Keras torch backend sets it)
     }
+
+
+def _grad_enabled():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.is_grad_enabled()
 
 
 # ---------------------------------------------------------------------------- the matrix

@@ -5,13 +5,14 @@ the bad value and, where there is one, the method or function it was given to.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["positive_int", "non_negative", "seed_or_none", "whole_number", "batches", "checking_batches"]
+__all__ = ["positive_int", "non_negative", "seed_or_none", "whole_number", "batches", "checking_batches", "warn"]
 
 
 def positive_int(method: str, name: str, value: object) -> int:
@@ -74,3 +75,19 @@ def batches(total: int, size: int) -> Iterator[slice]:
         if check is not None:
             check()
         yield slice(start, min(start + size, total))
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside camlens: the user's line that
+    called ``explain`` (or whatever led here), however deep inside camlens the warning is
+    raised. A fixed ``stacklevel`` points into camlens as soon as a call goes one frame deeper."""
+    import sys
+    import warnings
+
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of warn
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from ._args import warn
 
 __all__ = ["normalize", "resize_bilinear", "NORMALIZE_MODES"]
 
@@ -71,7 +71,7 @@ def normalize(
                 + f" equal percentiles {p_lo:g} and {p_hi:g} (mostly one value, e.g. a sparse"
                 " map; mode='minmax' keeps such maps)"
             )
-        warnings.warn("; ".join(what) + "; set to zero", RuntimeWarning, stacklevel=2)
+        warn("; ".join(what) + "; set to zero", RuntimeWarning)
 
     out = np.where(flat, 0.0, (stack - lo) / np.where(flat, 1.0, hi - lo))
     out = np.clip(out, 0.0, 1.0).astype(np.float32)

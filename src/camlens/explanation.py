@@ -13,6 +13,7 @@ import numpy as np
 
 from . import viz
 from .io import safe_name
+from ._args import warn
 
 __all__ = ["Site", "Explanation"]
 
@@ -267,12 +268,11 @@ def finish_maps(
     flat = up.reshape(up.shape[0], -1)
     constant = np.flatnonzero(flat.max(axis=1) == flat.min(axis=1)) if flat.size else []
     if len(constant):
-        warnings.warn(
+        warn(
             f"the map at {where} is constant for sample(s) {list(map(int, constant))}: nothing "
             "at this layer raises the score, or the gradient is zero (a saturated softmax: try "
             "camlens.targets.Logit); it is returned as zeros",
-            RuntimeWarning,
-            stacklevel=3,
+            RuntimeWarning
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

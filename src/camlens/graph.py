@@ -36,11 +36,11 @@ chosen exactly as before.
 from __future__ import annotations
 
 import difflib
-import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .tokens import TokenGrid, check_grid, guess_grid, infer_grid
+from ._args import warn
 
 __all__ = [
     "GraphNode",
@@ -513,10 +513,9 @@ def _fallback_choice(graph: LayerGraph, why: str = "the model's graph cannot be 
         "the last spatial layer of the backbone, which the heads read" if inside else
         "the last layer with a spatial output"
     )
-    warnings.warn(
+    warn(
         f"{why}, so the layer was chosen as {where}: {last.path}; check it, or pass layer=...",
-        RuntimeWarning,
-        stacklevel=3,
+        RuntimeWarning
     )
     same = [n for n in spatial if n.path == last.path]
     note = "graph not readable" if graph.approximate is False else "values computed between layers"

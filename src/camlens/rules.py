@@ -11,9 +11,9 @@ Rules compare by identity: a compiled program is kept per rule object.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+from ._args import warn
 
 __all__ = ["ReluRule", "GUIDED", "no_relu_warning"]
 
@@ -36,9 +36,8 @@ GUIDED = ReluRule("guided", lambda x, dy: (x > 0) & (dy > 0))
 def no_relu_warning(rule: ReluRule, others: Sequence[str] = ()) -> None:
     """Warn that ``rule`` has no ReLU to act on: the gradient it gives is the plain one."""
     seen = f" (its activations: {', '.join(others)})" if others else ""
-    warnings.warn(
+    warn(
         f"the model has no ReLU or ReLU6{seen}: the {rule.name} rule changes nothing, so this "
         "map is the plain input gradient (saliency), not a guided one",
-        RuntimeWarning,
-        stacklevel=5,
+        RuntimeWarning
     )

@@ -1,13 +1,31 @@
-"""A ReLU with a gradient rule (:mod:`camlens.rules`) as a torch autograd function, for native
-torch modules and for Keras models on the torch backend alike."""
+"""What native torch modules and Keras models on the torch backend share: a ReLU with a
+gradient rule (:mod:`camlens.rules`) as a torch autograd function, and the autograd mode set
+as a :class:`camlens._restore.Patch` (``torch.no_grad()`` is undone by Python code a Ctrl-C
+can cut short, which left autograd off for the rest of the session)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from .._restore import Patch
 from ..rules import ReluRule
 
-__all__ = ["rule_relu_torch"]
+__all__ = ["rule_relu_torch", "grad_mode"]
+
+
+class grad_mode(Patch):
+    """Autograd on (``True``) or off while the block runs; the mode before comes back."""
+
+    def __init__(self, enabled: bool) -> None:
+        super().__init__()
+        self.enabled = enabled
+
+    def apply(self) -> None:
+        import torch
+
+        prev = torch.is_grad_enabled()
+        self.undo_with(lambda: torch.set_grad_enabled(prev))
+        torch.set_grad_enabled(self.enabled)
 
 
 def rule_relu_torch(x: Any, rule: ReluRule, max_value: float | None = None) -> Any:

@@ -28,13 +28,13 @@ Its map is all zero, and one ``UserWarning`` per call names the samples
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
 from ..registry import Registry
+from .._args import warn
 
 __all__ = [
     "SiteData",
@@ -261,11 +261,10 @@ def scores_flat(scores: np.ndarray) -> bool:
 def warn_flat_scores(method: str, samples: Sequence[int], what: str = "mask") -> None:
     """The one warning of a call whose ``samples`` had flat scores (their maps set to zero)."""
     if len(samples):
-        warnings.warn(
+        warn(
             f"{method}: the model's score did not change under any {what} for images "
             f"{[int(n) for n in samples]}: the map is meaningless (all zero); check that the "
             "target's score depends on the input (a model that ignores its input, or a "
             "saturated score such as a probability of 1.0)",
-            UserWarning,
-            stacklevel=3,
+            UserWarning
         )

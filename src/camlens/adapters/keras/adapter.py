@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import warnings
 from collections import defaultdict
 from types import ModuleType
 from typing import Any, Callable, Sequence
@@ -36,6 +35,7 @@ from .backends._types import Key, MakeProbe
 from .compiled import compiled_capture, compiled_input_gradients, compiled_score
 from .patches import probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
+from ..._args import warn
 
 __all__ = ["KerasAdapter", "is_keras_model", "keras_to_numpy", "load_keras_file"]
 
@@ -510,11 +510,12 @@ class KerasAdapter:
         key: Key = (-1, which)
         xs = [keras.ops.convert_to_tensor(a) for a in inputs]
         xs[which] = make_probe(key, xs[which])
-        with contextlib.ExitStack() as patches:
-            if target.wants_logits:
-                patches.enter_context(self._logit_patch(target))
-            if rule is not None:
-                patches.enter_context(rule_relus(self.backend_module, self._ops.values(), rule))
+        # patches in the with statement itself, not an ExitStack: a Ctrl-C between a patch's
+        # __enter__ and ExitStack recording its exit would leave the patch on
+        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+            rule_relus(self.backend_module, self._ops.values(), rule) if rule is not None
+            else contextlib.nullcontext()
+        ):
             outs = self._call(xs)
             scores = scores_of(target, outs, self.graph().output_names, keras.ops)
         return outs, scores, {key: xs[which]}
@@ -537,7 +538,7 @@ class KerasAdapter:
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, RuntimeWarning, stacklevel=3)
+            warn(message, RuntimeWarning)
 
     def _no_grad(self) -> contextlib.AbstractContextManager[Any]:
         """No autograd graph for runs that need no gradient (only the torch backend builds one)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from types import ModuleType
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from ..._restore import Patch
 from ...rules import ReluRule, no_relu_warning

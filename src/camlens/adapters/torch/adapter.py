@@ -33,11 +33,12 @@ import numpy as np
 from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule, no_relu_warning
 from ...targets import Target, scores_of
-from .._torch_autograd import rule_relu_torch
+from .._torch_autograd import grad_mode, rule_relu_torch
 from ..base import Capture, InputSpec, _as_float_array, glorot_uniform
 from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
+from ..._args import warn
 
 __all__ = ["TorchAdapter", "is_torch_module"]
 
@@ -177,14 +178,13 @@ class TorchAdapter:
             except Exception as exc:  # fx raises many types on untraceable Python
                 exported = self._exported(key)
                 if exported is None:
-                    warnings.warn(
+                    warn(
                         f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}), nor can torch.export; "
                         "camlens falls back to the order in which modules run, and layer='auto' "
                         "to a stated default (the last spatial layer of the backbone where there "
                         "is one, else of the model)",
-                        RuntimeWarning,
-                        stacklevel=3,
+                        RuntimeWarning
                     )
                     self._graph = self._run_order_graph()
                 else:
@@ -211,14 +211,13 @@ class TorchAdapter:
         if _NOT_EXPORTABLE.get(self.model) == key:
             return None
         if _triton_would_crash():
-            warnings.warn(
+            warn(
                 "TensorFlow is loaded, and torch.export would now load triton (torch's CUDA "
                 "builds bring it), which crashes a process that loaded TensorFlow first; camlens "
                 "does not call it, so this model's graph is read from the order its modules run. "
                 "To read it whole, import torch._dynamo before TensorFlow (or keras with the "
                 "TensorFlow backend), or run without TensorFlow (KERAS_BACKEND=torch)",
-                RuntimeWarning,
-                stacklevel=4,
+                RuntimeWarning
             )
             return None
         try:
@@ -246,13 +245,12 @@ class TorchAdapter:
         return self._tensors([np.repeat(e, _PROBE_BATCH, axis=0) for e in self._example or []])
 
     def _fx_graph(self, gm: Any, exported: bool = False) -> LayerGraph:
-        import torch
         from torch.fx.passes.shape_prop import ShapeProp
 
         # ShapeProp prints the traceback of a failing node before raising: the module's own
         # error is said once, below, with what to do
         printed = io.StringIO()
-        with eval_mode(self.model), torch.no_grad():
+        with eval_mode(self.model), grad_mode(False):
             try:
                 with contextlib.redirect_stderr(printed):
                     ShapeProp(gm).propagate(*self._probe_tensors())
@@ -402,7 +400,7 @@ class TorchAdapter:
             return hook
 
         with forward_hooks([(mod, hook_for(name)) for name, mod in leaves]):
-            with eval_mode(self.model), torch.no_grad():
+            with eval_mode(self.model), grad_mode(False):
                 out = self.model(*self._probe_tensors())
         nodes = [GraphNode(0, "input", 0, "Input", None, [], True, 0)]
         calls: dict[str, int] = defaultdict(int)
@@ -423,17 +421,15 @@ class TorchAdapter:
 
     # ------------------------------------------------------------------ running
     def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        import torch
 
-        with eval_mode(self.model), torch.no_grad():
+        with eval_mode(self.model), grad_mode(False):
             out = self.model(*self._tensors(inputs))
         return [o.detach().cpu().numpy() for _, o in _flatten_output_arg(out)]
 
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
         """``(N,)`` target scores, no gradient: for methods that rerun the model."""
-        import torch
 
-        with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+        with eval_mode(self.model), grad_mode(False), self._logit_patch(target):
             out = self._run_channels_last(inputs)
             outs, scores, names = _scored(out, target, len(inputs[0]))
         return scores.detach().cpu().float().numpy().reshape(-1)
@@ -495,7 +491,7 @@ class TorchAdapter:
     def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
         import torch
 
-        with torch.no_grad():
+        with grad_mode(False):
             for p in layer.parameters(recurse=False):
                 if p.dim() >= 2:
                     value = glorot_uniform(tuple(p.shape), True, rng)
@@ -596,8 +592,8 @@ class TorchAdapter:
         their sum with respect to each probe (zeros where a probe does not reach the score)."""
         import torch
 
-        with eval_mode(self.model), torch.enable_grad(), self._logit_patch(target):
-            with torch.no_grad():
+        with eval_mode(self.model), grad_mode(True), self._logit_patch(target):
+            with grad_mode(False):
                 out = run()
             outs, scores, names = _scored(out, target, batch)
             keys = list(probes)
@@ -619,12 +615,11 @@ class TorchAdapter:
         self.graph()  # shapes known before the run
         tensors = self._tensors(inputs)
         x = tensors[which].requires_grad_(True)
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(eval_mode(self.model))
-            stack.enter_context(torch.enable_grad())
-            stack.enter_context(self._logit_patch(target))
-            if rule is not None:
-                stack.enter_context(self._rule_relus(rule))
+        # patches in the with statement itself, not an ExitStack: a Ctrl-C between a patch's
+        # __enter__ and ExitStack recording its exit would leave the patch on
+        with eval_mode(self.model), grad_mode(True), self._logit_patch(target), (
+            self._rule_relus(rule) if rule is not None else contextlib.nullcontext()
+        ):
             out = self.model(*tensors)
             _, scores, _ = _scored(out, target, len(inputs[0]))
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
@@ -643,13 +638,12 @@ class TorchAdapter:
                 or (n.op == "call_method" and n.target in ("relu", "relu_"))
             ]
             if functional:
-                warnings.warn(
+                warn(
                     f"{len(functional)} ReLU(s) called as functions in forward() "
                     f"({', '.join(functional[:3])}{'...' if len(functional) > 3 else ''}) keep their "
                     f"plain gradient; the {rule.name} rule is set on nn.ReLU and nn.ReLU6 "
                     "modules only",
-                    RuntimeWarning,
-                    stacklevel=4,
+                    RuntimeWarning
                 )
         mods = [
             (m, 6.0 if isinstance(m, torch.nn.ReLU6) else None)
@@ -690,7 +684,7 @@ class TorchAdapter:
                     return repl if k == node.call else None
 
                 with forward_hooks([(mod, hook)]):
-                    with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+                    with eval_mode(self.model), grad_mode(False), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
                         _, s, _ = _scored(out, target, b)
                 return s.detach().cpu().float().numpy().reshape(-1)
@@ -742,7 +736,7 @@ class TorchAdapter:
 
         def score(acts: np.ndarray) -> np.ndarray:
             b = acts.shape[0]
-            with eval_mode(self.model), torch.no_grad(), self._logit_patch(target):
+            with eval_mode(self.model), grad_mode(False), self._logit_patch(target):
                 if b not in caches:
                     caches[b] = {}
                     Replay("record", caches[b]).run(*[t.expand(b, *t.shape[1:]) for t in tensors_1])

@@ -5,7 +5,7 @@ putting back hold interrupts (:mod:`camlens._restore`)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from ..._restore import Patch
 

@@ -13,16 +13,14 @@ import numpy as np
 from ....rules import ReluRule
 from ._types import Key, Parts, Program, Runner
 
-from ..._torch_autograd import rule_relu_torch
+from ..._torch_autograd import grad_mode, rule_relu_torch
 
 COMPILES = False
 
 
 def no_grad() -> contextlib.AbstractContextManager[Any]:
     """No autograd graph for runs that need no gradient."""
-    import torch
-
-    return torch.no_grad()
+    return grad_mode(False)
 
 
 def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]]:
@@ -40,7 +38,7 @@ def gradients(run: Runner, need_gradients: bool) -> tuple[list[Any], Any, dict[K
         z = probes[key] = torch.zeros_like(y, requires_grad=True)
         return y + z
 
-    with torch.no_grad():
+    with grad_mode(False):
         outs, scores, acts = run(make_probe)
     grads: dict[Key, Any] = {}
     if need_gradients:
