@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from camlens import _restore
+import camlens
 
-CAMLENS = str(Path(_restore.__file__).resolve().parent)
+CAMLENS = str(Path(camlens.__file__).resolve().parent)
 
 
 def run_interrupted(fn: Callable[[], Any], n: int | None) -> tuple[int, bool]:
