@@ -144,8 +144,10 @@ def behaviour(ops: Any) -> Fingerprint:
     ``rate``, ``padding``, ...), the identity of its public functions (``activation``), of
     every variable it holds (a replaced weight) and of a ``call`` set on the instance, its
     dtype policy and ``trainable``. Private bookkeeping (``_called``, ``_lock``) changes with
-    the first call and is left out, or the first program would never be reused. About 2 ms
-    on DenseNet121's 429 layers, against a forward pass of about 100 ms."""
+    the first call and is left out, or the first program would never be reused; so is a
+    setting a custom layer keeps in a private attribute of its own (``clear_compiled_cache()``
+    forgets every program). About 2 ms on DenseNet121's 429 layers, against a forward pass of
+    about 100 ms."""
     out, keep = [], []
     for op in ops:
         try:
