@@ -9,8 +9,9 @@ Parts:
 
 - ``interrupts``: every method on a Keras functional model, a Keras subclassed model (each on
   TensorFlow, JAX and PyTorch, one process per backend) and a torch module, interrupted by a
-  real SIGINT at ``--points`` points per method drawn with a fixed seed among every line
-  camlens runs and every Python call the frameworks make (``tests/interrupts.py``); a *leak*
+  real SIGINT at ``--points`` points per method drawn with a fixed seed among every Python
+  call of the run, camlens' and the frameworks' (where CPython handles a signal:
+  ``tests/interrupts.py``); a *leak*
   is any difference in weights, instance attributes, hooks, training flags, activations,
   ``requires_grad`` or grad mode from before the run, or an error other than KeyboardInterrupt.
 - ``files`` (``_reliability_files.py``), ``cli`` (``_reliability_cli.py``), ``app``

@@ -1,23 +1,20 @@
 """Interrupts injected at chosen points of a run, for the restoration tests and the reliability
 figures (``benchmarks/reliability.py``).
 
-A real Ctrl-C can arrive between any two bytecodes. :func:`run_interrupted` counts the points
-where one could land while ``fn`` runs: every line camlens executes and every Python function
-call anywhere (the frameworks' own code included), and sends a real SIGINT to the process at
-the ``n``-th: whatever handler is on then (Python's, or camlens' while a patch is on) decides
-what happens, as it would for a Ctrl-C.
+A real Ctrl-C is handled where CPython checks for signals: mostly at the start of a Python
+function (the ``RESUME`` of a new frame, generators resumed included), never between two plain
+statements. :func:`run_interrupted` counts the Python calls while ``fn`` runs, anywhere (camlens
+and the frameworks' own code), and sends a real SIGINT to the process at the ``n``-th:
+whatever handler is on then (Python's, or camlens' while a patch is on) decides what happens,
+as it would for a Ctrl-C. (A raise at an arbitrary line, as a naive injector does, can fall
+between a ``with`` body and its ``__exit__`` call, where CPython never handles a signal.)
 """
 
 from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Callable
-
-import camlens
-
-CAMLENS = str(Path(camlens.__file__).resolve().parent)
 
 
 def run_interrupted(fn: Callable[[], Any], n: int | None) -> tuple[int, bool]:
@@ -25,9 +22,6 @@ def run_interrupted(fn: Callable[[], Any], n: int | None) -> tuple[int, bool]:
     seen, interrupted)``; any other exception of ``fn`` propagates."""
     seen = 0
     fired = False
-
-    def ours(frame: Any) -> bool:
-        return frame.f_code.co_filename.startswith(CAMLENS)
 
     def point() -> None:
         nonlocal seen, fired
@@ -38,15 +32,9 @@ def run_interrupted(fn: Callable[[], Any], n: int | None) -> tuple[int, bool]:
             fired = True
             signal.raise_signal(signal.SIGINT)
 
-    def local(frame: Any, event: str, arg: Any) -> Any:
-        if event == "line":
-            point()
-        return local
-
     def glob(frame: Any, event: str, arg: Any) -> Any:
         if event == "call":
             point()
-            return local if ours(frame) else None
         return None
 
     old = sys.gettrace()

@@ -1,7 +1,7 @@
 """Ctrl-C at any moment leaves the model as it was (issue 14).
 
-``tests/interrupts.py`` sends a real SIGINT at a chosen point of a run (any line of camlens,
-any Python call in the frameworks); here every method on each kind of model is interrupted at
+``tests/interrupts.py`` sends a real SIGINT at a chosen point of a run (any Python call, in
+camlens or in the frameworks: where CPython handles signals); here every method on each kind of model is interrupted at
 a few points drawn with a fixed seed, and the model's whole state is compared with a snapshot
 (``tests/test_restoration.py``'s). ``python benchmarks/reliability.py`` draws many more.
 The unit tests below pin :mod:`camlens._restore` itself: a signal while a patch is applied or
