@@ -17,7 +17,8 @@ from ..graph import GraphNode, LayerGraph
 from ..rules import ReluRule
 from ..targets import Target
 
-__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform"]
+__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform",
+           "is_plain_setting"]
 
 
 @dataclass
@@ -108,6 +109,16 @@ class ModelAdapter(Protocol):
     def reinitialize(self, layer: Any, rng: np.random.Generator) -> None:
         """Give ``layer`` (from :meth:`kernel_layers` of this adapter) new Glorot-uniform kernels."""
         ...
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def is_plain_setting(value: Any) -> bool:
+    """Whether ``value`` is a setting a trace freezes by value (a number, flag, string, None or
+    a tuple of them): what the compiled-program fingerprint (Keras) and the kept-trace key
+    (torch) read of each layer."""
+    return type(value) in _PLAIN or (type(value) is tuple and all(type(e) in _PLAIN for e in value))
 
 
 def glorot_uniform(shape: tuple[int, ...], torch_layout: bool, rng: np.random.Generator) -> np.ndarray:

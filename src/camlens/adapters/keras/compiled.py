@@ -24,6 +24,7 @@ import numpy as np
 from ...graph import GraphNode
 from ...rules import ReluRule
 from ...targets import Target, scores_of
+from ..base import is_plain_setting
 from .backends._types import Key, Parts, Program
 
 __all__ = ["ProgramCache", "PROGRAMS", "clear_compiled_cache", "compiled_capture", "compiled_score",
@@ -87,7 +88,6 @@ def clear_compiled_cache() -> None:
     PROGRAMS.clear()
 
 
-_PLAIN = (bool, int, float, str, type(None))
 #: per layer: ``(number of attributes, getter of its plain settings, getter of its objects)``
 _READERS: weakref.WeakKeyDictionary[Any, tuple[int, Callable[[Any], Any], Callable[[Any], Any]]] = (
     weakref.WeakKeyDictionary()
@@ -100,7 +100,7 @@ def _readers(d: dict[str, Any]) -> tuple[int, Callable[[Any], Any], Callable[[An
     when the layer gains or loses an attribute."""
     plain, objects = [], []
     for k, v in d.items():
-        if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)):
+        if is_plain_setting(v):
             if k[0] != "_":
                 plain.append(k)
         elif (callable(v) and k[0] != "_") or type(v).__name__ == "Variable":

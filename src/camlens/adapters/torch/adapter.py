@@ -34,7 +34,7 @@ from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule, no_relu_warning
 from ...targets import Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
-from ..base import Capture, InputSpec, _as_float_array, glorot_uniform
+from ..base import Capture, InputSpec, _as_float_array, glorot_uniform, is_plain_setting
 from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
@@ -799,14 +799,9 @@ _TRACES: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictio
 _NOT_EXPORTABLE: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
-_PLAIN = (bool, int, float, str, type(None))
-
-
 def _settings(module: Any) -> tuple[Any, ...]:
     return tuple(
-        (k, v) for k, v in module.__dict__.items()
-        if k[0] != "_" and k != "training"
-        and (type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)))
+        (k, v) for k, v in module.__dict__.items() if k[0] != "_" and k != "training" and is_plain_setting(v)
     )
 
 
