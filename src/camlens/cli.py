@@ -48,12 +48,21 @@ def _parse_target(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-_MODEL = ("a Keras model file (.keras or .h5), or Python code that builds a Keras model or torch "
-          "module: FILE.py:NAME or package.module:NAME")
-_MODEL_OR_BUNDLED = _MODEL + ", or 'bundled' for the pretrained EfficientNet-Lite0 of `camlens demo`"
-_IMAGES = "image files (PNG, JPEG, ...) or folders (all their images, sorted)"
+_MODEL = ("a Keras model file (.keras or .h5), Python code that builds a Keras model or torch "
+          "module (FILE.py:NAME or package.module:NAME), or 'bundled' for the pretrained "
+          "EfficientNet-Lite0 of `camlens demo`")
+_IMAGES = ("image files (PNG, JPEG, ...), folders (all their images, sorted) or quoted glob "
+           "patterns ('photos/*.jpg')")
 _PREPROCESS = ("pixel scaling the model expects: none (0..255, default), unit (0..1), symmetric "
-               "(-1..1), imagenet ((x/255 - mean) / std, as torchvision's models)")
+               "(-1..1), imagenet ((x/255 - mean) / std, as torchvision's models), caffe (RGB to "
+               "BGR minus the ImageNet mean, as Keras' ResNet50 and VGG16); 'bundled' uses its own")
+#: one meaning of --batch-size for every command that runs the model
+BATCH_SIZE = 16
+_BATCH_SIZE = f"images per model call (default {BATCH_SIZE})"
+_BACKENDS = ("tensorflow", "jax", "torch")
+_BACKEND = ("Keras backend to load Keras models with (sets KERAS_BACKEND; default: "
+            "KERAS_BACKEND, else tensorflow)")
+_LAYER = "layer path, or auto (default)"
 _SIZE = ("HEIGHT,WIDTH (or N for N,N) to resize images to, for a model without a fixed input size "
          "(PyTorch modules); default: each image's own size")
 
@@ -78,63 +87,79 @@ def _parse_size(text: str) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
-def _model_and_images(parser: argparse.ArgumentParser, model_help: str, preprocess_default: str | None) -> None:
-    """The arguments every command on a set of images takes: the model, the images (files or
-    folders), --size, --preprocess and --layer."""
-    from .io import PREPROCESSING
-
-    parser.add_argument("model", help=model_help)
+def _model_and_images(parser: argparse.ArgumentParser, layer: bool = True) -> None:
+    """The arguments every command on a set of images takes: the model, the images (files,
+    folders or patterns), --size, --preprocess, --backend, --batch-size and --layer."""
+    parser.add_argument("model", help=_MODEL)
     parser.add_argument("images", nargs="+", help=_IMAGES)
     parser.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
-    parser.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=preprocess_default,
-                        help=_PREPROCESS + ("" if preprocess_default else "; 'bundled' uses its own"))
-    parser.add_argument("--layer", default="auto", help="layer path, or auto (default)")
+    _preprocess_arg(parser)
+    _backend_arg(parser)
+    _batch_size_arg(parser)
+    if layer:
+        parser.add_argument("--layer", default="auto", help=_LAYER)
+
+
+def _preprocess_arg(parser: argparse.ArgumentParser) -> None:
+    from .io import PREPROCESSING
+
+    parser.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None, help=_PREPROCESS)
+
+
+def _backend_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=_BACKENDS, default=None, help=_BACKEND)
+
+
+def _batch_size_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=_BATCH_SIZE)
+
+
+def _method_arg(parser: argparse.ArgumentParser, default: str, example: str) -> None:
+    parser.add_argument("--method", "--methods", dest="method", default=default,
+                        help=f"comma-separated methods (default {default}), e.g. {example}")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .io import PREPROCESSING
+    from . import __version__
 
     p = argparse.ArgumentParser(prog="camlens", description="See what a vision model looks at.")
+    p.add_argument("--version", action="version", version=f"camlens {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="write heatmaps and overlays for images")
-    _model_and_images(e, _MODEL, "none")
-    e.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, cam, ...")
+    _model_and_images(e)
+    _method_arg(e, "gradcam", "gradcam,layercam (several: one subfolder of -o each)")
     e.add_argument("--target", type=_parse_target, default=None,
                    help=_target_help())
     e.add_argument("--output", default=None, help="which model output, for models with several")
-    e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
     e.add_argument("--cmap", default="jet", help="matplotlib colormap")
     e.add_argument("-o", "--out", default="camlens-out", help="output folder (default camlens-out)")
 
     d = sub.add_parser("demo", help="a pretrained ImageNet model on bundled photos (offline)")
-    d.add_argument("--method", default="gradcam,cam",
-                   help="comma-separated methods (default gradcam,cam)")
+    _method_arg(d, "gradcam,cam", "gradcam++,layercam")
     d.add_argument("--image", action="append", default=None, metavar="PATH",
                    help="your own photo instead of the bundled ones (repeatable)")
-    d.add_argument("--layer", default="auto", help="layer path, or auto (default)")
+    d.add_argument("--layer", default="auto", help=_LAYER)
+    _backend_arg(d)
+    _batch_size_arg(d)
     d.add_argument("-o", "--out", default="camlens-demo", help="output folder (default camlens-demo)")
 
-    f = sub.add_parser("features", help="write a grid of feature maps per layer for one image")
-    f.add_argument("model", help=_MODEL_OR_BUNDLED)
-    f.add_argument("image", help="an image file (PNG, JPEG, ...)")
-    f.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
-    f.add_argument("--layers", default="conv",
+    f = sub.add_parser("features", help="write a grid of feature maps per layer for each image")
+    _model_and_images(f, layer=False)
+    f.add_argument("--layer", "--layers", dest="layer", default="conv",
                    help="conv (default: every convolution), spatial (every layer with a "
                         "(h, w, C) output), auto, or layer names separated by commas")
     f.add_argument("--max-channels", type=int, default=64, help="channels per grid (default 64)")
-    f.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
-                   help=_PREPROCESS + "; 'bundled' uses its own")
     f.add_argument("--cmap", default="viridis", help="matplotlib colormap (default viridis)")
     f.add_argument("-o", "--out", default="camlens-features",
-                   help="output folder (default camlens-features)")
+                   help="output folder (default camlens-features); for several images one "
+                        "subfolder per image")
 
     r = sub.add_parser("report", help="one self-contained HTML page: overlays per method, top "
                                       "classes, layers, optional faithfulness metrics")
-    _model_and_images(r, _MODEL_OR_BUNDLED, None)
-    r.add_argument("--methods", default="gradcam",
-                   help="comma-separated methods (default gradcam), e.g. gradcam,scorecam")
+    _model_and_images(r)
+    _method_arg(r, "gradcam", "gradcam,scorecam")
     r.add_argument("--metrics", default="",
                    help="comma-separated faithfulness metrics (deletion, insertion, average_drop, "
                         "increase_in_confidence, road); none by default")
@@ -142,15 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--classes", default=None, metavar="FILE",
                    help="class names: a text file with one per line or a JSON list ('bundled' "
                         "uses the ImageNet names)")
-    r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--title", default=None, help="page title (default: the model file name)")
     r.add_argument("-o", "--out", default="camlens-report.html",
                    help="the HTML file to write (default camlens-report.html)")
 
     ev = sub.add_parser("evaluate", help="faithfulness metrics of each method's heatmaps, as tables")
-    _model_and_images(ev, _MODEL_OR_BUNDLED, None)
-    ev.add_argument("--methods", default="gradcam,gradcam++,scorecam",
-                    help="comma-separated methods (default gradcam,gradcam++,scorecam)")
+    _model_and_images(ev)
+    _method_arg(ev, "gradcam,gradcam++,scorecam", "gradcam,layercam")
     ev.add_argument("--metrics", default="deletion,insertion,average_drop,increase_in_confidence",
                     help="comma-separated: deletion, insertion, average_drop, "
                          "increase_in_confidence (default: these four), road")
@@ -159,7 +182,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="the score the metrics read: probability of the class (default), logit, raw")
     ev.add_argument("--target", type=_parse_target, default=None,
                     help=_target_help())
-    ev.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
 
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")
@@ -168,17 +190,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="HEIGHT,WIDTH of the input, for a model without a fixed input size "
                           "(PyTorch modules need it)")
     lay.add_argument("--output", default=None, help="which model output, for models with several")
+    _backend_arg(lay)
 
     a = sub.add_parser("app", help="a local web page to explain photos (needs camlens[app])")
     a.add_argument("model", nargs="?", default=None,
-                   help=_MODEL + "; default: the bundled EfficientNet-Lite0")
+                   help=_MODEL + "; default: bundled")
     a.add_argument("--size", type=_parse_size, default=None,
                    help="HEIGHT,WIDTH images are resized to, for a model without a fixed input "
                         "size (PyTorch modules need it)")
     a.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this computer only)")
     a.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    a.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None, help=_PREPROCESS)
+    _preprocess_arg(a)
+    _backend_arg(a)
     a.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload (default 8 MB)")
     return p
 
@@ -192,6 +216,21 @@ def _output_arg(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _use_backend(name: str | None) -> None:
+    """``--backend``: the Keras backend, which Keras reads once, when it is first imported."""
+    if name is None:
+        return
+    keras = sys.modules.get("keras")
+    if keras is not None:  # camlens run from Python, after the caller imported Keras
+        current = keras.backend.backend()
+        if current != name:
+            raise UsageError(f"--backend {name}: Keras is already loaded with the {current} "
+                             f"backend in this process, and cannot switch; run camlens in a new "
+                             f"process, or drop --backend to use {current}")
+        return
+    os.environ["KERAS_BACKEND"] = name
 
 
 def _load_model(path: str) -> Any:
@@ -231,6 +270,11 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     from .adapters import adapt
     from ._explain import layers
 
+    if args.model == "bundled":
+        if args.size is not None:
+            raise UsageError("the bundled model resizes images itself; drop --size")
+        print(layers(_bundled_model(args).model, output=_output_arg(args.output)))
+        return 0
     model = _load_model(args.model)
     shape = None if args.size is None else (1, 3, *args.size)
     # a native module (a Keras model on the torch backend is a torch module too, with a shape)
@@ -248,22 +292,46 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
+    methods = _methods(args.method)
     images = _images(args.images)
     _output_folder(args.out)
-    model = _load_model(args.model)
-    _input_geometry(model, args.size, "camlens.explain(model, [a, b])")  # in the CLI's words
-    with tqdm(total=len(images), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
-        done = explain_files(model, images, args.out, method=args.method, target=args.target,
-                             layer=args.layer, output=_output_arg(args.output),
-                             batch_size=args.batch_size, size=args.size,
-                             preprocess=args.preprocess, alpha=args.alpha, cmap=args.cmap,
-                             progress=bar.update)
-    if done.images:
-        print(f"layer: {done.layer}")
-        print(f"wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, heatmaps, results.json)")
-    return _skipped(message for _, message in done.failed)
+    model, lite, _, _ = _chosen_model(args, "camlens.explain(model, [a, b])")
+    if lite is not None:  # it crops and scales each photo itself; overlays show its crop
+        how: dict[str, Any] = dict(preprocess=lite.preprocess_batch, resize=False, display=lite.display)
+    else:
+        how = dict(preprocess=args.preprocess, size=args.size)
+    failed: dict[str, None] = {}  # an unreadable image fails for every method: said once
+    for method in methods:
+        # several methods: one folder each, each a whole explain output with its results.json
+        out = args.out if len(methods) == 1 else str(Path(args.out) / method)
+        with tqdm(total=len(images), desc=f"explaining ({method})" if len(methods) > 1 else "explaining",
+                  unit="img", disable=None, file=sys.stderr) as bar:
+            done = explain_files(model, images, out, method=method, target=args.target,
+                                 layer=args.layer, output=_output_arg(args.output),
+                                 batch_size=args.batch_size, alpha=args.alpha, cmap=args.cmap,
+                                 progress=bar.update, **how)
+        if done.images:
+            lead = f"{method}: " if len(methods) > 1 else ""
+            print(f"{lead}layer: {done.layer}")
+            print(f"{lead}wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, "
+                  "heatmaps, results.json)")
+        failed.update((message, None) for _, message in done.failed)
+    return _skipped(failed)
+
+
+def _methods(text: str) -> list[str]:
+    """The methods of ``--method a,b`` by their registered names, each once; an unknown one
+    fails before the model loads."""
+    from .methods import get_method
+
+    methods: list[str] = []
+    for name in _names(text):
+        canonical = get_method(name).name
+        if canonical not in methods:
+            methods.append(canonical)
+    if not methods:
+        raise UsageError("--method is empty; give a method such as gradcam, or several: gradcam,layercam")
+    return methods
 
 
 def _output_folder(out: str) -> None:
@@ -294,33 +362,58 @@ def _skipped(messages: Iterable[str]) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._args import batches
     from .features import LAYER_SETS, feature_maps
     from .files import _read_image
-    from .io import ImageError, as_preprocess
+    from .io import ImageError, as_preprocess, unique_names
     from .viz.color import _get_cmap
 
     if args.max_channels < 1:
         raise UsageError(f"--max-channels must be at least 1; got {args.max_channels}")
-    names = _names(args.layers)
+    names = _names(args.layer)
     if not names:
-        raise UsageError(f"--layers is empty; give {', '.join(LAYER_SETS)} or layer names")
+        raise UsageError(f"--layer is empty; give {', '.join(LAYER_SETS)} or layer names")
     layers: str | list[str] = names[0] if len(names) == 1 and names[0] in LAYER_SETS else names
     _get_cmap(args.cmap)  # fail before the model loads
+    images = _images(args.images)
     _output_folder(args.out)
     model, lite, size, channels = _chosen_model(args, "camlens.feature_maps(model, [a, b])")
     prep = lite.preprocess if lite is not None else as_preprocess(args.preprocess)
-    try:
-        pixels = _read_image(args.image, size, channels)
-    except ImageError as exc:
-        return _skipped([str(exc)])
-    fmaps = feature_maps(model, prep(pixels), layers)
-    files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
-    print(f"layers: {fmaps.reason}")
-    print(f"wrote {len(files) - 2} feature grid(s), overview.png and index.json to {args.out}/")
-    return 0
+    # one image: its grids in -o, as always; several: a subfolder of -o per image
+    outs = ([Path(args.out)] if len(images) == 1
+            else [Path(args.out) / n for n in unique_names(images)])
+    failed: list[str] = []
+    reason, grids, done = "", 0, 0
+    for part in batches(len(images), args.batch_size):
+        groups: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
+        for path, out in zip(images[part], outs[part]):
+            try:
+                x = np.asarray(prep(_read_image(path, size, channels)), np.float32)
+            except ImageError as exc:
+                failed.append(str(exc))
+                continue
+            groups.setdefault(x.shape, []).append((out, x))
+        for group in groups.values():  # a model without a fixed size: one call per size
+            fmaps = feature_maps(model, np.stack([x for _, x in group]), layers,
+                                 batch_size=args.batch_size)
+            reason = fmaps.reason
+            for i, (out, _) in enumerate(group):
+                grids += len(fmaps.save(out, index=i, max_channels=args.max_channels,
+                                        cmap=args.cmap)) - 2
+                done += 1
+    if done:
+        print(f"layers: {reason}")
+        where = (f"{args.out}/" if len(images) == 1
+                 else f"{done} subfolders of {args.out}/ (one per image)")
+        print(f"wrote {grids} feature grid(s), overview.png and index.json to {where}")
+    return _skipped(failed)
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
+    if args.model == "bundled":
+        args.model = None
     if args.model is None and (args.preprocess is not None or args.size is not None):
         raise UsageError("the bundled model scales and resizes photos itself; drop --preprocess "
                          "and --size")
@@ -352,7 +445,7 @@ def _read_class_names(path: str) -> list[str]:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import check_options, write_report
 
-    methods = _names(args.methods)
+    methods = _names(args.method)
     metrics = _names(args.metrics)
     check_options(methods, metrics, args.top)  # bad names fail before the model loads
     _output_file(args.out, "-o")
@@ -392,7 +485,7 @@ def _bundled_model(args: argparse.Namespace) -> Bundled:
     """The bundled pretrained EfficientNet-Lite0, which resizes and scales photos itself."""
     if args.size is not None:
         raise UsageError("the bundled model resizes images itself; drop --size")
-    if args.preprocess is not None:
+    if getattr(args, "preprocess", None) is not None:
         raise UsageError("the bundled model scales pixels itself; drop --preprocess")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from .models import bundled
@@ -418,7 +511,7 @@ def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | No
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .files import evaluate_files, evaluate_problems
 
-    methods = _names(args.methods)
+    methods = _names(args.method)
     names = _names(args.metrics)
     problems = evaluate_problems(methods, names, args.steps, args.batch_size,
                                  flag=lambda name: "--" + name.replace("_", "-"))
@@ -469,7 +562,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     _output_folder(args.out)
     try:
-        return run_demo(args.out, _names(args.method), args.image, layer=args.layer)
+        return run_demo(args.out, _methods(args.method), args.image, layer=args.layer,
+                        batch_size=args.batch_size)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
 
@@ -576,6 +670,9 @@ def _run(args: argparse.Namespace) -> int:
     """The command, with its errors said in one line each (:data:`_USAGE_ERRORS` and
     ``OSError``); the exit status."""
     try:
+        if getattr(args, "batch_size", 1) < 1:
+            raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
+        _use_backend(getattr(args, "backend", None))
         return _COMMANDS[args.command](args)
     except _USAGE_ERRORS as exc:
         for line in exc.messages if isinstance(exc, UsageError) else (str(exc),):

@@ -23,6 +23,7 @@ def run_demo(
     methods: Sequence[str] = ("gradcam", "cam"),
     images: Sequence[str] | None = None,
     layer: str = "auto",
+    batch_size: int = 16,
 ) -> int:
     """Run the demo; returns the exit status (1 when some of the user's images failed)."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -63,10 +64,11 @@ def run_demo(
 
     results: dict[str, dict] = {n: {"top3": [], "files": []} for n in names}
     overlays: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    layer_reason = ""
+    # each method's own: a pixel method (saliency) uses no layer, the others the one chosen
+    reasons: dict[str, str] = {}
     for method in methods:
-        exp = explain(model, x, method=method, layer=layer)
-        layer_reason = exp.reason
+        exp = explain(model, x, method=method, layer=layer, batch_size=batch_size)
+        reasons[method] = exp.reason
         over = exp.overlay(shown)
         for i, n in enumerate(names):
             path = viz.save_png(over[i], out_dir / f"{n}_{exp.method}.png")
@@ -86,9 +88,15 @@ def run_demo(
     fig = viz.panel(rows, titles=titles)
     viz.write_atomic(out_dir / "summary.png", viz.figure_to_png_bytes(fig, dpi=80))
     viz.write_atomic(out_dir / "summary.json", json.dumps(
-        {"model": "efficientnet_lite0", "layer": layer_reason, "methods": list(methods),
-         "images": results, "failed": failed}, indent=2))
-    print(f"layer: {layer_reason}")
+        {"model": "efficientnet_lite0", "layer": next(iter(reasons.values())), "layers": reasons,
+         "methods": list(methods), "images": results, "failed": failed}, indent=2))
+    if len(set(reasons.values())) == 1:
+        print(f"layer: {next(iter(reasons.values()))}")
+    else:
+        width = max(len(m) for m in reasons)
+        print("layer:")
+        for method, reason in reasons.items():
+            print(f"  {method:<{width}}  {reason}")
     print(f"wrote {len(names) * len(methods)} overlays, summary.png and summary.json to {out_dir}/")
     for message in failed:
         print(f"camlens: skipped {message}", file=sys.stderr)

@@ -125,6 +125,8 @@ def explain_files(
     alpha: float = 0.4,
     cmap: str = "jet",
     progress: Progress | None = None,
+    resize: bool = True,
+    display: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> ExplainedFiles:
     """Explain image files and write, into ``out``, an overlay and a heatmap PNG per image and
     call site (``<name>_<method>_<layer>_overlay.png``, ``..._heatmap.png``) and
@@ -144,6 +146,11 @@ def explain_files(
             pixels ``(N, H, W, C)``, 0..255, to model input.
         alpha, cmap: overlay opacity and colormap.
         progress: called as ``progress(n)`` when ``n`` more images are done.
+        resize: read the images at the model's size; turn it off when ``preprocess`` resizes
+            (as the bundled model's ``preprocess_batch`` does).
+        display: a batch of model inputs -> the uint8 RGB images the maps are drawn on, for a
+            ``preprocess`` that changes the size (the bundled model's ``display``: its centre
+            crop); default: the pixels as read.
 
     Returns the :class:`ExplainedFiles`; an image that cannot be read is in its ``failed``.
 
@@ -191,7 +198,7 @@ def explain_files(
             groups: dict[tuple[int, ...], list[tuple[str, str, np.ndarray]]] = {}
             for path, name in order[part]:
                 try:
-                    img = _read_image(path, (h, w), c)
+                    img = _read_image(path, (h, w) if resize else None, c)
                 except ImageError as exc:
                     done.failed.append((path, str(exc)))
                     step(1)
@@ -199,8 +206,11 @@ def explain_files(
                 groups.setdefault(img.shape, []).append((path, name, img))
             for group in groups.values():
                 x = np.stack([img for _, _, img in group])
-                exp = explain(model, prep(x), method=method, target=target, layer=layer,
+                inputs = prep(x)
+                exp = explain(model, inputs, method=method, target=target, layer=layer,
                               output=output, batch_size=batch_size)
+                if display is not None:
+                    x = np.asarray(display(inputs))
                 # the PNGs of this batch are written while the next batch is explained
                 if pending is not None:
                     pending[0].result()  # a failed save raises here

@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["ImageError", "load_image", "MAX_PIXELS", "decode_pixels", "load_model", "image_files",
            "PREPROCESSING", "IMAGE_SUFFIXES", "safe_name", "unique_names", "agreed_size", "image_geometry",
-           "as_preprocess"]
+           "as_preprocess", "DISPLAY", "as_display"]
 
 
 class ImageError(ValueError):
@@ -35,12 +35,51 @@ def _imagenet(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
+#: ImageNet channel means on a 0..255 scale in BGR order, as Keras' ResNet50 and VGG16
+#: ``preprocess_input`` (the "caffe" mode) subtracts them
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+
+
+def _three_channels(x: np.ndarray, name: str, what: str) -> None:
+    if np.shape(x)[-1] != 3:
+        raise ValueError(f"{name!r} scaling {what} 3 colour channels; these pixels have shape "
+                         f"{np.shape(x)}: use none, unit or symmetric")
+
+
+def _caffe(x: np.ndarray) -> np.ndarray:
+    _three_channels(x, "caffe", "reorders and centres")
+    return np.asarray(x, np.float32)[..., ::-1] - CAFFE_MEAN_BGR
+
+
+def _caffe_display(x: np.ndarray) -> np.ndarray:
+    _three_channels(x, "caffe", "reorders and centres")
+    return (np.asarray(x, np.float32) + CAFFE_MEAN_BGR)[..., ::-1]
+
+
+def _imagenet_display(x: np.ndarray) -> np.ndarray:
+    _three_channels(x, "imagenet", "normalises")
+    return (np.asarray(x, np.float32) * IMAGENET_STD + IMAGENET_MEAN) * 255.0
+
+
 #: how pixel values (0..255, channels last) are turned into model inputs
 PREPROCESSING = {
     "none": lambda x: x,  # 0..255 floats, as keras.utils.img_to_array gives them
     "unit": lambda x: x / 255.0,
     "symmetric": lambda x: x / 127.5 - 1.0,
     "imagenet": _imagenet,  # (x / 255 - mean) / std, as torchvision's pretrained models expect
+    # RGB -> BGR, minus the ImageNet mean, no scaling: Keras' ResNet50 / VGG16 preprocess_input
+    "caffe": _caffe,
+}
+
+#: the way back of each :data:`PREPROCESSING`: model input -> RGB pixels 0..255 (float), the
+#: photo to draw a map on. An input drawn as it is would show a "caffe" photo with red and blue
+#: swapped and darkened by the mean.
+DISPLAY = {
+    "none": lambda x: x,
+    "unit": lambda x: x * 255.0,
+    "symmetric": lambda x: (x + 1.0) * 127.5,
+    "imagenet": _imagenet_display,
+    "caffe": _caffe_display,
 }
 
 def agreed_size(
@@ -71,6 +110,16 @@ def as_preprocess(preprocess: str | Callable[[np.ndarray], np.ndarray] | None) -
     raise TypeError(f"preprocess must be a name or a function; got {type(preprocess).__name__}")
 
 
+def as_display(preprocess: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    """The :data:`DISPLAY` function of a :data:`PREPROCESSING` name (``None``: "none"): model
+    input back to uint8 RGB pixels, rounded and clipped to 0..255."""
+    key = preprocess or "none"
+    if key not in DISPLAY:
+        raise ValueError(f"unknown preprocess {key!r}; use one of {', '.join(sorted(DISPLAY))}")
+    back = DISPLAY[key]
+    return lambda x: np.clip(np.rint(back(np.asarray(x, np.float32))), 0, 255).astype(np.uint8)
+
+
 def image_geometry(
     model: Any, size: tuple[int, int] | None, *, drop: str, refusal: str
 ) -> tuple[tuple[int | None, int | None], int]:
@@ -97,9 +146,14 @@ def image_files(paths: "list[str] | tuple[str, ...]") -> list[str]:
     name), a folder gives its image files (by suffix, at any depth, sorted; hidden files and
     folders skipped; links to folders not followed, so a link loop cannot recurse). Raises
     ValueError for a folder that holds no image file, and for one that cannot be read or holds
-    a subfolder that cannot be read: its images would be left out without a word."""
+    a subfolder that cannot be read: its images would be left out without a word.
+
+    A path that does not exist and holds ``*``, ``?`` or ``[`` is a glob pattern (a quoted
+    ``'photos/*.jpg'`` that no shell expanded, or a Windows shell, which never expands): it
+    gives the files and folders it matches, sorted (``**`` spans folders). A pattern that
+    matches nothing raises ValueError: it would otherwise read as a missing file."""
     out: list[str] = []
-    for item in paths:
+    for item in _expand_globs(paths):
         p = Path(item)
         if not os.path.isdir(p):  # False, not PermissionError, in a folder that cannot be read
             out.append(str(item))
@@ -118,6 +172,25 @@ def image_files(paths: "list[str] | tuple[str, ...]") -> list[str]:
         found.sort()
         if not found:
             raise ValueError(f"{p}: the folder holds no image file ({', '.join(IMAGE_SUFFIXES)})")
+        out.extend(found)
+    return out
+
+
+def _expand_globs(paths: "list[str] | tuple[str, ...]") -> list[str]:
+    import glob
+
+    out: list[str] = []
+    for item in paths:
+        text = str(item)
+        # a file whose name holds a bracket or star is itself, not a pattern
+        if not re.search(r"[*?[]", text) or os.path.lexists(text):
+            out.append(text)
+            continue
+        found = sorted(m for m in glob.glob(text, recursive=True)
+                       if not Path(m).name.startswith("."))
+        if not found:
+            raise ValueError(f"{text}: no file matches this pattern; check the folder and the "
+                             "pattern (e.g. 'photos/*.jpg')")
         out.extend(found)
     return out
 
