@@ -1,6 +1,14 @@
 """The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...``,
-``camlens features MODEL IMAGE``, ``camlens layers MODEL``, ``camlens report MODEL IMAGE...``,
-``camlens evaluate MODEL IMAGE...`` and ``camlens app [MODEL]``.
+``camlens features MODEL IMAGE...``, ``camlens layers MODEL``, ``camlens report MODEL IMAGE...``,
+``camlens evaluate MODEL IMAGE...``, ``camlens app [MODEL]`` and ``camlens --version``.
+
+One grammar for all of them: ``MODEL`` is a model file, ``FILE.py:NAME`` or ``bundled``;
+``IMAGE`` is a file, a folder or a glob pattern (expanded here when the shell did not);
+``--method a,b`` (alias ``--methods``) is a comma list wherever methods are taken; ``--layer``
+(``features`` also ``--layers``); ``--batch-size`` is images per model call, default
+:data:`BATCH_SIZE`, on every command that runs the model; ``--backend`` picks the Keras backend
+on every command that loads a model; ``--preprocess`` names one of
+:data:`camlens.io.PREPROCESSING`.
 
 Exit status: 0 when everything worked, 1 when some images failed (the others are still done),
 2 for a bad command line, a model that cannot be used or a file that cannot be written; 130
@@ -406,7 +414,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     if done:
         print(f"layers: {reason}")
         where = (f"{args.out}/" if len(images) == 1
-                 else f"{done} subfolders of {args.out}/ (one per image)")
+                 else f"{done} subfolders of {Path(args.out)}/ (one per image)")
         print(f"wrote {grids} feature grid(s), overview.png and index.json to {where}")
     return _skipped(failed)
 
