@@ -150,13 +150,17 @@ def test_features_takes_a_folder_one_subfolder_per_image(model_file, photos, tmp
 
     from camlens.io import load_image
 
+    def pixels(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB"))
+
     model = keras.saving.load_model(model_file)
     for name in ("a", "b"):
         x = load_image(photos / f"{name}.png", (SIZE, SIZE))[None]
         alone = camlens.feature_maps(model, x, ["last_conv"]).save(tmp_path / f"alone_{name}")
         expected = json.loads(alone[-1].read_text())["layers"]
         assert json.loads((out / name / "index.json").read_text())["layers"] == expected
-    assert expected != json.loads((out / "a" / "index.json").read_text())["layers"]
+        np.testing.assert_array_equal(pixels(out / name / "last_conv.png"), pixels(alone[0]))
+    assert not np.array_equal(pixels(out / "a" / "last_conv.png"), pixels(out / "b" / "last_conv.png"))
 
 
 def test_features_one_image_writes_into_out_itself_with_layers_alias(model_file, photos, tmp_path, capsys):
