@@ -273,6 +273,33 @@ def test_report_takes_caffe(model_file, tmp_path, capsys):
     assert out.stat().st_size > 1000
 
 
+def test_write_report_takes_a_preprocessing_name(model_file, tmp_path):
+    import keras
+
+    from camlens.io import PREPROCESSING
+    from camlens.report import write_report
+
+    img = str(_png(tmp_path / "p.png", seed=7))
+    model = keras.saving.load_model(model_file)
+    by_name = write_report(tmp_path / "a.html", model, [img], preprocess="caffe")
+    by_function = write_report(tmp_path / "b.html", model, [img], preprocess=PREPROCESSING["caffe"])
+    assert by_name.images[0].error is None
+    assert by_name.images[0].predictions == by_function.images[0].predictions
+
+
+def test_app_takes_caffe_and_shows_the_rgb_photo(model_file):
+    import keras
+
+    from camlens.app._session import AppModel
+    from camlens.io import PREPROCESSING
+
+    session = AppModel(keras.saving.load_model(model_file), preprocess="caffe")
+    photo = np.random.default_rng(3).integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+    prepared = session.prepare(photo)
+    np.testing.assert_array_equal(prepared.shown, photo)
+    np.testing.assert_allclose(prepared.x, PREPROCESSING["caffe"](photo.astype(np.float32)), rtol=1e-6)
+
+
 # ---------------------------------------------------------------- bundled (the real model)
 @pytest.fixture(scope="module")
 def chelsea(tmp_path_factory) -> Path:

@@ -130,7 +130,7 @@ class AppModel:
     ``pip install "camlens[demo]"``), which crops and scales photos itself. Any other model must
     take one image batch ``(N, H, W, c)`` (a torch module: ``(N, c, H, W)``, and ``input_size``
     ``(H, W)`` is needed, since a module has no size of its own); ``preprocess`` is a name from
-    :data:`camlens.io.PREPROCESSING` ("none", "unit", "symmetric", "imagenet") or a callable,
+    :data:`camlens.io.PREPROCESSING` ("none", "unit", "symmetric", "imagenet", "caffe") or a callable,
     applied to the float32 pixels (0..255) after they are resized to the model's input size.
     """
 

@@ -89,7 +89,7 @@ def collect(
     higher_is_better: Mapping[str, bool] | None = None,
     top: int = 5,
     class_names: Sequence[str] | None = None,
-    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    preprocess: str | Callable[[np.ndarray], np.ndarray] | None = None,
     display: Callable[[np.ndarray], np.ndarray] | None = None,
     resize: bool = True,
     input_size: tuple[int, int] | None = None,
@@ -117,7 +117,8 @@ def collect(
         higher_is_better: directions for metric names not in :data:`HIGHER_IS_BETTER`.
         top: how many predictions to list per image.
         class_names: one label per model output unit.
-        preprocess: pixels 0..255 ``(H, W, C)`` -> one model input; default: none.
+        preprocess: pixels 0..255 ``(H, W, C)`` -> one model input, or a name of
+            :data:`camlens.io.PREPROCESSING` ("unit", "imagenet", "caffe", ...); default: none.
         display: one model input -> the uint8 image to draw on; default: the pixels when
             ``preprocess`` keeps their size, else the input rescaled for display.
         resize: resize images to the model's input size before ``preprocess`` (turn it off
@@ -148,6 +149,10 @@ def collect(
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     algos, metric_fns = check_options(methods, metrics, top)
     method_names = [a.name for a in algos]
+    if isinstance(preprocess, str):
+        from ..io import as_preprocess
+
+        preprocess = as_preprocess(preprocess)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
     if size < 16:
