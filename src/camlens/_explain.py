@@ -12,7 +12,8 @@ from ._restore import interruptible
 from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
-from .graph import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report
+from .graph import (GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report,
+                    model_order)
 from .methods import PixelMethod, get_method
 from .tokens import infer_grid, split_tokens, tokens_to_grid
 from .targets import ClassScore, Target, as_target
@@ -275,4 +276,4 @@ def layers(
         adapter.prepare(np.zeros(tuple(input_shape), np.float32))
     graph = adapter.graph()
     out_idx = ClassScore(output=output).output_indices(graph.output_names)
-    return layer_report(graph, out_idx, token_grid)
+    return layer_report(graph, out_idx, token_grid, model_order(model))
