@@ -16,7 +16,7 @@ from .graph import (GraphNode, LayerGraph, LayerReport, choose_layers, find_node
                     model_order)
 from .methods import PixelMethod, get_method
 from .tokens import infer_grid, split_tokens, tokens_to_grid
-from .targets import ClassScore, Target, as_target
+from .targets import ClassScore, Logit, Target, as_target
 
 __all__ = ["explain", "layers", "adapt"]
 
@@ -125,6 +125,10 @@ def explain(
     graph = adapter.graph()
     out_idx = tgt.output_indices(graph.output_names)
     algo = get_method(method)
+    if getattr(algo, "explains_logit", False) and type(tgt) is ClassScore:
+        # CAM's weights are the Dense layer's, before any softmax: the map is of the logit, so
+        # the scores and the target's name must be too, not the probability
+        tgt = Logit(tgt.index, tgt.output)
     positive_int("explain", "batch_size", batch_size)
     if not algo.needs_layer:
         if not (layer is None or layer == "auto"):
