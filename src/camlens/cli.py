@@ -127,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=None,
                    help=_PREPROCESS + "; 'bundled' uses its own")
     f.add_argument("--cmap", default="viridis", help="matplotlib colormap (default viridis)")
+    f.add_argument("--style", choices=("minmax", "standardized"), default="minmax",
+                   help="tile scaling: minmax (each channel to its own range, default) or "
+                        "standardized ((x - mean) / std * 64 + 128); dead channels are crossed out")
     f.add_argument("-o", "--out", default="camlens-features",
                    help="output folder (default camlens-features)")
 
@@ -314,8 +317,11 @@ def _cmd_features(args: argparse.Namespace) -> int:
     except ImageError as exc:
         return _skipped([str(exc)])
     fmaps = feature_maps(model, prep(pixels), layers)
-    files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
+    files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap, style=args.style)
     print(f"layers: {fmaps.reason}")
+    dead = {k: v for k, v in fmaps.dead_counts().items() if v}
+    if dead:
+        print("dead (constant) channels: " + ", ".join(f"{k} {v}" for k, v in dead.items()))
     print(f"wrote {len(files) - 2} feature grid(s), overview.png and index.json to {args.out}/")
     return 0
 
