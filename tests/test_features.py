@@ -191,7 +191,7 @@ def test_grid_array_layout_and_tiles():
     x = X[:, :, 0]
     np.testing.assert_allclose(mosaic[0:4, 0:4], (x + 5) / 15, atol=1e-6)  # ch 2, scaled alone
     np.testing.assert_allclose(mosaic[0:4, 4:8], (x + 5) / 15, atol=1e-6)  # ch 0
-    np.testing.assert_array_equal(mosaic[4:8, 0:4], 0)  # ch 4 is constant: drawn flat
+    np.testing.assert_array_equal(mosaic[4:8, 0:4], 0.5)  # ch 4 is constant (dead): flat grey
     np.testing.assert_allclose(mosaic[4:8, 4:8], (10 - x) / 15, atol=1e-6)  # ch 1 = -2x
     np.testing.assert_array_equal(mosaic[4:8, 8:12], 0)  # no sixth channel
     assert np.isfinite(mosaic).all()
@@ -217,7 +217,8 @@ def test_grid_array_rejects_bad_input():
 def test_grid_figure_labels_tiles_title_and_cap():
     fig = viz.feature_grid(c1_acts(), layer="c1", max_channels=3)
     assert [t.get_text() for t in fig.axes[0].texts] == ["ch 2", "ch 0", "ch 3"]
-    assert [t.get_text() for t in fig.texts] == ["c1  (4x4x5)", "3 of 5 channels, highest mean first, +2 more"]
+    assert [t.get_text() for t in fig.texts] == [
+        "c1  (4x4x5)", "3 of 5 channels, highest mean first, +2 more; 1 dead"]
     full = viz.feature_grid(c1_acts(), layer="c1")
     assert not any("more" in t.get_text() for t in full.texts)
     with pytest.raises(ValueError, match="unknown colormap 'viridus'. Did you mean 'viridis'"):
@@ -229,12 +230,12 @@ def test_overview_one_row_per_layer():
     fig = fm.plot()
     assert len(fig.axes) == 3
     assert [t.get_text() for t in fig.texts] == [
-        "c1  (4x4x5)  ch 2, 0, 3, 4, 1",
-        "pool  (2x2x5)  ch 2, 0, 3, 1, 4",  # means 5, 0, 15, 5, 0
-        "dw  (2x2x5)  ch 0, 3, 1, 4, 2",  # means D * (5, 0, 15, 5, 0) = 10, 0, -15, 2.5, 0
+        "c1  (4x4x5)  ch 2, 0, 3, 4, 1  (1 dead)",  # ch 4 (K = 0) is all zero
+        "pool  (2x2x5)  ch 2, 0, 3, 1, 4  (1 dead)",  # means 5, 0, 15, 5, 0
+        "dw  (2x2x5)  ch 0, 3, 1, 4, 2  (1 dead)",  # means D * (5, 0, 15, 5, 0) = 10, 0, -15, 2.5, 0
     ]
     few = viz.feature_overview(fm, channels=2)
-    assert few.texts[0].get_text() == "c1  (4x4x5)  ch 2, 0, +3 more"
+    assert few.texts[0].get_text() == "c1  (4x4x5)  ch 2, 0, +3 more  (1 dead)"
     assert [t.get_text() for t in fm.plot("pool", max_channels=1).axes[0].texts] == ["ch 2"]
 
 
@@ -337,3 +338,63 @@ def test_cli_features_bundled_model_one_grid_per_conv_layer(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [e["file"] for e in meta["layers"]] + ["overview.png", "index.json"])
     assert f"wrote 49 feature grid(s), overview.png and index.json to {out}/" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- standardized view, dead channels
+def test_standardize_exact_pixels_and_dead_channel():
+    # mean 1.5, population std sqrt(1.25): (x - 1.5) / 1.1180 * 64 + 128 = 42.1, 99.4, 156.6, 213.9
+    assert viz.standardize(np.array([[0.0, 1.0], [2.0, 3.0]])).tolist() == [[42, 99], [156, 213]]
+    # mean 0, std 1: -1 and +1 are 64 and 192
+    got = viz.standardize(np.array([[-1.0, 1.0], [1.0, -1.0]]))
+    assert got.dtype == np.uint8 and got.tolist() == [[64, 192], [192, 64]]
+    # one outlier: mean 0.25, std sqrt(15) / 4; 4.0 is +3.87 std (375.9: clipped to 255),
+    # the zeros -0.258 std (111.5: truncated to 111); min-max would draw the zeros all black
+    spike = np.zeros((4, 4))
+    spike[1, 2] = 4.0
+    got = viz.standardize(spike)
+    assert got[1, 2] == 255 and (np.delete(got.ravel(), 6) == 111).all()
+    assert viz.standardize(np.full((3, 3), 7.0)) is None and viz.standardize(np.zeros((2, 2))) is None
+    with pytest.raises(ValueError, match=r"one \(h, w\) channel; got shape \(2, 2, 1\)"):
+        viz.standardize(np.zeros((2, 2, 1)))
+
+
+def test_standardized_grid_tiles_and_dead_channel_marked_and_counted(tmp_path):
+    a = c1_acts()  # channel 4 is K=0: all zero, dead
+    assert viz.dead_channels(a) == [4]
+    mosaic, chans = viz.feature_grid_array(a, style="standardized")
+    assert chans == RANKED
+    x = X[:, :, 0].astype(np.float64)
+    want = np.clip((x - x.mean()) / x.std() * 64 + 128, 0, 255).astype(np.uint8) / np.float32(255)
+    np.testing.assert_array_equal(mosaic[0:4, 0:4], want.astype(np.float32))  # ch 2 = 3x: same z
+    np.testing.assert_array_equal(mosaic[4:8, 0:4], 0.5)  # ch 4, dead: flat grey
+    with pytest.raises(ValueError, match="unknown style 'zscore'; use one of minmax, standardized"):
+        viz.feature_grid_array(a, style="zscore")
+
+    fig = viz.feature_grid(a, layer="c1", style="standardized")
+    assert [t.get_text() for t in fig.axes[0].texts] == ["ch 2", "ch 0", "ch 3", "ch 4 dead", "ch 1"]
+    assert len(fig.axes[0].patches) == 1 and len(fig.axes[0].lines) == 2  # grey tile, a cross
+    assert fig.texts[1].get_text() == "5 of 5 channels, highest mean first, standardized; 1 dead"
+
+    fm = camlens.feature_maps(tiny_net(), X, "spatial")
+    assert fm.dead_channels("c1") == [4] and fm.dead_channels("pool") == [4]
+    assert fm.dead_counts() == {"c1": 1, "pool": 1, "dw": 1}
+    assert fm.plot(style="standardized").texts[0].get_text() == "c1  (4x4x5)  ch 2, 0, 3, 4, 1  (1 dead)"
+    fm.save(tmp_path, style="standardized")
+    meta = json.loads((tmp_path / "index.json").read_text())
+    assert meta["style"] == "standardized" and meta["dead_count"] == 3
+    assert [(e["dead_channels"], e["dead_count"]) for e in meta["layers"]] == [([4], 1)] * 3
+    with pytest.raises(ValueError, match="unknown style 'belt'"):
+        fm.save(tmp_path / "x", style="belt")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_features_style_option(model_file, tmp_path, capsys):
+    image = _png(tmp_path / "photo.png", 12, 12)
+    out = tmp_path / "out"
+    assert main(["features", str(model_file), image, "-o", str(out), "--style", "standardized"]) == 0
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["style"] == "standardized" and all("dead_count" in e for e in meta["layers"])
+    with pytest.raises(SystemExit) as stop:
+        main(["features", str(model_file), image, "-o", str(out), "--style", "zscore"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'zscore'" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_branches_are_skipped_for_their_merge():
     choice = choose_layers(g)
     assert [n.path for n in choice.nodes] == ["cat"]
     report = layer_report(g)
-    assert report.naive == "b2" and "b2, is not on every path" in report.notes[0]
+    assert report.naive == "b2" and "b2 (#2), is not on every path" in report.notes[0]
     assert [r.path for r in report.candidates] == ["a", "cat"]
 
 
@@ -123,6 +123,79 @@ def test_keras_applications(name):
     if name == "InceptionV3":
         assert report.naive is not None and report.naive != "mixed10"
         assert any("not on every path" in n for n in report.notes)
+
+
+def test_inception_v3_names_the_last_convolution_by_its_model_layers_index():
+    # seed 004: "the last convolutional layer ... conv2d_94 (idx 299)" (Keras 2 counted names from
+    # 1; Keras 3 calls the same layer conv2d_93). Names come from a global counter: start afresh.
+    keras.utils.clear_session()
+    model = keras.applications.InceptionV3(weights=None)
+    assert model.layers[299].name == "conv2d_93" and model.layers[310].name == "mixed10"
+    report = camlens.layers(model)
+    text = str(report)
+    lines = text.splitlines()
+    assert lines[0] == camlens.graph.ORDER_KERAS
+    assert lines[1].split() == ["#", "layer", "type", "output", "calls", "on", "every", "path"]
+    assert "299  conv2d_93 " in text and "310  mixed10 " in text
+    assert report.naive == "conv2d_93" and report.index_of("conv2d_93") == "299"
+    assert report.last_graph_conv == "conv2d_85" and report.index_of("conv2d_85") == "294"
+    assert report.chosen == ["mixed10"] and "chosen: mixed10 (#310)" in lines
+    assert report.notes == [
+        "note: the last convolution by index, conv2d_93 (model.layers[299]), and the last one in "
+        "graph order, conv2d_85 (model.layers[294]), are not on every path to the output (each is "
+        "one branch that a later layer merges), so either would explain only part of the "
+        "evidence; mixed10 (model.layers[310]) is on every path, the deepest such spatial layer."
+    ]
+    # the # column is what layer=<int> takes
+    from camlens._explain import _resolve_layer
+    from camlens.adapters import adapt
+    nodes, _ = _resolve_layer(adapt(model).graph(), model, 299, [0])
+    assert [n.path for n in nodes] == ["conv2d_93"]
+
+
+def test_layer_index_column_nested_keras_and_torch():
+    enc = keras.Sequential([keras.Input((16, 16, 3)), L.Conv2D(4, 3, name="c1"),
+                            L.Conv2D(4, 3, name="c2")], name="encoder")
+    a, b = keras.Input((16, 16, 3)), keras.Input((16, 16, 3))
+    feats = L.Concatenate(name="cat")([enc(a), enc(b)])
+    model = keras.Model([a, b], L.Dense(1, name="out")(L.GlobalAveragePooling2D(name="gap")(feats)))
+    report = camlens.layers(model)
+    assert [(r.index, r.path) for r in report.rows] == [
+        ("2/0", "encoder/c1"), ("2/1", "encoder/c2"), ("3", "cat"), ("4", "gap"), ("5", "out")]
+    assert "chosen: encoder/c2 (#2/1), encoder/c2#1 (#2/1)" in str(report).splitlines()
+
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    report = camlens.layers(net, input_shape=(1, 3, 16, 16))
+    assert str(report).splitlines()[0] == camlens.graph.ORDER_TORCH
+    assert [r.index for r in report.rows] == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_layer_report_without_a_model_numbers_rows_in_graph_order():
+    g = _graph(
+        [
+            ("a", "Conv2D", (8, 8, 4), ["in"]),
+            ("b1", "Conv2D", (8, 8, 4), ["a"]),
+            ("b2", "Conv2D", (8, 8, 4), ["a"]),
+            ("cat", "Concatenate", (8, 8, 8), ["b1", "b2"]),
+            ("gap", "GlobalAveragePooling2D", (8,), ["cat"]),
+            ("out", "Dense", (2,), ["gap"]),
+        ],
+        ["out"],
+    )
+    report = layer_report(g)
+    assert [r.index for r in report.rows] == ["0", "1", "2", "3", "4", "5"]
+    assert report.notes == [
+        "note: the last convolution in graph order, b2 (#2), is not on every path to the output "
+        "(it is one branch), so it would explain only part of the evidence."
+    ]
+    # an index that differs from graph order (Keras sorts model.layers by depth)
+    order = ("X", {"a": "1", "b1": "3", "b2": "2", "cat": "4", "gap": "5", "out": "6"})
+    report = layer_report(g, order=order)
+    assert report.naive == "b1" and report.last_graph_conv == "b2"
+    assert report.notes[0].startswith("note: the last convolution by index, b1 (#3), and the last "
+                                      "one in graph order, b2 (#2), are not on every path")
 
 
 def test_inception_explain_uses_mixed10_while_it_is_spatial():

@@ -68,3 +68,22 @@ def test_warnings_point_at_the_callers_line():
         camlens.explain(model, np.ones((1, 3, 8, 8), np.float32), layer="1")
     assert caught, "expected the constant-map warning"
     assert all(w.filename == __file__ for w in caught), [(w.filename, str(w.message)[:60]) for w in caught]
+
+
+def test_subpackages_the_readme_uses_are_reached_lazily_after_import_camlens():
+    """`import camlens` then `camlens.models.efficientnet_lite0(...)`, `camlens.samples.photo`,
+    `camlens.io.load_image`, `camlens.app.create_app`: each subpackage is there on first use,
+    and `import camlens` alone still loads none of them (nor a framework)."""
+    code = (
+        "import sys, camlens\n"
+        "lazy = ('camlens.models', 'camlens.samples', 'camlens.app')\n"
+        "print(sorted(m for m in lazy if m in sys.modules))\n"
+        "print(callable(camlens.models.efficientnet_lite0), callable(camlens.samples.photo),\n"
+        "      callable(camlens.io.load_image), callable(camlens.files.explain_files))\n"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'torch', 'jax') if m in sys.modules))\n"
+        "print(all(name in dir(camlens) for name in ('models', 'samples', 'io', 'app')))\n"
+        "try:\n    camlens.nonexistent\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "[]", "True True True True", "[]", "True", "module 'camlens' has no attribute 'nonexistent'"]

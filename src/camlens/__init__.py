@@ -19,6 +19,24 @@ from .smooth import tta
 
 __version__ = "0.1.0"
 
+#: subpackages reached as attributes (``camlens.models.efficientnet_lite0()``) but imported only
+#: when first used: they load a framework (models), a web server (app) or image decoders (io),
+#: and ``import camlens`` stays light. Python binds a submodule on its package once imported, so
+#: this is the package's own attribute, not a dependency of the facade on those layers.
+_LAZY = ("app", "files", "io", "models", "samples")
+
+
+def __getattr__(name: str):  # PEP 562
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'camlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 __all__ = [
     "explain",
     "layers",

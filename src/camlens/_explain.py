@@ -12,10 +12,11 @@ from ._restore import interruptible
 from .access import ModelAccess
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
-from .graph import GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report
+from .graph import (GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report,
+                    model_order)
 from .methods import PixelMethod, get_method
 from .tokens import infer_grid, split_tokens, tokens_to_grid
-from .targets import ClassScore, Target, as_target
+from .targets import ClassScore, Logit, Target, as_target
 
 __all__ = ["explain", "layers", "adapt"]
 
@@ -124,6 +125,10 @@ def explain(
     graph = adapter.graph()
     out_idx = tgt.output_indices(graph.output_names)
     algo = get_method(method)
+    if getattr(algo, "explains_logit", False) and type(tgt) is ClassScore:
+        # CAM's weights are the Dense layer's, before any softmax: the map is of the logit, so
+        # the scores and the target's name must be too, not the probability
+        tgt = Logit(tgt.index, tgt.output)
     positive_int("explain", "batch_size", batch_size)
     if not algo.needs_layer:
         if not (layer is None or layer == "auto"):
@@ -275,4 +280,4 @@ def layers(
         adapter.prepare(np.zeros(tuple(input_shape), np.float32))
     graph = adapter.graph()
     out_idx = ClassScore(output=output).output_indices(graph.output_names)
-    return layer_report(graph, out_idx, token_grid)
+    return layer_report(graph, out_idx, token_grid, model_order(model))

@@ -160,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(h, w, C) output), auto, or layer names separated by commas")
     f.add_argument("--max-channels", type=int, default=64, help="channels per grid (default 64)")
     f.add_argument("--cmap", default="viridis", help="matplotlib colormap (default viridis)")
+    f.add_argument("--style", choices=("minmax", "standardized"), default="minmax",
+                   help="tile scaling: minmax (each channel to its own range, default) or "
+                        "standardized ((x - mean) / std * 64 + 128); dead channels are crossed out")
     f.add_argument("-o", "--out", default="camlens-features",
                    help="output folder (default camlens-features); for several images one "
                         "subfolder per image")
@@ -409,8 +412,13 @@ def _cmd_features(args: argparse.Namespace) -> int:
             reason = fmaps.reason
             for i, (out, _) in enumerate(group):
                 grids += len(fmaps.save(out, index=i, max_channels=args.max_channels,
-                                        cmap=args.cmap)) - 2
+                                        cmap=args.cmap, style=args.style)) - 2
                 done += 1
+                dead = {k: v for k, v in fmaps.dead_counts(index=i).items() if v}
+                if dead:
+                    whose = "" if len(images) == 1 else f" in {out.name}"
+                    print(f"dead (constant) channels{whose}: "
+                          + ", ".join(f"{k} {v}" for k, v in dead.items()))
     if done:
         print(f"layers: {reason}")
         where = (f"{args.out}/" if len(images) == 1

@@ -45,6 +45,10 @@ class FeatureMaps:
             ``"encoder/conv2d_1#1"`` for its second call).
         kinds: the layer types (``Conv2D``, ``DepthwiseConv2D``, ``Conv2d``...).
         reason: how the layers were chosen.
+
+    A channel constant over its map (all zero: a ReLU that never fired) is *dead*:
+    :meth:`dead_channels` lists them, :meth:`dead_counts` counts them per layer, and the grids
+    draw them grey and crossed out.
     """
 
     activations: list[np.ndarray]
@@ -75,6 +79,18 @@ class FeatureMaps:
             raise IndexError(f"sample {index} is out of range: the batch has {len(acts)} image(s)")
         return acts[index]
 
+    def dead_channels(self, layer: int | str, index: int = 0) -> list[int]:
+        """The channels of a call site that are dead for sample ``index``: constant over the
+        map (all zero, or one value), so standard deviation 0. The grids draw them grey and
+        crossed out; :meth:`save` counts them in ``index.json``."""
+        from . import viz
+
+        return viz.dead_channels(self.sample(layer, index))
+
+    def dead_counts(self, index: int = 0) -> dict[str, int]:
+        """For sample ``index``, the number of dead channels of each call site, by label."""
+        return {label: len(self.dead_channels(k, index)) for k, label in enumerate(self.layers)}
+
     def plot(
         self,
         layer: int | str | None = None,
@@ -83,16 +99,19 @@ class FeatureMaps:
         max_channels: int = 64,
         cmap: str = "viridis",
         rank: str = "mean",
+        style: str = "minmax",
     ) -> Figure:
         """The grid of one layer (see :func:`camlens.viz.feature_grid`) or, with ``layer=None``,
-        the overview of all layers, for sample ``index``."""
+        the overview of all layers, for sample ``index``. ``style="minmax"`` scales each tile
+        to its own range; ``style="standardized"`` draws ``(x - mean) / std * 64 + 128``
+        (:func:`camlens.viz.standardize`). Dead channels are grey and crossed out."""
         from . import viz
 
         if layer is None:
-            return viz.feature_overview(self, index=index, cmap=cmap, rank=rank)
+            return viz.feature_overview(self, index=index, cmap=cmap, rank=rank, style=style)
         k = self._site(layer)
         return viz.feature_grid(self.sample(k, index), layer=self.layers[k],
-                                max_channels=max_channels, cmap=cmap, rank=rank)
+                                max_channels=max_channels, cmap=cmap, rank=rank, style=style)
 
     def save(
         self,
@@ -102,12 +121,18 @@ class FeatureMaps:
         max_channels: int = 64,
         cmap: str = "viridis",
         rank: str = "mean",
+        style: str = "minmax",
         dpi: float = 100,
     ) -> list[Path]:
         """Write, for sample ``index``, one grid PNG per call site (named after the layer,
         ``encoder-conv2d_1.png``), ``overview.png`` and ``index.json`` (file, layer, type,
-        shape and the channels shown, in tile order, per grid). Returns the written paths."""
+        shape, the channels shown in tile order and the dead channels, per grid; the style and
+        the dead channels of all layers together). ``style`` as in :meth:`plot`. Returns the
+        written paths."""
         from . import viz
+
+        if style not in viz.STYLES:  # before any file is written
+            raise ValueError(f"unknown style {style!r}; use one of {', '.join(viz.STYLES)}")
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +147,9 @@ class FeatureMaps:
                 name = f"{stem}-{n}"
             taken.add(name)
             _, shown = viz.feature_grid_array(acts, max_channels=max_channels, rank=rank)
-            fig = viz.feature_grid(acts, layer=label, max_channels=max_channels, cmap=cmap, rank=rank)
+            fig = viz.feature_grid(acts, layer=label, max_channels=max_channels, cmap=cmap, rank=rank,
+                                   style=style)
+            dead = viz.dead_channels(acts)
             path = out / f"{name}.png"
             viz.write_atomic(path, viz.figure_to_png_bytes(fig, dpi=dpi))
             written.append(path)
@@ -133,12 +160,15 @@ class FeatureMaps:
                 "shape": [int(d) for d in acts.shape],
                 "channels_shown": shown,
                 "channels_total": int(acts.shape[-1]),
+                "dead_channels": dead,
+                "dead_count": len(dead),
             })
         overview = out / "overview.png"
         viz.write_atomic(overview, viz.figure_to_png_bytes(
-            viz.feature_overview(self, index=index, cmap=cmap, rank=rank), dpi=dpi))
+            viz.feature_overview(self, index=index, cmap=cmap, rank=rank, style=style), dpi=dpi))
         written.append(overview)
-        meta = {"sample": index, "rank": rank, "reason": self.reason,
+        meta = {"sample": index, "rank": rank, "style": style, "reason": self.reason,
+                "dead_count": sum(e["dead_count"] for e in entries),
                 "overview": overview.name, "layers": entries}
         viz.write_atomic(out / "index.json", json.dumps(meta, indent=2))
         written.append(out / "index.json")
@@ -247,6 +277,8 @@ def feature_maps(
         fmaps.layers                                    # ['conv2d', 'conv2d_1', ...]
         fmaps["conv2d_1"].shape                         # (1, 72, 72, 16)
         fmaps.save("features/")                         # one grid per layer, overview, index.json
+        fmaps.plot("conv2d_1", style="standardized")    # (x - mean) / std * 64 + 128 per channel
+        fmaps.dead_counts()                             # {'conv2d': 0, 'conv2d_1': 3, ...}
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of at least 1; got {batch_size!r}")

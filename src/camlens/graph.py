@@ -6,8 +6,9 @@ them. A layer that runs twice (a siamese encoder) gives two nodes, its two call 
 
 The rule for ``layer="auto"``: take the deepest node with a spatial output that every path from
 the input to the explained output passes through (a dominator of the output). Picking "the last
-convolution by index" is wrong on branching models: on InceptionV3 it is ``conv2d_94``, one branch
-of the last block, while every path passes through the concatenation ``mixed10``.
+convolution by index" is wrong on branching models: on Keras 3's InceptionV3 it is ``conv2d_93``
+(``model.layers[299]``; Keras 2 named it ``conv2d_94``), one branch of the last block, while every
+path passes through the concatenation ``mixed10`` (``model.layers[310]``).
 
 Two refinements:
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .tokens import TokenGrid, check_grid, guess_grid, infer_grid
 from ._args import warn
@@ -50,6 +51,7 @@ __all__ = [
     "choose_layers",
     "find_nodes",
     "grid_arg",
+    "model_order",
 ]
 
 _POOLING = {"MaxPooling2D", "AveragePooling2D", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"}
@@ -564,6 +566,53 @@ def find_nodes(graph: LayerGraph, name: str) -> list[GraphNode]:
     return nodes
 
 
+#: what the index column of a :class:`LayerReport` counts, by the kind of model
+ORDER_KERAS = ("#: index in model.layers, as layer=<int> takes it (a/b: model.layers[a].layers[b]); "
+               "rows in graph order (each layer after the layers it reads)")
+ORDER_TORCH = ("#: position in model.named_modules() (0: its first submodule); rows in graph order "
+               "(each layer after the layers it reads)")
+ORDER_RUN = "#: position in graph order (each layer after the layers it reads)"
+
+
+def _is_keras(model: Any) -> bool:
+    # a Keras model on the torch backend is a torch.nn.Module too: its model.layers counts
+    return any(c.__module__.split(".")[0] == "keras" for c in type(model).__mro__)
+
+
+def model_order(model: Any) -> tuple[str, dict[str, str]]:
+    """How a user counts the layers of ``model``, as ``(header, {path: index})``: a Keras
+    model's ``model.layers`` (nested models' layers as ``"a/b"``, ``model.layers[a].layers[b]``,
+    keyed by the path ``"outer/inner"`` the graph uses), or a torch module's
+    ``named_modules()`` (the root left out). Read by duck typing, so no framework is imported;
+    ``("", {})`` for any other model, and paths it does not name are left out."""
+    found: dict[str, str] = {}
+    if _is_keras(model) or not hasattr(model, "named_modules"):
+        def walk(holder: Any, prefix: str, at: str) -> None:
+            kids = getattr(holder, "layers", None)
+            if not isinstance(kids, (list, tuple)):
+                return
+            for i, layer in enumerate(kids):
+                name = getattr(layer, "name", None)
+                if not isinstance(name, str):
+                    continue
+                path, index = prefix + name, f"{at}{i}"
+                found.setdefault(path, index)
+                if layer is not holder:
+                    walk(layer, path + "/", index + "/")
+
+        walk(model, "", "")
+        return (ORDER_KERAS, found) if found else ("", {})
+    try:
+        names = [n for n, _ in model.named_modules() if n]
+    except Exception:  # a module whose named_modules() fails still gets its table
+        return "", {}
+    return ORDER_TORCH, {n: str(i) for i, n in enumerate(names)}
+
+
+def _index_key(index: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in index.split("/"))
+
+
 @dataclass
 class LayerRow:
     path: str
@@ -573,34 +622,63 @@ class LayerRow:
     spatial: bool
     dominates: bool
     chosen: bool
+    #: the layer's index as the user counts it (see :attr:`LayerReport.order`); for Keras
+    #: ``"299"`` is ``model.layers[299]`` and ``"3/4"`` is ``model.layers[3].layers[4]``; for
+    #: layers of a run with no such index (a torch function call), its position in run order
+    #: is not given: ``""``
+    index: str = ""
 
 
 @dataclass
 class LayerReport:
     """What ``camlens.layers(model)`` returns: every layer with its output shape, whether it
-    lies on every path to the output, which one ``layer="auto"`` picks and why."""
+    lies on every path to the output, which one ``layer="auto"`` picks and why.
+
+    Rows are in graph order (every layer after the layers it reads; for a functional Keras
+    model this can differ from ``model.layers``, which Keras sorts by depth); :attr:`order` says what the ``#`` column counts
+    (``model.layers`` for Keras, ``named_modules()`` for torch).
+    """
 
     rows: list[LayerRow]
     #: the chosen call sites, as ``layer=`` takes them (``"path"``, ``"path#1"`` for a 2nd call)
     chosen: list[str]
     reason: str
+    #: the last convolution by index (``model.layers`` for Keras, ``named_modules()`` for torch;
+    #: graph order where the model has no index): "the last conv layer" as users pick it by hand
     naive: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: what the ``#`` column counts; :data:`ORDER_RUN` where the model gives no index of its own
+    order: str = ORDER_RUN
+    #: the last convolution in graph order (may differ from :attr:`naive`: Keras lists a
+    #: functional model's layers by depth; InceptionV3: conv2d_85 here, conv2d_93 by index)
+    last_graph_conv: str | None = None
 
     @property
     def candidates(self) -> list[LayerRow]:
         """Spatial layers on every path to the output, deepest last."""
         return [r for r in self.rows if r.spatial and r.dominates]
 
+    def index_of(self, path: str) -> str:
+        """The ``#`` column of the layer ``path`` (``""`` when the model gives none)."""
+        for r in self.rows:
+            if r.path == path:
+                return r.index
+        raise KeyError(f"no layer {path!r} in this report")
+
     def __str__(self) -> str:
         w = max([len(r.path) for r in self.rows] + [5])
-        lines = [f"{'layer':<{w}}  {'type':<22} {'output':<14} calls  on every path"]
+        iw = max([len(r.index) for r in self.rows] + [1])
+        lines = [self.order,
+                 f"{'#':>{iw}}  {'layer':<{w}}  {'type':<22} {'output':<14} calls  on every path"]
         for r in self.rows:
             mark = "  <- chosen" if r.chosen else ""
             dom = "yes" if r.dominates else ""
-            lines.append(f"{r.path:<{w}}  {r.kind:<22} {r.shape:<14} {r.calls:>5}  {dom:<3}{mark}")
+            lines.append(f"{r.index:>{iw}}  {r.path:<{w}}  {r.kind:<22} {r.shape:<14} {r.calls:>5}  "
+                         f"{dom:<3}{mark}")
         lines.append("")
-        lines.append(f"chosen: {', '.join(self.chosen)}")
+        at = {r.path: r.index for r in self.rows}
+        lines.append("chosen: " + ", ".join(
+            f"{c} (#{at[c.split('#')[0]]})" if at.get(c.split("#")[0]) else c for c in self.chosen))
         lines.append(f"why: {self.reason}")
         lines.extend(self.notes)
         return "\n".join(lines)
@@ -610,9 +688,13 @@ class LayerReport:
 
 
 def layer_report(
-    graph: LayerGraph, outputs: Sequence[int] | None = None, token_grid: object = None
+    graph: LayerGraph, outputs: Sequence[int] | None = None, token_grid: object = None,
+    order: tuple[str, dict[str, str]] | None = None,
 ) -> LayerReport:
-    """Build the :class:`LayerReport` for ``graph`` (``token_grid`` as in :func:`choose_layers`)."""
+    """Build the :class:`LayerReport` for ``graph`` (``token_grid`` as in :func:`choose_layers`).
+
+    ``order``: what :func:`model_order` gives for the model, the index the user counts layers
+    by; without it rows are numbered in graph order (paths it does not name get no index)."""
     notes: list[str] = []
     try:
         choice = choose_layers(graph, outputs, token_grid)
@@ -629,6 +711,7 @@ def layer_report(
             idom = _dominators(graph, [root], sinks)
             if sink in idom:
                 dominating.update(_chain(idom, sink))
+    header, indices = order if order is not None and order[1] else (ORDER_RUN, {})
     rows: dict[str, LayerRow] = {}
     for n in graph.nodes:
         if n.is_input:
@@ -638,18 +721,48 @@ def layer_report(
             rows[n.path] = LayerRow(
                 n.path, 1, n.kind, _shape_str(n.shape),
                 n.spatial or grid_of(n, token_grid) is not None, n.id in dominating,
-                n.path in chosen_paths,
+                n.path in chosen_paths, indices.get(n.path, ""),
             )
         else:
             row.calls += 1
             row.dominates = row.dominates or n.id in dominating
+    if not indices:
+        for k, row in enumerate(rows.values()):
+            row.index = str(k)
     convs = [n for n in graph.nodes if "Conv" in n.kind and n.spatial]
-    naive = convs[-1].path if convs else None
-    if naive and chosen_paths and naive not in chosen_paths:
-        naive_row = rows[naive]
-        if not naive_row.dominates:
-            notes.append(
-                f"note: the last convolution by index, {naive}, is not on every path to the "
-                "output (it is one branch), so it would explain only part of the evidence."
-            )
-    return LayerReport(list(rows.values()), chosen_labels, reason, naive, notes)
+    last_run = convs[-1].path if convs else None
+    indexed = [n for n in convs if rows[n.path].index]
+    naive = (max(indexed, key=lambda n: _index_key(rows[n.path].index)).path if indexed
+             else last_run)
+    if naive and chosen_paths and naive not in chosen_paths and not rows[naive].dominates:
+        notes.append(_naive_note(rows, naive, last_run, chosen_paths, header))
+    return LayerReport(list(rows.values()), chosen_labels, reason, naive, notes, header, last_run)
+
+
+def _naive_note(rows: dict[str, LayerRow], naive: str, last_run: str | None,
+                chosen: list[str], header: str) -> str:
+    def at(path: str) -> str:
+        index = rows[path].index
+        if not index:
+            return path
+        if header == ORDER_KERAS:
+            return path + " (model.layers" + "".join(
+                f"[{p}]" if k == 0 else f".layers[{p}]" for k, p in enumerate(index.split("/"))) + ")"
+        return f"{path} (#{index})"
+
+    if header == ORDER_RUN:
+        return (f"note: the last convolution in graph order, {at(naive)}, is not on every path to "
+                "the output (it is one branch), so it would explain only part of the evidence.")
+    text = f"note: the last convolution by index, {at(naive)}"
+    off = [naive]
+    if last_run and last_run != naive:
+        text += f", and the last one in graph order, {at(last_run)},"
+        if not rows[last_run].dominates:
+            off.append(last_run)
+    verb = "are" if len(off) > 1 else "is"
+    them = "each is one branch" if len(off) > 1 else "it is one branch"
+    return (
+        f"{text} {verb} not on every path to the output ({them} that a later layer merges), so "
+        f"{'either' if len(off) > 1 else 'it'} would explain only part of the evidence; "
+        f"{', '.join(at(p) for p in chosen)} is on every path, the deepest such spatial layer."
+    )

@@ -19,14 +19,33 @@ ROLES = ("global_pool", "pass", "dense", "activation")
 class CAM(CAMMethod):
     """CAM: channels weighted by the Dense weights of the explained class.
 
-    Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016.
+    Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016:
+    ``M_c = sum_k w_k^c f_k``, with ``w^c`` the Dense weights into class ``c``.
 
     Needs a head of GlobalAveragePooling then Dense; ``W[n, c]`` is the Dense weight from
     channel ``c`` to the class explained for sample ``n``.
 
-    map ``= sum_c W[n, c] A[n, :, :, c]``, without relu, as in the paper: negative evidence
-    stays visible. For a logit score ``S = (1/Z) sum_ijc W[c] A[i, j, c] + b`` the gradient
-    is ``G = W / Z`` at every position, so Grad-CAM on such a head equals ``relu(CAM) / Z``.
+    **What it explains: the class logit.** The weights are the Dense layer's, before any
+    softmax, so the map decomposes the pre-softmax class score ``z_c = mean_ij M_c + b_c``, as in
+    the paper, whatever the model ends in. ``camlens.explain(..., method="cam")`` therefore
+    turns the default target (each sample's top class; a ``ClassScore``) into
+    ``camlens.targets.Logit`` of the same class: ``Explanation.target`` reads "logit of the top
+    class" and ``Explanation.scores`` are the logits. The class itself is the same (the top
+    probability is the top logit).
+
+    **Negative evidence.** ``relu=False`` (default) keeps the signed map, as the paper and its
+    code do (they min-max scale the raw weighted sum): ``Explanation.raw_maps`` holds it, and
+    the min-max normalised ``Explanation.maps`` put the most negative evidence at 0, so zero
+    evidence is somewhere in between. ``CAM(relu=True)`` keeps only the evidence for the class
+    (``max(M_c, 0)``), as Grad-CAM does.
+
+    **CAM and Grad-CAM.** For a logit ``S = (1/Z) sum_ijc W[c] A[i, j, c] + b`` (``Z = h * w``)
+    the gradient is ``G = W / Z`` at every position, so Grad-CAM's channel weights are ``W / Z``
+    and Grad-CAM with ``targets.Logit`` is ``relu(CAM) / Z``: after normalisation
+    ``CAM(relu=True)`` and Grad-CAM of the logit give the same maps. Grad-CAM's default target
+    is the model's output, a softmax probability ``p_c``, whose gradient is
+    ``p_c (W_c - sum_k p_k W_k) / Z``: a map of class ``c`` against the others, so at the
+    defaults the two methods differ.
 
     Example::
 
@@ -35,11 +54,20 @@ class CAM(CAMMethod):
         >>> A = np.stack([np.eye(2), np.ones((2, 2))], axis=-1)[None]  # (1, 2, 2, 2)
         >>> CAM()(SiteData(A, head_weights=np.array([[2.0, -1.0]])))[0].tolist()
         [[1.0, -1.0], [-1.0, 1.0]]
+        >>> CAM(relu=True)(SiteData(A, head_weights=np.array([[2.0, -1.0]])))[0].tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
     """
 
     name = "cam"
     needs_gradients = False
     needs_head_weights = True
+    #: the score the head weights decompose: explain() explains the logit, not a probability
+    explains_logit = True
+
+    def __init__(self, relu: bool = False) -> None:
+        if not isinstance(relu, (bool, np.bool_)):
+            raise TypeError(f"cam: relu must be True or False; got {relu!r}")
+        self.relu = bool(relu)
 
     def __call__(self, data: SiteData) -> np.ndarray:
         acts, _ = self._checked(data)
@@ -52,7 +80,8 @@ class CAM(CAMMethod):
         expected = (acts.shape[0], acts.shape[3])
         if weights.shape != expected:
             raise ValueError(f"cam: head_weights must be (N, C) = {expected}; got {weights.shape}")
-        return np.einsum("nhwc,nc->nhw", acts, weights).astype(np.float32)
+        cam = np.einsum("nhwc,nc->nhw", acts, weights).astype(np.float32)
+        return np.maximum(cam, 0) if self.relu else cam
 
 
 def head_weights(

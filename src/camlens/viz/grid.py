@@ -12,10 +12,18 @@ from .color import _get_cmap
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["RANKS", "rank_channels", "feature_grid_array", "feature_grid", "feature_overview"]
+__all__ = ["RANKS", "STYLES", "rank_channels", "dead_channels", "standardize", "feature_grid_array",
+           "feature_grid", "feature_overview"]
 
 #: how channels are ordered: by mean or peak activation (highest first), or by channel index
 RANKS = ("mean", "max", "index")
+
+#: how a channel becomes a tile: ``"minmax"`` (its own range to [0, 1]) or ``"standardized"``
+#: (:func:`standardize`: mean at grey 128, one standard deviation 64 grey levels away)
+STYLES = ("minmax", "standardized")
+
+#: the grey a dead channel's tile is drawn in, on the [0, 1] scale of the tiles
+DEAD_GREY = 0.5
 
 _TILE_INCHES = 1.1
 _HEADER_INCHES = 0.75
@@ -48,11 +56,50 @@ def rank_channels(activations: np.ndarray, rank: str = "mean") -> np.ndarray:
     return np.argsort(-key, kind="stable")
 
 
-def _tile(channel: np.ndarray) -> np.ndarray:
-    """One channel scaled to [0, 1] on its own; a constant channel becomes flat zeros."""
+def dead_channels(activations: np.ndarray) -> list[int]:
+    """The channels of ``(h, w, C)`` activations that are constant over the map (all zero, as
+    a ReLU that never fires, or any one value): their standard deviation is 0, so they carry no
+    spatial information and :func:`standardize` has nothing to divide by."""
+    a = _check_acts(activations)
+    flat = a.reshape(-1, a.shape[-1])
+    return np.flatnonzero(flat.max(axis=0) == flat.min(axis=0)).tolist()
+
+
+def standardize(channel: np.ndarray) -> np.ndarray | None:
+    """One ``(h, w)`` channel as uint8 grey levels the way feature-map "belts" are usually
+    drawn: ``(x - mean) / std * 64 + 128``, clipped to 0..255 and truncated to uint8 (as
+    ``astype('uint8')`` does), with the population standard deviation (``np.std``). So the
+    mean is 128 and values two standard deviations off reach 0 or 255; unlike min-max scaling
+    one outlier does not flatten the rest. ``None`` for a dead channel (``std == 0``): there is
+    nothing to scale.
+
+    Example::
+
+        >>> standardize(np.array([[0.0, 1.0], [2.0, 3.0]])).tolist()   # mean 1.5, std 1.118
+        [[42, 99], [156, 213]]
+    """
+    c = np.asarray(channel, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError(f"standardize takes one (h, w) channel; got shape {c.shape}")
+    if c.max() == c.min():
+        return None
+    z = (c - c.mean()) / c.std() * 64.0 + 128.0
+    return np.clip(z, 0, 255).astype(np.uint8)
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; use one of {', '.join(STYLES)}")
+
+
+def _tile(channel: np.ndarray, style: str = "minmax") -> np.ndarray:
+    """One channel on [0, 1]: scaled to its own range (``"minmax"``) or :func:`standardize`'s
+    grey levels / 255; a dead (constant) channel is a flat :data:`DEAD_GREY`."""
     lo, hi = float(channel.min()), float(channel.max())
     if not hi > lo:
-        return np.zeros(channel.shape, np.float32)
+        return np.full(channel.shape, DEAD_GREY, np.float32)
+    if style == "standardized":
+        return (standardize(channel) / np.float32(255.0)).astype(np.float32)
     return ((channel - lo) / (hi - lo)).astype(np.float32)
 
 
@@ -64,13 +111,16 @@ def feature_grid_array(
     rank: str = "mean",
     pad: int = 0,
     fill: float = 0.0,
+    style: str = "minmax",
 ) -> tuple[np.ndarray, list[int]]:
     """The channels of ``(h, w, C)`` activations (or a batch of one) as one float32 mosaic, and
     the channel index of each tile in reading order (left to right, top to bottom).
 
     At most ``max_channels`` channels are shown, ranked by ``rank`` (see :func:`rank_channels`).
     ``cols`` defaults to ``ceil(sqrt(n))`` for ``n`` shown channels, ``rows = ceil(n / cols)``.
-    Each tile is scaled to [0, 1] on its own (a constant channel is all 0). The mosaic is
+    Each tile is on [0, 1]: with ``style="minmax"`` the channel's own range, with
+    ``style="standardized"`` :func:`standardize`'s grey levels divided by 255 (mean at 128/255).
+    A dead (constant) channel, see :func:`dead_channels`, is a flat :data:`DEAD_GREY`. The mosaic is
     ``(rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad)``; gaps and unused tiles hold
     ``fill``.
     """
@@ -81,6 +131,7 @@ def feature_grid_array(
         raise ValueError(f"cols must be a whole number of at least 1, or None; got {cols!r}")
     if pad < 0:
         raise ValueError(f"pad must be 0 or more; got {pad}")
+    _check_style(style)
     order = [int(c) for c in rank_channels(a, rank)[: int(max_channels)]]
     n = len(order)
     ncol = min(int(cols), n) if cols is not None else math.ceil(math.sqrt(n))
@@ -90,7 +141,7 @@ def feature_grid_array(
     for k, c in enumerate(order):
         r, q = divmod(k, ncol)
         y, x = r * (h + pad), q * (w + pad)
-        mosaic[y : y + h, x : x + w] = _tile(a[:, :, c])
+        mosaic[y : y + h, x : x + w] = _tile(a[:, :, c], style)
     return mosaic, order
 
 
@@ -98,10 +149,19 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def _note(shown: int, total: int, rank: str) -> str:
+def _note(shown: int, total: int, rank: str, style: str = "minmax", dead: int = 0) -> str:
     how = "in channel order" if rank == "index" else f"highest {rank} first"
     more = f", +{total - shown} more" if shown < total else ""
-    return f"{shown} of {total} channels, {how}{more}"
+    scale = ", standardized" if style == "standardized" else ""
+    off = f"; {dead} dead" if dead else ""
+    return f"{shown} of {total} channels, {how}{more}{scale}{off}"
+
+
+def _mark_dead(ax: Any, x: float, y: float, w: int, h: int) -> None:
+    """A cross over a dead channel's grey tile, corner to corner."""
+    kw = {"color": "black", "linewidth": 0.8, "alpha": 0.6}
+    ax.plot([x, x + w], [y, y + h], **kw)
+    ax.plot([x, x + w], [y + h, y], **kw)
 
 
 def feature_grid(
@@ -112,10 +172,14 @@ def feature_grid(
     cols: int | None = None,
     cmap: str = "viridis",
     rank: str = "mean",
+    style: str = "minmax",
 ) -> Figure:
     """A figure of the channels of ``(h, w, C)`` activations, one tile per channel labelled
     ``ch 17``, titled with ``layer`` and the shape, with a "+N more" note when more than
-    ``max_channels`` channels exist. Tiles are laid out as in :func:`feature_grid_array`.
+    ``max_channels`` channels exist. Tiles are laid out and scaled as in
+    :func:`feature_grid_array` (``style="standardized"`` for the mean-at-grey-128 view).
+    A dead channel (constant over the map) is drawn grey, crossed out and labelled
+    ``ch 17 dead``; the note under the title counts the dead channels of the whole layer.
 
     Example::
 
@@ -129,8 +193,9 @@ def feature_grid(
     h, w, total = a.shape
     pad = max(1, min(h, w) // 16)
     mosaic, order = feature_grid_array(
-        a, max_channels=max_channels, cols=cols, rank=rank, pad=pad, fill=np.nan
+        a, max_channels=max_channels, cols=cols, rank=rank, pad=pad, fill=np.nan, style=style
     )
+    dead = set(dead_channels(a))
     nrow = (mosaic.shape[0] + pad) // (h + pad)
     ncol = (mosaic.shape[1] + pad) // (w + pad)
     tile_h = _TILE_INCHES * min(2.0, max(0.5, h / w))
@@ -140,20 +205,38 @@ def feature_grid(
     FigureCanvasAgg(fig)  # Agg without pyplot: no global figure manager
     top = 1.0 - _HEADER_INCHES / height
     ax = fig.add_axes((0.01, 0.01, 0.98, top - 0.01))
-    ax.imshow(mosaic, cmap=_get_cmap(cmap).with_extremes(bad="white"), vmin=0.0, vmax=1.0,
+    shown = mosaic.copy()
+    for k, c in enumerate(order):
+        if c in dead:  # a grey of its own, not the colormap's middle colour
+            r, q = divmod(k, ncol)
+            shown[r * (h + pad) : r * (h + pad) + h, q * (w + pad) : q * (w + pad) + w] = np.nan
+    ax.imshow(shown, cmap=_get_cmap(cmap).with_extremes(bad="white"), vmin=0.0, vmax=1.0,
               interpolation="nearest", aspect="auto")
+    _grey_tiles(ax, order, dead, ncol, h, w, pad)
     ax.set_axis_off()
     for k, c in enumerate(order):
         r, q = divmod(k, ncol)
         ax.annotate(
-            f"ch {c}", (q * (w + pad) - 0.5, r * (h + pad) - 0.5), xytext=(2, -2),
+            f"ch {c} dead" if c in dead else f"ch {c}", (q * (w + pad) - 0.5, r * (h + pad) - 0.5), xytext=(2, -2),
             textcoords="offset points", ha="left", va="top", fontsize=7, color="white",
             bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.0, "linewidth": 0},
         )
     title = f"{layer}  ({_shape_text((h, w, total))})" if layer else _shape_text((h, w, total))
     fig.suptitle(title, y=1.0 - 0.08 / height, va="top", fontsize=11)
-    fig.text(0.5, 1.0 - 0.42 / height, _note(len(order), total, rank), ha="center", va="top", fontsize=8)
+    fig.text(0.5, 1.0 - 0.42 / height, _note(len(order), total, rank, style, len(dead)),
+             ha="center", va="top", fontsize=8)
     return fig
+
+
+def _grey_tiles(ax: Any, order: list[int], dead: set[int], ncol: int, h: int, w: int, pad: int) -> None:
+    from matplotlib.patches import Rectangle
+
+    for k, c in enumerate(order):
+        if c in dead:
+            r, q = divmod(k, ncol)
+            x, y = q * (w + pad) - 0.5, r * (h + pad) - 0.5
+            ax.add_patch(Rectangle((x, y), w, h, facecolor=str(DEAD_GREY), edgecolor="none"))
+            _mark_dead(ax, x, y, w, h)
 
 
 def feature_overview(
@@ -163,10 +246,13 @@ def feature_overview(
     channels: int = 8,
     cmap: str = "viridis",
     rank: str = "mean",
+    style: str = "minmax",
 ) -> Figure:
     """One page for all layers of ``fmaps``: one row per call site with its ``channels``
     strongest channels (sample ``index`` of the batch), labelled with the layer, its shape
-    and the channel indices."""
+    and the channel indices, and the number of dead channels of the layer where it has any
+    (shown ones grey and crossed out). ``style`` as in :func:`feature_grid_array`;
+    ``"standardized"`` gives the "belts" of the usual feature-map tutorials."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -174,6 +260,7 @@ def feature_overview(
         raise ValueError("no layers to show: the FeatureMaps object is empty")
     if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
         raise ValueError(f"channels must be a whole number of at least 1; got {channels!r}")
+    _check_style(style)
     colormap = _get_cmap(cmap).with_extremes(bad="white")
     row_inches = 1.0
     label_inches = 0.3
@@ -185,17 +272,23 @@ def feature_overview(
         h, w = acts.shape[:2]
         pad = max(1, min(h, w) // 16)
         mosaic, order = feature_grid_array(
-            acts, max_channels=channels, cols=channels, rank=rank, pad=pad, fill=np.nan
+            acts, max_channels=channels, cols=channels, rank=rank, pad=pad, fill=np.nan, style=style
         )
+        dead = set(dead_channels(acts))
+        for k2, c in enumerate(order):
+            if c in dead:
+                mosaic[:h, k2 * (w + pad) : k2 * (w + pad) + w] = np.nan
         top = 1.0 - (0.1 + k * (row_inches + label_inches) + label_inches) / height
         ax = fig.add_axes((0.01, top - row_inches / height, 0.98, row_inches / height))
         ax.imshow(mosaic, cmap=colormap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        _grey_tiles(ax, order, dead, channels, h, w, pad)
         ax.set_axis_off()
         ax.set_anchor("W")
         chans = ", ".join(str(c) for c in order)
         more = f", +{acts.shape[-1] - len(order)} more" if len(order) < acts.shape[-1] else ""
+        off = f"  ({len(dead)} dead)" if dead else ""
         fig.text(
-            0.01, top + 0.05 / height, f"{label}  ({_shape_text(acts.shape)})  ch {chans}{more}",
+            0.01, top + 0.05 / height, f"{label}  ({_shape_text(acts.shape)})  ch {chans}{more}{off}",
             ha="left", va="bottom", fontsize=8,
         )
     return fig
