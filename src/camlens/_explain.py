@@ -264,6 +264,8 @@ def layers(
     output: int | str | None = None,
     input_shape: Sequence[int] | None = None,
     token_grid: Any = None,
+    input_size: tuple[int, int] | None = None,
+    channels: int = 3,
 ) -> LayerReport:
     """Every layer of ``model`` with its output shape and whether it lies on every path to the
     output, which one ``layer="auto"`` picks, and why. Print it, or read ``.chosen``,
@@ -272,11 +274,18 @@ def layers(
     ``input_shape``: for PyTorch modules, which have no input shape of their own, the shape of
     one input batch, e.g. ``(1, 3, 224, 224)``; for a subclassed Keras model, channels-last
     ``(1, H, W, C)`` (without it, the shape it was built or first called with).
+    ``input_size``: ``(H, W)`` instead of ``input_shape``, for either kind: camlens lays out a
+    batch of one ``channels``-channel image as the model itself takes it.
     ``token_grid``: for vision transformers, the patch grid of token layers, as in
     :func:`explain`.
     """
     adapter = adapt(model)
-    if input_shape is not None:
+    if input_size is not None:
+        if input_shape is not None:
+            raise ValueError("give input_shape or input_size, not both")
+        h, w = (int(v) for v in input_size)
+        adapter.prepare(adapter.native_inputs([np.zeros((1, h, w, int(channels)), np.float32)]))
+    elif input_shape is not None:
         adapter.prepare(np.zeros(tuple(input_shape), np.float32))
     graph = adapter.graph()
     out_idx = ClassScore(output=output).output_indices(graph.output_names)

@@ -287,12 +287,11 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         print(layers(_bundled_model(args).model, output=_output_arg(args.output)))
         return 0
     model = _load_model(args.model)
-    shape = None if args.size is None else (1, 3, *args.size)
     # a native module (a Keras model on the torch backend is a torch module too, with a shape)
-    if shape is None and adapt(model).needs_input_size:
-        raise UsageError("a PyTorch module has no input size of its own: give --size H,W "
-                         "(e.g. --size 224)")
-    print(layers(model, output=_output_arg(args.output), input_shape=shape))
+    if args.size is None and adapt(model).needs_input_size:
+        raise UsageError("this model has no input size of its own (a PyTorch module, or a "
+                         "subclassed Keras model never called): give --size H,W (e.g. --size 224)")
+    print(layers(model, output=_output_arg(args.output), input_size=args.size))
     return 0
 
 

@@ -169,15 +169,15 @@ class AppModel:
         )
         self.input_size = (h, w) if h and w else None
         adapter = adapt(model)
-        shape = None
+        size = None
         if adapter.needs_input_size:
             if self.input_size is None:
                 raise ValueError(
-                    "a PyTorch module has no input size of its own: give input_size=(H, W) "
-                    "(camlens app MODEL --size H,W)"
+                    "this model has no input size of its own (a PyTorch module, or a subclassed "
+                    "Keras model never called): give input_size=(H, W) (camlens app MODEL --size H,W)"
                 )
-            shape = (1, self.channels, *self.input_size)
-            adapter.prepare(np.zeros((1, *self.input_size, self.channels), np.float32))
+            size = self.input_size
+            adapter.prepare(adapter.native_inputs([np.zeros((1, *size, self.channels), np.float32)]))
         graph = adapter.graph()
         if len(graph.output_names) != 1:
             raise ValueError(
@@ -194,7 +194,7 @@ class AppModel:
                 )
         self.class_names = class_names
         with self.lock:
-            self.report = layers(model, input_shape=shape)
+            self.report = layers(model, input_size=size, channels=self.channels)
         self.layer_paths = {r.path for r in self.report.rows}
 
     # -- what the page lists --------------------------------------------------------------------
