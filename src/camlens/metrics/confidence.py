@@ -29,7 +29,7 @@ from .curves import _fill
 __all__ = ["ConfidenceResult", "average_drop", "increase_in_confidence"]
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class ConfidenceResult(MetricResult):
     """Average Drop % or Increase in Confidence %.
 

@@ -37,7 +37,7 @@ from ._common import MetricResult, check_steps, setup, stable_ranks
 __all__ = ["CurveResult", "deletion", "insertion", "auc", "gaussian_blur"]
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class CurveResult(MetricResult):
     """A deletion or insertion curve per image.
 

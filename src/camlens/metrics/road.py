@@ -194,7 +194,7 @@ def _conjugate_gradient(grid: _Level, b: np.ndarray, tol: float, max_iter: int) 
     )
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class RoadResult(MetricResult):
     """ROAD curves per image.
 
