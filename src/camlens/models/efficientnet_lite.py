@@ -163,6 +163,23 @@ def _build() -> Any:
     return keras.Model(inputs, outputs, name="efficientnet_lite0")
 
 
+#: the value of the ``_camlens_bundled`` attribute :func:`efficientnet_lite0` sets on its models
+BUNDLED_NAME = "efficientnet_lite0"
+
+
+def bundled_parts(model: Any) -> "Bundled | None":
+    """The :class:`Bundled` of ``model`` when it is one, or a model :func:`efficientnet_lite0`
+    made (recognised by the attribute it sets); else ``None``."""
+    if isinstance(model, Bundled):
+        return model
+    if getattr(model, "_camlens_bundled", None) != BUNDLED_NAME:
+        return None
+    from ..samples import imagenet_classes
+
+    return Bundled(model=model, preprocess=preprocess, preprocess_batch=preprocess_batch,
+                   display=display, class_names=imagenet_classes())
+
+
 def efficientnet_lite0(pretrained: bool = True, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """EfficientNet-Lite0 as a Keras 3 functional model: 224x224 RGB in, 1000 ImageNet logits out.
 
@@ -176,6 +193,9 @@ def efficientnet_lite0(pretrained: bool = True, cache_dir: str | os.PathLike[str
     """
     weights = _pretrained_weights(cache_dir) if pretrained else None  # fail fast, before building
     model = _build()
+    # what the report (and any caller given the bare model) reads to find this model's
+    # preprocessing, display and class names instead of feeding it unscaled pixels
+    model._camlens_bundled = BUNDLED_NAME
     if weights is not None:
         _set_weights(model, weights)
     return model
