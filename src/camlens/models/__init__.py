@@ -14,10 +14,14 @@ from .efficientnet_lite import (
     Bundled,
     bundled,
     bundled_parts,
+    cache_dir,
+    cache_info,
+    clear_cache,
     efficientnet_lite0,
     preprocess,
     preprocess_batch,
 )
 
-__all__ = ["IMAGENET_INPUT_SIZE", "Bundled", "bundled", "bundled_parts", "efficientnet_lite0", "preprocess",
+__all__ = ["IMAGENET_INPUT_SIZE", "Bundled", "bundled", "bundled_parts", "cache_dir", "cache_info", "clear_cache",
+           "efficientnet_lite0", "preprocess",
            "preprocess_batch"]
