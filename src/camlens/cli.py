@@ -159,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="the score the metrics read: probability of the class (default), logit, raw")
     ev.add_argument("--target", type=_parse_target, default=None,
                     help=_target_help())
-    ev.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+    ev.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
 
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")

@@ -16,7 +16,7 @@ import numpy as np
 from ..explanation import Explanation, few_values
 from .._restore import interruptible
 from ..registry import Registry
-from ._common import MetricResult, score_label, setup
+from ._common import BATCH_SIZE, MetricResult, score_label, setup
 from .confidence import _result, confidence_scores
 from .curves import deletion, insertion
 from .localization import energy_pointing_game, pointing_game
@@ -159,7 +159,7 @@ def evaluate(
     *,
     objects: Any = None,
     steps: int = 100,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     site: int = 0,
     tolerance: float = 15,
