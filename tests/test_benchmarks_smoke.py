@@ -160,3 +160,14 @@ def test_reliability_and_app_load_smoke():
     assert proc.stdout.splitlines()[1].split() == ["run", "requests", "clients", "errors", "p50", "ms", "p95",
                                                    "ms", "wall", "s", "peak", "RSS", "MB", "serving",
                                                    "after", "answers"], proc.stdout
+
+
+def test_cli_memory_smoke():
+    pytest.importorskip("keras")
+    proc = _run(str(BENCHMARKS / "cli_memory.py"), "--smoke")
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("command"))
+    assert lines[header].split() == ["command", "photos", "peak", "MiB", "wall", "s"]
+    rows = lines[header + 2:]
+    assert rows[0].startswith("import only") and len(rows) == 7
+    assert all(float(r.split()[-2]) > 0 for r in rows)

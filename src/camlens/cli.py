@@ -215,6 +215,11 @@ def _parser() -> argparse.ArgumentParser:
     _preprocess_arg(a)
     _backend_arg(a)
     a.add_argument("--max-upload-mb", type=float, default=8.0, help="largest upload (default 8 MB)")
+
+    c = sub.add_parser("cache", help="where the converted weights of the bundled model are "
+                                     "cached, and how big (clear: remove them)")
+    c.add_argument("action", nargs="?", choices=("info", "clear"), default="info",
+                   help="info (default): the folder, its files and size; clear: remove them")
     return p
 
 
@@ -584,6 +589,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 #: what each command runs; it returns the exit status (0, or 1: some images failed)
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .models import cache_info, clear_cache
+
+    if args.action == "clear":
+        count, size = clear_cache()
+        print(f"removed {count} file(s), {size / 1e6:.1f} MB, from {cache_info()['path']}")
+        return 0
+    info = cache_info()
+    print(f"weight cache: {info['path']} ($CAMLENS_CACHE sets it)")
+    for name, size in info["files"]:
+        print(f"  {name}  {size / 1e6:.1f} MB")
+    print(f"{len(info['files'])} file(s), {info['bytes'] / 1e6:.1f} MB; `camlens cache clear` removes them")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "explain": _cmd_explain,
     "demo": _cmd_demo,
@@ -592,6 +612,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "evaluate": _cmd_evaluate,
     "layers": _cmd_layers,
     "app": _cmd_app,
+    "cache": _cmd_cache,
 }
 
 #: what a command raises for a bad command line or a model it cannot use: exit status 2

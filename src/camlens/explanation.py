@@ -15,7 +15,35 @@ from . import viz
 from .io import safe_name
 from ._args import warn
 
-__all__ = ["Site", "Explanation"]
+__all__ = ["Site", "Explanation", "SPACE_WORDS", "score_text", "few_values"]
+
+#: How every place that shows a score says what it is (the Explanation's summary, the report,
+#: the metric results): the space's name, in these words.
+SPACE_WORDS = {"probability": "probability", "logit": "logit", "raw": "raw model output"}
+
+
+def score_text(value: float, space: str) -> str:
+    """``"9.372 (logit)"``: a score with the space it is in, as camlens shows scores."""
+    return f"{float(value):.4g} ({SPACE_WORDS.get(space, space)})"
+
+
+def few_values(values: Any, shown: int = 4) -> str:
+    """``"[0.25, 0.5, 1, ...] (8 values)"``: the first few of a 1-D array, not all of them."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    text = ", ".join(f"{v:.4g}" for v in flat[:shown])
+    if flat.size > shown:
+        return f"[{text}, ...] ({flat.size} values)"
+    return f"[{text}]"
+
+
+def _is_probability(y: np.ndarray) -> bool:
+    """Whether rows of a class output are already probabilities: a one-unit output in [0, 1],
+    or rows of non-negative values summing to 1 (the rule the metrics and the report use)."""
+    if y.ndim != 2 or y.size == 0 or not np.isfinite(y).all():
+        return False
+    if y.shape[1] == 1:
+        return bool(((y >= 0) & (y <= 1)).all())
+    return bool((y >= 0).all() and np.abs(y.sum(axis=1) - 1.0).max() <= 1e-3)
 
 
 @dataclass(frozen=True)
@@ -70,6 +98,52 @@ class Explanation:
     details: list[dict[str, Any]] = field(repr=False, default_factory=list)
     target_spec: Any = field(repr=False, default=None)
     boxes: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def score_space(self) -> str:
+        """What :attr:`scores` are: ``"logit"`` (a :class:`~camlens.targets.Logit` target, or a
+        class of an output that is not a probability: the values a softmax would take),
+        ``"probability"`` (a class of an output whose rows are already probabilities), or
+        ``"raw"`` (any other target's own value)."""
+        from .targets import ClassScore
+
+        spec = self.target_spec
+        if not isinstance(spec, ClassScore):
+            return "raw"
+        if spec.wants_logits:
+            return "logit"
+        out = spec.output if spec.output is not None else 0
+        if not isinstance(out, int) or not -len(self.outputs) <= out < len(self.outputs):
+            return "raw"  # an output named by a name the explanation cannot look up
+        y = np.asarray(self.outputs[out])
+        if y.ndim != 2:
+            return "raw"
+        return "probability" if _is_probability(y) else "logit"
+
+    def __repr__(self) -> str:
+        """A few lines that say what was explained, not the arrays (``.maps``, ``.scores``
+        hold them)."""
+        n = len(self)
+        sites = ", ".join(f"{s.label} (input {s.input_index})" for s in self.sites) or "none"
+        map_shape = tuple(self.maps[0].shape[1:]) if self.maps else ()
+        raw_shape = tuple(self.raw_maps[0].shape[1:]) if self.raw_maps else ()
+        if len(self.maps) > 1 and len({tuple(m.shape[1:]) for m in self.maps}) > 1:
+            map_shape = "per site " + ", ".join(str(tuple(m.shape[1:])) for m in self.maps)  # type: ignore[assignment]
+        if len(self.raw_maps) > 1 and len({tuple(m.shape[1:]) for m in self.raw_maps}) > 1:
+            raw_shape = "per site " + ", ".join(str(tuple(m.shape[1:])) for m in self.raw_maps)  # type: ignore[assignment]
+        lines = [
+            f"Explanation: {self.method}, {n} image{'' if n == 1 else 's'}",
+            f"  target:   {self.target}",
+            f"  {'sites' if len(self.sites) > 1 else 'site'}:{' ' if len(self.sites) > 1 else '     '}{sites}",
+            f"  maps:     {map_shape} per image{' and site' if len(self.maps) > 1 else ''}, in [0, 1]",
+            f"  raw maps: {raw_shape} per image (the method's own numbers)",
+            f"  scores:   {few_values(self.scores)} ({SPACE_WORDS[self.score_space]})",
+        ]
+        if self.class_indices is not None:
+            lines.append(f"  classes:  {few_values(self.class_indices)}")
+        return "\n".join(lines)
+
+    __str__ = __repr__
 
     @property
     def map(self) -> np.ndarray:
@@ -138,7 +212,8 @@ class Explanation:
         for k, s in enumerate(self.sites):
             img = viz.to_rgb_uint8(self._images_for(s, images)[index])
             rows.append([img, self.maps[k][index], viz.overlay(img, self.maps[k][index], cmap=cmap, alpha=alpha)])
-            titles.append([f"input {s.input_index}", f"{self.method} @ {s.label}", f"score {self.scores[index]:.4g}"])
+            titles.append([f"input {s.input_index}", f"{self.method} @ {s.label}",
+                           f"score {score_text(self.scores[index], self.score_space)}"])
         fig = viz.panel(rows, titles=titles)
         fig.suptitle(self._headline(index))
         return fig
@@ -188,7 +263,8 @@ class Explanation:
         if len(self) == 0:
             return f"<p>camlens {esc(self.method)}: an empty explanation (no samples)</p>"
         more = f" &middot; sample 1 of {len(self)} (<code>.plot(i)</code> for the others)" if len(self) > 1 else ""
-        head = (f"<b>{esc(self._headline(0))}</b> &middot; score {float(self.scores[0]):.4g}{more}")
+        head = (f"<b>{esc(self._headline(0))}</b> &middot; score "
+                f"{esc(score_text(self.scores[0], self.score_space))}{more}")
         cols = ["input", "map", "overlay"] if self.inputs else ["map"]
         rows = []
         for k, s in enumerate(self.sites):

@@ -358,7 +358,7 @@ def evaluate_files(
     score: str = "probability",
     target: Any = None,
     layer: Any = "auto",
-    batch_size: int = 32,
+    batch_size: int = 16,  # metrics.BATCH_SIZE, not imported here to keep this module light
     size: tuple[int, int] | None = None,
     resize: bool = True,
     preprocess: str | Callable[[np.ndarray], np.ndarray] | None = "none",

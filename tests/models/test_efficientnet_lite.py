@@ -194,6 +194,11 @@ def test_cache_location(monkeypatch, tmp_path):
     assert lite._cache_file(source, None).parent == tmp_path / "env"
     assert lite._cache_file(source, tmp_path / "arg").parent == tmp_path / "arg"
     monkeypatch.delenv("CAMLENS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert lite._cache_file(source, None).parent == tmp_path / "xdg" / "camlens"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert lite._cache_file(source, None).parent == lite.Path.home() / ".cache" / "camlens"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert lite._cache_file(source, None).parent == lite.Path.home() / ".cache" / "camlens"
 
 

@@ -39,7 +39,7 @@ the given ``target``, else the top class of the unmodified image. Modified image
 from ._common import SCORE_SPACES, MetricResult
 from .confidence import ConfidenceResult, average_drop, increase_in_confidence
 from .curves import CurveResult, auc, deletion, gaussian_blur, insertion
-from .evaluate import DEFAULT_METRICS, METRICS, MetricRun, evaluate, get_metric, model_metrics, register_metric
+from .evaluate import DEFAULT_METRICS, METRICS, MetricRun, Results, evaluate, get_metric, model_metrics, register_metric
 from .localization import PointingResult, energy_pointing_game, pointing_game
 from .randomization import RandomizationResult, randomization_check, spearman
 from .road import RoadResult, noisy_linear_imputation, road
@@ -66,6 +66,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "SCORE_SPACES",
     "MetricResult",
+    "Results",
     "CurveResult",
     "ConfidenceResult",
     "RoadResult",

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ._common import MetricResult, Problem, setup
+from ._common import BATCH_SIZE, MetricResult, Problem, setup
 from .curves import _fill
 
 __all__ = ["ConfidenceResult", "average_drop", "increase_in_confidence"]
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class ConfidenceResult(MetricResult):
     """Average Drop % or Increase in Confidence %.
 
@@ -94,7 +94,7 @@ def average_drop(
     target: Any = None,
     *,
     baseline: Any = 0.0,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     output: int | str | None = None,
     site: int = 0,
@@ -117,7 +117,7 @@ def increase_in_confidence(
     target: Any = None,
     *,
     baseline: Any = 0.0,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     output: int | str | None = None,
     site: int = 0,

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from ..access import pinned
-from ._common import MetricResult, check_steps, setup, stable_ranks
+from ._common import BATCH_SIZE, MetricResult, check_steps, setup, stable_ranks
 
 __all__ = ["CurveResult", "deletion", "insertion", "auc", "gaussian_blur"]
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class CurveResult(MetricResult):
     """A deletion or insertion curve per image.
 
@@ -157,7 +157,7 @@ def deletion(
     *,
     steps: int = 100,
     baseline: Any = 0.0,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     output: int | str | None = None,
     site: int = 0,
@@ -210,7 +210,7 @@ def insertion(
     blur_sigma: float = 5.0,
     blur_size: int = 11,
     baseline: Any = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     output: int | str | None = None,
     site: int = 0,

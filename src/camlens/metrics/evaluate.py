@@ -13,16 +13,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..explanation import Explanation
+from ..explanation import Explanation, few_values
 from .._restore import interruptible
 from ..registry import Registry
-from ._common import MetricResult, setup
+from ._common import BATCH_SIZE, MetricResult, score_label, setup
 from .confidence import _result, confidence_scores
 from .curves import deletion, insertion
 from .localization import energy_pointing_game, pointing_game
 from .road import road
 
-__all__ = ["METRICS", "DEFAULT_METRICS", "evaluate", "get_metric", "register_metric", "MetricRun",
+__all__ = ["Results", "METRICS", "DEFAULT_METRICS", "evaluate", "get_metric", "register_metric", "MetricRun",
            "model_metrics"]
 
 
@@ -38,6 +38,25 @@ class MetricRun:
     #: target, batch_size, score, output, site: what every model-running metric takes
     common: dict[str, Any]
     shared: dict[str, Any] = field(default_factory=dict)
+
+
+class Results(dict[str, MetricResult]):
+    """What :func:`evaluate` returns: ``{name: result}`` in the order asked, shown as a table of
+    the means (each result's ``per_image`` and curves stay in the values)."""
+
+    def __repr__(self) -> str:
+        if not self:
+            return "Results: no metrics"
+        width = max(len("metric"), *(len(k) for k in self))
+        lines = [f"{'metric':<{width}}  {'mean':>10}  better  per image"]
+        for name, res in self.items():
+            way = "higher" if res.higher_is_better else "lower"
+            lines.append(f"{name:<{width}}  {res.value:>10.4g}  {way:<6}  {few_values(res.per_image)}")
+        scores = list(dict.fromkeys(r.score for r in self.values() if r.score))
+        lines += [f"score: {score_label(s)}" for s in scores]
+        return "\n".join(lines)
+
+    __str__ = __repr__
 
 
 @dataclass(frozen=True)
@@ -140,13 +159,13 @@ def evaluate(
     *,
     objects: Any = None,
     steps: int = 100,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     site: int = 0,
     tolerance: float = 15,
     target: Any = None,
     output: int | str | None = None,
-) -> dict[str, MetricResult]:
+) -> Results:
     """Compute ``metrics`` for an :class:`~camlens.explanation.Explanation` of ``model``.
 
     Args:
@@ -183,7 +202,7 @@ def evaluate(
         raise ValueError("the pointing games need the objects: evaluate(..., objects=boxes or masks)")
     run = MetricRun(objects, steps, tolerance,
                     dict(target=target, batch_size=batch_size, score=score, output=output, site=site))
-    return {name: _REGISTRY.get(name)[1].compute(model, explanation, run) for name in names}
+    return Results((name, _REGISTRY.get(name)[1].compute(model, explanation, run)) for name in names)
 
 
 def get_metric(name: str) -> Callable[[Any, Explanation], dict[str, np.ndarray]]:

@@ -25,7 +25,7 @@ from ._common import MetricResult, as_objects, check_maps
 __all__ = ["PointingResult", "pointing_game", "energy_pointing_game"]
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class PointingResult(MetricResult):
     """Pointing game per image: ``per_image`` 1.0 for a hit, 0.0 for a miss; ``value`` the
     accuracy. ``points`` ``(N, 2)`` the maximum's ``(row, column)``, ``distance`` ``(N,)`` its

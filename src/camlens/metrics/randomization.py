@@ -94,6 +94,8 @@ class RandomizationResult:
         lines += [f"{name:<{width}}  {rho:8.4f}" for name, rho in zip(self.layers, self.mean)]
         return "\n".join(lines)
 
+    __repr__ = __str__  # the table, not the maps
+
 
 def randomization_check(
     model: Any,

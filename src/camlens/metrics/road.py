@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..access import pinned
-from ._common import MetricResult, setup, stable_ranks
+from ._common import BATCH_SIZE, MetricResult, setup, stable_ranks
 
 __all__ = ["RoadResult", "road", "noisy_linear_imputation"]
 
@@ -194,7 +194,7 @@ def _conjugate_gradient(grid: _Level, b: np.ndarray, tol: float, max_iter: int) 
     )
 
 
-@dataclass
+@dataclass(repr=False)  # MetricResult's summary, not the arrays
 class RoadResult(MetricResult):
     """ROAD curves per image.
 
@@ -224,7 +224,7 @@ def road(
     order: str = "both",
     noise: float = 0.01,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     score: str = "probability",
     output: int | str | None = None,
     site: int = 0,

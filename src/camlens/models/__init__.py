@@ -13,10 +13,15 @@ from .efficientnet_lite import (
     IMAGENET_INPUT_SIZE,
     Bundled,
     bundled,
+    bundled_parts,
+    cache_dir,
+    cache_info,
+    clear_cache,
     efficientnet_lite0,
     preprocess,
     preprocess_batch,
 )
 
-__all__ = ["IMAGENET_INPUT_SIZE", "Bundled", "bundled", "efficientnet_lite0", "preprocess",
+__all__ = ["IMAGENET_INPUT_SIZE", "Bundled", "bundled", "bundled_parts", "cache_dir", "cache_info", "clear_cache",
+           "efficientnet_lite0", "preprocess",
            "preprocess_batch"]

