@@ -180,7 +180,8 @@ def test_results_files_belong_to_their_image(model_file, tmp_path, capsys):
     assert main(["explain", str(model_file), *map(str, imgs), "-o", str(out)]) == 0, capsys.readouterr().err
     res = _results(out)
     for r, stem in zip(res["images"], ("cat", "cat_2", "my-photo")):
-        assert sorted(r["files"]) == sorted([_heatmap(out, stem).name, _overlay(out, stem).name])
+        npy = [f"{stem}_gradcam_last_conv_{kind}.npy" for kind in ("map", "raw")]
+        assert sorted(r["files"]) == sorted([_heatmap(out, stem).name, _overlay(out, stem).name, *npy])
         assert all((out / f).is_file() for f in r["files"])
 
 
@@ -309,12 +310,12 @@ def test_no_command_is_an_argparse_error(capsys):
     assert info.value.code == 2
 
 
-def test_explain_two_input_model_points_to_python_api(two_input_model_file, two_images, tmp_path, capsys):
+def test_explain_two_input_model_points_to_pairs(two_input_model_file, two_images, tmp_path, capsys):
+    # camlens explain runs models with several image inputs from --pairs (test_cli_outputs.py)
     code = main(["explain", str(two_input_model_file), *map(str, two_images), "-o", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "Python API" in err
-    assert "camlens.explain" in err
+    assert "takes 2 image inputs" in err and "--pairs FILE.csv" in err
     assert not (tmp_path / "out").exists()
 
 

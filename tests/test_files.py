@@ -160,18 +160,9 @@ def test_explain_files_gray_heatmap_and_results_csv(model, tmp_path):
 
 
 def siamese(path):
-    """A saved two-input siamese model: one nested encoder called on both inputs, the cosine
-    similarity of the two embeddings as its output."""
-    import keras
+    from keras_models import cosine_siamese
 
-    keras.utils.set_random_seed(1)
-    enc_in = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv")(enc_in)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    encoder = keras.Model(enc_in, keras.layers.Dense(4, name="embed")(x), name="encoder")
-    a, b = keras.Input((SIZE, SIZE, 3), name="left"), keras.Input((SIZE, SIZE, 3), name="right")
-    out = keras.layers.Dot(axes=1, normalize=True)([encoder(a), encoder(b)])
-    keras.Model([a, b], out).save(path)
+    cosine_siamese(SIZE).save(path)
     return path
 
 

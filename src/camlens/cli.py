@@ -78,13 +78,14 @@ def _parse_size(text: str) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
-def _model_and_images(parser: argparse.ArgumentParser, model_help: str, preprocess_default: str | None) -> None:
+def _model_and_images(parser: argparse.ArgumentParser, model_help: str, preprocess_default: str | None,
+                      images: str = "+") -> None:
     """The arguments every command on a set of images takes: the model, the images (files or
-    folders), --size, --preprocess and --layer."""
+    folders; ``images`` is their ``nargs``), --size, --preprocess and --layer."""
     from .io import PREPROCESSING
 
     parser.add_argument("model", help=model_help)
-    parser.add_argument("images", nargs="+", help=_IMAGES)
+    parser.add_argument("images", nargs=images, help=_IMAGES)
     parser.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     parser.add_argument("--preprocess", choices=sorted(PREPROCESSING), default=preprocess_default,
                         help=_PREPROCESS + ("" if preprocess_default else "; 'bundled' uses its own"))
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="write heatmaps and overlays for images")
-    _model_and_images(e, _MODEL, "none")
+    _model_and_images(e, _MODEL, "none", images="*")
     e.add_argument("--method", default="gradcam", help="gradcam (default), gradcam++, cam, ...")
     e.add_argument("--target", type=_parse_target, default=None,
                    help=_target_help())
@@ -106,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
     e.add_argument("--cmap", default="jet", help="matplotlib colormap")
+    e.add_argument("--heatmap", choices=("color", "gray"), default="color",
+                   help="the heatmap PNG: coloured by --cmap (default), or gray (8-bit, one channel)")
+    e.add_argument("--pairs", default=None, metavar="FILE",
+                   help="for a model with several image inputs (a siamese pair): a CSV file with "
+                        "one row per sample and one image path per input, in the model's input "
+                        "order (a header row is skipped; paths relative to the CSV's folder); "
+                        "instead of IMAGES")
     e.add_argument("-o", "--out", default="camlens-out", help="output folder (default camlens-out)")
 
     d = sub.add_parser("demo", help="a pretrained ImageNet model on bundled photos (offline)")
@@ -214,17 +222,22 @@ def _images(paths: Sequence[str]) -> list[str]:
         raise UsageError(str(exc), system_exit=True) from None
 
 
-def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int]:
+def _input_geometry(model: Any, size: tuple[int, int] | None, api: str, command: str) -> tuple[tuple[Any, Any], int]:
     """``((H, W), channels)`` images are read at for the model's one image input (``None``
     sides: each image's own size). ``size`` (--size) sets the size of a model that has none and
     must agree with one that has. ``api``: what to use for a model the command line cannot."""
     from .io import image_geometry
 
     return image_geometry(
-        model, size, drop="" if size is None else f"--size {size[0]},{size[1]}",
-        refusal=f"the command line takes one-image models; this one takes {{shapes}}. Use the "
-                f"Python API, {api}.",
+        model, size, drop=_size_flag(size),
+        refusal=f"camlens {command} takes models with one image input; this one takes "
+                f"{{shapes}}. For a model with several image inputs (a siamese pair) use "
+                f"`camlens explain MODEL --pairs FILE.csv`, or the Python API, {api}.",
     )
+
+
+def _size_flag(size: tuple[int, int] | None) -> str:
+    return "" if size is None else f"--size {size[0]},{size[1]}"
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -244,25 +257,46 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .files import explain_files
+    from .files import explain_files, input_geometry, read_pairs
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
-    images = _images(args.images)
+    if args.pairs is not None and args.images:
+        raise UsageError(f"give images or --pairs {args.pairs}, not both: the CSV file lists "
+                         "the images of each sample")
+    if args.pairs is None and not args.images:
+        raise UsageError("give image files or folders, or --pairs FILE.csv for a model with "
+                         "several image inputs")
+    if args.pairs is not None and not Path(args.pairs).is_file():
+        raise UsageError(f"--pairs {args.pairs}: no such file; give a CSV file with one row per "
+                         "sample and one image path per model input")
+    samples: list[Any] = _images(args.images) if args.images else []
     _output_folder(args.out)
     model = _load_model(args.model)
-    _input_geometry(model, args.size, "camlens.explain(model, [a, b])")  # in the CLI's words
-    with tqdm(total=len(images), desc="explaining", unit="img", disable=None, file=sys.stderr) as bar:
-        done = explain_files(model, images, args.out, method=args.method, target=args.target,
+    try:
+        geometry = input_geometry(model, args.size, drop=_size_flag(args.size),
+                                  what="camlens explain")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.pairs is not None:
+        samples = read_pairs(args.pairs, len(geometry))
+    elif len(geometry) > 1:
+        raise UsageError(f"{args.model} takes {len(geometry)} image inputs; give the images of "
+                         "each sample with --pairs FILE.csv (one row per sample, one image path "
+                         "per input, in the model's input order)")
+    unit = "img" if len(geometry) == 1 else "sample"
+    with tqdm(total=len(samples), desc="explaining", unit=unit, disable=None, file=sys.stderr) as bar:
+        done = explain_files(model, samples, args.out, method=args.method, target=args.target,
                              layer=args.layer, output=_output_arg(args.output),
                              batch_size=args.batch_size, size=args.size,
                              preprocess=args.preprocess, alpha=args.alpha, cmap=args.cmap,
-                             progress=bar.update)
+                             heatmap=args.heatmap, progress=bar.update)
     if done.images:
         print(f"layer: {done.layer}")
-        print(f"wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, heatmaps, results.json)")
+        print(f"wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, heatmaps, "
+              ".npy maps, results.json, results.csv)")
     return _skipped(message for _, message in done.failed)
 
 
@@ -314,7 +348,13 @@ def _cmd_features(args: argparse.Namespace) -> int:
     except ImageError as exc:
         return _skipped([str(exc)])
     fmaps = feature_maps(model, prep(pixels), layers)
-    files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap)
+    from tqdm import tqdm
+
+    # drawing a grid per layer is most of the time (a second each for a deep network)
+    with tqdm(total=len(fmaps.layers) + 1, desc="feature grids", unit="grid", disable=None,
+              file=sys.stderr) as bar:
+        files = fmaps.save(args.out, max_channels=args.max_channels, cmap=args.cmap,
+                           progress=bar.update)
     print(f"layers: {fmaps.reason}")
     print(f"wrote {len(files) - 2} feature grid(s), overview.png and index.json to {args.out}/")
     return 0
@@ -411,7 +451,7 @@ def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | No
         lite = _bundled_model(args)
         return lite.model, lite, None, 3
     model = _load_model(args.model)
-    size, channels = _input_geometry(model, args.size, api)
+    size, channels = _input_geometry(model, args.size, api, args.command)
     return model, None, size, channels
 
 
@@ -429,15 +469,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     images = _images(args.images)
     model, lite, _, _ = _chosen_model(args, "camlens.metrics")
 
-    def table(method: str, numbers: dict[str, Any]) -> None:
-        print(_metrics_table(method, numbers, names))
-        print()
+    from tqdm import tqdm
 
-    done = evaluate_files(model, images, methods=methods, metrics=names, steps=args.steps,
-                          score=args.score, target=args.target, layer=args.layer,
-                          batch_size=args.batch_size, size=args.size, resize=lite is None,
-                          preprocess=lite.preprocess_batch if lite is not None else args.preprocess,
-                          on_method=table)
+    bar = tqdm(total=len(methods) * len(images), desc="evaluating", unit="img", disable=None,
+               file=sys.stderr)
+
+    def table(method: str, numbers: dict[str, Any]) -> None:
+        with bar.external_write_mode(file=sys.stderr):  # the bar steps aside for the table
+            print(_metrics_table(method, numbers, names))
+            print()
+            sys.stdout.flush()
+
+    with bar:
+        done = evaluate_files(model, images, methods=methods, metrics=names, steps=args.steps,
+                              score=args.score, target=args.target, layer=args.layer,
+                              batch_size=args.batch_size, size=args.size, resize=lite is None,
+                              preprocess=lite.preprocess_batch if lite is not None else args.preprocess,
+                              on_method=table, progress=bar.update)
     if done.methods:
         low = [n for n in names if not done.higher_is_better[n]]
         high = [n for n in names if done.higher_is_better[n]]
@@ -556,17 +604,110 @@ def _os_error(exc: OSError) -> str:
     return f"{where}: {exc.strerror or exc}{fix}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
+class _QuietTensorFlow:
+    """A ``sys.meta_path`` finder that imports ``tensorflow`` with the process's stderr (file
+    descriptor 2) on the null device. TensorFlow's C++ start-up lines ("oneDNN custom operations
+    are on", "All log messages before absl::InitializeLog()", twice: two of its libraries log
+    them) are written to the descriptor while it imports, before its own log level is read, so
+    ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them and ``TF_ENABLE_ONEDNN_OPTS=0`` would change the
+    numbers. Python's own ``sys.stderr`` stays on the terminal meanwhile: a Python warning or
+    error of the import is still seen. Installed by :func:`main` only, never for the library."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            with _c_stderr_silenced():
+                run(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on the null device; ``sys.stderr`` on a copy of the real one."""
+    try:
+        sys.stderr.flush()
+        kept = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (a GUI launcher)
+        yield
+        return
+    python_stderr = sys.stderr
+    mirror = None
+    try:
+        mirror = os.fdopen(os.dup(kept), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+                           errors="backslashreplace")
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        if getattr(python_stderr, "fileno", None) is not None and _is_fd(python_stderr, 2):
+            sys.stderr = mirror
+        yield
+    finally:
+        sys.stderr = python_stderr
+        if mirror is not None:
+            mirror.close()
+        os.dup2(kept, 2)
+        os.close(kept)
+
+
+def _is_fd(stream: Any, fd: int) -> bool:
+    try:
+        return bool(stream.fileno() == fd)
+    except (OSError, ValueError, AttributeError):
+        return False  # pytest's capture, a StringIO: not the descriptor, leave it
+
+
+def _quiet_frameworks() -> Callable[[], None]:
+    """Silence what TensorFlow prints at start-up on the command line (not in the library);
+    returns the undo."""
+    import logging
+
+    # TensorFlow's C++ INFO and WARNING lines after start-up (CPU features, ...)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    finder = None
+    if "tensorflow" not in sys.modules:
+        finder = _QuietTensorFlow()
+        sys.meta_path.insert(0, finder)
+    # absl's Python warnings ("Compiled the loaded model, but the compiled metrics have yet to
+    # be built") are about training, which the command line never does; TensorFlow's ("5 out
+    # of the last 6 calls ... triggered tf.function retracing", for images of several sizes)
+    # are about camlens' programs, which a user of the command line cannot change
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+
+    def undo() -> None:
+        if finder is not None and finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+    return undo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # the app's server handles its own signals (and its Ctrl-C is its normal end)
-    with _stop_on_signals(args.command != "app") as came:
-        try:
-            code = _run(args)
-        except KeyboardInterrupt as exc:  # also one that came while an error was being said
-            code = _interrupted(exc, came)
-        came["closing"] = 1
+    undo = _quiet_frameworks()
+    try:
+        # the app's server handles its own signals (and its Ctrl-C is its normal end)
+        with _stop_on_signals(args.command != "app") as came:
+            try:
+                code = _run(args)
+            except KeyboardInterrupt as exc:  # also one that came while an error was being said
+                code = _interrupted(exc, came)
+            came["closing"] = 1
+    finally:
+        undo()
     if "signum" in came and code < 128:  # a signal as the command finished: its status
         code = 128 + int(came["signum"])
     return code

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -103,10 +103,12 @@ class FeatureMaps:
         cmap: str = "viridis",
         rank: str = "mean",
         dpi: float = 100,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Path]:
         """Write, for sample ``index``, one grid PNG per call site (named after the layer,
         ``encoder-conv2d_1.png``), ``overview.png`` and ``index.json`` (file, layer, type,
-        shape and the channels shown, in tile order, per grid). Returns the written paths."""
+        shape and the channels shown, in tile order, per grid). Returns the written paths.
+        ``progress(1)`` is called after each picture (``len(self.layers) + 1`` in all)."""
         from . import viz
 
         out = Path(directory)
@@ -126,6 +128,8 @@ class FeatureMaps:
             path = out / f"{name}.png"
             viz.write_atomic(path, viz.figure_to_png_bytes(fig, dpi=dpi))
             written.append(path)
+            if progress is not None:
+                progress(1)
             entries.append({
                 "file": path.name,
                 "layer": label,
@@ -138,6 +142,8 @@ class FeatureMaps:
         viz.write_atomic(overview, viz.figure_to_png_bytes(
             viz.feature_overview(self, index=index, cmap=cmap, rank=rank), dpi=dpi))
         written.append(overview)
+        if progress is not None:
+            progress(1)
         meta = {"sample": index, "rank": rank, "reason": self.reason,
                 "overview": overview.name, "layers": entries}
         viz.write_atomic(out / "index.json", json.dumps(meta, indent=2))

@@ -448,17 +448,17 @@ def _write_results(done: ExplainedFiles) -> None:
 
 
 def input_geometry(model: Any, size: tuple[int, int] | None = None, *,
-                   drop: str | None = None) -> list[tuple[tuple[Any, Any], int]]:
+                   drop: str | None = None, what: str = "explain_files") -> list[tuple[tuple[Any, Any], int]]:
     """Per image input of the model, ``((H, W), channels)`` its images are read at (``None``
     sides: each image's own size; ``size`` sets the size of a model that has none and must
-    agree with one that has). Raises ValueError for a model with an input that is not a batch
-    of images."""
+    agree with one that has; ``drop``: how the caller names ``size``). Raises ValueError for a
+    model with an input that is not a batch of images (``what``: the caller, as it says)."""
     from .adapters import adapt
     from .io import agreed_size
 
     specs = adapt(model).input_specs()
     if not specs or any(len(s.shape) != 4 for s in specs):
-        raise ValueError(f"explain_files takes models whose inputs are all images (N, H, W, C); "
+        raise ValueError(f"{what} takes models whose inputs are all images (N, H, W, C); "
                          f"this one takes {[s.shape for s in specs]}. Use camlens.explain.")
     drop = f"size={size}" if drop is None else drop
     return [(agreed_size((s.shape[1], s.shape[2]), size, drop), int(s.shape[3] or 3)) for s in specs]
@@ -560,6 +560,7 @@ def evaluate_files(
     resize: bool = True,
     preprocess: str | Callable[[np.ndarray], np.ndarray] | None = "none",
     on_method: Callable[[str, dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
 ) -> EvaluatedFiles:
     """The faithfulness metrics of each method's maps on image files (:func:`camlens.metrics.evaluate`).
 
@@ -577,10 +578,14 @@ def evaluate_files(
         preprocess: a name of :data:`camlens.io.PREPROCESSING` or a function of a batch of
             pixels ``(N, H, W, C)``, 0..255, to model input.
         on_method: called as ``on_method(name, numbers)`` as soon as a method's numbers are ready.
+        progress: called as ``progress(n)`` when ``n`` more (method, image) pairs are done, of
+            ``len(methods) * len(images)``: an image that cannot be read counts as done for
+            every method.
 
     A method that cannot be explained or measured raises ValueError naming the method (the
     methods before it have been reported to ``on_method``).
     """
+    from ._args import batches
     from ._explain import explain
     from .io import ImageError, as_preprocess, image_files
     from .metrics import DEFAULT_METRICS, METRICS, evaluate
@@ -595,19 +600,24 @@ def evaluate_files(
     hw, channels = _geometry(model, size, "evaluate_files", "camlens.metrics")
     done = EvaluatedFiles(metrics=names, higher_is_better={n: METRICS[n] for n in names},
                           steps=steps, score=score)
+    step = progress if progress is not None else (lambda n: None)
     groups: dict[tuple[int, ...], list[tuple[str, np.ndarray]]] = {}
     for path in images:
         try:
             img = _read_image(path, hw if resize else None, channels)
         except ImageError as exc:
             done.failed.append((path, str(exc)))
+            step(len(methods))
             continue
         x = np.asarray(prep(img[None]), dtype=np.float32)[0]
         groups.setdefault(x.shape, []).append((path, x))  # models without a fixed size: by size
     for method in methods:
         rows: list[dict[str, Any]] = []
         sites, described = "", ""
-        for group in groups.values():
+        # a batch at a time, so that progress moves: the numbers of an image do not depend on
+        # the images beside it
+        parts = [group[part] for group in groups.values() for part in batches(len(group), batch_size)]
+        for group in parts:
             x = np.stack([g[1] for g in group])
             try:
                 exp = explain(model, x, method=method, target=target, layer=layer,
@@ -624,6 +634,7 @@ def evaluate_files(
                     row["class"] = int(exp.class_indices[i])
                 row.update({n: float(results[n].per_image[i]) for n in names})
                 rows.append(row)
+            step(len(group))
         if rows:
             mean = {n: float(np.nanmean([r[n] for r in rows])) for n in names}
             done.methods[method] = {"layer": sites, "score": described, "images": rows, "mean": mean}
