@@ -643,8 +643,8 @@ def _c_stderr_silenced() -> Iterator[None]:
     python_stderr = sys.stderr
     mirror = None
     try:
-        mirror = os.fdopen(os.dup(kept), "w", buffering=1, encoding=getattr(python_stderr, "encoding", None) or "utf-8",
-                           errors="backslashreplace")
+        encoding = getattr(python_stderr, "encoding", None) or "utf-8"
+        mirror = os.fdopen(os.dup(kept), "w", buffering=1, encoding=encoding, errors="backslashreplace")
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         os.close(null)
