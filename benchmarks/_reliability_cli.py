@@ -110,10 +110,10 @@ def _signals(work: Path) -> tuple[str, str]:
     tracebacks = sum("Traceback" in r["err"] for _, r in runs)
     one_line = sum("images done; out/results.json lists them" in r["err"].strip().splitlines()[-1]
                    for _, r in runs if r["err"].strip())
-    partial = sum(len(set(r["present"]) - set(r["whole"]) - {"results.json"}) for _, r in runs)
+    partial = sum(len(set(r["present"]) - set(r["whole"]) - {"results.json", "results.csv"}) for _, r in runs)
     complete = sum(r["listed"] is not None and sorted(r["listed"]) == r["whole"]
-                   and set(r["present"]) == set(r["listed"]) | {"results.json"} for _, r in runs)
-    done = [len(r["listed"] or []) // 2 for _, r in runs]
+                   and set(r["present"]) == set(r["listed"]) | {"results.json", "results.csv"} for _, r in runs)
+    done = [len(r["listed"] or []) // 4 for _, r in runs]  # overlay, heatmap, map.npy, raw.npy
     return ("SIGTERM/SIGINT during `camlens explain` (6 images, signal after the first PNG)",
             f"{len(runs)} runs: exit 143/130 in {right_code}, the one-line message in {one_line}, "
             f"{tracebacks} tracebacks, {partial} partial or stray files, results.json listing "

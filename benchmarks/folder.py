@@ -3,8 +3,9 @@
 The batch work of the command line, measured end to end: the bundled EfficientNet-Lite0 (Keras
 port, ImageNet weights) saved as a ``.keras`` file, a folder of JPEG copies of the bundled
 photos at their own sizes (300x451 and the like; each is resized to 224x224 on reading), and
-``camlens explain MODEL FOLDER --preprocess symmetric -o OUT`` (Grad-CAM, batch 16; a heatmap
-and an overlay PNG written per image, and ``results.json``) run as a fresh process for two
+``camlens explain MODEL FOLDER --preprocess symmetric -o OUT`` (Grad-CAM, batch 16; per image
+an overlay and a heatmap PNG and two .npy maps written at the photo's size, and
+``results.json``/``results.csv``) run as a fresh process for two
 folder sizes. The difference of the two wall times over the difference of the image counts is
 the cost of one more image; what is left of the smaller run is the start-up (Python, Keras and
 the model file loading, the first compiled call). Then, in this process, where one image's
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     per_image = (walls[large] - walls[small]) / (large - small)
     startup = walls[small] - small * per_image
-    print(f"camlens explain on a folder ({what}; Grad-CAM, batch 16, heatmap + overlay PNG per image)")
+    print(f"camlens explain on a folder ({what}; Grad-CAM, batch 16, overlay, heatmap and maps at "
+          "each photo's size)")
     print(f"machine: {machine()}; {versions('numpy', 'keras', 'tensorflow', 'tensorflow-cpu', 'jax', 'torch')}; "
           f"Keras backend: {keras.backend.backend()}")
     head = f"{'run':<44} {'images':>6} {'wall s':>8} {'ms / image':>11}"
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'start-up (imports, model file, first call)':<44} {'':>6} {startup:>8.2f} {'':>11}")
     for key, label in (("read", "in-process: read and resize the file"),
                        ("explain", "in-process: camlens.explain"),
-                       ("write", "in-process: write heatmap and overlay PNGs")):
+                       ("write", "in-process: write 224x224 heatmap and overlay")):
         print(f"{label:<44} {parts['images']:>6} {'':>8} {parts[key]:>11.1f}")
     return 0
 

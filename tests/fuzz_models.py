@@ -330,7 +330,7 @@ def interrupt_explain(folder: Path, sig: int, images: int = 6) -> dict:
     """Start ``python -m camlens explain`` on ``images`` photos with the slow model (one image
     per batch, about a second each), send ``sig`` once the first PNG exists, and say what was
     left: ``rc``, ``err``, ``listed`` (the files results.json lists, None without one),
-    ``present`` (the names in the output folder), ``whole`` (the PNGs that decode fully)."""
+    ``present`` (the names in the output folder), ``whole`` (the PNGs and .npy files that decode fully)."""
     import signal
     import time
 
@@ -363,11 +363,14 @@ def interrupt_explain(folder: Path, sig: int, images: int = 6) -> dict:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     whole = []
-    for png in sorted(out.glob("*.png")):
+    for made in sorted([*out.glob("*.png"), *out.glob("*.npy")]):
         try:
-            with Image.open(png) as im:
-                im.load()  # a truncated PNG raises here
-            whole.append(png.name)
+            if made.suffix == ".npy":
+                np.load(made, allow_pickle=False)  # a truncated array raises here
+            else:
+                with Image.open(made) as im:
+                    im.load()  # a truncated PNG raises here
+            whole.append(made.name)
         except Exception:
             pass
     return {"rc": proc.returncode, "err": err, "listed": listed, "images": images,

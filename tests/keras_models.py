@@ -48,6 +48,18 @@ def siamese(size: int = 32) -> tuple[keras.Model, keras.Sequential]:
     return keras.Model([a, b], out, name="siamese"), encoder
 
 
+def cosine_siamese(size: int = 16) -> keras.Model:
+    """Two images, one nested Functional encoder (``encoder``, a keras.Model) called on both,
+    the cosine similarity of the two embeddings as the one output: saveable as .keras."""
+    keras.utils.set_random_seed(1)
+    enc_in = keras.Input((size, size, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="conv")(enc_in)
+    x = L.GlobalAveragePooling2D()(x)
+    encoder = keras.Model(enc_in, L.Dense(4, name="embed")(x), name="encoder")
+    a, b = keras.Input((size, size, 3), name="left"), keras.Input((size, size, 3), name="right")
+    return keras.Model([a, b], L.Dot(axes=1, normalize=True, name="cosine")([encoder(a), encoder(b)]))
+
+
 def two_heads() -> keras.Model:
     """A shared trunk, then one branch per output: 'cls' (3 classes) and 'reg' (1 value)."""
     keras.utils.set_random_seed(2)

@@ -104,17 +104,17 @@ def test_explain_two_images_of_different_sizes(model_file, two_images, tmp_path,
     code = main(["explain", str(model_file), *map(str, two_images), "-o", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    for name in ("wide", "square"):
+    for name, (h, w) in (("wide", (40, 50)), ("square", (SIZE, SIZE))):
         over = _overlay(out, name)
         heat = _heatmap(out, name)
         assert over.is_file(), sorted(p.name for p in out.iterdir())
         assert heat.is_file()
-        with Image.open(over) as im:
+        with Image.open(over) as im:  # the photo's own size, not the model's SIZE x SIZE
             arr = np.asarray(im.convert("RGB"))
-            assert im.size == (SIZE, SIZE)
-        assert arr.shape == (SIZE, SIZE, 3)
+            assert im.size == (w, h)
+        assert arr.shape == (h, w, 3)
         with Image.open(heat) as im:
-            assert im.size == (SIZE, SIZE)
+            assert im.size == (w, h)
     res = _results(out)
     assert res["method"] == "gradcam"
     assert "last_conv" in res["layer"]
@@ -123,7 +123,9 @@ def test_explain_two_images_of_different_sizes(model_file, two_images, tmp_path,
     for r, name in zip(res["images"], ("wide", "square")):
         assert isinstance(r["class"], int) and 0 <= r["class"] < 3
         assert isinstance(r["score"], float)
-        assert sorted(r["files"]) == sorted([_heatmap(out, name).name, _overlay(out, name).name])
+        stem = _overlay(out, name).name[: -len("overlay.png")]
+        assert sorted(r["files"]) == sorted([_heatmap(out, name).name, _overlay(out, name).name,
+                                             stem + "map.npy", stem + "raw.npy"])
     # one summary for the whole run, not a per-batch explanation.json
     assert not (out / "explanation.json").exists()
     assert "wrote 2 explanation(s)" in captured.out
@@ -178,7 +180,8 @@ def test_results_files_belong_to_their_image(model_file, tmp_path, capsys):
     assert main(["explain", str(model_file), *map(str, imgs), "-o", str(out)]) == 0, capsys.readouterr().err
     res = _results(out)
     for r, stem in zip(res["images"], ("cat", "cat_2", "my-photo")):
-        assert sorted(r["files"]) == sorted([_heatmap(out, stem).name, _overlay(out, stem).name])
+        npy = [f"{stem}_gradcam_last_conv_{kind}.npy" for kind in ("map", "raw")]
+        assert sorted(r["files"]) == sorted([_heatmap(out, stem).name, _overlay(out, stem).name, *npy])
         assert all((out / f).is_file() for f in r["files"])
 
 
@@ -206,11 +209,11 @@ def test_explain_mixed_batch_reports_broken_files(model_file, tmp_path, capsys):
     code = main(["explain", str(model_file), *map(str, images), "-o", str(out)])
     captured = capsys.readouterr()
     assert code == 1
-    for name in ("good", "deep", "alpha", "gray"):
+    for name, size in (("good", (SIZE, SIZE)), ("deep", (30, 40)), ("alpha", (SIZE, SIZE)), ("gray", (24, 20))):
         assert _overlay(out, name).is_file(), name
         assert _heatmap(out, name).is_file(), name
         with Image.open(_overlay(out, name)) as im:
-            assert im.size == (SIZE, SIZE)
+            assert im.size == size  # the photo's own size
             assert im.mode == "RGB"
     for name in ("missing", "text", "cut", "tiny"):
         assert not _overlay(out, name).exists()
@@ -307,12 +310,12 @@ def test_no_command_is_an_argparse_error(capsys):
     assert info.value.code == 2
 
 
-def test_explain_two_input_model_points_to_python_api(two_input_model_file, two_images, tmp_path, capsys):
+def test_explain_two_input_model_points_to_pairs(two_input_model_file, two_images, tmp_path, capsys):
+    # camlens explain runs models with several image inputs from --pairs (test_cli_outputs.py)
     code = main(["explain", str(two_input_model_file), *map(str, two_images), "-o", str(tmp_path / "out")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "Python API" in err
-    assert "camlens.explain" in err
+    assert "takes 2 image inputs" in err and "--pairs FILE.csv" in err
     assert not (tmp_path / "out").exists()
 
 

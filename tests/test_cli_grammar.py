@@ -324,8 +324,11 @@ def test_explain_bundled_overlays_the_crop_the_model_sees(chelsea, tmp_path, cap
     assert main(["explain", "bundled", str(chelsea), "-o", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())["images"][0]
     assert result["class"] in (281, 282, 285)  # a cat: the photo reached the model as it expects
-    assert result["files"] == ["chelsea_gradcam_head_relu_overlay.png", "chelsea_gradcam_head_relu_heatmap.png"]
-    overlay, heatmap = (out / name for name in result["files"])
+    assert result["files"] == ["chelsea_gradcam_head_relu_overlay.png", "chelsea_gradcam_head_relu_heatmap.png",
+                               "chelsea_gradcam_head_relu_map.npy", "chelsea_gradcam_head_relu_raw.npy"]
+    overlay, heatmap = (out / name for name in result["files"][:2])
+    # the files are of the crop the model sees, not stretched onto the whole photo
+    assert result["size"] == [224, 224] and np.load(out / result["files"][2]).shape == (224, 224)
     lite = bundled()
     from camlens.io import load_image
 

@@ -181,8 +181,9 @@ def test_a_signal_during_explain_leaves_whole_files_and_results_of_the_images_do
     m = re.fullmatch(rf"camlens: interrupted{name}: (\d) of 6 images done; out/results.json lists them", last)
     assert m, err
     listed = run["listed"]
-    assert 1 <= len(listed) // 2 == int(m.group(1)) < 6  # an overlay and a heatmap each
-    assert run["present"] == sorted(listed + ["results.json"])  # no partial or hidden file
+    # an overlay, a heatmap and two .npy maps each
+    assert 1 <= len(listed) // 4 == int(m.group(1)) < 6
+    assert run["present"] == sorted(listed + ["results.csv", "results.json"])  # no partial or hidden file
     assert run["whole"] == sorted(listed)
 
 
@@ -206,23 +207,23 @@ def test_explain_files_interrupted_lists_exactly_the_images_written(tmp_path):
     assert 2 <= len(done.images) < 5
     assert json.loads(done.results.read_text())["images"] == done.images
     assert {p.name for p in (tmp_path / "out").iterdir()} == {
-        f for r in done.images for f in r["files"]} | {"results.json"}
+        f for r in done.images for f in r["files"]} | {"results.json", "results.csv"}
 
 
 def test_a_failed_write_is_one_line_and_results_list_what_was_written(net, tmp_path, capsys, monkeypatch):
     import errno
 
-    from camlens.explanation import Explanation
+    from camlens import files
 
-    real, calls = Explanation.save, []
+    real, calls = files._save_group, []
 
-    def full_disk(self, *args, **kwargs):
+    def full_disk(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.png"))
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(Explanation, "save", full_disk)
+    monkeypatch.setattr(files, "_save_group", full_disk)
     paths = [str(_png(tmp_path / f"im{k}.png", k)) for k in range(3)]
     assert main(["explain", f"{net}:build", *paths, "--batch-size", "1", "-o", str(tmp_path / "out")]) == 2
     _one_line({"err": capsys.readouterr().err}, "x.png", "No space left on device", "free some space")

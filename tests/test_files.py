@@ -47,8 +47,9 @@ def test_explain_files_writes_pngs_and_results_and_reports_a_bad_image(model, tm
     assert "broken.png" in done.failed[0][1]
     assert sum(counted) == 3
     assert sorted(p.name for p in done.written) == sorted(
-        [f"{n}_gradcam_last_conv_{kind}.png" for n in "ab" for kind in ("overlay", "heatmap")]
-        + ["results.json"])
+        [f"{n}_gradcam_last_conv_{kind}" for n in "ab"
+         for kind in ("overlay.png", "heatmap.png", "map.npy", "raw.npy")]
+        + ["results.json", "results.csv"])
     assert all(p.is_file() for p in done.written)
     saved = json.loads(done.results.read_text())
     assert saved["method"] == "gradcam" and "last_conv" in saved["layer"]
@@ -97,3 +98,115 @@ def test_evaluate_files_gives_numbers_per_method_and_reports_a_bad_image(model, 
     assert [p for p, _ in done.failed] == [str(tmp_path / "broken.png")]
     with pytest.raises(ValueError, match="steps must be at least 1"):
         evaluate_files(model, [tmp_path / "a.png"], steps=0)
+
+
+def _photo(path, h, w, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def test_explain_files_writes_at_the_photos_own_size_and_saves_the_maps(model, tmp_path):
+    from camlens.io import load_image
+    from camlens.viz import overlay, resize_bilinear
+
+    pixels = _photo(tmp_path / "wide.png", 20, 40, 3)  # squashed to 16x16 for the model
+    done = explain_files(model, [tmp_path / "wide.png"], tmp_path / "out", preprocess="unit")
+
+    exp = explain(model, load_image(tmp_path / "wide.png", (SIZE, SIZE))[None] / 255.0)
+    full = resize_bilinear(exp.maps[0][0], (20, 40))  # the squash undone: the photo's aspect
+    out = tmp_path / "out"
+    row = done.images[0]
+    site = row["maps"][0]
+    assert row["size"] == [20, 40] and site["size"] == [20, 40] and row["target"] == exp.target
+    saved = np.load(out / site["map_npy"])
+    assert saved.dtype == np.float32 and saved.shape == (20, 40)
+    np.testing.assert_allclose(saved, full, atol=1e-6)
+    assert 0.0 <= saved.min() and saved.max() <= 1.0
+    raw = np.load(out / site["raw_npy"])
+    assert raw.shape == (SIZE, SIZE)  # last_conv keeps the input's size (padding="same")
+    np.testing.assert_allclose(raw, exp.raw_maps[0][0], rtol=1e-5, atol=1e-6)
+    with Image.open(out / site["overlay"]) as im:
+        assert im.size == (40, 20)
+        drawn = np.asarray(im.convert("RGB"))
+    np.testing.assert_array_equal(drawn, overlay(pixels, saved))  # on the photo, not the 16x16 input
+    with Image.open(out / site["heatmap"]) as im:
+        assert im.size == (40, 20) and im.mode == "RGB"
+
+
+def test_explain_files_gray_heatmap_and_results_csv(model, tmp_path):
+    import csv
+
+    _photo(tmp_path / "a.png", 24, 18, 4)
+    done = explain_files(model, [tmp_path / "a.png"], tmp_path / "out", preprocess="unit",
+                         heatmap="gray")
+    site = done.images[0]["maps"][0]
+    with Image.open(tmp_path / "out" / site["heatmap"]) as im:
+        assert im.mode == "L" and im.size == (18, 24)
+        gray = np.asarray(im)
+    expected = np.rint(np.load(tmp_path / "out" / site["map_npy"]) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(gray, expected)
+    with open(done.table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["image"] == str(tmp_path / "a.png") and row["method"] == "gradcam"
+    assert row["layer"] == "last_conv" and (row["height"], row["width"]) == ("24", "18")
+    assert float(row["score"]) == done.images[0]["score"]
+    assert [row[k] for k in ("overlay", "heatmap", "map_npy", "raw_npy")] == [
+        site[k] for k in ("overlay", "heatmap", "map_npy", "raw_npy")]
+    with pytest.raises(ValueError, match="heatmap must be one of color, gray"):
+        explain_files(model, [tmp_path / "a.png"], tmp_path / "out", heatmap="grey")
+
+
+def siamese(path):
+    from keras_models import cosine_siamese
+
+    cosine_siamese(SIZE).save(path)
+    return path
+
+
+def test_read_pairs_header_relative_paths_and_errors(tmp_path):
+    from camlens.files import read_pairs
+
+    (tmp_path / "imgs").mkdir()
+    for n in "abc":
+        _photo(tmp_path / "imgs" / f"{n}.png", 8, 8, 0)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("left,right\nimgs/a.png,imgs/b.png\n\n" + f"{tmp_path / 'imgs' / 'c.png'}, imgs/a.png\n")
+    assert read_pairs(pairs, 2) == [
+        (str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "b.png")),
+        (str(tmp_path / "imgs" / "c.png"), str(tmp_path / "imgs" / "a.png"))]
+    pairs.write_text("imgs/a.png,imgs/b.png\n")  # no header
+    assert len(read_pairs(pairs, 2)) == 1
+    pairs.write_text("imgs/a.png,imgs/b.png,imgs/c.png\n")
+    with pytest.raises(ValueError, match=r"pairs.csv row 1: 3 cell\(s\).*takes 2 image input"):
+        read_pairs(pairs, 2)
+    pairs.write_text("left,right\nimgs/a.png,imgs/gone.png\n")
+    with pytest.raises(ValueError, match="row 2: no such file imgs/gone.png"):
+        read_pairs(pairs, 2)
+
+
+def test_explain_files_on_pairs_of_a_saved_siamese_model(tmp_path):
+    from camlens.files import read_pairs
+    from camlens.io import load_model
+    from camlens.targets import RegressionScore
+
+    model = load_model(siamese(tmp_path / "siamese.keras"))
+    _photo(tmp_path / "a.png", 16, 16, 5)
+    _photo(tmp_path / "b.png", 30, 20, 6)
+    (tmp_path / "pairs.csv").write_text("a.png,b.png\n")
+    done = explain_files(model, read_pairs(tmp_path / "pairs.csv", 2), tmp_path / "out",
+                         target=RegressionScore(0), preprocess="unit")
+    (row,) = done.images
+    assert row["image"] == [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    assert [(m["input"], m["image"], m["size"]) for m in row["maps"]] == [
+        (0, str(tmp_path / "a.png"), [16, 16]), (1, str(tmp_path / "b.png"), [30, 20])]
+    assert len({m["overlay"] for m in row["maps"]}) == 2  # one overlay per image of the pair
+    for m in row["maps"]:
+        with Image.open(tmp_path / "out" / m["overlay"]) as im:
+            assert im.size == (m["size"][1], m["size"][0])
+    first, second = (np.load(tmp_path / "out" / m["raw_npy"]) for m in row["maps"])
+    assert first.shape == second.shape == (SIZE, SIZE) and not np.allclose(first, second)
+    with pytest.raises(ValueError, match="takes 2 image inputs"):
+        explain_files(model, [tmp_path / "a.png"], tmp_path / "out2")

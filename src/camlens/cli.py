@@ -95,11 +95,11 @@ def _parse_size(text: str) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
-def _model_and_images(parser: argparse.ArgumentParser, layer: bool = True) -> None:
+def _model_and_images(parser: argparse.ArgumentParser, layer: bool = True, images: str = "+") -> None:
     """The arguments every command on a set of images takes: the model, the images (files,
-    folders or patterns), --size, --preprocess, --backend, --batch-size and --layer."""
+    folders or patterns; ``images`` is their ``nargs``), --size, --preprocess, --backend, --batch-size and --layer."""
     parser.add_argument("model", help=_MODEL)
-    parser.add_argument("images", nargs="+", help=_IMAGES)
+    parser.add_argument("images", nargs=images, help=_IMAGES)
     parser.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
     _preprocess_arg(parser)
     _backend_arg(parser)
@@ -135,13 +135,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="write heatmaps and overlays for images")
-    _model_and_images(e)
+    _model_and_images(e, images="*")
     _method_arg(e, "gradcam", "gradcam,layercam (several: one subfolder of -o each)")
     e.add_argument("--target", type=_parse_target, default=None,
                    help=_target_help())
     e.add_argument("--output", default=None, help="which model output, for models with several")
     e.add_argument("--alpha", type=float, default=0.4, help="overlay opacity (0..1)")
     e.add_argument("--cmap", default="jet", help="matplotlib colormap")
+    e.add_argument("--heatmap", choices=("color", "gray"), default="color",
+                   help="the heatmap PNG: coloured by --cmap (default), or gray (8-bit, one channel)")
+    e.add_argument("--pairs", default=None, metavar="FILE",
+                   help="for a model with several image inputs (a siamese pair): a CSV file with "
+                        "one row per sample and one image path per input, in the model's input "
+                        "order (a header row is skipped; paths relative to the CSV's folder); "
+                        "instead of IMAGES")
     e.add_argument("-o", "--out", default="camlens-out", help="output folder (default camlens-out)")
 
     d = sub.add_parser("demo", help="a pretrained ImageNet model on bundled photos (offline)")
@@ -269,17 +276,22 @@ def _images(paths: Sequence[str]) -> list[str]:
         raise UsageError(str(exc), system_exit=True) from None
 
 
-def _input_geometry(model: Any, size: tuple[int, int] | None, api: str) -> tuple[tuple[Any, Any], int]:
+def _input_geometry(model: Any, size: tuple[int, int] | None, api: str, command: str) -> tuple[tuple[Any, Any], int]:
     """``((H, W), channels)`` images are read at for the model's one image input (``None``
     sides: each image's own size). ``size`` (--size) sets the size of a model that has none and
     must agree with one that has. ``api``: what to use for a model the command line cannot."""
     from .io import image_geometry
 
     return image_geometry(
-        model, size, drop="" if size is None else f"--size {size[0]},{size[1]}",
-        refusal=f"the command line takes one-image models; this one takes {{shapes}}. Use the "
-                f"Python API, {api}.",
+        model, size, drop=_size_flag(size),
+        refusal=f"camlens {command} takes models with one image input; this one takes "
+                f"{{shapes}}. For a model with several image inputs (a siamese pair) use "
+                f"`camlens explain MODEL --pairs FILE.csv`, or the Python API, {api}.",
     )
+
+
+def _size_flag(size: tuple[int, int] | None) -> str:
+    return "" if size is None else f"--size {size[0]},{size[1]}"
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
@@ -294,8 +306,8 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     model = _load_model(args.model)
     # a native module (a Keras model on the torch backend is a torch module too, with a shape)
     if args.size is None and adapt(model).needs_input_size:
-        raise UsageError("this model has no input size of its own (a PyTorch module, or a "
-                         "subclassed Keras model never called): give --size H,W (e.g. --size 224)")
+        raise UsageError("this model (a PyTorch module, or a subclassed Keras model) has no "
+                         "input size of its own: give --size H,W (e.g. --size 224)")
     print(layers(model, output=_output_arg(args.output), input_size=args.size))
     return 0
 
@@ -303,33 +315,59 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .files import explain_files
+    from .files import explain_files, input_geometry, read_pairs
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
     methods = _methods(args.method)
-    images = _images(args.images)
+    if args.pairs is not None and args.images:
+        raise UsageError(f"give images or --pairs {args.pairs}, not both: the CSV file lists "
+                         "the images of each sample")
+    if args.pairs is None and not args.images:
+        raise UsageError("give image files or folders, or --pairs FILE.csv for a model with "
+                         "several image inputs")
+    if args.pairs is not None and not Path(args.pairs).is_file():
+        raise UsageError(f"--pairs {args.pairs}: no such file; give a CSV file with one row per "
+                         "sample and one image path per model input")
+    samples: list[Any] = _images(args.images) if args.images else []
     _output_folder(args.out)
-    model, lite, _, _ = _chosen_model(args, "camlens.explain(model, [a, b])")
-    if lite is not None:  # it crops and scales each photo itself; overlays show its crop
+    if args.model == "bundled":
+        if args.pairs is not None:
+            raise UsageError("the bundled model takes one image; drop --pairs")
+        lite = _bundled_model(args)
+        model = lite.model
+        # it crops and scales each photo itself; the files show the crop it sees
         how: dict[str, Any] = dict(preprocess=lite.preprocess_batch, resize=False, display=lite.display)
     else:
+        model = _load_model(args.model)
+        try:
+            geometry = input_geometry(model, args.size, drop=_size_flag(args.size),
+                                      what="camlens explain")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if args.pairs is not None:
+            samples = read_pairs(args.pairs, len(geometry))
+        elif len(geometry) > 1:
+            raise UsageError(f"{args.model} takes {len(geometry)} image inputs; give the images of "
+                             "each sample with --pairs FILE.csv (one row per sample, one image path "
+                             "per input, in the model's input order)")
         how = dict(preprocess=args.preprocess, size=args.size)
+    unit = "img" if args.pairs is None else "sample"
     failed: dict[str, None] = {}  # an unreadable image fails for every method: said once
     for method in methods:
         # several methods: one folder each, each a whole explain output with its results.json
         out = args.out if len(methods) == 1 else str(Path(args.out) / method)
-        with tqdm(total=len(images), desc=f"explaining ({method})" if len(methods) > 1 else "explaining",
-                  unit="img", disable=None, file=sys.stderr) as bar:
-            done = explain_files(model, images, out, method=method, target=args.target,
+        with tqdm(total=len(samples), desc=f"explaining ({method})" if len(methods) > 1 else "explaining",
+                  unit=unit, disable=None, file=sys.stderr) as bar:
+            done = explain_files(model, samples, out, method=method, target=args.target,
                                  layer=args.layer, output=_output_arg(args.output),
                                  batch_size=args.batch_size, alpha=args.alpha, cmap=args.cmap,
-                                 progress=bar.update, **how)
+                                 heatmap=args.heatmap, progress=bar.update, **how)
         if done.images:
             lead = f"{method}: " if len(methods) > 1 else ""
             print(f"{lead}layer: {done.layer}")
             print(f"{lead}wrote {len(done.images)} explanation(s) to {done.out}/ (overlays, "
-                  "heatmaps, results.json)")
+                  "heatmaps, .npy maps, results.json, results.csv)")
         failed.update((message, None) for _, message in done.failed)
     return _skipped(failed)
 
@@ -382,6 +420,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from ._args import batches
     from .features import LAYER_SETS, feature_maps
     from .files import _read_image
+    from tqdm import tqdm
+
     from .io import ImageError, as_preprocess, unique_names
     from .viz.color import _get_cmap
 
@@ -401,6 +441,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
             else [Path(args.out) / n for n in unique_names(images)])
     failed: list[str] = []
     reason, grids, done = "", 0, 0
+    # drawing a grid per layer is most of the time (a second each for a deep network)
+    bar = tqdm(total=None, desc="feature grids", unit="grid", disable=None, file=sys.stderr)
     for part in batches(len(images), args.batch_size):
         groups: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
         for path, out in zip(images[part], outs[part]):
@@ -414,15 +456,19 @@ def _cmd_features(args: argparse.Namespace) -> int:
             fmaps = feature_maps(model, np.stack([x for _, x in group]), layers,
                                  batch_size=args.batch_size)
             reason = fmaps.reason
+            if bar.total is None:
+                bar.total = len(images) * (len(fmaps.layers) + 1)
+                bar.refresh()
             for i, (out, _) in enumerate(group):
                 grids += len(fmaps.save(out, index=i, max_channels=args.max_channels,
-                                        cmap=args.cmap, style=args.style)) - 2
+                                        cmap=args.cmap, style=args.style, progress=bar.update)) - 2
                 done += 1
                 dead = {k: v for k, v in fmaps.dead_counts(index=i).items() if v}
                 if dead:
                     whose = "" if len(images) == 1 else f" in {out.name}"
                     print(f"dead (constant) channels{whose}: "
                           + ", ".join(f"{k} {v}" for k, v in dead.items()))
+    bar.close()
     if done:
         print(f"layers: {reason}")
         where = (f"{args.out}/" if len(images) == 1
@@ -524,7 +570,7 @@ def _chosen_model(args: argparse.Namespace, api: str) -> tuple[Any, Bundled | No
         lite = _bundled_model(args)
         return lite.model, lite, None, 3
     model = _load_model(args.model)
-    size, channels = _input_geometry(model, args.size, api)
+    size, channels = _input_geometry(model, args.size, api, args.command)
     return model, None, size, channels
 
 
@@ -542,15 +588,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     images = _images(args.images)
     model, lite, _, _ = _chosen_model(args, "camlens.metrics")
 
-    def table(method: str, numbers: dict[str, Any]) -> None:
-        print(_metrics_table(method, numbers, names))
-        print()
+    from tqdm import tqdm
 
-    done = evaluate_files(model, images, methods=methods, metrics=names, steps=args.steps,
-                          score=args.score, target=args.target, layer=args.layer,
-                          batch_size=args.batch_size, size=args.size, resize=lite is None,
-                          preprocess=lite.preprocess_batch if lite is not None else args.preprocess,
-                          on_method=table)
+    bar = tqdm(total=len(methods) * len(images), desc="evaluating", unit="img", disable=None,
+               file=sys.stderr)
+
+    def table(method: str, numbers: dict[str, Any]) -> None:
+        with bar.external_write_mode(file=sys.stderr):  # the bar steps aside for the table
+            print(_metrics_table(method, numbers, names))
+            print()
+            sys.stdout.flush()
+
+    with bar:
+        done = evaluate_files(model, images, methods=methods, metrics=names, steps=args.steps,
+                              score=args.score, target=args.target, layer=args.layer,
+                              batch_size=args.batch_size, size=args.size, resize=lite is None,
+                              preprocess=lite.preprocess_batch if lite is not None else args.preprocess,
+                              on_method=table, progress=bar.update)
     if done.methods:
         low = [n for n in names if not done.higher_is_better[n]]
         high = [n for n in names if done.higher_is_better[n]]
@@ -686,17 +740,110 @@ def _os_error(exc: OSError) -> str:
     return f"{where}: {exc.strerror or exc}{fix}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow's start-up banner (oneDNN, CPU features) is noise on a command line
+class _QuietTensorFlow:
+    """A ``sys.meta_path`` finder that imports ``tensorflow`` with the process's stderr (file
+    descriptor 2) on the null device. TensorFlow's C++ start-up lines ("oneDNN custom operations
+    are on", "All log messages before absl::InitializeLog()", twice: two of its libraries log
+    them) are written to the descriptor while it imports, before its own log level is read, so
+    ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them and ``TF_ENABLE_ONEDNN_OPTS=0`` would change the
+    numbers. Python's own ``sys.stderr`` stays on the terminal meanwhile: a Python warning or
+    error of the import is still seen. Installed by :func:`main` only, never for the library."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            with _c_stderr_silenced():
+                run(module)
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on the null device; ``sys.stderr`` on a copy of the real one."""
+    try:
+        sys.stderr.flush()
+        kept = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2 (a GUI launcher)
+        yield
+        return
+    python_stderr = sys.stderr
+    mirror = None
+    try:
+        encoding = getattr(python_stderr, "encoding", None) or "utf-8"
+        mirror = os.fdopen(os.dup(kept), "w", buffering=1, encoding=encoding, errors="backslashreplace")
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        if getattr(python_stderr, "fileno", None) is not None and _is_fd(python_stderr, 2):
+            sys.stderr = mirror
+        yield
+    finally:
+        sys.stderr = python_stderr
+        if mirror is not None:
+            mirror.close()
+        os.dup2(kept, 2)
+        os.close(kept)
+
+
+def _is_fd(stream: Any, fd: int) -> bool:
+    try:
+        return bool(stream.fileno() == fd)
+    except (OSError, ValueError, AttributeError):
+        return False  # pytest's capture, a StringIO: not the descriptor, leave it
+
+
+def _quiet_frameworks() -> Callable[[], None]:
+    """Silence what TensorFlow prints at start-up on the command line (not in the library);
+    returns the undo."""
+    import logging
+
+    # TensorFlow's C++ INFO and WARNING lines after start-up (CPU features, ...)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    finder = None
+    if "tensorflow" not in sys.modules:
+        finder = _QuietTensorFlow()
+        sys.meta_path.insert(0, finder)
+    # absl's Python warnings ("Compiled the loaded model, but the compiled metrics have yet to
+    # be built") are about training, which the command line never does; TensorFlow's ("5 out
+    # of the last 6 calls ... triggered tf.function retracing", for images of several sizes)
+    # are about camlens' programs, which a user of the command line cannot change
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+
+    def undo() -> None:
+        if finder is not None and finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+    return undo
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # the app's server handles its own signals (and its Ctrl-C is its normal end)
-    with _stop_on_signals(args.command != "app") as came:
-        try:
-            code = _run(args)
-        except KeyboardInterrupt as exc:  # also one that came while an error was being said
-            code = _interrupted(exc, came)
-        came["closing"] = 1
+    undo = _quiet_frameworks()
+    try:
+        # the app's server handles its own signals (and its Ctrl-C is its normal end)
+        with _stop_on_signals(args.command != "app") as came:
+            try:
+                code = _run(args)
+            except KeyboardInterrupt as exc:  # also one that came while an error was being said
+                code = _interrupted(exc, came)
+            came["closing"] = 1
+    finally:
+        undo()
     if "signum" in came and code < 128:  # a signal as the command finished: its status
         code = 128 + int(came["signum"])
     return code

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -123,12 +123,14 @@ class FeatureMaps:
         rank: str = "mean",
         style: str = "minmax",
         dpi: float = 100,
+        progress: Callable[[int], None] | None = None,
     ) -> list[Path]:
         """Write, for sample ``index``, one grid PNG per call site (named after the layer,
         ``encoder-conv2d_1.png``), ``overview.png`` and ``index.json`` (file, layer, type,
         shape, the channels shown in tile order and the dead channels, per grid; the style and
         the dead channels of all layers together). ``style`` as in :meth:`plot`. Returns the
-        written paths."""
+        written paths. ``progress(1)`` is called after each picture (``len(self.layers) + 1`` in
+        all)."""
         from . import viz
 
         if style not in viz.STYLES:  # before any file is written
@@ -153,6 +155,8 @@ class FeatureMaps:
             path = out / f"{name}.png"
             viz.write_atomic(path, viz.figure_to_png_bytes(fig, dpi=dpi))
             written.append(path)
+            if progress is not None:
+                progress(1)
             entries.append({
                 "file": path.name,
                 "layer": label,
@@ -167,6 +171,8 @@ class FeatureMaps:
         viz.write_atomic(overview, viz.figure_to_png_bytes(
             viz.feature_overview(self, index=index, cmap=cmap, rank=rank, style=style), dpi=dpi))
         written.append(overview)
+        if progress is not None:
+            progress(1)
         meta = {"sample": index, "rank": rank, "style": style, "reason": self.reason,
                 "dead_count": sum(e["dead_count"] for e in entries),
                 "overview": overview.name, "layers": entries}

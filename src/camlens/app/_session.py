@@ -173,8 +173,8 @@ class AppModel:
         if adapter.needs_input_size:
             if self.input_size is None:
                 raise ValueError(
-                    "this model has no input size of its own (a PyTorch module, or a subclassed "
-                    "Keras model never called): give input_size=(H, W) (camlens app MODEL --size H,W)"
+                    "this model (a PyTorch module, or a subclassed Keras model) has no input "
+                    "size of its own: give input_size=(H, W) (camlens app MODEL --size H,W)"
                 )
             size = self.input_size
             adapter.prepare(adapter.native_inputs([np.zeros((1, *size, self.channels), np.float32)]))
