@@ -29,7 +29,7 @@ def setup():
     model = seed_002_model()
     x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype("float32")
     conv = keras.Model(model.inputs[0], model.get_layer("conv").output)
-    acts = np.asarray(conv(x), np.float64)  # (3, 6, 6, 6)
+    acts = np.asarray(keras.ops.convert_to_numpy(conv(x)), np.float64)  # (3, 6, 6, 6)
     kernel, bias = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
     logits = acts.mean(axis=(1, 2)) @ kernel + bias
     return model, x, acts, kernel, logits
