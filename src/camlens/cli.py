@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a pretrained ImageNet model on bundled photos (offline)")
     _method_arg(d, "gradcam,cam", "gradcam++,layercam")
     d.add_argument("--image", action="append", default=None, metavar="PATH",
-                   help="your own photo instead of the bundled ones (repeatable)")
+                   help="your own photos instead of the bundled ones: a file, folder or pattern (repeatable)")
     d.add_argument("--layer", default="auto", help=_LAYER)
     _backend_arg(d)
     _batch_size_arg(d)
@@ -634,15 +634,15 @@ def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) ->
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    methods = _methods(args.method)
+    images = _images(args.image) if args.image else None  # folders and patterns too
     _output_folder(args.out)
     try:
-        return run_demo(args.out, _methods(args.method), args.image, layer=args.layer,
-                        batch_size=args.batch_size)
+        return run_demo(args.out, methods, images, layer=args.layer, batch_size=args.batch_size)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
 
 
-#: what each command runs; it returns the exit status (0, or 1: some images failed)
 def _cmd_cache(args: argparse.Namespace) -> int:
     from .models import cache_info, clear_cache
 
@@ -658,6 +658,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+#: what each command runs; it returns the exit status (0, or 1: some images failed)
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "explain": _cmd_explain,
     "demo": _cmd_demo,
