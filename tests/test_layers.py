@@ -24,19 +24,19 @@ def _graph(spec, outputs, inputs=("in",)):
     return LayerGraph(nodes, [ids[n] for n in inputs], [ids[o] for o in outputs], list(outputs), list(inputs))
 
 
+#: in -> a -> (b1, b2) -> cat -> gap -> out: b1 and b2 each see only part of the paths
+BRANCHES = [
+    ("a", "Conv2D", (8, 8, 4), ["in"]),
+    ("b1", "Conv2D", (8, 8, 4), ["a"]),
+    ("b2", "Conv2D", (8, 8, 4), ["a"]),
+    ("cat", "Concatenate", (8, 8, 8), ["b1", "b2"]),
+    ("gap", "GlobalAveragePooling2D", (8,), ["cat"]),
+    ("out", "Dense", (2,), ["gap"]),
+]
+
+
 def test_branches_are_skipped_for_their_merge():
-    # in -> a -> (b1, b2) -> cat -> gap -> out: b1 and b2 each see only part of the paths
-    g = _graph(
-        [
-            ("a", "Conv2D", (8, 8, 4), ["in"]),
-            ("b1", "Conv2D", (8, 8, 4), ["a"]),
-            ("b2", "Conv2D", (8, 8, 4), ["a"]),
-            ("cat", "Concatenate", (8, 8, 8), ["b1", "b2"]),
-            ("gap", "GlobalAveragePooling2D", (8,), ["cat"]),
-            ("out", "Dense", (2,), ["gap"]),
-        ],
-        ["out"],
-    )
+    g = _graph(BRANCHES, ["out"])
     choice = choose_layers(g)
     assert [n.path for n in choice.nodes] == ["cat"]
     report = layer_report(g)
@@ -173,17 +173,7 @@ def test_layer_index_column_nested_keras_and_torch():
 
 
 def test_layer_report_without_a_model_numbers_rows_in_graph_order():
-    g = _graph(
-        [
-            ("a", "Conv2D", (8, 8, 4), ["in"]),
-            ("b1", "Conv2D", (8, 8, 4), ["a"]),
-            ("b2", "Conv2D", (8, 8, 4), ["a"]),
-            ("cat", "Concatenate", (8, 8, 8), ["b1", "b2"]),
-            ("gap", "GlobalAveragePooling2D", (8,), ["cat"]),
-            ("out", "Dense", (2,), ["gap"]),
-        ],
-        ["out"],
-    )
+    g = _graph(BRANCHES, ["out"])
     report = layer_report(g)
     assert [r.index for r in report.rows] == ["0", "1", "2", "3", "4", "5"]
     assert report.notes == [
