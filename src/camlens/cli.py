@@ -442,7 +442,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     failed: list[str] = []
     reason, grids, done = "", 0, 0
     # drawing a grid per layer is most of the time (a second each for a deep network)
-    bar = tqdm(total=None, desc="feature grids", unit="grid", disable=None, file=sys.stderr)
+    bar = None  # made once the first batch says how many layers there are
     for part in batches(len(images), args.batch_size):
         groups: dict[tuple[int, ...], list[tuple[Path, np.ndarray]]] = {}
         for path, out in zip(images[part], outs[part]):
@@ -456,9 +456,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
             fmaps = feature_maps(model, np.stack([x for _, x in group]), layers,
                                  batch_size=args.batch_size)
             reason = fmaps.reason
-            if bar.total is None:
-                bar.total = len(images) * (len(fmaps.layers) + 1)
-                bar.refresh()
+            if bar is None:
+                bar = tqdm(total=len(images) * (len(fmaps.layers) + 1), desc="feature grids",
+                           unit="grid", disable=None, file=sys.stderr)
             for i, (out, _) in enumerate(group):
                 grids += len(fmaps.save(out, index=i, max_channels=args.max_channels,
                                         cmap=args.cmap, style=args.style, progress=bar.update)) - 2
@@ -468,7 +468,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
                     whose = "" if len(images) == 1 else f" in {out.name}"
                     print(f"dead (constant) channels{whose}: "
                           + ", ".join(f"{k} {v}" for k, v in dead.items()))
-    bar.close()
+    if bar is not None:
+        bar.close()
     if done:
         print(f"layers: {reason}")
         where = (f"{args.out}/" if len(images) == 1
