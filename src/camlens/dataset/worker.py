@@ -153,24 +153,40 @@ class BatchExplainer:
         return photo, x, on_map
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self.explain(batch, self.read(batch))
+
+    def read(self, batch: dict[str, Any]) -> list[Any]:
+        """The images of ``batch`` read from disk (per image its pictures, or the error): the
+        first half of a call, which the local engine runs for the next batch on a second
+        thread while this one is explained."""
         from ..io import ImageError
 
+        self._load()
+        boxes = [str(v) if v is not None else "" for v in batch["boxes_json"]] \
+            if "boxes_json" in batch else [""] * len(batch["path"])
+        out: list[Any] = []
+        for path, box in zip(batch["path"], boxes):
+            try:
+                out.append(self._read(str(path), box))
+            except (ImageError, ValueError) as exc:
+                out.append(str(exc))
+        return out
+
+    def explain(self, batch: dict[str, Any], read: list[Any]) -> dict[str, np.ndarray]:
+        """The rows of ``batch``, whose images :meth:`read` gave as ``read``."""
         self._load()
         spec = self.spec
         paths = [str(p) for p in batch["path"]]
         n = len(paths)
         labels = [_label(v) for v in batch["label"]] if "label" in batch else [None] * n
-        boxes = [str(v) if v is not None else "" for v in batch["boxes_json"]] \
-            if "boxes_json" in batch else [""] * n
         rows: dict[tuple[int, str], dict[str, Any]] = {}
         groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, np.ndarray, Any]]] = {}
-        for i, path in enumerate(paths):
-            try:
-                photo, x, on_map = self._read(path, boxes[i])
-            except (ImageError, ValueError) as exc:
+        for i, got in enumerate(read):
+            if isinstance(got, str):  # the image's error
                 for m in spec.methods:
-                    rows[i, m] = {"path": path, "label": labels[i], "method": m, "error": str(exc)}
+                    rows[i, m] = {"path": paths[i], "label": labels[i], "method": m, "error": got}
                 continue
+            photo, x, on_map = got
             groups.setdefault(x.shape, []).append((i, photo, x, on_map))
         for group in groups.values():  # a model without a fixed size: one call per size
             x = np.stack([g[2] for g in group])
