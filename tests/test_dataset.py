@@ -314,3 +314,14 @@ def test_cli_overlays_and_summary(model_file, photos, tmp_path, capsys):
     for r in _table(out / "results.parquet"):
         png = Image.open(out / r["overlay_file"])
         assert png.size == Image.open(r["path"]).size  # drawn on the photo at its own size
+
+
+def test_class_probabilities_row_by_row():
+    from camlens.explanation import class_probabilities
+
+    y = np.array([[0.2, 0.8], [2.0, 0.0]])
+    p = class_probabilities(y)
+    np.testing.assert_allclose(p[0], [0.2, 0.8])  # already probabilities
+    np.testing.assert_allclose(p[1], np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum())
+    # a row's probabilities do not depend on the rows beside it (a batch of Ray's or ours)
+    np.testing.assert_array_equal(class_probabilities(y[1:]), p[1:])

@@ -3,7 +3,6 @@ engines run (the local engine in a loop, Ray Data as the class of ``map_batches`
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -207,7 +206,8 @@ class BatchExplainer:
     def _explain(self, x: np.ndarray, method: str, group: list[tuple[int, np.ndarray, np.ndarray, Any]],
                  paths: list[str]) -> list[dict[str, Any]]:
         from .._explain import explain
-        from ..explanation import _is_probability
+        from ..explanation import class_probabilities
+        from ..files import save_npy
         from ..metrics import energy_pointing_game, evaluate, pointing_game
 
         spec = self.spec
@@ -224,7 +224,7 @@ class BatchExplainer:
         y = np.asarray(exp.outputs[0]) if exp.outputs else np.zeros((0,))
         classes = y.ndim == 2 and y.shape[1] > 1
         if classes:
-            probs = y if _is_probability(y) else _softmax(y)
+            probs = class_probabilities(y)
         label = exp.sites[0].label
         rows = []
         for j, (i, photo, _, on_map) in enumerate(group):
@@ -232,7 +232,7 @@ class BatchExplainer:
             raw = np.asarray(exp.raw_maps[0][j], dtype=np.float32)
             peak_y, peak_x, mass = map_summary(raw)
             rel = map_file(method, key)
-            _save_npy(Path(spec.out) / rel, raw)
+            save_npy(Path(spec.out) / rel, raw)
             row: dict[str, Any] = {
                 "predicted": int(np.argmax(y[j])) if classes else None,
                 "predicted_score": float(probs[j].max()) if classes else None,
@@ -264,17 +264,3 @@ def _label(v: Any) -> int | None:
         return None
     f = float(v)
     return None if math.isnan(f) or f < 0 else int(f)
-
-
-def _softmax(y: np.ndarray) -> np.ndarray:
-    z = np.exp(y - y.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
-def _save_npy(path: Path, data: np.ndarray) -> None:
-    from ..viz import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, data, allow_pickle=False)
-    write_atomic(path, buf.getvalue())
