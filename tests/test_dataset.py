@@ -218,7 +218,7 @@ def test_boxes_reach_the_pointing_game(model_file, photos, tmp_path):
     assert [got[p.name]["label"] for p in square] == [1, 2, 2]
     assert got["p01.png"]["pointing_hit"] is None and got["p01.png"]["energy_share"] is None
     m = camlens.explain(model, camlens.io.load_image(square[0])[None], "gradcam").maps[0][0]
-    assert got["p00.png"]["energy_share"] == pytest.approx(m[y, x] / m.sum(), rel=1e-5)
+    assert got["p00.png"]["energy_share"] == pytest.approx(float(m[y, x]) / float(m.sum(dtype=np.float64)), rel=1e-4)
 
 
 def test_box_outside_its_image_is_an_error_row(model_file, photos, tmp_path):
