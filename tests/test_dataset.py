@@ -290,10 +290,14 @@ def test_another_runs_folder_is_refused(model_file, photos, tmp_path, capsys):
     assert main(["run", str(model_file), str(photos / "p01.png"), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "holds a run on other images" in err and "another output folder (-o)" in err
-    # the same run again: nothing to do, the same table
+    # the same run again, in the folder moved elsewhere: nothing to do, the same table
     before = _table(out / "results.parquet")
-    run(str(model_file), [str(photos / "p00.png")], out, methods=["gradcam"])
-    assert _without_seconds(_table(out / "results.parquet")) == _without_seconds(before)
+    moved = out.rename(tmp_path / "moved")
+    stamp = (moved / "parts" / "part-000000000-000000000.parquet").stat().st_mtime_ns
+    run(str(model_file), [str(photos / "p00.png")], moved, methods=["gradcam"])
+    assert _without_seconds(_table(moved / "results.parquet")) == _without_seconds(before)
+    assert (moved / "parts" / "part-000000000-000000000.parquet").stat().st_mtime_ns == stamp
+    assert [p.name for p in (moved / "parts").iterdir()] == ["part-000000000-000000000.parquet"]
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -667,6 +667,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                    steps=args.steps, progress=True)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"camlens: the batches done are kept in {args.out}; run the same command again to "
+              "go on from there", file=sys.stderr)
+        raise
     print(f"wrote {done.results}: {done.rows} rows ({done.images} images x {len(methods)} "
           f"method(s)), raw maps in {done.out / 'maps'}/")
     shown = 10  # a data set can have thousands of bad files: the table has them all
