@@ -131,9 +131,11 @@ def test_map_summary_by_hand():
 @pytest.fixture(scope="module")
 def one_run(model_file, photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
+    steps: list[int] = []
     done = run(str(model_file), [str(photos)], out, methods=["gradcam", "layercam"],
-               metrics=["average_drop"], batch_size=5)
+               metrics=["average_drop"], batch_size=5, progress=steps.append)
     assert done.images == 27 and done.rows == 54
+    assert steps == [5, 5, 5, 5, 5, 2]  # images per batch, broken ones included
     assert sorted(Path(p).name for p, _ in done.failed) == sorted(BROKEN)
     return out
 
