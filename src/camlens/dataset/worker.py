@@ -108,7 +108,7 @@ class BatchExplainer:
         if problems:
             raise ValueError("; ".join(problems))
         _use_backend(spec.backend)
-        from ..io import as_display, as_preprocess, image_geometry, load_model
+        from ..io import as_preprocess, image_geometry, load_model
         from ..targets import parse_target
 
         self._target = parse_target(spec.target) if spec.target is not None else None
@@ -128,8 +128,8 @@ class BatchExplainer:
             self._hw, self._channels = image_geometry(
                 self._model, size, drop=f"size={size}",  # type: ignore[arg-type]
                 refusal="a data-set run takes models with one image input; this one takes {shapes}")
-            self._one, self._prep = None, as_preprocess(spec.preprocess)
-            self._display = None if spec.preprocess in (None, "none") else as_display(spec.preprocess)
+            # overlays are drawn on the photo as read, never on the preprocessed input
+            self._one, self._prep, self._display = None, as_preprocess(spec.preprocess), None
         self._loaded = True
 
     # -- one batch -------------------------------------------------------------------------
