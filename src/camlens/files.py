@@ -376,6 +376,23 @@ def _read_photo(path: str, size: tuple[Any, Any], channels: int) -> tuple[np.nda
     return photo, x
 
 
+def _on_photo(small: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
+    """A map at the model input's size back onto the photo: a map of a squashed input is
+    stretched back with it. float32 in [0, 1]."""
+    from . import viz
+
+    small = np.asarray(small, dtype=np.float32)
+    full = small if small.shape == hw else np.clip(viz.resize_bilinear(small, hw), 0.0, 1.0)
+    return full.astype(np.float32)
+
+
+def _photo_overlay(photo: np.ndarray, small: np.ndarray, cmap: str, alpha: float) -> np.ndarray:
+    """The map ``small`` (at the model input's size) blended onto ``photo`` at its own size."""
+    from . import viz
+
+    return viz.overlay(photo, _on_photo(small, tuple(photo.shape[:2])), cmap=cmap, alpha=alpha)
+
+
 def _save_group(out: Path, exp: Any, group: list[tuple[tuple[str, ...], str, list[np.ndarray]]],
                 look: dict[str, Any]) -> list[dict[str, Any]]:
     """Writes the files of one explained batch; returns a row per sample (``results.json``)."""
@@ -393,9 +410,7 @@ def _save_group(out: Path, exp: Any, group: list[tuple[tuple[str, ...], str, lis
             photo = photos[j]
             hw = photo.shape[:2]
             small = np.asarray(exp.maps[k][i], dtype=np.float32)
-            # back onto the photo: a map of a squashed input is stretched back with it
-            full = small if small.shape == hw else np.clip(viz.resize_bilinear(small, hw), 0.0, 1.0)
-            full = full.astype(np.float32)
+            full = _on_photo(small, hw)
             over = viz.overlay(photo, full, cmap=look["cmap"], alpha=look["alpha"])
             if exp.boxes is not None:
                 h_in, w_in = small.shape
