@@ -110,6 +110,7 @@ class Watch:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.first: tuple[float, int] | None = None
+        self.done = 0
         self.rss_first = 0
         self.peak = 0
         self._stop = threading.Event()
@@ -120,9 +121,10 @@ class Watch:
         while not self._stop.wait(0.2):
             self.peak = max(self.peak, tree_rss(os.getpid()))
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, n: int) -> None:
+        self.done += n
         if self.first is None:
-            self.first = (time.perf_counter(), done)
+            self.first = (time.perf_counter(), self.done)
             self.rss_first = tree_rss(os.getpid())
 
     def finish(self, images: int) -> dict[str, Any]:
@@ -173,7 +175,7 @@ def forward(model: str, folder: Path, batch: int, smoke: bool) -> dict[str, Any]
     watch = Watch()
     for start in range(0, len(files), batch):
         net.predict_on_batch(inputs(files[start : start + batch]))
-        watch.progress(start + batch, len(files))
+        watch.progress(len(files[start : start + batch]))
     return watch.finish(len(files))
 
 

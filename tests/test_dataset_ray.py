@@ -95,13 +95,11 @@ def _same(a: dict, b: dict, out_a: Path, out_b: Path) -> None:
         if column in TIMED:
             continue
         for x, y in zip(a[column], b[column]):
-            if isinstance(x, float) and y is not None:
-                assert y == pytest.approx(x, rel=1e-5, abs=1e-7, nan_ok=True), column
-            else:
-                assert x == y, column
+            # the same batches in both engines: the same numbers, bit for bit
+            assert x == y or (isinstance(x, float) and np.isnan(x) and np.isnan(y)), column
     for rel in a["map_file"]:
         if rel is not None:
-            np.testing.assert_allclose(np.load(out_b / rel), np.load(out_a / rel), rtol=1e-5, atol=1e-7)
+            np.testing.assert_array_equal(np.load(out_b / rel), np.load(out_a / rel))
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +116,14 @@ def test_ray_and_local_engines_write_the_same_table(cluster, data, local_table, 
     model_path, items = data
     out_local, expected = local_table
     seen = []
-    path = run_ray(_spec(model_path, tmp_path), items, workers=2, progress=lambda done, total: seen.append((done, total)))
+    path = run_ray(_spec(model_path, tmp_path), items, workers=2, progress=seen.append)
     assert Path(path) == tmp_path / "results.parquet"
     table = _table(tmp_path)
     _same(expected, table, out_local, tmp_path)
     assert len(table["path"]) == 2 * len(items)  # a row per image x method, the bad ones too
     errors = {p for p, e in zip(table["path"], table["error"]) if e is not None}
     assert {Path(p).name for p in errors} == {"text.png", "cut.png", "empty.jpg", "missing.png"}
-    assert seen[-1] == (len(items), len(items)) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert sum(seen) == len(items) and set(seen) <= {4, 2}  # images per batch of 4 (the last has 2)
     # every part is whole: no temporary file left, and the parts' rows are the table's
     parts = sorted((tmp_path / "parts").iterdir())
     assert parts and not [p for p in parts if p.name.startswith(".")]
@@ -170,12 +168,12 @@ def test_a_killed_actor_changes_nothing(cluster, data, local_table, tmp_path):
 
 def test_resume_after_local_parts(cluster, data, local_table, tmp_path):
     """A run begun by the local engine and finished by Ray: only the missing items are done."""
+    from camlens.dataset.local import run_local
+
     model_path, items = data
     out_local, expected = local_table
-    import shutil
-
-    shutil.copytree(out_local, tmp_path / "out")
     out = tmp_path / "out"
+    run_local(_spec(model_path, out), items)
     parts = sorted((out / "parts").iterdir())
     for p in parts[1::2]:
         p.unlink()

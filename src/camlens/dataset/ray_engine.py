@@ -13,7 +13,7 @@ is kept once by :func:`~camlens.dataset.store.consolidate`.
 
 On a cluster every worker loads the model itself: ``spec.model`` must be loadable there (a
 ``.keras`` file or ``FILE.py:NAME`` on a disk every node sees, or an installed package), and
-the images' paths must be readable from every node.
+the images' paths and the output folder must be the same on every node (a shared disk).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def _start(ray: Any, address: str | None, workers: int) -> bool:
+def _start(ray: Any, address: str | None, workers: int | None) -> bool:
     """Connect to ``address`` or start a local Ray in this process, unless Ray is already
     initialised (a test's, a notebook's); True when this call started it."""
     if ray.is_initialized():
@@ -54,7 +54,7 @@ def _start(ray: Any, address: str | None, workers: int) -> bool:
     else:
         import os
 
-        ray.init(num_cpus=max(workers, os.cpu_count() or 1), **options)
+        ray.init(num_cpus=max(workers or 1, os.cpu_count() or 1), **options)
     return True
 
 
@@ -62,8 +62,8 @@ def run_ray(
     spec: RunSpec,
     items: Sequence[Item],
     address: str | None = None,
-    workers: int = 1,
-    progress: bool | Callable[[int, int], None] | None = None,
+    workers: int | None = None,
+    progress: bool | Callable[[int], Any] | None = None,
     *,
     _explainer: Any = None,
 ) -> Any:
@@ -71,16 +71,23 @@ def run_ray(
     ``results.parquet``); returns the path of the table. ``address``: a Ray cluster
     (``"auto"``, ``"ray://head:10001"``); None starts Ray on this machine (when this process
     has not initialised Ray already). ``workers``: how many actors explain at once, each with
-    its own copy of the model. ``progress``: True for a bar with images/s and the ETA on
-    stderr, or a callable ``(done, total)`` called after each batch. ``_explainer``: tests
-    only, a stand-in for :class:`~camlens.dataset.worker.BatchExplainer` (same signature)."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    its own copy of the model (None: one per CPU of the cluster). ``progress``: as the local
+    engine's, True for a bar with images/s and the ETA on stderr, or a callable told ``n``
+    more images are done. ``_explainer``: tests only, a stand-in for
+    :class:`~camlens.dataset.worker.BatchExplainer` (same signature).
+
+    The workers write the maps (and overlays) under ``spec.out`` themselves and this process
+    writes the parts and the table: on a cluster of several machines ``spec.out`` must be a
+    folder every node sees at the same path (a shared disk)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a whole number >= 1; got {workers!r}")
     ray = _import_ray()
     missing = store.begin(spec, items)
     if missing:
         started = _start(ray, address, workers)
         try:
+            if workers is None:  # one actor per CPU of the cluster
+                workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
             _explain(ray, spec, missing, workers, len(items), progress, _explainer)
         finally:
             if started:
