@@ -128,6 +128,13 @@ def test_ray_and_local_engines_write_the_same_table(cluster, data, local_table, 
     parts = sorted((tmp_path / "parts").iterdir())
     assert parts and not [p for p in parts if p.name.startswith(".")]
     assert sum(pq.read_table(p).num_rows for p in parts) == 2 * len(items)
+    # the summary page reads the Ray run's table and maps: every good row in a class, none failed
+    from camlens.report.summary import summarize, write_summary
+
+    summary = summarize(tmp_path, by="label")
+    assert sum(g.count for g in summary.groups.values()) == 2 * GOOD and summary.failed == 2 * 4
+    assert all(g.maps == g.count for g in summary.groups.values())
+    assert "data:image/png" in write_summary(tmp_path).read_text(encoding="utf-8")
     # run again: nothing missing, nothing recomputed, the same table
     before = {p.name: p.stat().st_mtime_ns for p in parts}
     run_ray(_spec(model_path, tmp_path), items, workers=2)
@@ -190,3 +197,14 @@ def test_without_ray_the_message_says_how_to_install(monkeypatch, data, tmp_path
     with pytest.raises(ImportError) as info:
         run_ray(_spec(model_path, tmp_path), items)
     assert str(info.value) == RAY_MISSING and 'pip install "camlens[ray]"' in RAY_MISSING
+
+
+def test_a_model_the_workers_cannot_load_is_the_callers_error(cluster, data, tmp_path):
+    """The worker's error comes back as itself, as with the local engine, not wrapped in Ray's
+    exceptions, and no part is written."""
+    _, items = data
+    spec = RunSpec(model=str(tmp_path / "nope.keras"), out=str(tmp_path / "out"), preprocess="unit", batch_size=4)
+    with pytest.raises(FileNotFoundError, match="nope.keras: no such model file") as info:
+        run_ray(spec, items[:4], workers=1)
+    assert type(info.value) is FileNotFoundError
+    assert not (tmp_path / "out" / "parts").exists()

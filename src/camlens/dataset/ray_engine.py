@@ -159,14 +159,18 @@ def _collect(spec: RunSpec, batch: Any, size: int, methods: int, waiting: dict[i
             waiting[k] = 0
 
 
+_USER_ERRORS = (ValueError, TypeError, NotImplementedError, OSError, ImportError)
+
+
 def _user_error(exc: Exception) -> Exception:
-    """The worker's own error (a model, method or layer that cannot be used) when Ray wraps
-    one, so the caller sees the same message as with the local engine; else ``exc``."""
+    """The worker's own error (a model file missing on a worker, a package it lacks, a method
+    or layer that cannot be used) when Ray wraps one, so the caller sees the same message as
+    with the local engine (and the CLI its ``camlens: ...`` line); else ``exc``."""
     seen = set()
     cur: Any = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, (ValueError, TypeError, NotImplementedError)) and type(cur).__module__ == "builtins":
+        if isinstance(cur, _USER_ERRORS) and type(cur).__module__ == "builtins":
             return cur
         cur = getattr(cur, "cause", None) or cur.__cause__
     return exc
