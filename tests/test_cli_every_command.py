@@ -44,6 +44,8 @@ RUNS = {
     "report": (["report", "bundled", "{photos}", "--method", "gradcam", "-o", "out/r.html"], ["out/r.html"]),
     "evaluate": (["evaluate", "bundled", "{photos}", "--method", "gradcam", "--metrics", "average_drop",
                   "--json", "out/e.json"], ["out/e.json"]),
+    "run": (["run", "bundled", "{photos}", "--overlays", "-o", "out/run"],
+            ["out/run/results.parquet", "out/run/run.json"]),
     "layers": (["layers", "bundled"], []),
     "app": (["app", "bundled"], []),
     "cache": (["cache"], []),
@@ -78,6 +80,15 @@ def test_subcommand_with_bundled_and_a_folder(command, photos, tmp_path, monkeyp
     if command == "demo":
         summary = json.loads((tmp_path / "out/summary.json").read_text())
         assert sorted(summary["images"]) == ["chelsea", "coffee"]
+    if command == "run":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(tmp_path / "out/run/results.parquet").to_pylist()
+        predicted = {Path(r["path"]).stem: r["predicted"] for r in rows}
+        assert predicted["coffee"] == 967 and predicted["chelsea"] in (281, 282, 285)
+        for r in rows:  # the bundled model's 224x224 crop: overlays at the crop's size
+            assert np.load(tmp_path / "out/run" / r["map_file"]).shape == (7, 7)
+            assert Image.open(tmp_path / "out/run" / r["overlay_file"]).size == (224, 224)
     if command == "layers":
         assert "chosen:" in out
     if command == "app":

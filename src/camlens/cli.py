@@ -1,6 +1,7 @@
 """The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...``,
 ``camlens features MODEL IMAGE...``, ``camlens layers MODEL``, ``camlens report MODEL IMAGE...``,
-``camlens evaluate MODEL IMAGE...``, ``camlens app [MODEL]`` and ``camlens --version``.
+``camlens evaluate MODEL IMAGE...``, ``camlens run MODEL SOURCE... -o OUT`` (a data set into a
+Parquet table), ``camlens app [MODEL]`` and ``camlens --version``.
 
 One grammar for all of them: ``MODEL`` is a model file, ``FILE.py:NAME`` or ``bundled``;
 ``IMAGE`` is a file, a folder or a glob pattern (expanded here when the shell did not);
@@ -201,6 +202,32 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--target", type=_parse_target, default=None,
                     help=_target_help())
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to PATH")
+
+    rn = sub.add_parser("run", help="explain a whole data set into one Parquet table, a row per "
+                                    "image and method (resumable; locally or on a Ray cluster)")
+    _model_and_images(rn)
+    _method_arg(rn, "gradcam", "gradcam,layercam")
+    rn.add_argument("--metrics", default="",
+                    help="comma-separated faithfulness metrics, a column each (deletion, insertion, "
+                         "average_drop, increase_in_confidence, road); none by default")
+    rn.add_argument("--steps", type=int, default=100, help="deletion/insertion steps (default 100)")
+    rn.add_argument("--target", default=None, help=_target_help())
+    rn.add_argument("--boxes", default=None, metavar="FILE",
+                    help="a CSV file with a header: path, optional label, a box x0,y0,x1,y1 (image "
+                         "pixels, x1/y1 exclusive) or JSON boxes; adds the pointing game "
+                         "(pointing_hit, energy_share). IMAGES may also be such a CSV file, or a "
+                         ".txt list of paths")
+    rn.add_argument("--overlays", action="store_true", help="also write overlay PNGs")
+    rn.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local (default: this process) or ray (Ray Data; needs camlens[ray])")
+    rn.add_argument("--address", default=None,
+                    help="with --engine ray: the cluster to join (ray start --head prints it; "
+                         "default: a local Ray started here)")
+    rn.add_argument("--workers", type=int, default=None,
+                    help="with --engine ray: model copies (actors) explaining at once")
+    rn.add_argument("-o", "--out", default="camlens-run",
+                    help="output folder (default camlens-run): results.parquet, maps/, parts/, "
+                         "run.json; run the same command again to resume it")
 
     lay = sub.add_parser("layers", help="list layers and the one chosen automatically")
     lay.add_argument("model", help=_MODEL)
@@ -620,6 +647,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return _skipped(message for _, message in done.failed)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .dataset import run
+
+    methods = _methods(args.method)
+    if args.engine != "ray" and (args.address is not None or args.workers is not None):
+        raise UsageError("--address and --workers are for --engine ray; add --engine ray or drop them")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1; got {args.workers}")
+    if args.boxes is not None and not Path(args.boxes).is_file():
+        raise UsageError(f"--boxes {args.boxes}: no such file; give a CSV file with a path column "
+                         "and boxes (x0,y0,x1,y1)")
+    _output_folder(args.out)
+    try:
+        done = run(args.model, args.images, args.out, methods=methods, metrics=_names(args.metrics),
+                   boxes=args.boxes, engine=args.engine, address=args.address, workers=args.workers,
+                   layer=args.layer, target=args.target, size=args.size, preprocess=args.preprocess,
+                   batch_size=args.batch_size, overlays=args.overlays, backend=args.backend,
+                   steps=args.steps, progress=True)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {done.results}: {done.rows} rows ({done.images} images x {len(methods)} "
+          f"method(s)), raw maps in {done.out / 'maps'}/")
+    shown = 10  # a data set can have thousands of bad files: the table has them all
+    code = _skipped(f"{message}" for _, message in done.failed[:shown])
+    if len(done.failed) > shown:
+        print(f"camlens: ... and {len(done.failed) - shown} more; the error column of "
+              f"{done.results} lists them all", file=sys.stderr)
+    return code
+
+
 def _metrics_table(method: str, result: dict[str, Any], names: Sequence[str]) -> str:
     """One method's numbers: a row per image and the mean."""
     labels = [str(r["image"]) for r in result["images"]] + ["mean"]
@@ -666,6 +723,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "features": _cmd_features,
     "report": _cmd_report,
     "evaluate": _cmd_evaluate,
+    "run": _cmd_run,
     "layers": _cmd_layers,
     "app": _cmd_app,
     "cache": _cmd_cache,
