@@ -208,3 +208,34 @@ def test_a_model_the_workers_cannot_load_is_the_callers_error(cluster, data, tmp
         run_ray(spec, items[:4], workers=1)
     assert type(info.value) is FileNotFoundError
     assert not (tmp_path / "out" / "parts").exists()
+
+
+def test_the_command_with_engine_ray(cluster, data, local_table, tmp_path, capsys):
+    """``camlens run ... --engine ray --workers 2`` (Ray already started here is used as it
+    is): the local engine's table; exit status 1 for the bad images."""
+    from camlens.cli import main
+
+    model_path, items = data
+    out_local, expected = local_table
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"{it.path}\n" for it in items))
+    argv = [str(model_path), str(listing), "-o", str(tmp_path / "out"), "--method", "gradcam,layercam",
+            "--metrics", "deletion", "--steps", "4", "--preprocess", "unit", "--batch-size", "4"]
+    with_boxes = tmp_path / "boxes.csv"
+    with_boxes.write_text("path,label,boxes\n" + "".join(
+        f"{it.path},{'' if it.label is None else it.label},\"{[list(b) for b in it.boxes] if it.boxes else ''}\"\n"
+        for it in items))
+    assert main(["run", *argv[:1], str(with_boxes), *argv[2:], "--engine", "ray", "--workers", "2"]) == 1
+    assert "wrote" in capsys.readouterr().out
+    _same(expected, _table(tmp_path / "out"), out_local, tmp_path / "out")
+
+
+def test_the_command_without_ray_says_how_to_install(monkeypatch, data, tmp_path, capsys):
+    from camlens.cli import main
+
+    model_path, items = data
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = main(["run", str(model_path), items[0].path, "-o", str(tmp_path / "out"), "--preprocess", "unit",
+                 "--engine", "ray"])
+    assert code == 2
+    assert 'pip install "camlens[ray]"' in capsys.readouterr().err
