@@ -1,10 +1,11 @@
 """The Ray engine of a data-set run: the same rows, parts, maps and table as the local engine,
 with the images explained by a pool of Ray actors (Ray Data), on this machine or a cluster.
 
-Ray Data does the scheduling: ``from_items`` of the items still missing, ``map_batches`` with
-:class:`~camlens.dataset.worker.BatchExplainer` as a callable class (each actor loads the model
-once, in its constructor's first call), ``workers`` actors at most and ``spec.batch_size``
-images per call. Each output batch comes back to this process and is written as one part by
+Ray Data does the scheduling: one block per batch of the items still missing (the local
+engine's batches: fixed slices of ``spec.batch_size`` items of the item list), ``map_batches``
+with :class:`~camlens.dataset.worker.BatchExplainer` as a callable class (each actor loads the
+model once, on its first batch), ``workers`` actors at most. Each batch's rows come back to
+this process and are written as the part the local engine would write, by
 :func:`~camlens.dataset.store.write_part` (whole or absent), so a run killed at any moment is
 resumed by running it again, by either engine. An actor that dies (a worker process killed, a
 node lost) is restarted by Ray and its batch retried (``max_restarts``, ``max_task_retries``):
@@ -118,8 +119,8 @@ def _explain(ray: Any, spec: RunSpec, missing: list[tuple[int, Item]], workers: 
         # Ray >= 2.51 prefers named remote arguments to **ray_remote_args; >= 2.9 takes both
         warnings.filterwarnings("ignore", message=".*(deprecated|ray_remote_args).*")
         ds = ds.map_batches(
-            explainer,
-            fn_constructor_args=(spec,),
+            _Guarded,
+            fn_constructor_args=(explainer, spec),
             compute=ray.data.ActorPoolStrategy(size=workers),
             batch_size=None,  # one slice: at most spec.batch_size images
             batch_format="numpy",
@@ -129,11 +130,12 @@ def _explain(ray: Any, spec: RunSpec, missing: list[tuple[int, Item]], workers: 
     waiting = {k: len(v) for k, v in slices.items()}
     pending: dict[int, list[Any]] = {}
     with progress_bar(progress, total, total - len(missing)) as step:
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                _collect(spec, batch, size, len(spec.methods), waiting, pending, step)
-        except Exception as exc:
-            raise _user_error(exc) from exc
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if _ERROR_COLUMN in batch.column_names:
+                import pickle
+
+                raise pickle.loads(batch.column(_ERROR_COLUMN)[0].as_py())
+            _collect(spec, batch, size, len(spec.methods), waiting, pending, step)
     if pending or any(waiting.values()):  # pragma: no cover - Ray handed back fewer rows
         raise RuntimeError(f"Ray returned no rows for {sum(waiting.values())} image(s); run again to resume")
 
@@ -160,17 +162,30 @@ def _collect(spec: RunSpec, batch: Any, size: int, methods: int, waiting: dict[i
 
 
 _USER_ERRORS = (ValueError, TypeError, NotImplementedError, OSError, ImportError)
+#: the column a guarded actor hands an error back in
+_ERROR_COLUMN = "__camlens_error__"
 
 
-def _user_error(exc: Exception) -> Exception:
-    """The worker's own error (a model file missing on a worker, a package it lacks, a method
-    or layer that cannot be used) when Ray wraps one, so the caller sees the same message as
-    with the local engine (and the CLI its ``camlens: ...`` line); else ``exc``."""
-    seen = set()
-    cur: Any = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, _USER_ERRORS) and type(cur).__module__ == "builtins":
-            return cur
-        cur = getattr(cur, "cause", None) or cur.__cause__
-    return exc
+class _Guarded:
+    """The explainer in an actor, with the run's own errors (a model file missing on a worker,
+    a package it lacks, a method or layer that cannot be used) handed back as data: Ray Data
+    wraps an exception raised in an actor in its own, keeping only its text, and the caller
+    should see the same error as with the local engine (the CLI its ``camlens: ...`` line)."""
+
+    def __init__(self, explainer: Any, spec: RunSpec) -> None:
+        self._inner = explainer(spec)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import pickle
+
+        import numpy as np
+
+        try:
+            return self._inner(batch)
+        except _USER_ERRORS as exc:
+            try:
+                data = pickle.dumps(exc)
+                pickle.loads(data)
+            except Exception:  # an exception that does not survive pickling: its type and text
+                data = pickle.dumps(ValueError(f"{type(exc).__name__}: {exc}"))
+            return {_ERROR_COLUMN: np.array([data], dtype=object)}
