@@ -253,17 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"camlens run on {count} images ({what}; Grad-CAM, batch {batch}; "
           f"{'random small pictures' if args.smoke else 'flips, crops and resizes of the bundled photos'})")
     print(f"machine: {machine()}; {versions('numpy', 'keras', 'tensorflow', 'tensorflow-cpu', 'ray', 'pyarrow')}")
-    head = (f"{'config':<8} {'images':>6} {'img/s':>7} {'vs':>6} {'start':>6} {'wall':>7} "
-            f"{'RSS@first':>10} {'RSS@end':>8} {'peak':>7}")  # fmt: skip
+    head = (f"{'config':<8} {'images':>6} {'img/s':>7} {'vs_fwd':>6} {'start_s':>7} {'wall_s':>7} "
+            f"{'RSS@first_MiB':>13} {'RSS@end_MiB':>11} {'peak_MiB':>8}")  # fmt: skip
     print(head)
-    print(f"{'':<8} {'':>6} {'':>7} {'fwd':>6} {'s':>6} {'s':>7} {'MiB':>10} {'MiB':>8} {'MiB':>7}")
     print("-" * len(head))
     base = results["forward"]["rate"]
     mib = 1024 * 1024
     for config, r in results.items():
         print(f"{config.replace(' ', '-'):<8} {r['images']:>6} {r['rate']:>7.1f} {r['rate'] / base:>6.2f} "
-              f"{r['start']:>6.1f} {r['wall']:>7.1f} {r['rss_first'] / mib:>10.0f} {r['rss_end'] / mib:>8.0f} "
-              f"{r['peak'] / mib:>7.0f}")  # fmt: skip
+              f"{r['start']:>7.1f} {r['wall']:>7.1f} {r['rss_first'] / mib:>13.0f} {r['rss_end'] / mib:>11.0f} "
+              f"{r['peak'] / mib:>8.0f}")  # fmt: skip
     local = results["local"]["rate"]
     print(f"\nlocal / forward: {local / base:.2f} (issue: >= 0.70); ray-1 / local: "
           f"{results['ray 1']['rate'] / local:.2f} (issue: >= 0.75); ray-2 / ray-1: "

@@ -184,7 +184,8 @@ def test_dataset_smoke():
         pytest.skip("runs once, in the TensorFlow run (Ray takes about a minute to start twice)")
     proc = _run(str(BENCHMARKS / "dataset.py"), "--smoke", timeout=600)
     header, rows = _table(proc.stdout, "config")
-    assert header == ["config", "images", "img/s", "vs", "start", "wall", "RSS@first", "RSS@end", "peak"]
+    assert header == ["config", "images", "img/s", "vs_fwd", "start_s", "wall_s", "RSS@first_MiB", "RSS@end_MiB",
+                      "peak_MiB"]
     assert [r[0] for r in rows] == ["forward", "local", "ray-1", "ray-2"]
     assert all(r[1] == "24" and float(r[2]) > 0 and float(r[8]) > 0 for r in rows)
     assert "table rows (errors): local 24 (0), ray 1 24 (0), ray 2 24 (0)" in proc.stdout
