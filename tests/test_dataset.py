@@ -131,9 +131,11 @@ def test_map_summary_by_hand():
 @pytest.fixture(scope="module")
 def one_run(model_file, photos, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "out"
+    steps: list[int] = []
     done = run(str(model_file), [str(photos)], out, methods=["gradcam", "layercam"],
-               metrics=["average_drop"], batch_size=5)
+               metrics=["average_drop"], batch_size=5, progress=steps.append)
     assert done.images == 27 and done.rows == 54
+    assert steps == [5, 5, 5, 5, 5, 2]  # images per batch, broken ones included
     assert sorted(Path(p).name for p, _ in done.failed) == sorted(BROKEN)
     return out
 
@@ -218,7 +220,7 @@ def test_boxes_reach_the_pointing_game(model_file, photos, tmp_path):
     assert [got[p.name]["label"] for p in square] == [1, 2, 2]
     assert got["p01.png"]["pointing_hit"] is None and got["p01.png"]["energy_share"] is None
     m = camlens.explain(model, camlens.io.load_image(square[0])[None], "gradcam").maps[0][0]
-    assert got["p00.png"]["energy_share"] == pytest.approx(m[y, x] / m.sum(), rel=1e-5)
+    assert got["p00.png"]["energy_share"] == pytest.approx(float(m[y, x]) / float(m.sum(dtype=np.float64)), rel=1e-4)
 
 
 def test_box_outside_its_image_is_an_error_row(model_file, photos, tmp_path):
@@ -290,10 +292,14 @@ def test_another_runs_folder_is_refused(model_file, photos, tmp_path, capsys):
     assert main(["run", str(model_file), str(photos / "p01.png"), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "holds a run on other images" in err and "another output folder (-o)" in err
-    # the same run again: nothing to do, the same table
+    # the same run again, in the folder moved elsewhere: nothing to do, the same table
     before = _table(out / "results.parquet")
-    run(str(model_file), [str(photos / "p00.png")], out, methods=["gradcam"])
-    assert _without_seconds(_table(out / "results.parquet")) == _without_seconds(before)
+    moved = out.rename(tmp_path / "moved")
+    stamp = (moved / "parts" / "part-000000000-000000000.parquet").stat().st_mtime_ns
+    run(str(model_file), [str(photos / "p00.png")], moved, methods=["gradcam"])
+    assert _without_seconds(_table(moved / "results.parquet")) == _without_seconds(before)
+    assert (moved / "parts" / "part-000000000-000000000.parquet").stat().st_mtime_ns == stamp
+    assert [p.name for p in (moved / "parts").iterdir()] == ["part-000000000-000000000.parquet"]
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -314,3 +320,14 @@ def test_cli_overlays_and_summary(model_file, photos, tmp_path, capsys):
     for r in _table(out / "results.parquet"):
         png = Image.open(out / r["overlay_file"])
         assert png.size == Image.open(r["path"]).size  # drawn on the photo at its own size
+
+
+def test_class_probabilities_row_by_row():
+    from camlens.explanation import class_probabilities
+
+    y = np.array([[0.2, 0.8], [2.0, 0.0]])
+    p = class_probabilities(y)
+    np.testing.assert_allclose(p[0], [0.2, 0.8])  # already probabilities
+    np.testing.assert_allclose(p[1], np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum())
+    # a row's probabilities do not depend on the rows beside it (a batch of Ray's or ours)
+    np.testing.assert_array_equal(class_probabilities(y[1:]), p[1:])

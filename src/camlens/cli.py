@@ -206,6 +206,9 @@ def _parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="explain a whole data set into one Parquet table, a row per "
                                     "image and method (resumable; locally or on a Ray cluster)")
     _model_and_images(rn)
+    next(a for a in rn._actions if a.dest == "images").help = (
+        _IMAGES + ", a .txt file of paths (one per line) or a .csv file with a header: path, "
+        "optional label, a box x0,y0,x1,y1 or JSON boxes")
     _method_arg(rn, "gradcam", "gradcam,layercam")
     rn.add_argument("--metrics", default="",
                     help="comma-separated faithfulness metrics, a column each (deletion, insertion, "
@@ -667,6 +670,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                    steps=args.steps, progress=True)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"camlens: the batches done are kept in {args.out}; run the same command again to "
+              "go on from there", file=sys.stderr)
+        raise
     print(f"wrote {done.results}: {done.rows} rows ({done.images} images x {len(methods)} "
           f"method(s)), raw maps in {done.out / 'maps'}/")
     shown = 10  # a data set can have thousands of bad files: the table has them all

@@ -46,6 +46,17 @@ def _is_probability(y: np.ndarray) -> bool:
     return bool((y >= 0).all() and np.abs(y.sum(axis=1) - 1.0).max() <= 1e-3)
 
 
+def class_probabilities(y: np.ndarray) -> np.ndarray:
+    """``(N, K)`` class scores as probabilities, row by row (so a row's value does not depend
+    on the rows beside it): a row of non-negative values summing to 1 (within 1e-3) as it is,
+    any other row through a softmax."""
+    y = np.asarray(y, dtype=np.float64)
+    e = np.exp(y - y.max(axis=1, keepdims=True))
+    soft = e / e.sum(axis=1, keepdims=True)
+    already = (y >= 0).all(axis=1) & (np.abs(y.sum(axis=1) - 1.0) <= 1e-3)
+    return np.where(already[:, None], y, soft)
+
+
 @dataclass(frozen=True)
 class Site:
     """One call of one layer: ``layer`` is its path, ``call`` which call (0 for the first),

@@ -376,6 +376,19 @@ def _read_photo(path: str, size: tuple[Any, Any], channels: int) -> tuple[np.nda
     return photo, x
 
 
+def save_npy(path: str | Path, data: np.ndarray) -> Path:
+    """``data`` as the ``.npy`` file ``path`` (no pickles), whole or not at all
+    (:func:`camlens.viz.write_atomic`); missing folders are made."""
+    import io
+
+    from .viz import write_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.save(buf, data, allow_pickle=False)
+    return write_atomic(path, buf.getvalue())
+
+
 def _on_photo(small: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
     """A map at the model input's size back onto the photo: a map of a squashed input is
     stretched back with it. float32 in [0, 1]."""
@@ -396,8 +409,6 @@ def _photo_overlay(photo: np.ndarray, small: np.ndarray, cmap: str, alpha: float
 def _save_group(out: Path, exp: Any, group: list[tuple[tuple[str, ...], str, list[np.ndarray]]],
                 look: dict[str, Any]) -> list[dict[str, Any]]:
     """Writes the files of one explained batch; returns a row per sample (``results.json``)."""
-    import io
-
     from . import viz
     from .io import safe_name
 
@@ -427,9 +438,7 @@ def _save_group(out: Path, exp: Any, group: list[tuple[tuple[str, ...], str, lis
                 if suffix.endswith(".png"):
                     viz.save_png(data, path)
                 else:
-                    buf = io.BytesIO()
-                    np.save(buf, data, allow_pickle=False)
-                    viz.write_atomic(path, buf.getvalue())
+                    save_npy(path, data)
                 entry[key] = path.name
                 files.append(path.name)
             maps.append(entry)

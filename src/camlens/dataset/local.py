@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -55,9 +56,20 @@ def run_local(spec: RunSpec, items: Sequence[Item], progress: Any = None) -> Pat
     by_batch: dict[int, list[tuple[int, Item]]] = {}
     for i, it in todo:
         by_batch.setdefault(i // spec.batch_size, []).append((i, it))
-    with progress_bar(progress, len(items), len(items) - len(todo)) as step:
-        for _, part in sorted(by_batch.items()):
-            rows = worker(batch_of(part))
-            write_part(spec.out, part[0][0], part[-1][0], rows, spec.metrics)
-            step(len(part))
+    batches = [part for _, part in sorted(by_batch.items())]
+    # the next batch's images are read on a second thread while this one is explained
+    reader = ThreadPoolExecutor(max_workers=1)
+    try:
+        with progress_bar(progress, len(items), len(items) - len(todo)) as step:
+            ahead = reader.submit(worker.read, batch_of(batches[0])) if batches else None
+            for k, part in enumerate(batches):
+                batch = batch_of(part)
+                read = ahead.result()  # type: ignore[union-attr]
+                if k + 1 < len(batches):
+                    ahead = reader.submit(worker.read, batch_of(batches[k + 1]))
+                rows = worker.explain(batch, read)
+                write_part(spec.out, part[0][0], part[-1][0], rows, spec.metrics)
+                step(len(part))
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
     return consolidate(spec.out)

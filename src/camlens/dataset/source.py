@@ -184,8 +184,9 @@ def read_source(sources: Sequence[str | os.PathLike[str]]) -> list[Item]:
 
 def read_boxes(path: str | os.PathLike[str], items: Sequence[Item]) -> list[Item]:
     """``items`` with the labels and boxes of the CSV file ``path`` (``--boxes``: columns as
-    for a CSV source) for the images it names (by their path, relative to the CSV's folder,
-    or as given). An image the file does not name keeps what it had."""
+    for a CSV source) for the images it names (a relative path is read from the CSV's folder;
+    the same file given another way, relative or absolute, is the same image). An image the
+    file does not name keeps what it had."""
     def same(key: str) -> str:
         return os.path.normpath(os.path.abspath(key))
 

@@ -79,12 +79,14 @@ def begin(spec: RunSpec, items: Sequence[Item]) -> list[tuple[int, Item]]:
     out = Path(spec.out)
     record = {"spec": spec.to_dict(), "items": len(items), "fingerprint": _fingerprint(items)}
     path = out / RUN_JSON
+    old: dict[str, Any] = {}
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
         before = old.get("spec", {})
-        if before != record["spec"]:
-            diff = sorted(k for k in set(before) | set(record["spec"])
-                          if before.get(k) != record["spec"].get(k))
+        # the folder itself may have moved since (a run copied to another disk goes on)
+        diff = sorted(k for k in set(before) | set(record["spec"])
+                      if k != "out" and before.get(k) != record["spec"].get(k))
+        if diff:
             was = ", ".join(f"{k}={before.get(k)!r}" for k in diff)
             raise ValueError(f"{out} holds a run with other settings ({', '.join(diff)} differ; "
                              f"{path} has {was}); give another output folder (-o), or the same "
@@ -93,7 +95,7 @@ def begin(spec: RunSpec, items: Sequence[Item]) -> list[tuple[int, Item]]:
             raise ValueError(f"{out} holds a run on other images ({old.get('items')} items, now "
                              f"{len(items)}, or other paths, labels or boxes); give another output "
                              "folder (-o), or the same images to resume it")
-    else:
+    if not path.is_file() or old.get("spec", {}).get("out") != record["spec"]["out"]:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(record, indent=2))
     done = done_keys(out)

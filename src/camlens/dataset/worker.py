@@ -3,7 +3,6 @@ engines run (the local engine in a loop, Ray Data as the class of ``map_batches`
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -109,7 +108,7 @@ class BatchExplainer:
         if problems:
             raise ValueError("; ".join(problems))
         _use_backend(spec.backend)
-        from ..io import as_display, as_preprocess, image_geometry, load_model
+        from ..io import as_preprocess, image_geometry, load_model
         from ..targets import parse_target
 
         self._target = parse_target(spec.target) if spec.target is not None else None
@@ -129,8 +128,8 @@ class BatchExplainer:
             self._hw, self._channels = image_geometry(
                 self._model, size, drop=f"size={size}",  # type: ignore[arg-type]
                 refusal="a data-set run takes models with one image input; this one takes {shapes}")
-            self._one, self._prep = None, as_preprocess(spec.preprocess)
-            self._display = None if spec.preprocess in (None, "none") else as_display(spec.preprocess)
+            # overlays are drawn on the photo as read, never on the preprocessed input
+            self._one, self._prep, self._display = None, as_preprocess(spec.preprocess), None
         self._loaded = True
 
     # -- one batch -------------------------------------------------------------------------
@@ -153,24 +152,40 @@ class BatchExplainer:
         return photo, x, on_map
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        return self.explain(batch, self.read(batch))
+
+    def read(self, batch: dict[str, Any]) -> list[Any]:
+        """The images of ``batch`` read from disk (per image its pictures, or the error): the
+        first half of a call, which the local engine runs for the next batch on a second
+        thread while this one is explained."""
         from ..io import ImageError
 
+        self._load()
+        boxes = [str(v) if v is not None else "" for v in batch["boxes_json"]] \
+            if "boxes_json" in batch else [""] * len(batch["path"])
+        out: list[Any] = []
+        for path, box in zip(batch["path"], boxes):
+            try:
+                out.append(self._read(str(path), box))
+            except (ImageError, ValueError) as exc:
+                out.append(str(exc))
+        return out
+
+    def explain(self, batch: dict[str, Any], read: list[Any]) -> dict[str, np.ndarray]:
+        """The rows of ``batch``, whose images :meth:`read` gave as ``read``."""
         self._load()
         spec = self.spec
         paths = [str(p) for p in batch["path"]]
         n = len(paths)
         labels = [_label(v) for v in batch["label"]] if "label" in batch else [None] * n
-        boxes = [str(v) if v is not None else "" for v in batch["boxes_json"]] \
-            if "boxes_json" in batch else [""] * n
         rows: dict[tuple[int, str], dict[str, Any]] = {}
         groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, np.ndarray, Any]]] = {}
-        for i, path in enumerate(paths):
-            try:
-                photo, x, on_map = self._read(path, boxes[i])
-            except (ImageError, ValueError) as exc:
+        for i, got in enumerate(read):
+            if isinstance(got, str):  # the image's error
                 for m in spec.methods:
-                    rows[i, m] = {"path": path, "label": labels[i], "method": m, "error": str(exc)}
+                    rows[i, m] = {"path": paths[i], "label": labels[i], "method": m, "error": got}
                 continue
+            photo, x, on_map = got
             groups.setdefault(x.shape, []).append((i, photo, x, on_map))
         for group in groups.values():  # a model without a fixed size: one call per size
             x = np.stack([g[2] for g in group])
@@ -191,7 +206,8 @@ class BatchExplainer:
     def _explain(self, x: np.ndarray, method: str, group: list[tuple[int, np.ndarray, np.ndarray, Any]],
                  paths: list[str]) -> list[dict[str, Any]]:
         from .._explain import explain
-        from ..explanation import _is_probability
+        from ..explanation import class_probabilities
+        from ..files import save_npy
         from ..metrics import energy_pointing_game, evaluate, pointing_game
 
         spec = self.spec
@@ -208,7 +224,7 @@ class BatchExplainer:
         y = np.asarray(exp.outputs[0]) if exp.outputs else np.zeros((0,))
         classes = y.ndim == 2 and y.shape[1] > 1
         if classes:
-            probs = y if _is_probability(y) else _softmax(y)
+            probs = class_probabilities(y)
         label = exp.sites[0].label
         rows = []
         for j, (i, photo, _, on_map) in enumerate(group):
@@ -216,7 +232,7 @@ class BatchExplainer:
             raw = np.asarray(exp.raw_maps[0][j], dtype=np.float32)
             peak_y, peak_x, mass = map_summary(raw)
             rel = map_file(method, key)
-            _save_npy(Path(spec.out) / rel, raw)
+            save_npy(Path(spec.out) / rel, raw)
             row: dict[str, Any] = {
                 "predicted": int(np.argmax(y[j])) if classes else None,
                 "predicted_score": float(probs[j].max()) if classes else None,
@@ -248,17 +264,3 @@ def _label(v: Any) -> int | None:
         return None
     f = float(v)
     return None if math.isnan(f) or f < 0 else int(f)
-
-
-def _softmax(y: np.ndarray) -> np.ndarray:
-    z = np.exp(y - y.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
-def _save_npy(path: Path, data: np.ndarray) -> None:
-    from ..viz import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, data, allow_pickle=False)
-    write_atomic(path, buf.getvalue())
