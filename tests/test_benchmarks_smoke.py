@@ -171,3 +171,21 @@ def test_cli_memory_smoke():
     rows = lines[header + 2:]
     assert rows[0].startswith("import only") and len(rows) == 7
     assert all(float(r.split()[-2]) > 0 for r in rows)
+
+
+def test_dataset_smoke():
+    """``benchmarks/dataset.py --smoke``: forward-only, the local engine and Ray with 1 and 2
+    workers on one folder; every engine's table complete. Once, in the TensorFlow run (Ray
+    starts twice: about a minute)."""
+    pytest.importorskip("keras")
+    pytest.importorskip("pyarrow")
+    pytest.importorskip("ray.data")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        pytest.skip("runs once, in the TensorFlow run (Ray takes about a minute to start twice)")
+    proc = _run(str(BENCHMARKS / "dataset.py"), "--smoke", timeout=600)
+    header, rows = _table(proc.stdout, "config")
+    assert header == ["config", "images", "img/s", "vs_fwd", "start_s", "wall_s", "RSS@first_MiB", "RSS@end_MiB",
+                      "peak_MiB"]
+    assert [r[0] for r in rows] == ["forward", "local", "ray-1", "ray-2"]
+    assert all(r[1] == "24" and float(r[2]) > 0 and float(r[8]) > 0 for r in rows)
+    assert "table rows (errors): local 24 (0), ray 1 24 (0), ray 2 24 (0)" in proc.stdout
