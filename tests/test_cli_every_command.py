@@ -45,7 +45,7 @@ RUNS = {
     "evaluate": (["evaluate", "bundled", "{photos}", "--method", "gradcam", "--metrics", "average_drop",
                   "--json", "out/e.json"], ["out/e.json"]),
     "run": (["run", "bundled", "{photos}", "--overlays", "-o", "out/run"],
-            ["out/run/results.parquet", "out/run/run.json"]),
+            ["out/run/results.parquet", "out/run/run.json", "out/run/summary.html"]),
     "layers": (["layers", "bundled"], []),
     "app": (["app", "bundled"], []),
     "cache": (["cache"], []),

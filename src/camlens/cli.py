@@ -674,8 +674,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"camlens: the batches done are kept in {args.out}; run the same command again to "
               "go on from there", file=sys.stderr)
         raise
+    from .report.summary import write_summary
+
+    # the page a user opens first: per class the mean map and the metrics, the worst images
+    page = write_summary(done.out)
     print(f"wrote {done.results}: {done.rows} rows ({done.images} images x {len(methods)} "
-          f"method(s)), raw maps in {done.out / 'maps'}/")
+          f"method(s)), raw maps in {done.out / 'maps'}/, summary page {page}")
     shown = 10  # a data set can have thousands of bad files: the table has them all
     code = _skipped(f"{message}" for _, message in done.failed[:shown])
     if len(done.failed) > shown:
