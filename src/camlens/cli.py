@@ -271,21 +271,6 @@ def _output_arg(value: str | None) -> int | str | None:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def _use_backend(name: str | None) -> None:
-    """``--backend``: the Keras backend, which Keras reads once, when it is first imported."""
-    if name is None:
-        return
-    keras = sys.modules.get("keras")
-    if keras is not None:  # camlens run from Python, after the caller imported Keras
-        current = keras.backend.backend()
-        if current != name:
-            raise UsageError(f"--backend {name}: Keras is already loaded with the {current} "
-                             f"backend in this process, and cannot switch; run camlens in a new "
-                             f"process, or drop --backend to use {current}")
-        return
-    os.environ["KERAS_BACKEND"] = name
-
-
 def _load_model(path: str) -> Any:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from .io import load_model
@@ -926,7 +911,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "batch_size", 1) < 1:
             raise UsageError(f"--batch-size must be at least 1; got {args.batch_size}")
-        _use_backend(getattr(args, "backend", None))
+        from .io import use_keras_backend
+
+        use_keras_backend(getattr(args, "backend", None), "--backend")
         return _COMMANDS[args.command](args)
     except _USAGE_ERRORS as exc:
         for line in exc.messages if isinstance(exc, UsageError) else (str(exc),):

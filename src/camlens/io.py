@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = ["ImageError", "load_image", "MAX_PIXELS", "decode_pixels", "load_model", "image_files",
            "PREPROCESSING", "IMAGE_SUFFIXES", "safe_name", "unique_names", "agreed_size", "image_geometry",
-           "as_preprocess", "DISPLAY", "as_display"]
+           "as_preprocess", "DISPLAY", "as_display", "use_keras_backend"]
 
 
 class ImageError(ValueError):
@@ -108,6 +108,27 @@ def as_preprocess(preprocess: str | Callable[[np.ndarray], np.ndarray] | None) -
     if callable(preprocess):
         return preprocess
     raise TypeError(f"preprocess must be a name or a function; got {type(preprocess).__name__}")
+
+
+def use_keras_backend(name: str | None, what: str = "backend") -> None:
+    """Keras reads its backend once, when it is first imported: set ``KERAS_BACKEND`` to
+    ``name`` before that (``None``: TensorFlow, unless the environment names one), or refuse a
+    different one once Keras is loaded (ValueError; ``what``: how the caller names the setting,
+    ``--backend`` on the command line)."""
+    import sys
+
+    if name is None:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        return
+    keras = sys.modules.get("keras")
+    if keras is not None:  # camlens run from Python, after the caller imported Keras
+        current = keras.backend.backend()
+        if current != name:
+            raise ValueError(f"{what} {name}: Keras is already loaded with the {current} backend "
+                             f"in this process, and cannot switch; run camlens in a new process, "
+                             f"or drop {what} to use {current}")
+        return
+    os.environ["KERAS_BACKEND"] = name
 
 
 def as_display(preprocess: str | None) -> Callable[[np.ndarray], np.ndarray]:

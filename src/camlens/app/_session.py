@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .._args import checking_batches
+from ..explanation import class_probabilities
 from ..io import MAX_PIXELS, ImageError, _label, as_preprocess, decode_pixels, image_geometry
 
 if TYPE_CHECKING:
@@ -85,16 +86,6 @@ def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _probabilities(row: np.ndarray) -> np.ndarray:
-    """Class probabilities from one output row: kept when they already are (a softmax head),
-    else the softmax of the logits."""
-    z = np.asarray(row, dtype=np.float64).ravel()
-    if z.size > 1 and z.min() >= 0.0 and abs(z.sum() - 1.0) < 1e-3:
-        return z
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 class Cancelled(Exception):
@@ -302,7 +293,7 @@ class AppModel:
         shown = prepared.shown
         heat = resize_bilinear(exp.maps[0][:1], shown.shape[:2])[0]
         overlay = exp.overlay(shown[None], site=0)[0]
-        probs = _probabilities(exp.outputs[0][0])
+        probs = class_probabilities(np.asarray(exp.outputs[0][0], np.float64).reshape(1, -1))[0]
         order = np.argsort(-probs, kind="stable")[:TOP_K]
         cls = None if exp.class_indices is None else int(exp.class_indices[0])
         return {

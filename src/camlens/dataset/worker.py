@@ -35,21 +35,6 @@ def map_summary(raw: np.ndarray) -> tuple[int, int, float | None]:
     return peak // m.shape[-1], peak % m.shape[-1], (top / total if total > 0 else None)
 
 
-def _use_backend(name: str | None) -> None:
-    """Workers load the model with the spec's Keras backend, which Keras reads on import."""
-    import sys
-
-    if name is None:
-        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-        return
-    keras = sys.modules.get("keras")
-    if keras is not None and keras.backend.backend() != name:
-        raise ValueError(f"backend {name!r}: Keras is already loaded with the "
-                         f"{keras.backend.backend()} backend in this process; run in a new "
-                         "process, or leave the backend unset")
-    os.environ["KERAS_BACKEND"] = name
-
-
 def _boxes_on_map(boxes: list[list[int]], photo_hw: tuple[int, int], map_hw: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Boxes in the image file's pixels, onto the model input the maps have (the photo was
     resized to it): every input pixel a box touches is in it. Raises ValueError for a box
@@ -107,8 +92,9 @@ class BatchExplainer:
         problems = spec.problems()
         if problems:
             raise ValueError("; ".join(problems))
-        _use_backend(spec.backend)
-        from ..io import as_preprocess, image_geometry, load_model
+        from ..io import as_preprocess, image_geometry, load_model, use_keras_backend
+
+        use_keras_backend(spec.backend)
         from ..targets import parse_target
 
         self._target = parse_target(spec.target) if spec.target is not None else None
