@@ -86,6 +86,18 @@ def small_classifier(activation: str | None = "softmax", bn: bool = False, dropo
     return keras.Model(inp, out, name="small")
 
 
+def saved_cli_classifier(path, size: int = 32, first_conv: str | None = None):
+    """The command-line tests' model, saved to ``path``: two ReLU convolutions (the second
+    named ``last_conv``), global average pooling, a 3-class softmax; seed 0."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((size, size, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu", name=first_conv)(inp)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="last_conv")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    keras.Model(inp, L.Dense(3, activation="softmax")(x)).save(path)
+    return path
+
+
 def probe_free(model: keras.Model) -> bool:
     """No camlens wrapper left on any layer, nested ones included."""
     return all(

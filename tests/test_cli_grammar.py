@@ -26,17 +26,9 @@ MODEL_COMMANDS = ("explain", "demo", "features", "report", "evaluate")
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    import keras
+    from keras_models import saved_cli_classifier
 
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="first_conv")(inp)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="last_conv")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(3, activation="softmax")(x)
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    keras.Model(inp, out).save(path)
-    return path
+    return saved_cli_classifier(tmp_path_factory.mktemp("model") / "model.keras", SIZE, first_conv="first_conv")
 
 
 def _png(path: Path, h: int = SIZE, w: int = SIZE, seed: int = 0) -> Path:

@@ -34,17 +34,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    import keras
+    from keras_models import saved_cli_classifier
 
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="last_conv")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(3, activation="softmax")(x)
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    keras.Model(inp, out).save(path)
-    return path
+    return saved_cli_classifier(tmp_path_factory.mktemp("model") / "model.keras", SIZE)
 
 
 BROKEN = ("broken.png", "empty.jpg", "truncated.jpg")
