@@ -15,7 +15,8 @@ from . import viz
 from .io import safe_name
 from ._args import warn
 
-__all__ = ["Site", "Explanation", "SPACE_WORDS", "score_text", "few_values"]
+__all__ = ["Site", "Explanation", "SPACE_WORDS", "score_text", "few_values", "is_probability",
+           "class_probabilities"]
 
 #: How every place that shows a score says what it is (the Explanation's summary, the report,
 #: the metric results): the space's name, in these words.
@@ -36,9 +37,10 @@ def few_values(values: Any, shown: int = 4) -> str:
     return f"[{text}]"
 
 
-def _is_probability(y: np.ndarray) -> bool:
+def is_probability(y: np.ndarray) -> bool:
     """Whether rows of a class output are already probabilities: a one-unit output in [0, 1],
-    or rows of non-negative values summing to 1 (the rule the metrics and the report use)."""
+    or rows of non-negative values summing to 1 (within 1e-3). The one rule for the
+    Explanation's score space and the metrics' probability score."""
     if y.ndim != 2 or y.size == 0 or not np.isfinite(y).all():
         return False
     if y.shape[1] == 1:
@@ -129,7 +131,7 @@ class Explanation:
         y = np.asarray(self.outputs[out])
         if y.ndim != 2:
             return "raw"
-        return "probability" if _is_probability(y) else "logit"
+        return "probability" if is_probability(y) else "logit"
 
     def __repr__(self) -> str:
         """A few lines that say what was explained, not the arrays (``.maps``, ``.scores``

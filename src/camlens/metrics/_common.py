@@ -14,7 +14,7 @@ import numpy as np
 from .._args import batches, whole_number
 from ..adapters.base import ModelAdapter
 from ..adapters import adapt
-from ..explanation import SPACE_WORDS, Explanation, few_values
+from ..explanation import SPACE_WORDS, Explanation, few_values, is_probability
 from ..targets import ClassScore, Logit, Target, as_target
 
 __all__ = ["BATCH_SIZE", "SCORE_SPACES", "MetricResult", "Problem", "setup", "check_maps", "as_objects"]
@@ -215,11 +215,7 @@ class Problem:
 
     def _probabilities(self, y: np.ndarray) -> np.ndarray:
         if self.rule is None:
-            if y.shape[1] == 1:
-                self.rule = "output" if ((y >= 0) & (y <= 1)).all() else "sigmoid"
-            else:
-                sums_to_one = np.abs(y.sum(axis=1) - 1.0).max() <= 1e-3
-                self.rule = "output" if (y >= 0).all() and sums_to_one else "softmax"
+            self.rule = "output" if is_probability(y) else "sigmoid" if y.shape[1] == 1 else "softmax"
         if self.rule == "sigmoid":
             return 1.0 / (1.0 + np.exp(-y))
         if self.rule == "softmax":
