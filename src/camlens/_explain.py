@@ -88,7 +88,8 @@ def explain(
             ``camlens.methods.CAMMethod`` instance with its own settings
             (``ScoreCAM(batch_size=8)``, ``IntegratedGradients(steps=128)``). Layer methods:
             "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
-            "eigengradcam", "smoothgradcam++"; rerunning the model: "scorecam", "sscam",
+            "eigengradcam", "smoothgradcam++", "finercam" (Grad-CAM of the class's logit minus
+            0.6 x the mean logit of its 3 nearest classes); rerunning the model: "scorecam", "sscam",
             "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
             Pixel attributions (no layer; one map per image input, details in
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
@@ -129,6 +130,9 @@ def explain(
         # CAM's weights are the Dense layer's, before any softmax: the map is of the logit, so
         # the scores and the target's name must be too, not the probability
         tgt = Logit(tgt.index, tgt.output)
+    retarget = getattr(algo, "retarget", None)
+    if retarget is not None:  # a method that explains a score of its own (Finer-CAM's contrast)
+        tgt = retarget(tgt)
     positive_int("explain", "batch_size", batch_size)
     if not algo.needs_layer:
         if not (layer is None or layer == "auto"):

@@ -32,6 +32,7 @@ __all__ = [
     "Target",
     "ClassScore",
     "Logit",
+    "ContrastScore",
     "RegressionScore",
     "Similarity",
     "SegmentationRegion",
@@ -256,6 +257,66 @@ class Logit(ClassScore):
     def describe(self) -> str:
         what = "top class" if self.index is None else f"class {self.index}"
         return f"logit of the {what}{self._suffix()}"
+
+
+class ContrastScore(Logit):
+    """A class's logit minus ``gamma`` times the mean logit of its ``references`` closest
+    classes: ``z[n, c] - gamma * (1/T) sum_t z[n, d_t]`` (Finer-CAM's contrast score).
+
+    ``d_1..d_T`` are, per sample, the ``T = min(references, K - 1)`` classes other than ``c``
+    whose logits are nearest ``z[n, c]`` (smallest ``|z[n, k] - z[n, c]|``; ties go to the lower
+    class index), chosen from the values of the run being explained, so no gradient flows
+    through the choice. ``index`` as in :class:`ClassScore` (``None``: the top class). Reads the
+    outputs' values while scoring, so it runs eagerly (never in a compiled program).
+    """
+
+    def __init__(
+        self,
+        index: int | Sequence[int] | None = None,
+        output: int | str | None = None,
+        *,
+        gamma: float = 0.6,
+        references: int = 3,
+    ) -> None:
+        super().__init__(index, output)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.floating, np.integer)) \
+                or not np.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0 (0.6 in the paper); got {gamma!r}")
+        if isinstance(references, bool) or not isinstance(references, (int, np.integer)) or references < 1:
+            raise ValueError(f"references must be a positive integer (3 in the paper); got {references!r}")
+        self.gamma = float(gamma)
+        self.references = int(references)
+
+    def reference_classes(self, logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """``(N, T)`` the compared classes of each sample, nearest first."""
+        z = np.asarray(logits, dtype=np.float64)
+        if z.shape[1] < 2:
+            raise ValueError(
+                f"a contrast needs at least 2 classes; the output has shape {z.shape}: use a plain "
+                "class target (method='gradcam')"
+            )
+        rows = np.arange(len(z))
+        dist = np.abs(z - z[rows, classes][:, None])
+        dist[rows, classes] = np.inf
+        return np.argsort(dist, axis=1, kind="stable")[:, : min(self.references, z.shape[1] - 1)]
+
+    def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
+        y = self.select(outputs, names)
+        k = self._check(y)
+        values = _to_numpy(y)
+        if self.index is None:
+            classes = values.argmax(axis=-1)
+        else:
+            classes = np.broadcast_to(np.asarray(self.index) % k, (values.shape[0],))
+        refs = self.reference_classes(values, classes)
+        picked = xp.take_along_axis(y, xp.convert_to_tensor(np.concatenate([classes[:, None], refs], 1), "int32"),
+                                    axis=-1)
+        return picked[:, 0] - self.gamma * xp.sum(picked[:, 1:], axis=-1) / refs.shape[1]
+
+    def describe(self) -> str:
+        what = "top class" if self.index is None else f"class {self.index}"
+        return (f"logit of the {what}{self._suffix()} - {self.gamma:g} x the mean logit of its "
+                f"{self.references} closest classes")
 
 
 class RegressionScore(Target):
