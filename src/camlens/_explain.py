@@ -15,6 +15,7 @@ from .explanation import Explanation, Site, finish_maps
 from .graph import (GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report,
                     model_order)
 from .methods import PixelMethod, get_method
+from .methods.attention import AttentionData
 from .tokens import infer_grid, split_tokens, tokens_to_grid
 from .targets import ClassScore, Logit, Target, as_target
 
@@ -94,7 +95,8 @@ def explain(
             Pixel attributions (no layer; one map per image input, details in
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
             "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
-            the layer's Grad-CAM).
+            the layer's Grad-CAM). Vision transformers (torch models; no layer; a map on the
+            patch grid): "rollout" (attention rollout), "legrad" (attention gradients).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable
@@ -134,6 +136,13 @@ def explain(
     if retarget is not None:  # a method that explains a score of its own (Finer-CAM's contrast)
         tgt = retarget(tgt)
     positive_int("explain", "batch_size", batch_size)
+    if getattr(algo, "needs_attention", False):
+        if not (layer is None or layer == "auto"):
+            raise ValueError(
+                f"{algo.name} reads the attention probabilities of every block and uses no layer; "
+                f"drop layer={layer!r}"
+            )
+        return _explain_attention(adapter, graph, arrays, algo, tgt, normalize, batch_size, token_grid)
     if not algo.needs_layer:
         if not (layer is None or layer == "auto"):
             raise ValueError(
@@ -261,6 +270,40 @@ def _explain_pixels(
         per_site.append((shown, raw, site, {"attributions": attributions, **info}))
     reason = f"{algo.name} attributes the score to the input pixels; no layer is used"
     return _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx, per_site)
+
+
+def _explain_attention(
+    adapter: ModelAdapter, graph: LayerGraph, arrays: list[np.ndarray], algo: Any, tgt: Target,
+    normalize: str, batch_size: int, token_grid: Any,
+) -> Explanation:
+    """Attention methods (rollout, LeGrad): one run per batch with every attention module's
+    probabilities (and their gradients) recorded; one map on the patch grid."""
+    read = getattr(adapter, "attentions", None)
+    if read is None:
+        raise ValueError(
+            f"{algo.name} reads attention probabilities, which camlens reads from torch models only "
+            "(timm ViT/DeiT/DINOv2, torchvision's VisionTransformer or any nn.MultiheadAttention, "
+            f"Hugging Face ViT); this is a {adapter.framework} model. Use a layer method such as "
+            "'gradcam', which takes a token layer of a Keras ViT"
+        )
+    parts = [read([a[s] for a in arrays], tgt.for_samples(s), algo.needs_gradients)
+             for s in batches(arrays[0].shape[0], batch_size)]
+    outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
+    scores = np.concatenate([p.scores for p in parts])
+    class_idx = tgt.class_indices(outputs, graph.output_names)
+    probs = [np.concatenate([p.probs[b] for p in parts]) for b in range(len(parts[0].probs))]
+    grads = None if parts[0].grads is None else [
+        np.concatenate([p.grads[b] for p in parts]) for b in range(len(parts[0].grads))]
+    raw = algo(AttentionData(probs, grads, token_grid))
+    paths = parts[0].paths
+    where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
+    site = Site(where, 0, 0, (*raw.shape[1:], probs[0].shape[1]))
+    size = arrays[0].shape[1:3]
+    shown = finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{algo.name} @ {where}")
+    reason = (f"{algo.name} reads the attention probabilities of {len(paths)} attention call(s) "
+              f"({where}); no layer is used")
+    return _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx,
+                        [(shown, raw, site, {"attention": paths})])
 
 
 def layers(

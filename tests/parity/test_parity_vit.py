@@ -37,3 +37,37 @@ def test_finercam_equals_torchcam(target):
     # and not Grad-CAM of the class: the contrast changes the map
     plain = camlens.explain(net, x, method="gradcam", target=classes, layer="2")
     assert not np.allclose(plain.raw_maps[0], want, rtol=1e-3, atol=1e-4)
+
+
+def _torchvision_vit():
+    tv = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    vit = tv.VisionTransformer(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                               mlp_dim=32, num_classes=5).eval()
+    with torch.no_grad():  # torchvision starts the head and the class token at zero
+        vit.heads.head.weight.normal_()
+        vit.class_token.normal_()
+    return vit
+
+
+def test_legrad_of_the_last_block_equals_torchcam():
+    """torchcam differentiates each block's own score (its tokens through the final norm and
+    head); for the last block with the model's own pooling (the class token) that is the model's
+    score, which camlens differentiates for every block."""
+    vit = _torchvision_vit()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32))
+    classes = [1, 3]
+
+    def head(tokens):  # the model's own head: final norm, class token, classifier
+        return vit.heads(vit.encoder.ln(tokens)[:, 0])
+
+    with methods.LeGrad(vit, [vit.encoder.layers[-1]], score_projection=head) as extractor:
+        scores = vit(x)
+        want = extractor(classes, scores=scores, normalized=False)[0].detach().numpy()
+    assert want.shape == (2, 4, 4) and np.ptp(want) > 0
+    got = camlens.explain(vit, x, method=camlens.methods.LeGrad(blocks=[-1]), target=classes)
+    np.testing.assert_allclose(got.raw_maps[0], want, rtol=1e-4, atol=1e-7)
+    # every block: the first block's gradient joins the mean, so the map changes
+    both = camlens.explain(vit, x, method="legrad", target=classes)
+    assert not np.allclose(both.raw_maps[0], want, rtol=1e-3, atol=1e-6)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in vit.modules())

@@ -17,7 +17,7 @@ from ..graph import GraphNode, LayerGraph
 from ..rules import ReluRule
 from ..targets import Target
 
-__all__ = ["SiteCapture", "Capture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform",
+__all__ = ["SiteCapture", "Capture", "AttentionCapture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform",
            "is_plain_setting"]
 
 
@@ -38,6 +38,21 @@ class Capture:
     #: the outputs' names as this run gave them, where they depend on the batch (a detector's
     #: ``0.boxes``, ``1.boxes``...); ``None``: the graph's ``output_names``
     names: list[str] | None = None
+
+
+@dataclass
+class AttentionCapture:
+    """One run of a transformer with its attention probabilities: the outputs, the target's
+    scores, and per attention call (in the order they ran) ``probs[i]`` ``(N, heads, T, T)``,
+    ``grads[i]`` the gradient of the scores with respect to them (``None`` where not asked)
+    and ``paths[i]`` the module's path."""
+
+    outputs: list[np.ndarray]
+    scores: np.ndarray
+    names: list[str] | None
+    probs: list[np.ndarray]
+    grads: list[np.ndarray] | None
+    paths: list[str]
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pkgutil as _pkgutil
 
 from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register, slow_methods
 from .ablationcam import AblationCAM
+from .attention import LeGrad, Rollout
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
 from .gradcam import GradCAM
@@ -52,6 +53,8 @@ __all__ = [
     "guided_gradcam",
     "Occlusion",
     "RISE",
+    "Rollout",
+    "LeGrad",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):

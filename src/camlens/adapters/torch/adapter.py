@@ -34,7 +34,7 @@ from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule, no_relu_warning
 from ...targets import Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
-from ..base import Capture, InputSpec, _as_float_array, glorot_uniform, is_plain_setting
+from ..base import AttentionCapture, Capture, InputSpec, _as_float_array, glorot_uniform, is_plain_setting
 from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
@@ -583,6 +583,37 @@ class TorchAdapter:
         sites = [site_capture(n, records[self._fx_node[n.id]], grads.get(self._fx_node[n.id]),
                               n.id in self._channels_first) for n in nodes]
         return capture_result(outs, scores, sites, names)
+
+    def attentions(
+        self, inputs: list[np.ndarray], target: Target, need_gradients: bool = False
+    ) -> AttentionCapture:
+        """One run with every attention module's probabilities recorded (and, with
+        ``need_gradients``, the gradient of the target's scores with respect to them)."""
+        import torch
+
+        from .attention import SUPPORTED, attention_modules, record_attention
+
+        found = attention_modules(self.model)
+        if not found:
+            raise ValueError(
+                f"{type(self.model).__name__} has no attention module camlens can read ({SUPPORTED}); "
+                "attention methods need a vision transformer: use a layer method such as 'gradcam'"
+            )
+        tensors = self._tensors(inputs)
+        if need_gradients:  # a model with frozen weights still gives its attention a gradient
+            tensors = [t.requires_grad_(True) if t.is_floating_point() else t for t in tensors]
+        with eval_mode(self.model), grad_mode(need_gradients), self._logit_patch(target), (
+                record_attention(found, need_gradients)) as rec:
+            out = self.model(*tensors)
+            outs, scores, names = _scored(out, target, len(inputs[0]))
+            grads = None
+            if need_gradients:
+                got = torch.autograd.grad(scores.sum(), rec.records, allow_unused=True)
+                grads = [np.zeros(tuple(p.shape), np.float32) if g is None else g.detach().cpu().float().numpy()
+                         for p, g in zip(rec.records, got)]
+        probs = [p.detach().cpu().float().numpy() for p in rec.records]
+        result = capture_result(outs, scores, [], names)
+        return AttentionCapture(result.outputs, result.scores, result.names, probs, grads, list(rec.paths))
 
     def _scores_and_gradients(
         self, run: Any, target: Target, probes: dict[Any, Any], batch: int
