@@ -51,7 +51,7 @@ def test_finercam_on_keras_is_gradcam_of_the_logit_contrast():
     model = _keras_cnn()
     x = np.random.default_rng(2).normal(size=(3, 5, 5, 2)).astype(np.float32)
     exp = camlens.explain(model, x, method="finercam", target=[1, 4, 0], layer="conv")
-    acts = np.asarray(keras.ops.convert_to_numpy(keras.Model(model.inputs, model.get_layer("conv").output)(x)))
+    acts = np.asarray(keras.ops.convert_to_numpy(keras.Model(model.inputs[0], model.get_layer("conv").output)(x)))
     kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w)) for w in model.get_layer("head").weights)
     logits = acts.mean(axis=(1, 2)) @ kernel + bias
     for n, c in enumerate([1, 4, 0]):
@@ -76,3 +76,204 @@ def test_finercam_refuses_a_target_without_classes():
         camlens.explain(model, x, method="finercam", target=RegressionScore(0), layer="conv")
     # a ClassScore with an output name keeps it
     assert camlens.methods.get_method("finercam").retarget(ClassScore(2, output="head")).output == "head"
+
+
+# ---------------------------------------------------------------------------- attention rollout
+
+from camlens.methods.attention import AttentionData, LeGrad, Rollout  # noqa: E402
+
+# T = 5 tokens: a class token and 2x2 patches; two blocks of two heads, rows summing to 1
+_R = np.random.default_rng(5)
+
+
+def _softmax_rows(a):
+    e = np.exp(a - a.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+P1 = _softmax_rows(_R.normal(size=(2, 2, 5, 5)))
+P2 = _softmax_rows(_R.normal(size=(2, 2, 5, 5)))
+
+
+def test_rollout_is_the_product_of_the_residual_attention_by_hand():
+    got = Rollout()(AttentionData([P1, P2]))
+    for n in range(2):
+        a1 = 0.5 * P1[n].mean(0) + 0.5 * np.eye(5)  # rows already sum to 1
+        a2 = 0.5 * P2[n].mean(0) + 0.5 * np.eye(5)
+        want = (a2 @ a1)[0, 1:].reshape(2, 2)
+        np.testing.assert_allclose(got[n], want, rtol=1e-6)
+    # max over heads: rows renormalised
+    got_max = Rollout(head_fusion="max")(AttentionData([P1]))
+    a = 0.5 * P1[1].max(0) + 0.5 * np.eye(5)
+    np.testing.assert_allclose(got_max[1], (a / a.sum(1, keepdims=True))[0, 1:].reshape(2, 2), rtol=1e-6)
+
+
+def test_rollout_discard_ratio_and_a_given_grid():
+    # one head, T = 3 tokens written out: discarding the 4 smallest of 9 (never [0, 0])
+    p = np.array([[0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.05, 0.15, 0.8]])[None, None]
+    got = Rollout(discard_ratio=0.5)(AttentionData([p], token_grid=(1, 2)))
+    kept = np.array([[0.1, 0.6, 0.3], [0.0, 0.0, 0.6], [0.0, 0.0, 0.8]])  # 0.05, 0.15, 0.2, 0.2 go
+    a = 0.5 * kept + 0.5 * np.eye(3)
+    a = a / a.sum(1, keepdims=True)
+    np.testing.assert_allclose(got[0], a[0, 1:].reshape(1, 2), rtol=1e-6)
+    # no class token (a square T): the mean of every row
+    sq = _softmax_rows(_R.normal(size=(1, 1, 4, 4)))
+    a = 0.5 * sq[0, 0] + 0.5 * np.eye(4)
+    np.testing.assert_allclose(Rollout()(AttentionData([sq]))[0], a.mean(0).reshape(2, 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="discard_ratio must be a number in \\[0, 1\\)"):
+        Rollout(discard_ratio=1.0)
+    with pytest.raises(ValueError, match="head_fusion must be 'mean', 'max' or 'min'"):
+        Rollout(head_fusion="sum")
+    with pytest.raises(ValueError, match="every block must give"):
+        Rollout()(AttentionData([P1, P1[:, :, :4, :4]]))
+
+
+def test_legrad_by_hand():
+    g1 = _R.normal(size=P1.shape)
+    g2 = _R.normal(size=P2.shape)
+    got = LeGrad()(AttentionData([P1, P2], [g1, g2]))
+    want = (np.maximum(g1, 0).mean(axis=(1, 2)) + np.maximum(g2, 0).mean(axis=(1, 2))) / 2
+    np.testing.assert_allclose(got, want[:, 1:].reshape(2, 2, 2), rtol=1e-6)
+    last = LeGrad(blocks=-1)(AttentionData([P1, P2], [g1, g2]))
+    np.testing.assert_allclose(last, np.maximum(g2, 0).mean(axis=(1, 2))[:, 1:].reshape(2, 2, 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="block 2 is out of range: the model ran 2"):
+        LeGrad(blocks=[2])(AttentionData([P1, P2], [g1, g2]))
+    with pytest.raises(ValueError, match="needs one attention gradient per block"):
+        LeGrad()(AttentionData([P1, P2]))
+    with pytest.raises(ValueError, match="blocks must be None"):
+        LeGrad(blocks=[])
+
+
+# ---------------------------------------------------------------------------- on real ViTs
+
+
+@pytest.fixture(scope="module")
+def timm_vit():
+    timm = pytest.importorskip("timm")
+    import torch
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                             num_heads=2, embed_dim=16, num_classes=5).eval()
+
+
+IMAGES = np.random.default_rng(3).random((3, 32, 32, 3)).astype(np.float32)
+
+
+def _timm_attention_by_hand(vit, x):
+    """Each block's probabilities softmax(q k^T / sqrt(d)) from its qkv weights and a hook on
+    the block's input, and the model output: no camlens code."""
+    import torch
+
+    seen = []
+    handles = [b.attn.register_forward_hook(lambda m, args, out: seen.append(args[0])) for b in vit.blocks]
+    try:
+        out = vit(torch.from_numpy(np.moveaxis(x, -1, 1).copy()))
+    finally:
+        for h in handles:
+            h.remove()
+    probs = []
+    for blk, inp in zip(vit.blocks, seen):
+        n, t, c = inp.shape
+        qkv = blk.attn.qkv(inp).reshape(n, t, 3, blk.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = qkv[0], qkv[1]
+        probs.append((q @ k.transpose(-2, -1) * blk.attn.head_dim ** -0.5).softmax(-1))
+    return probs, out
+
+
+def _state(vit):
+    return ([m.fused_attn for m in vit.modules() if hasattr(m, "fused_attn")],
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in vit.modules()),
+            {k: v.clone() for k, v in vit.state_dict().items()})
+
+
+def test_rollout_and_legrad_on_a_timm_vit_match_independent_numbers(timm_vit):
+    import torch
+
+    fused, hooks, weights = _state(timm_vit)
+    exp = camlens.explain(timm_vit, IMAGES, method="rollout", target=2)
+    with torch.no_grad():
+        probs, _ = _timm_attention_by_hand(timm_vit, IMAGES)
+    want = Rollout()(AttentionData([p.numpy() for p in probs]))
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-6)
+    assert exp.maps[0].shape == (3, 32, 32) and exp.sites[0].layer == "blocks.0.attn .. blocks.1.attn"
+    # LeGrad: gradients of the class-2 logit at the probabilities of a hand-made attention
+    # (P + z, z = 0: dS/dz = dS/dP, with every later block's P still depending on it)
+    zeros = [torch.zeros(3, 2, 17, 17, requires_grad=True) for _ in timm_vit.blocks]
+    it = iter(zeros)
+    leaves = []
+
+    def forward_with(m, args, out):
+        inp = args[0]
+        n, t, c = inp.shape
+        q, k, v = m.qkv(inp).reshape(n, t, 3, m.num_heads, -1).permute(2, 0, 3, 1, 4)
+        p = (q @ k.transpose(-2, -1) * m.head_dim ** -0.5).softmax(-1)
+        leaves.append(p)
+        return m.proj(((p + next(it)) @ v).transpose(1, 2).reshape(n, t, c))
+
+    handles = [b.attn.register_forward_hook(forward_with) for b in timm_vit.blocks]
+    try:
+        logits = timm_vit(torch.from_numpy(np.moveaxis(IMAGES, -1, 1).copy()))
+    finally:
+        for h in handles:
+            h.remove()
+    grads = torch.autograd.grad(logits[:, 2].sum(), zeros)
+    want = LeGrad()(AttentionData([p.detach().numpy() for p in leaves], [g.numpy() for g in grads]))
+    got = camlens.explain(timm_vit, IMAGES, method="legrad", target=2)
+    assert np.ptp(want) > 0
+    np.testing.assert_allclose(got.raw_maps[0], want, rtol=1e-4, atol=1e-7)
+    after = _state(timm_vit)
+    assert after[:2] == (fused, hooks)
+    assert all(torch.equal(weights[k], after[2][k]) for k in weights)
+
+
+@pytest.mark.parametrize("method", ["rollout", "legrad"])
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_the_timm_vit_is_put_back_after_an_error(timm_vit, method, error):
+    import torch
+
+    fused, hooks, _ = _state(timm_vit)
+
+    def bad(y):
+        raise error("target")
+
+    with pytest.raises(error, match="target"):
+        camlens.explain(timm_vit, IMAGES, method=method, target=bad)
+    assert _state(timm_vit)[:2] == (fused, hooks)
+    assert torch.is_grad_enabled() and not any(m.training for m in timm_vit.modules())
+
+
+def test_rollout_on_a_hugging_face_vit_equals_its_own_attentions():
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=16, patch_size=4, num_hidden_layers=2, num_attention_heads=2,
+                                 hidden_size=16, intermediate_size=32, num_labels=4)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    before = model.config._attn_implementation
+    x = IMAGES[:2, :16, :16]
+    exp = camlens.explain(model, x, method="rollout", target=1)
+    assert model.config._attn_implementation == before
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            own = model(torch.from_numpy(np.moveaxis(x, -1, 1).copy()), output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = before
+    want = Rollout()(AttentionData([a.numpy() for a in own]))
+    np.testing.assert_allclose(exp.raw_maps[0], want, rtol=1e-4, atol=1e-6)
+    assert np.isfinite(camlens.explain(model, x, method="legrad", target=1).raw_maps[0]).all()
+
+
+def test_attention_methods_refuse_models_without_readable_attention():
+    import torch
+
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    cnn(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="Sequential has no attention module camlens can read.*'gradcam'"):
+        camlens.explain(cnn, np.zeros((1, 8, 8, 3), np.float32), method="rollout")
+    with pytest.raises(ValueError, match="reads attention probabilities, which camlens reads from torch models only"):
+        camlens.explain(_keras_cnn(), np.zeros((1, 5, 5, 2), np.float32), method="legrad")
+    with pytest.raises(ValueError, match="uses no layer; drop layer='conv'"):
+        camlens.explain(_keras_cnn(), np.zeros((1, 5, 5, 2), np.float32), method="rollout", layer="conv")
