@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             method = instance(n, args.smoke)
         except ValueError as exc:
             parser.error(f"--methods: {exc}")
+        if args.methods is None and getattr(method, "needs_attention", False):
+            continue  # the models here are CNNs: no attention to read (rollout, LeGrad)
         chosen[method.name] = method
     if not chosen:
         parser.error("--methods names no method")
