@@ -12,6 +12,7 @@ from .ablationcam import AblationCAM
 from .attention import LeGrad, Rollout
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
+from .finercam import FinerCAM
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
@@ -55,6 +56,7 @@ __all__ = [
     "RISE",
     "Rollout",
     "LeGrad",
+    "FinerCAM",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):
