@@ -266,8 +266,10 @@ class ContrastScore(Logit):
     ``d_1..d_T`` are, per sample, the ``T = min(references, K - 1)`` classes other than ``c``
     whose logits are nearest ``z[n, c]`` (smallest ``|z[n, k] - z[n, c]|``; ties go to the lower
     class index), chosen from the values of the run being explained, so no gradient flows
-    through the choice. ``index`` as in :class:`ClassScore` (``None``: the top class). Reads the
-    outputs' values while scoring, so it runs eagerly (never in a compiled program).
+    through the choice. ``index`` as in :class:`ClassScore` (``None``: the top class). With
+    ``keras.ops`` the choice is made in the graph (a stable sort); with other array functions
+    from the outputs' values. Never compiled into a kept Keras program (it declares no
+    ``trace_fields``).
     """
 
     def __init__(
@@ -303,6 +305,8 @@ class ContrastScore(Logit):
     def score(self, outputs: Sequence[Any], names: Sequence[str], xp: Any) -> Any:
         y = self.select(outputs, names)
         k = self._check(y)
+        if hasattr(xp, "argsort"):  # keras.ops: chosen in the graph (jax differentiates tracers)
+            return self._score_in_graph(y, k, xp)
         values = _to_numpy(y)
         if self.index is None:
             classes = values.argmax(axis=-1)
@@ -312,6 +316,27 @@ class ContrastScore(Logit):
         picked = xp.take_along_axis(y, xp.convert_to_tensor(np.concatenate([classes[:, None], refs], 1), "int32"),
                                     axis=-1)
         return picked[:, 0] - self.gamma * xp.sum(picked[:, 1:], axis=-1) / refs.shape[1]
+
+    def _score_in_graph(self, y: Any, k: int, xp: Any) -> Any:
+        """:meth:`score` in the framework's own operations, the same choice of classes."""
+        if k is None or k < 2:
+            raise ValueError(
+                f"a contrast needs at least 2 classes; the output has {k}: use a plain class "
+                "target (method='gradcam')"
+            )
+        if self.index is None:
+            classes = xp.argmax(y, axis=-1)
+        elif isinstance(self.index, list):
+            classes = xp.convert_to_tensor(np.asarray(self.index) % k, dtype="int32")
+        else:
+            classes = xp.zeros_like(xp.argmax(y, axis=-1)) + int(self.index) % k
+        classes = xp.expand_dims(xp.cast(classes, "int32"), -1)
+        fixed = xp.stop_gradient(y)
+        dist = xp.abs(fixed - xp.take_along_axis(fixed, classes, axis=-1))
+        dist = xp.where(xp.one_hot(classes[:, 0], k) > 0, np.inf, dist)
+        refs = xp.cast(xp.argsort(dist, axis=-1)[:, : min(self.references, k - 1)], "int32")
+        target = xp.take_along_axis(y, classes, axis=-1)[:, 0]
+        return target - self.gamma * xp.mean(xp.take_along_axis(y, refs, axis=-1), axis=-1)
 
     def describe(self) -> str:
         what = "top class" if self.index is None else f"class {self.index}"
