@@ -206,7 +206,7 @@ def test_the_model_is_left_as_it_was(models, kind, name, mode):
     method = _settings(name)
     if getattr(method, "needs_attention", False):
         pytest.skip(f"{name} reads a vision transformer's attention and these models have none: "
-                    "tests/methods/test_vit_methods.py checks that a ViT is put back")
+                    "tests/methods/test_vit_methods.py and tests/test_vit.py check that ViTs are put back")
     state = _torch_state if kind == "torch" else _keras_state
     before = state(model)
     rng = np.random.default_rng(0)

@@ -444,3 +444,32 @@ def test_ablation_cam_on_a_vit_puts_the_class_token_back(kvit, tvit, which):
     assert exp.raw_maps[0].shape == (2, 4, 4) and np.isfinite(exp.raw_maps[0]).all()
     smooth = camlens.explain(model, IMAGES, method="smoothgradcam++", target=2)
     assert smooth.raw_maps[0].shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize("method", ["rollout", "legrad"])
+def test_attention_methods_agree_on_the_keras_and_torch_vits(kvit, tvit, method):
+    """The same weights read through keras.layers.MultiHeadAttention (its explicit path, on
+    whichever backend) and torch.nn.MultiheadAttention (called with need_weights=False)."""
+    keras_exp = camlens.explain(kvit, IMAGES, method=method, target=2)
+    torch_exp = camlens.explain(tvit, IMAGES, method=method, target=2)
+    assert keras_exp.raw_maps[0].shape == (2, 4, 4) and np.ptp(torch_exp.raw_maps[0]) > 0
+    assert keras_exp.sites[0].layer == "block0_attn .. block1_attn"
+    np.testing.assert_allclose(keras_exp.raw_maps[0], torch_exp.raw_maps[0], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(keras_exp.scores, torch_exp.scores, rtol=1e-4, atol=1e-4)
+    attn = kvit.get_layer("block0_attn")
+    assert "_compute_attention" not in vars(attn) and "_masked_softmax" not in vars(attn)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in tvit.modules())
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_keras_vit_is_put_back_after_an_attention_method_fails(kvit, error):
+    attn = [kvit.get_layer(f"block{i}_attn") for i in range(2)]
+    before = [sorted(vars(a)) for a in attn]
+
+    def bad(y):
+        raise error("target")
+
+    for method in ("rollout", "legrad"):
+        with pytest.raises(error, match="target"):
+            camlens.explain(kvit, IMAGES, method=method, target=bad)
+    assert [sorted(vars(a)) for a in attn] == before

@@ -95,8 +95,9 @@ def explain(
             Pixel attributions (no layer; one map per image input, details in
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
             "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
-            the layer's Grad-CAM). Vision transformers (torch models; no layer; a map on the
-            patch grid): "rollout" (attention rollout), "legrad" (attention gradients).
+            the layer's Grad-CAM). Vision transformers (no layer; a map on the patch grid;
+            Keras MultiHeadAttention, timm, torch MultiheadAttention, Hugging Face ViT):
+            "rollout" (attention rollout), "legrad" (attention gradients).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable
@@ -281,10 +282,10 @@ def _explain_attention(
     read = getattr(adapter, "attentions", None)
     if read is None:
         raise ValueError(
-            f"{algo.name} reads attention probabilities, which camlens reads from torch models only "
-            "(timm ViT/DeiT/DINOv2, torchvision's VisionTransformer or any nn.MultiheadAttention, "
-            f"Hugging Face ViT); this is a {adapter.framework} model. Use a layer method such as "
-            "'gradcam', which takes a token layer of a Keras ViT"
+            f"{algo.name} reads attention probabilities, which camlens reads from Keras models "
+            "(keras.layers.MultiHeadAttention) and torch models (timm ViT/DeiT/DINOv2, "
+            f"nn.MultiheadAttention, Hugging Face ViT); this is a {adapter.framework} model. Use a "
+            "method that needs no layer, such as 'saliency'"
         )
     parts = [read([a[s] for a in arrays], tgt.for_samples(s), algo.needs_gradients)
              for s in batches(arrays[0].shape[0], batch_size)]

@@ -273,7 +273,12 @@ def test_attention_methods_refuse_models_without_readable_attention():
     cnn(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ValueError, match="Sequential has no attention module camlens can read.*'gradcam'"):
         camlens.explain(cnn, np.zeros((1, 8, 8, 3), np.float32), method="rollout")
-    with pytest.raises(ValueError, match="reads attention probabilities, which camlens reads from torch models only"):
+    with pytest.raises(ValueError, match="has no attention camlens can read \\(keras.layers.MultiHeadAttention"):
         camlens.explain(_keras_cnn(), np.zeros((1, 5, 5, 2), np.float32), method="legrad")
+    from camlens.adapters.arrays import FunctionModel
+
+    with pytest.raises(ValueError, match="reads attention probabilities, which camlens reads from Keras"):
+        camlens.explain(FunctionModel(lambda x: x.mean(axis=(1, 2)), (4, 4, 3)), np.zeros((1, 4, 4, 3), np.float32),
+                        method="rollout")
     with pytest.raises(ValueError, match="uses no layer; drop layer='conv'"):
         camlens.explain(_keras_cnn(), np.zeros((1, 5, 5, 2), np.float32), method="rollout", layer="conv")

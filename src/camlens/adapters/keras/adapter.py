@@ -29,11 +29,11 @@ import numpy as np
 from ...graph import GraphNode, LayerGraph
 from ...rules import ReluRule
 from ...targets import Target, scores_of
-from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
+from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
 from .compiled import compiled_capture, compiled_input_gradients, compiled_score
-from .patches import probes, rule_relus, without_final_activation
+from .patches import instance_attrs, probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
 from ..._args import warn
 
@@ -450,6 +450,68 @@ class KerasAdapter:
                 )
         acts = {(k, i): y for k, ys in records.items() for i, y in enumerate(ys) if (k, i) in sites}
         return outs, scores, acts
+
+    def attentions(
+        self, inputs: list[np.ndarray], target: Target, need_gradients: bool = False
+    ) -> AttentionCapture:
+        """One run with every ``MultiHeadAttention``'s probabilities recorded (and their
+        gradients): each is made to take its explicit path (``return_attention_scores``), whose
+        softmax output, probed, is what multiplies the values."""
+        import keras
+
+        graph = self.graph()
+        mhas = [(n.path, self._ops[n.id]) for n in graph.nodes
+                if not n.is_input and isinstance(self._ops[n.id], keras.layers.MultiHeadAttention)]
+        mhas = list({id(op): (path, op) for path, op in mhas}.values())
+        if not mhas:
+            raise ValueError(
+                f"{self.model.name!r} has no attention camlens can read (keras.layers.MultiHeadAttention "
+                "and its subclasses); attention methods need a vision transformer: use a layer method "
+                "such as 'gradcam'"
+            )
+        names = {id(op): path for path, op in mhas}
+        order: list[str] = []
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            records: list[Any] = []
+            order.clear()
+
+            def explicit(op: Any) -> Callable[..., Any]:
+                original = op._compute_attention
+
+                def wrapper(query: Any, key: Any, value: Any, attention_mask: Any = None, training: Any = None,
+                            return_attention_scores: bool = False, **kw: Any) -> Any:
+                    return original(query, key, value, attention_mask, training, True, **kw)
+
+                return wrapper
+
+            def softmax(op: Any) -> Callable[..., Any]:
+                original = op._masked_softmax
+
+                def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    y = original(*args, **kwargs)
+                    records.append(y)
+                    order.append(names[id(op)])
+                    return make_probe(len(records) - 1, y)
+
+                return wrapper
+
+            changes = [(op, "_compute_attention", explicit(op)) for _, op in mhas]
+            changes += [(op, "_masked_softmax", softmax(op)) for _, op in mhas]
+            with instance_attrs(changes), (
+                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+            ):
+                outs = self._call(inputs)
+                scores = scores_of(target, outs, graph.output_names, keras.ops)
+            return outs, scores, dict(enumerate(records))
+
+        outs, scores, probs, grads = self._gradient_function()(run, need_gradients)
+        keys = sorted(probs)
+        return AttentionCapture(
+            [keras_to_numpy(o) for o in outs], keras_to_numpy(scores).astype(np.float32).reshape(-1), None,
+            [keras_to_numpy(probs[k]).astype(np.float32) for k in keys],
+            [np.asarray(grads[k], np.float32) for k in keys] if need_gradients else None, list(order),
+        )
 
     def _capture_result(
         self,
