@@ -222,6 +222,8 @@ def test_rollout_and_legrad_on_a_timm_vit_match_independent_numbers(timm_vit):
     got = camlens.explain(timm_vit, IMAGES, method="legrad", target=2)
     assert np.ptp(want) > 0
     np.testing.assert_allclose(got.raw_maps[0], want, rtol=1e-4, atol=1e-7)
+    parts = camlens.explain(timm_vit, IMAGES, method="legrad", target=2, batch_size=2)  # runs of 2 + 1
+    np.testing.assert_allclose(parts.raw_maps[0], got.raw_maps[0], rtol=1e-5, atol=1e-9)
     after = _state(timm_vit)
     assert after[:2] == (fused, hooks)
     assert all(torch.equal(weights[k], after[2][k]) for k in weights)
