@@ -147,6 +147,13 @@ def test_legrad_by_hand():
 # ---------------------------------------------------------------------------- on real ViTs
 
 
+#: native torch models do not depend on the Keras backend: checked in the torch run only
+torch_run = pytest.mark.skipif(
+    __import__("os").environ.get("KERAS_BACKEND", "tensorflow") != "torch",
+    reason="native torch does not depend on the Keras backend: checked in the torch run",
+)
+
+
 @pytest.fixture(scope="module")
 def timm_vit():
     timm = pytest.importorskip("timm")
@@ -187,6 +194,7 @@ def _state(vit):
             {k: v.clone() for k, v in vit.state_dict().items()})
 
 
+@torch_run
 def test_rollout_and_legrad_on_a_timm_vit_match_independent_numbers(timm_vit):
     import torch
 
@@ -229,6 +237,7 @@ def test_rollout_and_legrad_on_a_timm_vit_match_independent_numbers(timm_vit):
     assert all(torch.equal(weights[k], after[2][k]) for k in weights)
 
 
+@torch_run
 @pytest.mark.parametrize("method", ["rollout", "legrad"])
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_the_timm_vit_is_put_back_after_an_error(timm_vit, method, error):
@@ -245,6 +254,7 @@ def test_the_timm_vit_is_put_back_after_an_error(timm_vit, method, error):
     assert torch.is_grad_enabled() and not any(m.training for m in timm_vit.modules())
 
 
+@torch_run
 def test_rollout_on_a_hugging_face_vit_equals_its_own_attentions():
     transformers = pytest.importorskip("transformers")
     import torch

@@ -8,7 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 methods = pytest.importorskip("torchcam.methods")
 
+import os  # noqa: E402
+
 import camlens  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "tensorflow") != "torch",
+    reason="native torch does not depend on the Keras backend: checked in the torch run",
+)
 
 
 def _cnn():
