@@ -294,3 +294,38 @@ def test_attention_methods_refuse_models_without_readable_attention():
                         method="rollout")
     with pytest.raises(ValueError, match="uses no layer; drop layer='conv'"):
         camlens.explain(_keras_cnn(), np.zeros((1, 5, 5, 2), np.float32), method="rollout", layer="conv")
+
+
+@torch_run
+@pytest.mark.parametrize("method", ["rollout", "legrad"])
+def test_sequence_first_multihead_attention_reads_as_batch_first(method):
+    """nn.MultiheadAttention(batch_first=False) takes (T, N, C): the same weights give the same
+    map as batch_first=True, and the caller still gets the head-averaged weights it asked for."""
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self, batch_first):
+            super().__init__()
+            torch.manual_seed(0)
+            self.patch = torch.nn.Conv2d(3, 8, 4, stride=4)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+            self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first)
+            self.head = torch.nn.Linear(8, 3)
+            self.batch_first = batch_first
+            self.seen = None
+
+        def forward(self, x):
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(len(t), -1, -1), t], 1)
+            s = t if self.batch_first else t.transpose(0, 1)
+            out, self.seen = self.attn(s, s, s)  # default: need_weights=True, averaged
+            out = out if self.batch_first else out.transpose(0, 1)
+            return self.head((t + out)[:, 0])
+
+    x = IMAGES[:2, :16, :16]
+    first, second = Net(True), Net(False)
+    a = camlens.explain(first, x, method=method, target=1)
+    b = camlens.explain(second, x, method=method, target=1)
+    assert np.ptp(a.raw_maps[0]) > 0
+    np.testing.assert_allclose(b.raw_maps[0], a.raw_maps[0], rtol=1e-4, atol=1e-7)
+    assert second.seen.shape == (2, 17, 17)  # averaged over heads, as the module was asked
