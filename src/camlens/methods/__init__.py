@@ -10,6 +10,7 @@ import pkgutil as _pkgutil
 from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register, slow_methods
 from .ablationcam import AblationCAM
 from .cam import CAM
+from .gradientx import GradientShap, InputXGradient
 from .eigencam import EigenCAM, EigenGradCAM
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
@@ -52,6 +53,8 @@ __all__ = [
     "guided_gradcam",
     "Occlusion",
     "RISE",
+    "InputXGradient",
+    "GradientShap",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):
