@@ -18,6 +18,7 @@ from .hirescam import HiResCAM
 from .layercam import LayerCAM
 from .perturbation import RISE, Occlusion
 from .pixel import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad, guided_gradcam
+from .surrogate import KernelShap, Lime
 from .scorecam import ISCAM, SSCAM, FastScoreCAM, ScoreCAM
 from .xgradcam import XGradCAM
 
@@ -55,6 +56,8 @@ __all__ = [
     "RISE",
     "InputXGradient",
     "GradientShap",
+    "Lime",
+    "KernelShap",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):
