@@ -126,3 +126,23 @@ def test_function_model_has_no_gradients_and_says_so():
     model = FunctionModel(lambda x: x.sum(axis=(1, 2, 3))[:, None], input_shape=(2, 2, 1))
     with pytest.raises(NotImplementedError, match="no gradients"):
         camlens.explain(model, np.ones((1, 2, 2, 1), np.float32), "inputxgradient", target=0)
+
+
+def test_through_keras_and_torch_a_linear_model_gives_w_times_x():
+    keras = pytest.importorskip("keras")
+    w = RNG.normal(size=(4, 4, 3)).astype(np.float32)
+    x = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(1, use_bias=False)])
+    model.layers[-1].set_weights([w.reshape(-1, 1)])
+    exp = camlens.explain(model, x, "inputxgradient", target=0)
+    np.testing.assert_allclose(exp.details[0]["attributions"], w * x, rtol=1e-5, atol=1e-6)
+    shap = camlens.explain(model, x, GradientShap(baselines=np.ones((4, 4, 3)), n_samples=3), target=0)
+    np.testing.assert_allclose(shap.details[0]["attributions"], w * (x - 1), rtol=1e-4, atol=1e-5)
+    torch = pytest.importorskip("torch")
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 1, bias=False))
+    with torch.no_grad():  # torch flattens (N, C, H, W): the same weights in that order
+        lin[1].weight.copy_(torch.from_numpy(np.moveaxis(w, -1, 0).reshape(1, -1)))
+    xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
+    got = camlens.explain(lin, xt, "inputxgradient", target=0).details[0]["attributions"]
+    np.testing.assert_allclose(got, w * x, rtol=1e-5, atol=1e-6)

@@ -189,3 +189,26 @@ def test_bad_segments_and_coalitions_name_the_fix():
         KernelShap(n_samples=2, segments="grid", grid=2, coalitions=lambda *_: np.ones((3, 4))).attribute(data)
     with pytest.raises(ValueError, match="kernel_width"):
         Lime(kernel_width=0.0)
+
+
+def test_through_keras_the_numbers_of_the_numpy_model():
+    keras = pytest.importorskip("keras")
+    # a Keras model of the same linear score of cell sums: Dense weights C repeated per cell pixel
+    kernel = np.repeat(np.repeat(C.reshape(2, 2), 2, 0), 2, 1)[..., None].repeat(3, -1).reshape(-1, 1)
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(1, use_bias=False)])
+    model.layers[-1].set_weights([kernel.astype(np.float32)])
+    for method in (KernelShap(n_samples=6, segments="grid", grid=2), Lime(n_samples=12, segments="grid", grid=2)):
+        k = camlens.explain(model, X, method, target=0)
+        f = camlens.explain(linear_model(), X, method, target=0)
+        np.testing.assert_allclose(k.raw_maps[0], f.raw_maps[0], rtol=1e-4, atol=1e-4)
+
+
+def test_slic_in_one_piece_is_refused_with_the_fix():
+    pytest.importorskip("skimage")
+    noise = np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32)
+    data = PixelData(noise, lambda n, b: b.sum(axis=(1, 2, 3)))
+    with pytest.raises(ValueError, match=r"single superpixel.*segments='grid' or a higher compactness"):
+        KernelShap(n_samples=2).attribute(data)
+    _, info = KernelShap(n_samples=2, compactness=100.0).attribute(data)
+    assert info["segments"].max() >= 2

@@ -10,8 +10,9 @@ z_i``; every pixel of feature ``i`` gets ``phi_i``: attributions ``(N, H, W, 1)`
 Features (``segments``):
 
 - ``"slic"`` (the default): scikit-image's SLIC superpixels (Achanta et al., TPAMI 2012) of the
-  image scaled to [0, 1], ``n_segments`` (50) of them at ``compactness`` 10; needs
-  ``pip install scikit-image`` (imported only when used).
+  image scaled to [0, 1] (CIELAB for 3 channels, scikit-image's default), about ``n_segments``
+  (50) of them at ``compactness`` (10); needs ``pip install scikit-image`` (imported only when
+  used). An image SLIC leaves in one piece (noise-like images can be) is refused with the fix.
 - ``"grid"``: a regular ``grid`` x ``grid`` (8 x 8; or ``(rows, cols)``) of cells; needs
   nothing, and the features are the same for every image.
 - an integer array ``(H, W)`` (the same for every image) or ``(N, H, W)``: your own mask.
@@ -56,8 +57,15 @@ def _slic(image: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:
     # SLIC's compactness is relative to the colour range: model inputs are often normalised
     # to any range, so the image is scaled to [0, 1] first
     scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-    return np.asarray(slic(scaled.astype(np.float64), n_segments=n_segments, compactness=compactness,
-                           start_label=0, channel_axis=-1))
+    labels = np.asarray(slic(scaled.astype(np.float64), n_segments=n_segments, compactness=compactness,
+                             start_label=0, channel_axis=-1))
+    if labels.max() == labels.min():
+        # one feature explains nothing: every pixel would get the same value
+        raise ValueError(
+            f"SLIC found a single superpixel in an image (a noise-like one, often) at compactness "
+            f"{compactness}; use segments='grid' or a higher compactness (e.g. compactness=100)"
+        )
+    return labels
 
 
 def segment(images: np.ndarray, segments: Any = "slic", grid: int | tuple[int, int] = 8,
@@ -106,11 +114,13 @@ class _Surrogate(PixelMethod):
         seed: int | None = 0,
         batch_size: int = 32,
         coalitions: Coalitions | None = None,
+        compactness: float = 10.0,
     ) -> None:
         self.n_samples = positive_int(self.name, "n_samples", n_samples)
         self.segments = segments
         self.grid = grid
         self.n_segments = positive_int(self.name, "n_segments", n_segments)
+        self.compactness = non_negative(self.name, "compactness", compactness)
         if isinstance(fill, str) and fill != "mean":
             raise ValueError(f"{self.name}: fill must be a number or 'mean'; got {fill!r}")
         self.fill = fill
@@ -154,7 +164,7 @@ class _Surrogate(PixelMethod):
         images = np.asarray(data.images, dtype=np.float32)
         if images.ndim != 4:
             raise ValueError(f"{self.name}: images must be (N, H, W, c); got shape {images.shape}")
-        labels = segment(images, self.segments, self.grid, self.n_segments)
+        labels = segment(images, self.segments, self.grid, self.n_segments, self.compactness)
         out = np.empty((*images.shape[:3], 1), dtype=np.float32)
         weights, runs, extra = [], np.empty(len(images), dtype=np.int64), {}
         for n, image in enumerate(images):
@@ -238,8 +248,9 @@ class Lime(_Surrogate):
         seed: int | None = 0,
         batch_size: int = 32,
         coalitions: Coalitions | None = None,
+        compactness: float = 10.0,
     ) -> None:
-        super().__init__(n_samples, segments, grid, n_segments, fill, seed, batch_size, coalitions)
+        super().__init__(n_samples, segments, grid, n_segments, fill, seed, batch_size, coalitions, compactness)
         self.alpha = non_negative(self.name, "alpha", alpha)
         self.kernel_width = non_negative(self.name, "kernel_width", kernel_width)
         if self.kernel_width == 0:
@@ -303,8 +314,9 @@ class KernelShap(_Surrogate):
         seed: int | None = 0,
         batch_size: int = 32,
         coalitions: Coalitions | None = None,
+        compactness: float = 10.0,
     ) -> None:
-        super().__init__(n_samples, segments, grid, n_segments, fill, seed, batch_size, coalitions)
+        super().__init__(n_samples, segments, grid, n_segments, fill, seed, batch_size, coalitions, compactness)
 
     def draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
         """``(n_samples, m)`` coalitions drawn from the Shapley kernel (``m >= 2``)."""
