@@ -94,6 +94,10 @@ def explain(
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
             "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
             the layer's Grad-CAM).
+            "inputxgradient": x times dS/dx, signed.
+            "gradientshap": expected gradient from drawn baselines times (x - baseline).
+            "lime": weighted ridge fit of the score on kept superpixels (256 model runs).
+            "kernelshap": Shapley values of superpixels by the Shapley-kernel fit (256 runs).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable

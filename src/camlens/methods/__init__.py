@@ -10,6 +10,7 @@ import pkgutil as _pkgutil
 from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register, slow_methods
 from .ablationcam import AblationCAM
 from .cam import CAM
+from .gradientx import GradientShap, InputXGradient
 from .eigencam import EigenCAM, EigenGradCAM
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
@@ -17,6 +18,7 @@ from .hirescam import HiResCAM
 from .layercam import LayerCAM
 from .perturbation import RISE, Occlusion
 from .pixel import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad, guided_gradcam
+from .surrogate import KernelShap, Lime
 from .scorecam import ISCAM, SSCAM, FastScoreCAM, ScoreCAM
 from .xgradcam import XGradCAM
 
@@ -52,6 +54,10 @@ __all__ = [
     "guided_gradcam",
     "Occlusion",
     "RISE",
+    "InputXGradient",
+    "GradientShap",
+    "Lime",
+    "KernelShap",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):
