@@ -11,6 +11,7 @@ from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, avai
 from .ablationcam import AblationCAM
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
+from .fullgrad import FullGrad
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
@@ -52,6 +53,7 @@ __all__ = [
     "guided_gradcam",
     "Occlusion",
     "RISE",
+    "FullGrad",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):
