@@ -92,8 +92,9 @@ def explain(
             "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
             Pixel attributions (no layer; one map per image input, details in
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
-            "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
-            the layer's Grad-CAM).
+            "guidedbackprop", "occlusion", "rise", "fullgrad" (input gradient plus the
+            gradient at every convolution and batch-norm bias, at the input's resolution); and
+            "guidedgradcam" (Guided Backprop times the layer's Grad-CAM).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable
