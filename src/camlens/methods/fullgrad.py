@@ -51,6 +51,18 @@ class FullGrad(PixelMethod):
     ``input_term`` and ``bias_term`` ``(N, H, W)`` (their sum is the map), ``layers`` (the
     call sites read) and ``scores``.
 
+    Example::
+
+        >>> import numpy as np
+        >>> from camlens.methods import FullGrad, PixelData
+        >>> x = np.array([[[[1.0], [-2.0]], [[3.0], [0.5]]]])     # one 2x2 image, c = 1
+        >>> g = np.array([[[[2.0], [1.0]], [[-1.0], [4.0]]]])     # dS/dx
+        >>> grad = lambda n, b: ((b * g).sum(axis=(1, 2, 3)), g)
+        >>> conv = ("conv", np.array([0.5, -1.0]), np.array([[[[1.0, 2.0], [3.0, 2.0]]]]))  # 1x2, C = 2
+        >>> a, info = FullGrad().attribute(PixelData(x, None, grad, bias_gradients=lambda n, b: [conv]))
+        >>> info["input_term"][0].tolist(), info["bias_term"][0].tolist()
+        ([[0.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]])
+
     Differences from pytorch-grad-cam 1.5.7's ``FullGrad`` (which otherwise computes the same
     map, per channel as the paper's eq. 5 does):
 
