@@ -86,18 +86,20 @@ def explain(
             take ``(N, C, H, W)`` tensors or arrays.
         method: a name from ``camlens.methods.available_methods()`` or a
             ``camlens.methods.CAMMethod`` instance with its own settings
-            (``ScoreCAM(batch_size=8)``, ``IntegratedGradients(steps=128)``). Layer methods:
-            "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
-            "eigengradcam", "smoothgradcam++"; rerunning the model: "scorecam", "sscam",
-            "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
-            Pixel attributions (no layer; one map per image input, details in
-            ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
-            "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
-            the layer's Grad-CAM).
-            "inputxgradient": x times dS/dx, signed.
-            "gradientshap": expected gradient from drawn baselines times (x - baseline).
-            "lime": weighted ridge fit of the score on kept superpixels (256 model runs).
-            "kernelshap": Shapley values of superpixels by the Shapley-kernel fit (256 runs).
+            (``ScoreCAM(batch_size=8)``, ``IntegratedGradients(steps=128)``); README's
+            "Methods" groups them by family. Layer methods from gradients: "cam", "gradcam",
+            "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
+            "gradcamelementwise", "finercam" (the class against its nearest classes),
+            "smoothgradcam++"; from activations only: "eigencam", "kpcacam", "dff" (concepts by
+            non-negative factorisation); rerunning the model: "scorecam", "sscam", "iscam",
+            "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun). Pixel
+            attributions (no layer; one map per image input, details in
+            ``Explanation.details``): from input gradients "saliency", "smoothgrad",
+            "integratedgradients", "inputxgradient", "gradientshap", "guidedbackprop",
+            "guidedgradcam" (Guided Backprop times the layer's Grad-CAM), "fullgrad" (plus the
+            gradient at every convolution and batch-norm bias); relevance propagation "lrp",
+            "deeplift"; from reruns "occlusion", "rise", "lime", "kernelshap" (superpixels).
+            Vision transformers: "rollout", "legrad" (attention maps of every block).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable

@@ -126,6 +126,9 @@ class FunctionModel:
     def dense_kernel(self, node: GraphNode) -> np.ndarray:
         raise self._no("layers")
 
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        return None
+
     def site_scorer(self, inputs: list[np.ndarray], node: GraphNode, target: Target) -> Any:
         raise self._no("layers")
 

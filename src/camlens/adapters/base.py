@@ -75,6 +75,14 @@ class ModelAdapter(Protocol):
         """The ``(in, out)`` weights of a node whose role is "dense"."""
         ...
 
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        """For FullGrad: of a convolution or batch normalisation, the ``(C,)`` bias it adds to
+        each output channel (batch normalisation's effective bias at inference,
+        ``beta - mean * gamma / sqrt(var + eps)``) and the name of the activation the layer
+        applies after it ("linear" where none); ``None`` for any other layer and one without a
+        bias."""
+        ...
+
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray: ...
 
     def site_scorer(

@@ -12,6 +12,7 @@ from .ablationcam import AblationCAM
 from .cam import CAM
 from .gradientx import GradientShap, InputXGradient
 from .eigencam import EigenCAM, EigenGradCAM
+from .fullgrad import FullGrad
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
@@ -58,6 +59,7 @@ __all__ = [
     "GradientShap",
     "Lime",
     "KernelShap",
+    "FullGrad",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):

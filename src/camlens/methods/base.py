@@ -155,12 +155,17 @@ class PixelData:
               needs none.
     guided_gradient: as ``gradient`` with the Guided Backpropagation rule on every ReLU
               (only negative gradients and negative inputs stopped), for Guided Backprop.
+    bias_gradients: for FullGrad, ``bias_gradients(n, batch)`` -> a list, one entry per call
+              site of a layer that adds a bias per channel (convolution, batch normalisation),
+              of ``(label, bias (C,), grads (B, h, w, C))``: the gradient of the score with
+              respect to the layer's output before its activation.
     """
 
     images: np.ndarray
     score: Callable[[int, np.ndarray], np.ndarray]
     gradient: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     guided_gradient: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    bias_gradients: Callable[[int, np.ndarray], list[tuple[str, np.ndarray, np.ndarray]]] | None = None
 
 
 class PixelMethod(CAMMethod):

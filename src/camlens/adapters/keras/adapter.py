@@ -718,6 +718,36 @@ class KerasAdapter:
         """The ``(in, out)`` kernel of a Dense layer."""
         return keras_to_numpy(self._ops[node.id].kernel)
 
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        """The bias of a ``Conv2D``, ``DepthwiseConv2D`` or ``SeparableConv2D`` and its activation, or the effective
+        bias of a ``BatchNormalization`` over the channels (see ``ModelAdapter.layer_bias``)."""
+        import keras
+
+        op = self._ops.get(node.id)
+        if isinstance(op, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            if not op.use_bias:
+                return None
+            act = op.activation
+            name = "linear" if act is None else getattr(act, "__name__", type(act).__name__)
+            return keras_to_numpy(op.bias).astype(np.float64), name
+        if not isinstance(op, keras.layers.BatchNormalization):
+            return None
+        rank = len(node.shape) + 1 if node.shape is not None else 4
+        channels = 1 if node.id in self._channels_first else rank - 1
+        if op.axis % rank != channels:
+            raise ValueError(
+                f"BatchNormalization {op.name!r} normalises over axis {op.axis}, not the "
+                "channels; FullGrad reads a bias per channel"
+            )
+        mean = keras_to_numpy(op.moving_mean).astype(np.float64)
+        scale = 1.0 / np.sqrt(keras_to_numpy(op.moving_variance).astype(np.float64) + op.epsilon)
+        if op.scale:
+            scale = scale * keras_to_numpy(op.gamma).astype(np.float64)
+        bias = -mean * scale
+        if op.center:
+            bias = bias + keras_to_numpy(op.beta).astype(np.float64)
+        return bias, "linear"
+
 
 _ROLES = {"GlobalAveragePooling2D": "global_pool", "Dropout": "pass", "Dense": "dense",
           "Activation": "activation", "Softmax": "activation"}

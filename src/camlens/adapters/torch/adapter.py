@@ -782,6 +782,31 @@ class TorchAdapter:
         weight = self._modules[self._node_module[node.id]].weight.detach().cpu().numpy()
         return weight.T.astype(np.float32)
 
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        """The bias of a ``Conv2d`` or the effective bias of a ``BatchNorm2d`` module (see
+        ``ModelAdapter.layer_bias``); a torch module applies no activation of its own."""
+        import torch
+
+        path = self._node_module.get(node.id)
+        mod = None if path is None else self._modules[path]
+        if isinstance(mod, torch.nn.Conv2d):
+            return None if mod.bias is None else (mod.bias.detach().cpu().double().numpy(), "linear")
+        if not isinstance(mod, torch.nn.BatchNorm2d):
+            return None
+        if mod.running_mean is None or mod.running_var is None:
+            raise ValueError(
+                f"BatchNorm2d {path!r} has track_running_stats=False: it normalises by each "
+                "batch's own statistics, so it adds no fixed bias for FullGrad to read; explain "
+                "a model whose batch normalisations keep running statistics"
+            )
+        scale = 1.0 / torch.sqrt(mod.running_var.double() + mod.eps)
+        if mod.weight is not None:
+            scale = scale * mod.weight.double()
+        bias = -mod.running_mean.double() * scale
+        if mod.bias is not None:
+            bias = bias + mod.bias.double()
+        return bias.detach().cpu().numpy(), "linear"
+
 
 _OTHER_ACTIVATIONS = {"GELU", "SiLU", "Hardswish", "Mish", "ELU", "LeakyReLU", "PReLU", "Tanh",
                       "Sigmoid", "Softplus", "SELU", "CELU", "GELUActivation", "QuickGELUActivation"}
