@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from ._args import batches
+from ._args import batches, warn
 from ._restore import interruptible
 from .adapters import adapt
 from .features import _select
@@ -79,6 +79,8 @@ class Visualization:
     layer: str | None
     units: list[int]
     settings: dict[str, Any] = field(default_factory=dict)
+    #: the units whose gradient was zero at every step: their images are the random start
+    flat: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -116,7 +118,8 @@ class Visualization:
             viz.save_png(pixels[k], path)
             written.append(path)
             entries.append({"file": path.name, "label": label, "unit": self.units[k],
-                            "final": float(self.final[k]), "start": float(self.objectives[0, k])})
+                            "final": float(self.final[k]), "start": float(self.objectives[0, k]),
+                            "flat": self.units[k] in self.flat})
         meta = {"layer": self.layer, "grid": grid.name, "settings": self.settings, "images": entries}
         viz.write_atomic(out / "index.json", json.dumps(meta, indent=2))
         written.append(out / "index.json")
@@ -250,8 +253,6 @@ def _penalties(rgb: np.ndarray, l2: float, tv: float) -> np.ndarray:
 def _layer(adapter: Any, layer: Any) -> GraphNode:
     if not isinstance(layer, str):
         raise TypeError(f"layer must be a layer name (`camlens.layers(model)` lists them); got {layer!r}")
-    if layer in ("conv", "spatial", "auto"):
-        raise ValueError(f"visualize takes one layer by name, not {layer!r}; `camlens.layers(model)` lists them")
     nodes, _ = _select(adapter, adapter.graph(), [layer])
     if len(nodes) != 1:
         raise ValueError(
@@ -411,6 +412,7 @@ def visualize(
         return np.asarray(scores, np.float64), g @ a_pre
 
     objectives = np.zeros((steps, n))
+    flat = np.ones(n, bool)  # no gradient at any step: the image is the random start
     final = np.zeros(n)
     images = np.zeros((n, h, w, 3), np.float32)
     for part in batches(n, batch_size):
@@ -424,6 +426,7 @@ def visualize(
             rgb = image.rgb(params)
             scores, g = unit_gradients(rgb, idx, (int(shifts[t, 0]), int(shifts[t, 1])))
             objectives[t, idx] = scores
+            flat[idx] &= ~np.any(g != 0, axis=(1, 2, 3))
             grads = image.backward(rgb, g + _penalties(rgb, l2, tv))
             for k, gk in enumerate(grads):  # Adam, ascending
                 m[k] = 0.9 * m[k] + 0.1 * gk
@@ -434,8 +437,13 @@ def visualize(
         rgb = image.rgb(params)
         final[idx] = unit_gradients(rgb, idx, (0, 0))[0]
         images[idx] = rgb.astype(np.float32)
+    if flat.any():
+        warn(f"{', '.join(labels[i] for i in np.flatnonzero(flat))}: the gradient was zero at every "
+             "step (a ReLU that never fired on these images), so the image is the random start; "
+             "try another seed, more jitter, or the layer before the activation", RuntimeWarning)
     settings = {"steps": steps, "lr": lr, "param": param, "decorrelate": decorrelate, "jitter": jitter,
                 "blur_every": blur_every, "blur_sigma": blur_sigma, "tv": tv, "l2": l2, "seed": seed,
                 "size": [h, w], "position": None if position is None else list(position),
                 "objective": "class logit" if node is None else ("neuron" if position is not None else "channel mean")}
-    return Visualization(images, objectives, final, labels, None if node is None else node.label, units, settings)
+    return Visualization(images, objectives, final, labels, None if node is None else node.label, units, settings,
+                         [units[i] for i in np.flatnonzero(flat)])
