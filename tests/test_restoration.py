@@ -234,3 +234,32 @@ def test_the_model_is_left_as_it_was(models, kind, name, mode):
     finally:
         _Trip.exc = None
     _same(before, state(model), f"{kind} {name} {mode}")
+
+
+@pytest.mark.filterwarnings("ignore:.*the gradient was zero")  # a random tiny model
+@pytest.mark.parametrize("mode", ["success", "layer raises", "interrupt", "bad channel"])
+@pytest.mark.parametrize("kind", ["torch", "keras", "keras-subclassed"])
+def test_visualize_leaves_the_model_as_it_was(models, kind, mode):
+    """``camlens.visualize`` (its own adapter call, ``activation_gradients``) and its class
+    logits (``input_gradients`` with the softmax skipped) put everything back."""
+    if kind == "torch" and os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
+        pytest.skip("native torch does not depend on the Keras backend: checked in the torch run")
+    model = models[kind]
+    state = _torch_state if kind == "torch" else _keras_state
+    before = state(model)
+    size = (8, 8) if kind == "torch" else None
+    try:
+        if mode == "success":
+            vis = camlens.visualize(model, LAYER[kind], [0, 3], size=size, steps=3, jitter=1)
+            assert np.isfinite(vis.images).all() and vis.objectives.shape == (3, 2)
+            camlens.visualize(model, classes=[1], size=size, steps=2)
+        elif mode == "bad channel":
+            with pytest.raises(ValueError, match="channel 4 is out of range"):
+                camlens.visualize(model, LAYER[kind], [4], size=size, steps=2)
+        else:
+            _Trip.exc = Tripped if mode == "layer raises" else KeyboardInterrupt
+            with pytest.raises(Tripped if mode == "layer raises" else KeyboardInterrupt):
+                camlens.visualize(model, LAYER[kind], [0], size=size, steps=2)
+    finally:
+        _Trip.exc = None
+    _same(before, state(model), f"{kind} visualize {mode}")

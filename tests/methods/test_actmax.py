@@ -95,9 +95,9 @@ def test_a_one_by_one_convolution_under_l2_reaches_its_known_optimum(kind):
     model = _keras_one_by_one(w) if kind == "keras" else _torch_one_by_one(w)
     layer = "conv" if kind == "keras" else "0"
     vis = camlens.visualize(model, layer, 0, size=None if kind == "keras" else (8, 8), preprocess="symmetric",
-                            param="pixels", decorrelate=False, jitter=0, l2=1.0, steps=400, lr=0.05)
+                            param="pixels", decorrelate=False, jitter=0, l2=1.0, steps=150, lr=0.1)
     want = 0.5 + 3 * w
-    np.testing.assert_allclose(vis.images[0], np.broadcast_to(want, (8, 8, 3)), atol=2e-3)
+    np.testing.assert_allclose(vis.images[0], np.broadcast_to(want, (8, 8, 3)), atol=1e-3)
     direction = (2 * vis.images[0] - 1).reshape(-1, 3).mean(axis=0)
     np.testing.assert_allclose(direction / np.linalg.norm(direction), w / np.linalg.norm(w), atol=2e-3)
     assert vis.final[0] == pytest.approx(float(2 * w @ (3 * w)), rel=1e-3)  # w . x at the optimum
@@ -131,9 +131,11 @@ def _rises(vis):
 
 @pytest.mark.parametrize("param", ["fourier", "pixels"])
 def test_the_objective_rises_on_a_keras_cnn(param):
-    vis = camlens.visualize(_keras_cnn(), "c2", [0, 1, 2, 3], steps=40, jitter=2, tv=0.05, l2=0.05,
+    if param == "pixels" and BACKEND != "tensorflow":
+        pytest.skip("the parametrisation is numpy: one backend is enough")
+    vis = camlens.visualize(_keras_cnn(), "c2", [0, 1, 2, 3], steps=25, jitter=2, tv=0.05, l2=0.05,
                             blur_every=8, param=param, batch_size=3)
-    assert vis.images.shape == (4, 24, 24, 3) and vis.objectives.shape == (40, 4)
+    assert vis.images.shape == (4, 24, 24, 3) and vis.objectives.shape == (25, 4)
     assert vis.images.min() >= 0 and vis.images.max() <= 1
     assert vis.labels == [f"c2 ch {c}" for c in range(4)]
     _rises(vis)
@@ -143,8 +145,8 @@ def test_the_objective_rises_on_a_torch_cnn_for_channels_and_a_neuron():
     if BACKEND != "torch":
         pytest.skip("native torch does not depend on the Keras backend: checked in the torch run")
     model = _torch_cnn()
-    _rises(camlens.visualize(model, "2", [0, 1, 2, 3], size=(24, 24), steps=40, jitter=2))
-    neuron = camlens.visualize(model, "2", [1], position=(3, 5), size=(24, 24), steps=40, jitter=0)
+    _rises(camlens.visualize(model, "2", [0, 1, 2, 3], size=(24, 24), steps=25, jitter=2))
+    neuron = camlens.visualize(model, "2", [1], position=(3, 5), size=(24, 24), steps=25, jitter=0)
     assert neuron.labels == ["2 ch 1 at (3, 5)"]
     _rises(neuron)
 
