@@ -323,10 +323,11 @@ def image_grid(
         r, q = divmod(k, ncol)
         mosaic[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = imgs[k]
     tile = 2.0 * _TILE_INCHES
-    height = nrow * tile * min(2.0, max(0.5, h / w)) + (_HEADER_INCHES if title else 0.1)
+    header = 0.4 if title else 0.1  # one line of title, no note under it as on feature grids
+    height = nrow * tile * min(2.0, max(0.5, h / w)) + header
     fig = Figure(figsize=(max(3.0, ncol * tile), height))
     FigureCanvasAgg(fig)  # Agg without pyplot: no global figure manager
-    top = 1.0 - (_HEADER_INCHES if title else 0.1) / height
+    top = 1.0 - header / height
     ax = fig.add_axes((0.01, 0.01, 0.98, top - 0.01))
     ax.imshow(mosaic, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
