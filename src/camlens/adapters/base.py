@@ -93,6 +93,15 @@ class ModelAdapter(Protocol):
         self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def activation_gradients(
+        self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[0] (N, H, W, c))`` for the score of each sample
+        ``sum(A * weights)``, ``A`` the channels-last output of call site ``node`` and
+        ``weights`` of its shape with the batch axis: a channel's mean, one neuron, any
+        direction (feature visualization)."""
+        ...
+
     # ---- what the model is like (capabilities: code outside adapters/ never asks "which framework")
     #: the model has no input size of its own (a native torch module): shapes come from an input
     needs_input_size: bool
