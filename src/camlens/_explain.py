@@ -88,7 +88,9 @@ def explain(
             ``camlens.methods.CAMMethod`` instance with its own settings
             (``ScoreCAM(batch_size=8)``, ``IntegratedGradients(steps=128)``). Layer methods:
             "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
-            "eigengradcam", "smoothgradcam++"; rerunning the model: "scorecam", "sscam",
+            "eigengradcam", "smoothgradcam++";
+            "gradcamelementwise" (relu of each position's gradient x activation products);
+            rerunning the model: "scorecam", "sscam",
             "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
             Pixel attributions (no layer; one map per image input, details in
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",

@@ -11,6 +11,7 @@ from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, avai
 from .ablationcam import AblationCAM
 from .cam import CAM
 from .eigencam import EigenCAM, EigenGradCAM
+from .elementwise import GradCAMElementWise
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
@@ -38,6 +39,7 @@ __all__ = [
     "LayerCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "GradCAMElementWise",
     "ScoreCAM",
     "FastScoreCAM",
     "SSCAM",

@@ -29,6 +29,21 @@ def _principal_projection(m: np.ndarray) -> np.ndarray:
     return (sign * proj).reshape(h, w)
 
 
+def principal_maps(m: np.ndarray, method: str) -> np.ndarray:
+    """``(N, h, w, C)`` -> ``(N, h, w)`` float32: each sample's positions projected on its first
+    principal direction (oriented by :func:`_principal_projection`), relu. Eigen-CAM's map, and
+    the ``eigen_smooth`` of the other CAMs. NaN or inf raise ``ValueError`` naming ``method``."""
+    if not np.isfinite(m).all():
+        raise ValueError(f"{method}: the matrix to decompose contains NaN or inf")
+    # float64 makes float32 products exact and the mean of a constant channel exactly that
+    # constant, so a constant input centres to exact zeros.
+    m = np.asarray(m, dtype=np.float64)
+    out = np.zeros(m.shape[:3], dtype=np.float32)
+    for n in range(m.shape[0]):
+        out[n] = np.maximum(_principal_projection(m[n]), 0.0)
+    return out
+
+
 class _PrincipalComponentCAM(CAMMethod):
     """Shared computation; subclasses choose the matrix ``M`` that is decomposed."""
 
@@ -40,14 +55,9 @@ class _PrincipalComponentCAM(CAMMethod):
         for label, arr in (("activations", acts), ("gradients", grads)):
             if arr is not None and not np.isfinite(arr).all():
                 raise ValueError(f"{self.name}: the {label} contain NaN or inf")
-        # float64 makes float32 products exact and the mean of a constant channel exactly
-        # that constant, so a constant input centres to exact zeros.
+        # float64 before the product: float32 products are then exact
         grads64 = None if grads is None else grads.astype(np.float64)
-        m = self._matrix(acts.astype(np.float64), grads64)
-        out = np.zeros(m.shape[:3], dtype=np.float32)
-        for n in range(m.shape[0]):
-            out[n] = np.maximum(_principal_projection(m[n]), 0.0)
-        return out
+        return principal_maps(self._matrix(acts.astype(np.float64), grads64), self.name)
 
 
 _SHARED_DOC = """
