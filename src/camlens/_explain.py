@@ -90,6 +90,7 @@ def explain(
             "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
             "eigengradcam", "smoothgradcam++";
             "gradcamelementwise" (relu of each position's gradient x activation products);
+            "kpcacam" (first kernel principal component of the activations);
             rerunning the model: "scorecam", "sscam",
             "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
             Pixel attributions (no layer; one map per image input, details in

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camlens.methods import GradCAMElementWise, HiResCAM, SiteData
+from camlens.methods import KPCACAM, EigenCAM, GradCAMElementWise, HiResCAM, SiteData
 
 
 def one_sample(*channels: list[list[float]]) -> np.ndarray:
@@ -37,3 +37,44 @@ def test_gradcamelementwise_batch_is_per_sample() -> None:
 def test_gradcamelementwise_needs_gradients() -> None:
     with pytest.raises(ValueError, match="needs gradients"):
         GradCAMElementWise()(SiteData(np.ones((1, 2, 2, 1))))
+
+
+def test_kpcacam_exact_two_positions() -> None:
+    # one channel, positions [3, 1]: centred [1, -1]; gamma = 1/C = 1, coef0 = 1
+    # K = tanh(<x, y> + 1) = [[tanh 2, tanh 0], [tanh 0, tanh 2]]; centred: (tanh 2 / 2) [[1, -1], [-1, 1]]
+    # top eigenvalue tanh 2, v = [1, -1] / sqrt 2: coordinates sqrt(tanh 2 / 2) [1, -1], the
+    # position of the larger activation positive
+    out = KPCACAM()(SiteData(np.array([[[[3.0], [1.0]]]])))
+    np.testing.assert_allclose(out, [[[np.sqrt(np.tanh(2.0) / 2.0), 0.0]]], rtol=1e-6)
+    # rbf: K = [[1, e^-4], [e^-4, 1]] (|x - y|^2 = 4): eigenvalue 1 - e^-4
+    out = KPCACAM(kernel="rbf")(SiteData(np.array([[[[1.0], [3.0]]]])))
+    np.testing.assert_allclose(out, [[[0.0, np.sqrt((1 - np.exp(-4.0)) / 2.0)]]], rtol=1e-6)
+
+
+def test_kpcacam_linear_kernel_is_eigencam() -> None:
+    A = np.random.default_rng(1).random((2, 4, 5, 6)).astype(np.float32)
+    np.testing.assert_allclose(KPCACAM(kernel="linear")(SiteData(A)), EigenCAM()(SiteData(A)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "poly", "cosine"])
+def test_kpcacam_is_scikit_learn_kernel_pca_up_to_sign(kernel: str) -> None:
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    A = np.random.default_rng(2).random((1, 5, 4, 7))
+    flat = A[0].reshape(20, 7)
+    centred = flat - flat.mean(axis=0)
+    ref = decomposition.KernelPCA(n_components=1, kernel=kernel, gamma=0.3 if kernel != "cosine" else None,
+                                  eigen_solver="dense").fit_transform(centred)[:, 0]
+    proj = KPCACAM(kernel=kernel, gamma=0.3)(SiteData(A))[0].ravel()
+    pos, neg = np.maximum(ref, 0), np.maximum(-ref, 0)
+    best = min(np.abs(proj - pos).max(), np.abs(proj - neg).max())
+    assert best < 1e-6
+
+
+def test_kpcacam_constant_and_bad_settings() -> None:
+    np.testing.assert_array_equal(KPCACAM()(SiteData(np.full((1, 3, 3, 2), 4.0))), np.zeros((1, 3, 3)))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        KPCACAM(kernel="laplace")
+    with pytest.raises(ValueError, match="gamma must be a positive number"):
+        KPCACAM(gamma=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        KPCACAM()(SiteData(np.full((1, 2, 2, 1), np.nan)))

@@ -79,3 +79,34 @@ def test_gradcamelementwise_parity(net: Any, x: np.ndarray) -> None:
     # and it is not HiResCAM's map: the negative products matter on this model
     hires = grad_cam_layer_map(pgc.HiResCAM(net, [net.relu2]), net.relu2, x)
     assert _max_diff(exp.raw_maps[0], hires) > 100 * TOL
+
+
+def test_kpcacam_parity_up_to_the_deliberate_sign(net: Any, x: np.ndarray) -> None:
+    """grad-cam keeps scikit-learn's sign (largest-magnitude entry of the eigenvector positive);
+    camlens orients the projection like Eigen-CAM. So camlens' map is grad-cam's signed
+    projection oriented by camlens' rule."""
+    from camlens.methods.eigencam import orient
+
+    exp = camlens.explain(net, x, "kpcacam", target=CLASSES, layer=LAYER)
+    ref = grad_cam_layer_map(pgc.KPCA_CAM(net, [net.relu2]), net.relu2, x)
+    with torch.no_grad():
+        a = net.relu2(net.conv2(net.relu1(net.conv1(torch.from_numpy(x))))).numpy()
+    for n in range(2):
+        flat = a[n].reshape(16, -1).T.astype(np.float64)
+        oriented = orient(ref[n].ravel().astype(np.float64), flat).reshape(ref[n].shape)
+        assert _max_diff(exp.raw_maps[0][n], oriented) < TOL
+
+
+def test_kpcacam_sign_differs_deliberately() -> None:
+    """Three positions at 2 and one at 0 (one channel): centred [.5, .5, .5, -1.5]. scikit-learn
+    makes the largest-magnitude coordinate positive, so grad-cam's map lights the position
+    where the layer is silent; camlens' lights the three where it responds."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_kernel
+
+    from camlens.methods import KPCACAM, SiteData
+
+    acts = np.array([2.0, 2.0, 2.0, 0.0], np.float32).reshape(1, 1, 2, 2)  # NCHW
+    theirs = np.maximum(get_2d_projection_kernel(acts)[0], 0)
+    ours = KPCACAM()(SiteData(acts.transpose(0, 2, 3, 1)))[0]
+    assert theirs.ravel().argmax() == 3 and (theirs.ravel()[:3] == 0).all()
+    assert ours.ravel()[3] == 0 and (ours.ravel()[:3] > 0).all()

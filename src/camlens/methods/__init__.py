@@ -15,6 +15,7 @@ from .elementwise import GradCAMElementWise
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
+from .kpcacam import KPCACAM
 from .layercam import LayerCAM
 from .perturbation import RISE, Occlusion
 from .pixel import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad, guided_gradcam
@@ -40,6 +41,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "GradCAMElementWise",
+    "KPCACAM",
     "ScoreCAM",
     "FastScoreCAM",
     "SSCAM",

@@ -17,7 +17,12 @@ def _principal_projection(m: np.ndarray) -> np.ndarray:
     if not centered.any():
         return np.zeros((h, w))
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    proj = centered @ vt[0]
+    return orient(centered @ vt[0], flat).reshape(h, w)
+
+
+def orient(proj: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """The projection ``(Z,)`` of the positions ``flat`` ``(Z, C)`` or its negative: the one that
+    correlates positively with the channel sum (the sign rule of Eigen-CAM's docstring)."""
     ref = flat.sum(axis=1)
     ref = ref - ref.mean()
     corr = float(proj @ ref)
@@ -26,12 +31,12 @@ def _principal_projection(m: np.ndarray) -> np.ndarray:
         sign = np.sign(corr)
     else:
         sign = np.sign(proj[np.argmax(np.abs(proj))])
-    return (sign * proj).reshape(h, w)
+    return sign * proj
 
 
 def principal_maps(m: np.ndarray, method: str) -> np.ndarray:
     """``(N, h, w, C)`` -> ``(N, h, w)`` float32: each sample's positions projected on its first
-    principal direction (oriented by :func:`_principal_projection`), relu. Eigen-CAM's map, and
+    principal direction (oriented by :func:`orient`), relu. Eigen-CAM's map, and
     the ``eigen_smooth`` of the other CAMs. NaN or inf raise ``ValueError`` naming ``method``."""
     if not np.isfinite(m).all():
         raise ValueError(f"{method}: the matrix to decompose contains NaN or inf")
