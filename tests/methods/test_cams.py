@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from camlens.methods import KPCACAM, EigenCAM, GradCAMElementWise, HiResCAM, SiteData
+from camlens.methods import (KPCACAM, AblationCAM, EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM,
+                             SiteData, XGradCAM)
 
 
 def one_sample(*channels: list[list[float]]) -> np.ndarray:
@@ -78,3 +79,31 @@ def test_kpcacam_constant_and_bad_settings() -> None:
         KPCACAM(gamma=0)
     with pytest.raises(ValueError, match="NaN or inf"):
         KPCACAM()(SiteData(np.full((1, 2, 2, 1), np.nan)))
+
+
+def test_eigen_smooth_exact() -> None:
+    A = one_sample([[3, 1], [1, 1]], [[0, 9], [9, 9]])
+    G = one_sample([[1, 1], [1, 1]], [[0, 0], [0, 0]])
+    # w = (1, 0): the weighted activations are channel 0 alone, [[3, 1], [1, 1]]; centred
+    # [1.5, -.5, -.5, -.5], its own principal direction (one channel)
+    np.testing.assert_array_equal(GradCAM()(SiteData(A, G)), [[[3.0, 1.0], [1.0, 1.0]]])
+    np.testing.assert_allclose(GradCAM(eigen_smooth=True)(SiteData(A, G)), [[[1.5, 0.0], [0.0, 0.0]]], atol=1e-6)
+    # element-wise: relu(G A) is channel 0 as well
+    np.testing.assert_allclose(GradCAMElementWise(eigen_smooth=True)(SiteData(A, G)), [[[1.5, 0.0], [0.0, 0.0]]],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [GradCAM, GradCAMPlusPlus, XGradCAM])
+def test_eigen_smooth_is_eigencam_of_the_weighted_activations(cls: type) -> None:
+    rng = np.random.default_rng(3)
+    A, G = rng.random((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    w = cls().weights(A.astype(np.float32), G.astype(np.float32), SiteData(A, G))
+    expected = EigenCAM()(SiteData(A * w[:, None, None, :]))
+    np.testing.assert_allclose(cls(eigen_smooth=True)(SiteData(A, G)), expected, atol=1e-5)
+    assert not np.allclose(cls()(SiteData(A, G)), expected, atol=1e-3)
+
+
+def test_eigen_smooth_reaches_ablationcam_and_is_checked() -> None:
+    assert AblationCAM(eigen_smooth=True).eigen_smooth
+    with pytest.raises(TypeError, match="eigen_smooth must be True or False"):
+        GradCAM(eigen_smooth="yes")

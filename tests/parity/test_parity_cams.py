@@ -110,3 +110,27 @@ def test_kpcacam_sign_differs_deliberately() -> None:
     ours = KPCACAM()(SiteData(acts.transpose(0, 2, 3, 1)))[0]
     assert theirs.ravel().argmax() == 3 and (theirs.ravel()[:3] == 0).all()
     assert ours.ravel()[3] == 0 and (ours.ravel()[:3] > 0).all()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcamelementwise", "xgradcam"])
+def test_eigen_smooth_parity(net: Any, x: np.ndarray, method: str) -> None:
+    """eigen_smooth=True on both sides: camlens' map is grad-cam's signed projection oriented by
+    camlens' rule (grad-cam keeps the SVD's arbitrary sign). Not Grad-CAM++: its weights already
+    differ by grad-cam's 1e-6 epsilon (see test_parity_pytorch_grad_cam.py); its eigen_smooth
+    is the same code as these three's (WeightedCAM)."""
+    from camlens.methods import GradCAM, GradCAMElementWise, GradCAMPlusPlus, XGradCAM
+    from camlens.methods.eigencam import orient
+
+    ours = {"gradcam": GradCAM, "gradcamelementwise": GradCAMElementWise, "gradcam++": GradCAMPlusPlus,
+            "xgradcam": XGradCAM}[method]
+    theirs = {"gradcam": pgc.GradCAM, "gradcamelementwise": pgc.GradCAMElementWise,
+              "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM}[method]
+    exp = camlens.explain(net, x, ours(eigen_smooth=True), target=CLASSES, layer=LAYER)
+    ref = grad_cam_layer_map(theirs(net, [net.relu2]), net.relu2, x, eigen_smooth=True)
+    plain = grad_cam_layer_map(theirs(net, [net.relu2]), net.relu2, x)  # the unsmoothed map
+    for n in range(2):
+        p = ref[n].ravel().astype(np.float64)
+        # orient by the channel sum of what was decomposed, which is the unsmoothed map
+        oriented = orient(p, plain[n].reshape(-1, 1).astype(np.float64)).reshape(ref[n].shape)
+        assert _max_diff(exp.raw_maps[0][n], oriented) < TOL
+    assert _max_diff(exp.raw_maps[0], np.maximum(plain, 0)) > 100 * TOL  # smoothing changed the map

@@ -129,7 +129,20 @@ class CAMMethod:
 
 
 class WeightedCAM(CAMMethod):
-    """Methods of the form ``relu(sum_c w[n, c] * A[n, :, :, c])``: only the weights differ."""
+    """Methods of the form ``relu(sum_c w[n, c] * A[n, :, :, c])``: only the weights differ.
+
+    ``eigen_smooth=True`` (pytorch-grad-cam's ``eigen_smooth``): the weighted activations
+    ``w[n, c] A[n, :, :, c]`` are projected onto their first principal component instead of
+    summed over channels (Eigen-CAM's map of them, :func:`camlens.methods.eigencam.principal_maps`:
+    centred per channel, relu), which keeps the dominant pattern and drops noise. One deliberate
+    difference: pytorch-grad-cam keeps the arbitrary sign of the SVD; camlens orients the
+    projection to correlate positively with the channel sum, i.e. with the unsmoothed map.
+    """
+
+    def __init__(self, eigen_smooth: bool = False) -> None:
+        if not isinstance(eigen_smooth, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: eigen_smooth must be True or False; got {eigen_smooth!r}")
+        self.eigen_smooth = bool(eigen_smooth)
 
     def weights(self, acts: np.ndarray, grads: np.ndarray | None, data: SiteData) -> np.ndarray:
         """Channel weights ``(N, C)``."""
@@ -138,6 +151,10 @@ class WeightedCAM(CAMMethod):
     def __call__(self, data: SiteData) -> np.ndarray:
         acts, grads = self._checked(data)
         w = self.weights(acts, grads, data).astype(np.float32)
+        if getattr(self, "eigen_smooth", False):
+            from .eigencam import principal_maps
+
+            return principal_maps(acts.astype(np.float64) * w[:, None, None, :], self.name)
         return np.maximum(np.einsum("nhwc,nc->nhw", acts, w), 0.0).astype(np.float32)
 
 
