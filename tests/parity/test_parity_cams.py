@@ -134,3 +134,20 @@ def test_eigen_smooth_parity(net: Any, x: np.ndarray, method: str) -> None:
         oriented = orient(p, plain[n].reshape(-1, 1).astype(np.float64)).reshape(ref[n].shape)
         assert _max_diff(exp.raw_maps[0][n], oriented) < TOL
     assert _max_diff(exp.raw_maps[0], np.maximum(plain, 0)) > 100 * TOL  # smoothing changed the map
+
+
+def test_aug_smooth_parity(net: Any, x: np.ndarray) -> None:
+    """``camlens.tta(flips=True, multiply=(0.9, 1.0, 1.1))`` against grad-cam's
+    ``aug_smooth=True`` (ttach's flip x Multiply([0.9, 1, 1.1])): the mean of six min-max
+    normalised, flipped-back maps at the input's size, compared as they are (no renormalising)."""
+    targets = [ClassifierOutputTarget(k) for k in CLASSES]
+    cam = pgc.GradCAM(net, [net.relu2])
+    try:
+        ref = cam(input_tensor=torch.from_numpy(x), targets=targets, aug_smooth=True)
+    finally:
+        cam.activations_and_grads.release()
+    exp = camlens.tta(net, x, "gradcam", flips=True, multiply=(0.9, 1.0, 1.1), target=CLASSES, layer=LAYER)
+    assert exp.maps[0].shape == ref.shape == (2, 16, 16)
+    assert float(np.abs(exp.maps[0] - ref).max()) < TOL
+    plain = camlens.explain(net, x, "gradcam", target=CLASSES, layer=LAYER)
+    assert float(np.abs(plain.maps[0] - ref).max()) > 100 * TOL  # the smoothing is not a no-op here
