@@ -34,6 +34,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from ..registry import Registry
+from ._principal import principal_maps
 from .._args import warn
 
 __all__ = [
@@ -152,8 +153,6 @@ class WeightedCAM(CAMMethod):
         acts, grads = self._checked(data)
         w = self.weights(acts, grads, data).astype(np.float32)
         if getattr(self, "eigen_smooth", False):
-            from .eigencam import principal_maps
-
             return principal_maps(acts.astype(np.float64) * w[:, None, None, :], self.name)
         return np.maximum(np.einsum("nhwc,nc->nhw", acts, w), 0.0).astype(np.float32)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._principal import principal_maps
 from .base import CAMMethod, SiteData, register
 
 
@@ -46,7 +47,5 @@ class GradCAMElementWise(CAMMethod):
         assert grads is not None
         products = np.maximum(grads * acts, 0.0)
         if self.eigen_smooth:
-            from .eigencam import principal_maps
-
             return principal_maps(products, self.name)
         return np.maximum(products.sum(axis=3), 0.0).astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import CAMMethod, SiteData, register
-from .eigencam import orient
+from ._principal import orient
 
 #: kernel name -> ``k(dot products, squared distances, gamma, coef0, degree)``
 _KERNELS = {
