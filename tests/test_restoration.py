@@ -43,10 +43,11 @@ class _Trip:
 
 def _settings(name: str):
     """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
-    from camlens.methods import RISE, SSCAM, FastScoreCAM, IntegratedGradients, SmoothGrad
+    from camlens.methods import DFF, RISE, SSCAM, FastScoreCAM, IntegratedGradients, SmoothGrad
 
     small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
-             "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2)}
+             "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2),
+             "dff": DFF(k=2)}
     return small.get(name) or get_method(name)
 
 

@@ -91,6 +91,8 @@ def explain(
             "eigengradcam", "smoothgradcam++";
             "gradcamelementwise" (relu of each position's gradient x activation products);
             "kpcacam" (first kernel principal component of the activations);
+            "dff" (Deep Feature Factorization: NMF concepts of the layer, the explained class's
+            concept shown, every concept's map and top classes in ``Explanation.details``);
             rerunning the model: "scorecam", "sscam",
             "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
             Pixel attributions (no layer; one map per image input, details in
@@ -165,10 +167,9 @@ def explain(
             activations=acts, gradients=grads, extra=extra, token_grid=grid,
             output_index=out_idx[0],
         )
-        raw = cam(access)
+        raw, detail = cam.map_and_details(access)
         size = arrays[site.input_index].shape[1:3]
         shown = finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{cam.name} @ {site.label}")
-        detail: dict[str, Any] = {}
         if cam is not algo:
             attributions, info = algo.attribute(access, cam_maps=shown)
             detail = {"attributions": attributions, "cam": shown, **info}

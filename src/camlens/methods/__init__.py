@@ -10,6 +10,7 @@ import pkgutil as _pkgutil
 from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register, slow_methods
 from .ablationcam import AblationCAM
 from .cam import CAM
+from .dff import DFF
 from .eigencam import EigenCAM, EigenGradCAM
 from .elementwise import GradCAMElementWise
 from .gradcam import GradCAM
@@ -42,6 +43,7 @@ __all__ = [
     "EigenGradCAM",
     "GradCAMElementWise",
     "KPCACAM",
+    "DFF",
     "ScoreCAM",
     "FastScoreCAM",
     "SSCAM",

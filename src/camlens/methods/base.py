@@ -63,6 +63,8 @@ class SiteData:
                   activations, or ``None`` for methods that need none.
     head_weights: ``(N, C)`` for CAM only: for each sample, the weights of the Dense unit of
                   the explained class, the layer after global average pooling.
+    head_kernel:  ``(C, classes)`` that Dense layer's whole kernel, every class's weights (DFF
+                  ranks classes by it); ``None`` where there is none.
     images:       ``(N, H, W, c)`` for methods that run the model again (Score-CAM): the input
                   image each map belongs to, as the model takes it.
     score:        for those methods: ``score(n, batch)`` runs the model on ``batch``, modified
@@ -86,6 +88,7 @@ class SiteData:
     score: Callable[[int, np.ndarray], np.ndarray] | None = None
     score_site: Callable[[int, np.ndarray], np.ndarray] | None = None
     capture: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    head_kernel: np.ndarray | None = None
 
 
 class CAMMethod:
@@ -110,6 +113,11 @@ class CAMMethod:
 
     def __call__(self, data: SiteData) -> np.ndarray:
         raise NotImplementedError
+
+    def map_and_details(self, data: SiteData) -> tuple[np.ndarray, dict]:
+        """The raw map and what the method reports beyond it, for ``Explanation.details``
+        (Deep Feature Factorization: every concept's map); most methods report nothing."""
+        return self(data), {}
 
     def _checked(self, data: SiteData) -> tuple[np.ndarray, np.ndarray | None]:
         acts = np.asarray(data.activations, dtype=np.float32)
