@@ -43,13 +43,14 @@ class _Trip:
 
 def _settings(name: str):
     """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
-    from camlens.methods import RISE, SSCAM, FastScoreCAM, GradientShap, IntegratedGradients, KernelShap, Lime, SmoothGrad
+    from camlens.methods import DFF, RISE, SSCAM, FastScoreCAM, GradientShap, IntegratedGradients, KernelShap, Lime, SmoothGrad
 
     small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
              "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2)}
     small["gradientshap"] = GradientShap(n_samples=2, stdevs=0.1)
     small["lime"] = Lime(n_samples=4, segments="grid", grid=2)
     small["kernelshap"] = KernelShap(n_samples=4, segments="grid", grid=2)
+    small["dff"] = DFF(k=2)
     return small.get(name) or get_method(name)
 
 

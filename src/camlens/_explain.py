@@ -168,10 +168,9 @@ def explain(
             activations=acts, gradients=grads, extra=extra, token_grid=grid,
             output_index=out_idx[0],
         )
-        raw = cam(access)
+        raw, detail = cam.map_and_details(access)
         size = arrays[site.input_index].shape[1:3]
         shown = finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{cam.name} @ {site.label}")
-        detail: dict[str, Any] = {}
         if cam is not algo:
             attributions, info = algo.attribute(access, cam_maps=shown)
             detail = {"attributions": attributions, "cam": shown, **info}

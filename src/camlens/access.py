@@ -94,11 +94,16 @@ class ModelAccess:
                 f"CAM explains a class; the target is {self._target.describe()!r}. Use a class "
                 "target (an index, None, ClassScore or Logit) or method='gradcam'."
             )
-        assert self._node is not None and self._class_idx is not None
+        assert self._class_idx is not None
+        return self.head_kernel[:, self._class_idx].T
+
+    @property
+    def head_kernel(self) -> np.ndarray:
+        """``(C, classes)``: the whole kernel of the Dense layer after global average pooling,
+        every class's weights; ``ValueError`` where the model has no such head."""
+        node = self._site()
         adapter = self._adapter
-        head = cam_head_weights(adapter.graph(), self._node, self._output_index, adapter.layer_role,
-                                adapter.dense_kernel)
-        return head[:, self._class_idx].T
+        return cam_head_weights(adapter.graph(), node, self._output_index, adapter.layer_role, adapter.dense_kernel)
 
     # ------------------------------------------------------------------ rerunning the model
     def _batches(self, batch: np.ndarray) -> Any:

@@ -92,7 +92,8 @@ class Explanation:
         outputs: the model's outputs on the inputs.
         details: per site, what the method reports beyond the map (pixel attributions:
             ``"attributions"`` ``(N, H, W, c)``; Integrated Gradients also
-            ``"completeness_error"``), else empty dicts.
+            ``"completeness_error"``; DFF: ``"concept_maps"``, ``"top_classes"``...), else
+            empty dicts.
         target_spec: the :class:`camlens.targets.Target` object that was explained (``target``
             is its description); the metrics measure it again when given this explanation.
         boxes: for a :class:`~camlens.targets.Detection` target, the box explained in each

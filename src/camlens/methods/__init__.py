@@ -10,12 +10,15 @@ import pkgutil as _pkgutil
 from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, available_methods, get_method, register, slow_methods
 from .ablationcam import AblationCAM
 from .cam import CAM
-from .gradientx import GradientShap, InputXGradient
+from .dff import DFF
 from .eigencam import EigenCAM, EigenGradCAM
+from .elementwise import GradCAMElementWise
 from .fullgrad import FullGrad
+from .gradientx import GradientShap, InputXGradient
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
+from .kpcacam import KPCACAM
 from .layercam import LayerCAM
 from .perturbation import RISE, Occlusion
 from .pixel import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad, guided_gradcam
@@ -41,6 +44,9 @@ __all__ = [
     "LayerCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "GradCAMElementWise",
+    "KPCACAM",
+    "DFF",
     "ScoreCAM",
     "FastScoreCAM",
     "SSCAM",
