@@ -76,6 +76,11 @@ def _settings() -> None:
         fastscorecam=lambda: m.FastScoreCAM(k=8),
     )
     SMOKE_SETTINGS["smoothgradcam++"] = lambda: m.SmoothGradCAMPlusPlus(n_samples=2, seed=0)
+    SMOKE_SETTINGS.update(
+        gradientshap=lambda: m.GradientShap(n_samples=4),
+        lime=lambda: m.Lime(n_samples=16, segments="grid", grid=4),
+        kernelshap=lambda: m.KernelShap(n_samples=16, segments="grid", grid=4),
+    )
 
 
 def describe(method: Any) -> str:

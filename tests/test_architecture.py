@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "camlens.samples", "camlens.registry", "camlens.rules", "camlens._restore")),
     ("adapters", ("camlens.adapters", "camlens.models")),
     ("viz", ("camlens.viz",)),
-    ("library", ("camlens.io", "camlens.access", "camlens._explain", "camlens.explanation",
+    ("library", ("camlens.io", "camlens.access", "camlens._explain", "camlens._visualize", "camlens.explanation",
                  "camlens.features", "camlens.metrics", "camlens.smooth", "camlens.files",
                  "camlens.dataset")),
     ("pages", ("camlens.report",)),

@@ -41,6 +41,8 @@ RUNS = {
     "explain": (["explain", "bundled", "{photos}", "-o", "out"], ["out/results.json", "out/results.csv"]),
     "features": (["features", "bundled", "{photos}", "--layer", "auto", "-o", "out"],
                  ["out/chelsea/index.json", "out/coffee/index.json"]),
+    "visualize": (["visualize", "bundled", "--layer", "head_relu", "--channels", "0-1", "--steps", "3",
+                   "-o", "out/v"], ["out/v/grid.png", "out/v/head_relu-ch-1.png", "out/v/index.json"]),
     "report": (["report", "bundled", "{photos}", "--method", "gradcam", "-o", "out/r.html"], ["out/r.html"]),
     "evaluate": (["evaluate", "bundled", "{photos}", "--method", "gradcam", "--metrics", "average_drop",
                   "--json", "out/e.json"], ["out/e.json"]),
@@ -91,5 +93,7 @@ def test_subcommand_with_bundled_and_a_folder(command, photos, tmp_path, monkeyp
             assert Image.open(tmp_path / "out/run" / r["overlay_file"]).size == (224, 224)
     if command == "layers":
         assert "chosen:" in out
+    if command == "visualize":  # a 224x224 image per channel, as the bundled model takes them
+        assert Image.open(tmp_path / "out/v/head_relu-ch-0.png").size == (224, 224)
     if command == "app":
         assert served

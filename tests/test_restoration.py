@@ -43,10 +43,14 @@ class _Trip:
 
 def _settings(name: str):
     """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
-    from camlens.methods import RISE, SSCAM, FastScoreCAM, IntegratedGradients, SmoothGrad
+    from camlens.methods import DFF, RISE, SSCAM, FastScoreCAM, GradientShap, IntegratedGradients, KernelShap, Lime, SmoothGrad
 
     small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
              "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2)}
+    small["gradientshap"] = GradientShap(n_samples=2, stdevs=0.1)
+    small["lime"] = Lime(n_samples=4, segments="grid", grid=2)
+    small["kernelshap"] = KernelShap(n_samples=4, segments="grid", grid=2)
+    small["dff"] = DFF(k=2)
     return small.get(name) or get_method(name)
 
 
@@ -246,3 +250,61 @@ def test_the_model_is_left_as_it_was(models, kind, name, mode):
     finally:
         _Trip.exc = None
     _same(before, state(model), f"{kind} {name} {mode}")
+
+
+@pytest.mark.filterwarnings("ignore:.*the gradient was zero")  # a random tiny model
+@pytest.mark.parametrize("mode", ["success", "layer raises", "interrupt", "bad channel"])
+@pytest.mark.parametrize("kind", ["torch", "keras", "keras-subclassed"])
+def test_visualize_leaves_the_model_as_it_was(models, kind, mode):
+    """``camlens.visualize`` (its own adapter call, ``activation_gradients``) and its class
+    logits (``input_gradients`` with the softmax skipped) put everything back."""
+    if kind == "torch" and os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
+        pytest.skip("native torch does not depend on the Keras backend: checked in the torch run")
+    model = models[kind]
+    state = _torch_state if kind == "torch" else _keras_state
+    before = state(model)
+    size = (8, 8) if kind == "torch" else None
+    try:
+        if mode == "success":
+            vis = camlens.visualize(model, LAYER[kind], [0, 3], size=size, steps=3, jitter=1)
+            assert np.isfinite(vis.images).all() and vis.objectives.shape == (3, 2)
+            camlens.visualize(model, classes=[1], size=size, steps=2)
+        elif mode == "bad channel":
+            with pytest.raises(ValueError, match="channel 4 is out of range"):
+                camlens.visualize(model, LAYER[kind], [4], size=size, steps=2)
+        else:
+            _Trip.exc = Tripped if mode == "layer raises" else KeyboardInterrupt
+            with pytest.raises(Tripped if mode == "layer raises" else KeyboardInterrupt):
+                camlens.visualize(model, LAYER[kind], [0], size=size, steps=2)
+    finally:
+        _Trip.exc = None
+    _same(before, state(model), f"{kind} visualize {mode}")
+
+
+@pytest.mark.filterwarnings("ignore:.*the gradient was zero")
+@pytest.mark.parametrize("kind", ["torch", "keras"])
+def test_visualize_leaves_the_model_as_it_was_after_a_real_ctrl_c(models, kind):
+    """A real SIGINT at a few points of a run (tests/interrupts.py), not a raise from a layer."""
+    import random
+
+    from camlens import _restore
+    from interrupts import run_interrupted
+
+    if kind == "torch" and os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
+        pytest.skip("native torch does not depend on the Keras backend: checked in the torch run")
+    model = models[kind]
+    state = _torch_state if kind == "torch" else _keras_state
+    size = (8, 8) if kind == "torch" else None
+
+    def call():
+        camlens.visualize(model, LAYER[kind], [0, 1], size=size, steps=2, jitter=1)
+
+    call()
+    before = state(model)
+    total, _ = run_interrupted(call, None)
+    interrupted = 0
+    for n in sorted(random.Random(0).sample(range(1, total + 1), 3)):
+        interrupted += run_interrupted(call, n)[1]
+        _same(before, state(model), f"{kind} visualize, SIGINT at point {n} of {total}")
+        assert not _restore._State.depth and not _restore.held_signals()
+    assert interrupted == 3 and total > 100

@@ -137,3 +137,29 @@ def test_torch_copies_go_back_as_channels_first_tensors():
     mirrored = camlens.explain(net, torch.flip(x, dims=[3]), "gradcam", target=1, layer="1").maps[0]
     assert exp.maps[0].shape == (1, 3, 8)
     np.testing.assert_allclose(exp.maps[0], (base + mirrored[..., ::-1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_multiply_matches_a_manual_average_of_flips_and_factors():
+    keras.utils.set_random_seed(7)
+    inp = keras.Input((8, 8, 2))
+    a = L.Conv2D(3, 3, padding="same", activation="relu", name="conv")(inp)
+    model = keras.Model(inp, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(a)))
+    k, _ = model.get_layer("conv").get_weights()
+    model.get_layer("conv").set_weights([k, np.array([0.5, -0.3, 0.2], "float32")])  # not homogeneous
+    x = np.random.default_rng(8).standard_normal((2, 8, 8, 2)).astype(np.float32)
+    exp = tta(model, x, "gradcam", flips=True, multiply=(0.5, 3.0), layer="conv", target=[0, 1])
+    runs = []
+    for flip in (False, True):
+        for factor in (1.0, 0.5, 3.0):  # 1.0 is always in
+            m = camlens.explain(model, transform(x, flip) * factor, "gradcam", layer="conv", target=[0, 1]).map
+            runs.append(untransform(m, flip)[0])
+    np.testing.assert_allclose(exp.map, np.mean(runs, axis=0), atol=1e-6)
+    # the factors matter on this model (biases before the relu): without them the map differs
+    assert not np.allclose(exp.map, tta(model, x, "gradcam", flips=True, layer="conv", target=[0, 1]).map, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "x"])
+def test_multiply_refuses_non_positive_factors(bad):
+    model = position_net(4, np.ones((4, 4, 1)))
+    with pytest.raises(ValueError, match="multiply must hold positive numbers"):
+        tta(model, np.ones((1, 4, 4, 1), np.float32), "hirescam", multiply=(bad,), layer="conv")

@@ -16,6 +16,7 @@ from .features import FeatureMaps, feature_maps
 from .graph import LayerReport
 from .methods import available_methods
 from .smooth import tta
+from ._visualize import Visualization, visualize
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,8 @@ __all__ = [
     "Site",
     "feature_maps",
     "FeatureMaps",
+    "visualize",
+    "Visualization",
     "tta",
     "LayerReport",
     "available_methods",

@@ -87,17 +87,21 @@ def explain(
             take ``(N, C, H, W)`` tensors or arrays.
         method: a name from ``camlens.methods.available_methods()`` or a
             ``camlens.methods.CAMMethod`` instance with its own settings
-            (``ScoreCAM(batch_size=8)``, ``IntegratedGradients(steps=128)``). Layer methods:
-            "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam",
-            "eigengradcam", "smoothgradcam++", "finercam" (Grad-CAM of the class's logit minus
-            0.6 x the mean logit of its 3 nearest classes); rerunning the model: "scorecam", "sscam",
-            "iscam", "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun).
-            Pixel attributions (no layer; one map per image input, details in
-            ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
-            "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
-            the layer's Grad-CAM). Vision transformers (no layer; a map on the patch grid;
-            Keras MultiHeadAttention, timm, torch MultiheadAttention, Hugging Face ViT):
-            "rollout" (attention rollout), "legrad" (attention gradients).
+            (``ScoreCAM(batch_size=8)``, ``IntegratedGradients(steps=128)``); README's
+            "Methods" groups them by family. Layer methods from gradients: "cam", "gradcam",
+            "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
+            "gradcamelementwise", "finercam" (the class against its nearest classes),
+            "smoothgradcam++"; from activations only: "eigencam", "kpcacam", "dff" (concepts by
+            non-negative factorisation); rerunning the model: "scorecam", "sscam", "iscam",
+            "fastscorecam", "ablationcam" (only the layers after ``layer`` rerun). Pixel
+            attributions (no layer; one map per image input, details in
+            ``Explanation.details``): from input gradients "saliency", "smoothgrad",
+            "integratedgradients", "inputxgradient", "gradientshap", "guidedbackprop",
+            "guidedgradcam" (Guided Backprop times the layer's Grad-CAM), "fullgrad" (plus the
+            gradient at every convolution and batch-norm bias); relevance propagation "lrp",
+            "deeplift"; from reruns "occlusion", "rise", "lime", "kernelshap" (superpixels).
+            Vision transformers: "rollout", "legrad" (attention maps of every block; Keras
+            MultiHeadAttention, timm, torch MultiheadAttention, Hugging Face ViT).
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable
@@ -176,10 +180,9 @@ def explain(
             activations=acts, gradients=grads, extra=extra, token_grid=grid,
             output_index=out_idx[0],
         )
-        raw = cam(access)
+        raw, detail = cam.map_and_details(access)
         size = arrays[site.input_index].shape[1:3]
         shown = finish_maps(raw, (int(size[0]), int(size[1])), normalize, f"{cam.name} @ {site.label}")
-        detail: dict[str, Any] = {}
         if cam is not algo:
             attributions, info = algo.attribute(access, cam_maps=shown)
             detail = {"attributions": attributions, "cam": shown, **info}

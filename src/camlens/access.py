@@ -5,8 +5,8 @@ declares ``needs_gradients``) and hands every method one ``ModelAccess`` per cal
 methods) or per image input (pixel methods). Everything else a method may ask for is computed
 only when it asks: the model's scores on modified copies of an image, the scores with the
 layer's activations replaced (only the layers after it rerun), activations and gradients of
-modified copies, input gradients plain or under the Guided Backpropagation rule, and CAM's
-head weights. So a method declares no flags for them, and a new method is one file.
+modified copies, input gradients plain or under the Guided Backpropagation rule, CAM's
+head weights, and FullGrad's gradients at every layer with a bias. So a method declares no flags for them, and a new method is one file.
 
 The same attribute names are what :class:`camlens.methods.SiteData` and
 :class:`camlens.methods.PixelData` hold as given arrays and callables, for tests of methods
@@ -75,6 +75,7 @@ class ModelAccess:
         self._token_grid = token_grid
         self._output_index = output_index
         self._site_scorers: dict[int, Callable[[np.ndarray], np.ndarray]] = {}
+        self._bias_nodes: list[tuple[GraphNode, np.ndarray, str]] | None = None
         self.activations = activations
         self.gradients = gradients
 
@@ -93,11 +94,16 @@ class ModelAccess:
                 f"CAM explains a class; the target is {self._target.describe()!r}. Use a class "
                 "target (an index, None, ClassScore or Logit) or method='gradcam'."
             )
-        assert self._node is not None and self._class_idx is not None
+        assert self._class_idx is not None
+        return self.head_kernel[:, self._class_idx].T
+
+    @property
+    def head_kernel(self) -> np.ndarray:
+        """``(C, classes)``: the whole kernel of the Dense layer after global average pooling,
+        every class's weights; ``ValueError`` where the model has no such head."""
+        node = self._site()
         adapter = self._adapter
-        head = cam_head_weights(adapter.graph(), self._node, self._output_index, adapter.layer_role,
-                                adapter.dense_kernel)
-        return head[:, self._class_idx].T
+        return cam_head_weights(adapter.graph(), node, self._output_index, adapter.layer_role, adapter.dense_kernel)
 
     # ------------------------------------------------------------------ rerunning the model
     def _batches(self, batch: np.ndarray) -> Any:
@@ -133,6 +139,56 @@ class ModelAccess:
             scores.append(s)
             grads.append(g)
         return np.concatenate(scores), np.concatenate(grads)
+
+    def bias_gradients(self, n: int, batch: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """FullGrad's bias terms for ``batch`` ``(B, H, W, c)`` copies of sample ``n``'s image,
+        for sample ``n``'s target: for every call site of a convolution or batch normalisation
+        that adds a bias (``adapter.layer_bias``) computed from this image input, in graph
+        order, ``(site label, bias (C,), gradient of the score with respect to the layer's
+        output before its activation (B, h, w, C))``; one backward pass per part of ``batch``."""
+        sites = self._bias_sites()
+        if not sites:
+            return []
+        pin = self._target.for_sample(n, self._class_idx)
+        grads: list[list[np.ndarray]] = [[] for _ in sites]
+        for part in self._batches(batch):
+            got = self._adapter.capture(pinned(self._arrays, n, self._which, part),
+                                        [node for node, _, _ in sites], pin).sites
+            for k, ((_, _, act), site) in enumerate(zip(sites, got)):
+                assert site.gradients is not None
+                g = site.gradients
+                # a relu applied by the layer itself: its output is positive exactly where the
+                # value before it is, and the gradient passes there only
+                grads[k].append(g * (site.activations > 0) if act == "relu" else g)
+        return [(node.label, bias, np.concatenate(g)) for (node, bias, _), g in zip(sites, grads)]
+
+    def _bias_sites(self) -> list[tuple[GraphNode, np.ndarray, str]]:
+        if self._bias_nodes is None:
+            graph = self._adapter.graph()
+            anc = graph.input_ancestry()
+            found = []
+            for node in graph.nodes:
+                if node.is_input or self._which not in anc[node.id]:
+                    continue
+                got = self._adapter.layer_bias(node)
+                if got is None:
+                    continue
+                bias, act = got
+                if node.unusable is not None:
+                    raise ValueError(f"layer {node.label!r} adds a bias that FullGrad needs, but its "
+                                     f"output cannot be read: {node.unusable}")
+                if act not in ("linear", "relu"):
+                    raise ValueError(
+                        f"layer {node.label!r} applies activation {act!r} after its bias; FullGrad "
+                        "needs the gradient before it: build the layer with activation=None and "
+                        "add the activation as a layer of its own"
+                    )
+                if node.shape is None or len(node.shape) != 3 or node.shape[-1] not in (None, len(bias)):
+                    raise ValueError(f"layer {node.label!r} has output shape {node.shape}; FullGrad "
+                                     f"reads one map per channel of its {len(bias)} biases")
+                found.append((node, np.asarray(bias, dtype=np.float64), act))
+            self._bias_nodes = found
+        return self._bias_nodes
 
     # ------------------------------------------------------------------ at the call site
     def _site(self) -> GraphNode:

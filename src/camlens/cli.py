@@ -1,5 +1,6 @@
 """The ``camlens`` command: ``camlens demo``, ``camlens explain MODEL IMAGE...``,
-``camlens features MODEL IMAGE...``, ``camlens layers MODEL``, ``camlens report MODEL IMAGE...``,
+``camlens features MODEL IMAGE...``, ``camlens visualize MODEL --layer L --channels 0-15``,
+``camlens layers MODEL``, ``camlens report MODEL IMAGE...``,
 ``camlens evaluate MODEL IMAGE...``, ``camlens run MODEL SOURCE... -o OUT`` (a data set into a
 Parquet table), ``camlens app [MODEL]`` and ``camlens --version``.
 
@@ -174,6 +175,29 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--out", default="camlens-features",
                    help="output folder (default camlens-features); for several images one "
                         "subfolder per image")
+
+    v = sub.add_parser("visualize", help="synthesise the images that maximise channels of a layer "
+                                         "(or class logits): feature visualization")
+    v.add_argument("model", help=_MODEL)
+    v.add_argument("--size", type=_parse_size, default=None, help=_SIZE)
+    _preprocess_arg(v)
+    _backend_arg(v)
+    _batch_size_arg(v)
+    v.add_argument("--layer", default=None, help="the layer whose channels to visualize (a layer path)")
+    v.add_argument("--channels", default=None, help="channels, e.g. 0-15 or 0,4,8-11")
+    v.add_argument("--classes", default=None, help="class indices for their logits instead of a layer, e.g. 1,207")
+    v.add_argument("--position", type=_parse_size, default=None,
+                   help="Y,X on the layer's map: maximise that neuron instead of the channel's mean")
+    v.add_argument("--steps", type=int, default=256, help="gradient ascent steps (default 256)")
+    v.add_argument("--lr", type=float, default=0.05, help="Adam step size (default 0.05)")
+    v.add_argument("--param", choices=("fourier", "pixels"), default="fourier",
+                   help="image parametrisation (default fourier, decorrelated colour)")
+    v.add_argument("--jitter", type=int, default=8, help="random shift per step in pixels (default 8)")
+    v.add_argument("--blur-every", type=int, default=0, help="blur the image every N steps (default 0: never)")
+    v.add_argument("--tv", type=float, default=0.0, help="total-variation penalty weight (default 0)")
+    v.add_argument("--l2", type=float, default=0.0, help="L2 penalty weight (default 0)")
+    v.add_argument("--seed", type=int, default=0, help="random start and shifts (default 0)")
+    v.add_argument("-o", "--out", default="camlens-visualize", help="output folder (default camlens-visualize)")
 
     r = sub.add_parser("report", help="one self-contained HTML page: overlays per method, top "
                                       "classes, layers, optional faithfulness metrics")
@@ -493,6 +517,46 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return _skipped(failed)
 
 
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from ._visualize import parse_channels, visualize
+
+    if args.classes is None and (args.layer is None or args.channels is None):
+        raise UsageError("give --layer and --channels (e.g. --layer conv2d --channels 0-15), or --classes")
+    if args.classes is not None and (args.layer is not None or args.channels is not None):
+        raise UsageError("give --classes or --layer with --channels, not both")
+    try:
+        channels = None if args.channels is None else parse_channels(args.channels)
+        classes = None if args.classes is None else parse_channels(args.classes)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("channels ", "--channels " if args.classes is None else "--classes ", 1)) from None
+    _output_folder(args.out)
+    if args.model == "bundled":
+        from .models.efficientnet_lite import MEAN_RGB, STDDEV_RGB
+
+        lite = _bundled_model(args)
+        model, size = lite.model, None
+
+        def prep(x: Any) -> Any:  # the bundled model's pixel scaling, without its resize and crop
+            return (x - MEAN_RGB) / STDDEV_RGB
+    else:
+        model = _load_model(args.model)
+        size, _ = _input_geometry(model, args.size, "camlens.visualize(model, ...)", args.command)
+        if None in size:
+            raise UsageError("this model has no input size of its own: give --size HEIGHT,WIDTH, e.g. --size 224")
+        prep = args.preprocess
+    vis = visualize(model, args.layer, channels, classes=classes, position=args.position,
+                    size=None if size is None else tuple(size), preprocess=prep,
+                    steps=args.steps, lr=args.lr, param=args.param, jitter=args.jitter,
+                    blur_every=args.blur_every, tv=args.tv, l2=args.l2, seed=args.seed,
+                    batch_size=args.batch_size)
+    written = vis.save(args.out)
+    gain = vis.final - vis.objectives[0]
+    print(f"{len(vis)} image(s) after {args.steps} steps; the objective rose by {float(gain.mean()):.4g} "
+          f"on average ({float(gain.min()):.4g} at least)")
+    print(f"wrote grid.png, {len(written) - 2} image(s) and index.json to {args.out}/")
+    return 0
+
+
 def _cmd_app(args: argparse.Namespace) -> int:
     if args.model == "bundled":
         args.model = None
@@ -717,6 +781,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "explain": _cmd_explain,
     "demo": _cmd_demo,
     "features": _cmd_features,
+    "visualize": _cmd_visualize,
     "report": _cmd_report,
     "evaluate": _cmd_evaluate,
     "run": _cmd_run,

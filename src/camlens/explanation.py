@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -16,7 +17,7 @@ from .io import safe_name
 from ._args import warn
 
 __all__ = ["Site", "Explanation", "SPACE_WORDS", "score_text", "few_values", "is_probability",
-           "class_probabilities"]
+           "class_probabilities", "fuse_maps", "FUSIONS"]
 
 #: How every place that shows a score says what it is (the Explanation's summary, the report,
 #: the metric results): the space's name, in these words.
@@ -91,7 +92,8 @@ class Explanation:
         outputs: the model's outputs on the inputs.
         details: per site, what the method reports beyond the map (pixel attributions:
             ``"attributions"`` ``(N, H, W, c)``; Integrated Gradients also
-            ``"completeness_error"``), else empty dicts.
+            ``"completeness_error"``; DFF: ``"concept_maps"``, ``"top_classes"``...), else
+            empty dicts.
         target_spec: the :class:`camlens.targets.Target` object that was explained (``target``
             is its description); the metrics measure it again when given this explanation.
         boxes: for a :class:`~camlens.targets.Detection` target, the box explained in each
@@ -170,6 +172,46 @@ class Explanation:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def fused(self, how: str = "max", normalize: str = "minmax") -> "Explanation":
+        """The maps of every call site of each input fused into one map per image, as
+        torchcam's ``fuse_cams`` does: each site's raw map scaled to ``[0, 1]`` per image,
+        resized bilinearly to the largest height and width among them, and combined
+        element-wise by ``how``, ``"max"`` (torchcam's) or ``"mean"``.
+
+        Returns an Explanation with one site per model input (labelled by the fused sites'
+        labels joined by ``+``), whose ``raw_maps`` are the fused maps at that resolution and
+        ``maps`` them resized to the input and scaled by ``normalize``; ``details`` say which
+        sites were fused and how. An input with one site keeps it as it is. torchcam's
+        LayerCAM also passes each map through ``tanh(2 x)`` before fusing; this does not, for
+        any method.
+        """
+        if how not in FUSIONS:
+            raise ValueError(f"how must be one of {', '.join(map(repr, FUSIONS))}; got {how!r}")
+        groups: dict[int, list[int]] = {}
+        for k, s in enumerate(self.sites):
+            groups.setdefault(s.input_index, []).append(k)
+        maps, raws, sites, details = [], [], [], []
+        for which, ks in groups.items():
+            if len(ks) == 1:
+                k = ks[0]
+                maps.append(self.maps[k])
+                raws.append(self.raw_maps[k])
+                sites.append(self.sites[k])
+                details.append(self.details[k] if k < len(self.details) else {})
+                continue
+            labels = [self.sites[k].label for k in ks]
+            raw = fuse_maps([self.raw_maps[k] for k in ks], how)
+            size = self.maps[ks[0]].shape[1:3]
+            maps.append(finish_maps(raw, (int(size[0]), int(size[1])), normalize,
+                                    f"{self.method} fused over {', '.join(labels)}"))
+            raws.append(raw)
+            sites.append(Site("+".join(labels), 0, which, tuple(raw.shape[1:3])))
+            details.append({"fused": labels, "how": how})
+        return dataclasses.replace(
+            self, maps=maps, raw_maps=raws, sites=sites, details=details,
+            reason=f"{self.reason}; fused by {how} per input",
+        )
 
     def _images_for(self, site: Site, images: Any) -> np.ndarray:
         if images is None:
@@ -346,6 +388,29 @@ class Explanation:
         viz.write_atomic(out / "explanation.json", json.dumps(meta, indent=2))
         written.append(out / "explanation.json")
         return written
+
+
+#: how :meth:`Explanation.fused` combines the maps of several call sites
+FUSIONS = ("max", "mean")
+
+
+def fuse_maps(raw_maps: Sequence[np.ndarray], how: str = "max") -> np.ndarray:
+    """One ``(N, h, w)`` map from the ``(N, h_k, w_k)`` maps of several call sites: each scaled
+    to ``[0, 1]`` per image (a constant map becomes 0), resized bilinearly to the largest
+    ``h_k`` and the largest ``w_k``, combined element-wise by ``how`` (``"max"`` or
+    ``"mean"``)."""
+    if how not in FUSIONS:
+        raise ValueError(f"how must be one of {', '.join(map(repr, FUSIONS))}; got {how!r}")
+    if not raw_maps:
+        raise ValueError("no maps to fuse")
+    h = max(int(m.shape[1]) for m in raw_maps)
+    w = max(int(m.shape[2]) for m in raw_maps)
+    with warnings.catch_warnings():
+        # a constant map was said when it was made
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scaled = [viz.resize_bilinear(viz.normalize(np.asarray(m, dtype=np.float64)), (h, w)) for m in raw_maps]
+    stack = np.stack(scaled)
+    return (stack.max(axis=0) if how == "max" else stack.mean(axis=0)).astype(np.float32)
 
 
 def finish_maps(

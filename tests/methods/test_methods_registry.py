@@ -23,7 +23,7 @@ def test_gradcampp_spellings(spelling: str) -> None:
 def test_unknown_name_lists_suggestions() -> None:
     with pytest.raises(ValueError, match="Did you mean.*'gradcam'") as info:
         get_method("gradcan")
-    assert "Available: ablationcam, cam, eigencam" in str(info.value)
+    assert "Available: ablationcam, cam, " in str(info.value)  # sorted, whatever else is registered
 
 
 def test_method_instance_is_passed_through() -> None:
@@ -32,8 +32,9 @@ def test_method_instance_is_passed_through() -> None:
 
 
 SHIPPED = [
-    "ablationcam", "cam", "eigencam", "eigengradcam", "fastscorecam", "gradcam", "gradcam++",
-    "guidedbackprop", "guidedgradcam", "hirescam", "integratedgradients", "iscam", "layercam",
+    "ablationcam", "cam", "dff", "eigencam", "eigengradcam", "fastscorecam", "gradcam", "gradcam++",
+    "gradcamelementwise", "guidedbackprop", "guidedgradcam", "hirescam", "integratedgradients", "iscam",
+    "kpcacam", "layercam",
     "occlusion", "rise", "saliency", "scorecam", "smoothgrad", "smoothgradcam++", "sscam",
     "xgradcam",
 ]
@@ -68,3 +69,18 @@ def test_doctests(module_name: str) -> None:
     # base.py holds the shared machinery only; every module defining a method has an example.
     if any(cls.__module__ == module.__name__ for cls in _REGISTRY.values()):
         assert result.attempted > 0
+
+
+def test_readme_method_tables_list_every_shipped_method_once() -> None:
+    """The README's "Methods" section has one table row per shipped method: a method added
+    without its row (paper, what it needs) fails here."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("\n## Methods\n"):]
+    section = section[: section.index("\n## ", 1)]
+    rows = re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
+    shipped = [m for m in available_methods() if not m.startswith("test-")]
+    assert sorted(rows) == sorted(set(rows)), "a method has two rows"
+    assert sorted(rows) == shipped

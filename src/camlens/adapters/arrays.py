@@ -126,12 +126,19 @@ class FunctionModel:
     def dense_kernel(self, node: GraphNode) -> np.ndarray:
         raise self._no("layers")
 
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        return None
+
     def site_scorer(self, inputs: list[np.ndarray], node: GraphNode, target: Target) -> Any:
         raise self._no("layers")
 
     def input_gradients(self, inputs: list[np.ndarray], which: int, target: Target,
                         rule: Any = None) -> tuple[np.ndarray, np.ndarray]:
         raise self._no("gradients")
+
+    def activation_gradients(self, inputs: list[np.ndarray], node: GraphNode,
+                             weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise self._no("layers")
 
     def can_probe(self, node: GraphNode) -> bool:
         return False
@@ -144,7 +151,7 @@ class Recorder:
     """Any adapter, with every call camlens makes of it logged in :attr:`calls` as
     ``(method name, batch size)`` (``capture`` also with the number of call sites)."""
 
-    _LOGGED = ("forward", "score", "input_gradients", "site_scorer")
+    _LOGGED = ("forward", "score", "input_gradients", "site_scorer", "activation_gradients")
 
     def __init__(self, adapter: ModelAdapter) -> None:
         self._adapter = adapter

@@ -90,6 +90,14 @@ class ModelAdapter(Protocol):
         """The ``(in, out)`` weights of a node whose role is "dense"."""
         ...
 
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        """For FullGrad: of a convolution or batch normalisation, the ``(C,)`` bias it adds to
+        each output channel (batch normalisation's effective bias at inference,
+        ``beta - mean * gamma / sqrt(var + eps)``) and the name of the activation the layer
+        applies after it ("linear" where none); ``None`` for any other layer and one without a
+        bias."""
+        ...
+
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray: ...
 
     def site_scorer(
@@ -99,6 +107,15 @@ class ModelAdapter(Protocol):
     def input_gradients(
         self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def activation_gradients(
+        self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[0] (N, H, W, c))`` for the score of each sample
+        ``sum(A * weights)``, ``A`` the channels-last output of call site ``node`` and
+        ``weights`` of its shape with the batch axis: a channel's mean, one neuron, any
+        direction (feature visualization)."""
+        ...
 
     # ---- what the model is like (capabilities: code outside adapters/ never asks "which framework")
     #: the model has no input size of its own (a native torch module): shapes come from an input

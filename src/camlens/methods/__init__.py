@@ -11,14 +11,20 @@ from .base import CAMMethod, PixelData, PixelMethod, SiteData, WeightedCAM, avai
 from .ablationcam import AblationCAM
 from .attention import LeGrad, Rollout
 from .cam import CAM
+from .dff import DFF
 from .eigencam import EigenCAM, EigenGradCAM
 from .finercam import FinerCAM
+from .elementwise import GradCAMElementWise
+from .fullgrad import FullGrad
+from .gradientx import GradientShap, InputXGradient
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus, SmoothGradCAMPlusPlus
 from .hirescam import HiResCAM
+from .kpcacam import KPCACAM
 from .layercam import LayerCAM
 from .perturbation import RISE, Occlusion
 from .pixel import GuidedBackprop, GuidedGradCAM, IntegratedGradients, Saliency, SmoothGrad, guided_gradcam
+from .surrogate import KernelShap, Lime
 from .scorecam import ISCAM, SSCAM, FastScoreCAM, ScoreCAM
 from .xgradcam import XGradCAM
 
@@ -40,6 +46,9 @@ __all__ = [
     "LayerCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "GradCAMElementWise",
+    "KPCACAM",
+    "DFF",
     "ScoreCAM",
     "FastScoreCAM",
     "SSCAM",
@@ -57,6 +66,11 @@ __all__ = [
     "Rollout",
     "LeGrad",
     "FinerCAM",
+    "InputXGradient",
+    "GradientShap",
+    "Lime",
+    "KernelShap",
+    "FullGrad",
 ]
 
 for _info in _pkgutil.iter_modules(__path__):

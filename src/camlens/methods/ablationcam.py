@@ -43,7 +43,8 @@ class AblationCAM(WeightedCAM):
     name = "ablationcam"
     needs_gradients = False
 
-    def __init__(self, batch_size: int = 8, ablation_value: float = 0.0) -> None:
+    def __init__(self, batch_size: int = 8, ablation_value: float = 0.0, eigen_smooth: bool = False) -> None:
+        super().__init__(eigen_smooth)
         self.batch_size = positive_int(self.name, "batch_size", batch_size)
         self.ablation_value = float(ablation_value)
 

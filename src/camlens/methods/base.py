@@ -34,6 +34,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from ..registry import Registry
+from ._principal import principal_maps
 from .._args import warn
 
 __all__ = [
@@ -62,6 +63,8 @@ class SiteData:
                   activations, or ``None`` for methods that need none.
     head_weights: ``(N, C)`` for CAM only: for each sample, the weights of the Dense unit of
                   the explained class, the layer after global average pooling.
+    head_kernel:  ``(C, classes)`` that Dense layer's whole kernel, every class's weights (DFF
+                  ranks classes by it); ``None`` where there is none.
     images:       ``(N, H, W, c)`` for methods that run the model again (Score-CAM): the input
                   image each map belongs to, as the model takes it.
     score:        for those methods: ``score(n, batch)`` runs the model on ``batch``, modified
@@ -85,6 +88,7 @@ class SiteData:
     score: Callable[[int, np.ndarray], np.ndarray] | None = None
     score_site: Callable[[int, np.ndarray], np.ndarray] | None = None
     capture: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    head_kernel: np.ndarray | None = None
 
 
 class CAMMethod:
@@ -110,6 +114,11 @@ class CAMMethod:
     def __call__(self, data: SiteData) -> np.ndarray:
         raise NotImplementedError
 
+    def map_and_details(self, data: SiteData) -> tuple[np.ndarray, dict]:
+        """The raw map and what the method reports beyond it, for ``Explanation.details``
+        (Deep Feature Factorization: every concept's map); most methods report nothing."""
+        return self(data), {}
+
     def _checked(self, data: SiteData) -> tuple[np.ndarray, np.ndarray | None]:
         acts = np.asarray(data.activations, dtype=np.float32)
         if acts.ndim != 4:
@@ -129,7 +138,20 @@ class CAMMethod:
 
 
 class WeightedCAM(CAMMethod):
-    """Methods of the form ``relu(sum_c w[n, c] * A[n, :, :, c])``: only the weights differ."""
+    """Methods of the form ``relu(sum_c w[n, c] * A[n, :, :, c])``: only the weights differ.
+
+    ``eigen_smooth=True`` (pytorch-grad-cam's ``eigen_smooth``): the weighted activations
+    ``w[n, c] A[n, :, :, c]`` are projected onto their first principal component instead of
+    summed over channels (Eigen-CAM's map of them, :func:`camlens.methods.eigencam.principal_maps`:
+    centred per channel, relu), which keeps the dominant pattern and drops noise. One deliberate
+    difference: pytorch-grad-cam keeps the arbitrary sign of the SVD; camlens orients the
+    projection to correlate positively with the channel sum, i.e. with the unsmoothed map.
+    """
+
+    def __init__(self, eigen_smooth: bool = False) -> None:
+        if not isinstance(eigen_smooth, (bool, np.bool_)):
+            raise TypeError(f"{self.name}: eigen_smooth must be True or False; got {eigen_smooth!r}")
+        self.eigen_smooth = bool(eigen_smooth)
 
     def weights(self, acts: np.ndarray, grads: np.ndarray | None, data: SiteData) -> np.ndarray:
         """Channel weights ``(N, C)``."""
@@ -138,6 +160,8 @@ class WeightedCAM(CAMMethod):
     def __call__(self, data: SiteData) -> np.ndarray:
         acts, grads = self._checked(data)
         w = self.weights(acts, grads, data).astype(np.float32)
+        if getattr(self, "eigen_smooth", False):
+            return principal_maps(acts.astype(np.float64) * w[:, None, None, :], self.name)
         return np.maximum(np.einsum("nhwc,nc->nhw", acts, w), 0.0).astype(np.float32)
 
 
@@ -155,12 +179,17 @@ class PixelData:
               needs none.
     guided_gradient: as ``gradient`` with the Guided Backpropagation rule on every ReLU
               (only negative gradients and negative inputs stopped), for Guided Backprop.
+    bias_gradients: for FullGrad, ``bias_gradients(n, batch)`` -> a list, one entry per call
+              site of a layer that adds a bias per channel (convolution, batch normalisation),
+              of ``(label, bias (C,), grads (B, h, w, C))``: the gradient of the score with
+              respect to the layer's output before its activation.
     """
 
     images: np.ndarray
     score: Callable[[int, np.ndarray], np.ndarray]
     gradient: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
     guided_gradient: Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    bias_gradients: Callable[[int, np.ndarray], list[tuple[str, np.ndarray, np.ndarray]]] | None = None
 
 
 class PixelMethod(CAMMethod):

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._principal import orient, principal_maps
 from .base import CAMMethod, SiteData, register
 
-
-def _principal_projection(m: np.ndarray) -> np.ndarray:
-    """``(h, w, C)`` -> ``(h, w)``: the positions projected on the first principal direction."""
-    h, w, c = m.shape
-    flat = m.reshape(h * w, c)
-    centered = flat - flat.mean(axis=0)
-    # Exactly zero for constant inputs (see _PrincipalComponentCAM.__call__), where any
-    # singular vector would be arbitrary.
-    if not centered.any():
-        return np.zeros((h, w))
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    proj = centered @ vt[0]
-    ref = flat.sum(axis=1)
-    ref = ref - ref.mean()
-    corr = float(proj @ ref)
-    # The tolerance keeps rounding noise from choosing the sign when the correlation is 0.
-    if abs(corr) > 1e-9 * np.linalg.norm(proj) * np.linalg.norm(ref):
-        sign = np.sign(corr)
-    else:
-        sign = np.sign(proj[np.argmax(np.abs(proj))])
-    return (sign * proj).reshape(h, w)
+__all__ = ["EigenCAM", "EigenGradCAM", "orient", "principal_maps"]
 
 
 class _PrincipalComponentCAM(CAMMethod):
@@ -40,14 +21,9 @@ class _PrincipalComponentCAM(CAMMethod):
         for label, arr in (("activations", acts), ("gradients", grads)):
             if arr is not None and not np.isfinite(arr).all():
                 raise ValueError(f"{self.name}: the {label} contain NaN or inf")
-        # float64 makes float32 products exact and the mean of a constant channel exactly
-        # that constant, so a constant input centres to exact zeros.
+        # float64 before the product: float32 products are then exact
         grads64 = None if grads is None else grads.astype(np.float64)
-        m = self._matrix(acts.astype(np.float64), grads64)
-        out = np.zeros(m.shape[:3], dtype=np.float32)
-        for n in range(m.shape[0]):
-            out[n] = np.maximum(_principal_projection(m[n]), 0.0)
-        return out
+        return principal_maps(self._matrix(acts.astype(np.float64), grads64), self.name)
 
 
 _SHARED_DOC = """

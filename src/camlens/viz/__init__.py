@@ -8,7 +8,7 @@ imported only by the functions that use them, so importing this package stays ch
 from .color import colorize, draw_boxes, overlay, to_rgb_uint8
 from .figures import figure_to_png_bytes, panel, save_png, write_atomic
 from .grid import (RANKS, STYLES, dead_channels, feature_grid, feature_grid_array, feature_overview,
-                   rank_channels, standardize)
+                   image_grid, rank_channels, standardize)
 from .._image import NORMALIZE_MODES, normalize, resize_bilinear
 from .encode import data_uri
 
@@ -32,5 +32,6 @@ __all__ = [
     "feature_grid",
     "feature_grid_array",
     "feature_overview",
+    "image_grid",
     "data_uri",
 ]

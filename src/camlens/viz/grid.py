@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["RANKS", "STYLES", "rank_channels", "dead_channels", "standardize", "feature_grid_array",
-           "feature_grid", "feature_overview"]
+           "feature_grid", "feature_overview", "image_grid"]
 
 #: how channels are ordered: by mean or peak activation (highest first), or by channel index
 RANKS = ("mean", "max", "index")
@@ -291,4 +291,53 @@ def feature_overview(
             0.01, top + 0.05 / height, f"{label}  ({_shape_text(acts.shape)})  ch {chans}{more}{off}",
             ha="left", va="bottom", fontsize=8,
         )
+    return fig
+
+
+def image_grid(
+    images: np.ndarray,
+    labels: list[str] | None = None,
+    *,
+    title: str = "",
+    columns: int | None = None,
+) -> Figure:
+    """A figure of ``(N, H, W, 3)`` uint8 RGB images as one mosaic, laid out and labelled as
+    :func:`feature_grid` lays out channels (``labels[k]`` in the corner of tile ``k``): the
+    images of :func:`camlens.visualize`, one per unit."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    imgs = np.asarray(images)
+    if imgs.ndim != 4 or imgs.shape[-1] != 3 or imgs.dtype != np.uint8 or 0 in imgs.shape:
+        raise ValueError(f"images must be a non-empty (N, H, W, 3) uint8 array; got {imgs.dtype} {imgs.shape}")
+    n, h, w, _ = imgs.shape
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} images")
+    ncol = columns if columns is not None else max(1, math.ceil(math.sqrt(n)))
+    if isinstance(ncol, bool) or not isinstance(ncol, int) or ncol < 1:
+        raise ValueError(f"columns must be a whole number of at least 1; got {columns!r}")
+    nrow = math.ceil(n / ncol)
+    pad = max(1, min(h, w) // 16)
+    mosaic = np.full((nrow * (h + pad) - pad, ncol * (w + pad) - pad, 3), 255, np.uint8)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        mosaic[r * (h + pad): r * (h + pad) + h, q * (w + pad): q * (w + pad) + w] = imgs[k]
+    tile = 2.0 * _TILE_INCHES
+    header = 0.4 if title else 0.1  # one line of title, no note under it as on feature grids
+    height = nrow * tile * min(2.0, max(0.5, h / w)) + header
+    fig = Figure(figsize=(max(3.0, ncol * tile), height))
+    FigureCanvasAgg(fig)  # Agg without pyplot: no global figure manager
+    top = 1.0 - header / height
+    ax = fig.add_axes((0.01, 0.01, 0.98, top - 0.01))
+    ax.imshow(mosaic, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for k in range(n if labels is not None else 0):
+        r, q = divmod(k, ncol)
+        ax.annotate(
+            labels[k], (q * (w + pad) - 0.5, r * (h + pad) - 0.5), xytext=(2, -2),  # type: ignore[index]
+            textcoords="offset points", ha="left", va="top", fontsize=7, color="white",
+            bbox={"facecolor": "black", "alpha": 0.55, "pad": 1.0, "linewidth": 0},
+        )
+    if title:
+        fig.suptitle(title, y=1.0 - 0.08 / height, va="top", fontsize=11)
     return fig

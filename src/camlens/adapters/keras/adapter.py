@@ -570,6 +570,55 @@ class KerasAdapter:
         g = np.asarray(grads[(-1, which)], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
 
+    def activation_gradients(
+        self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[0] (N, H, W, c))`` for the score
+        ``sum(A * weights)`` per sample, ``A`` the channels-last output of call site ``node``.
+        Runs eagerly: a feature visualization changes the input at every step, so a compiled
+        program would gain nothing over its trace."""
+        import keras
+
+        if node.is_input:
+            raise ValueError(f"{node.label!r} is a model input, not a layer")
+        op = self._ops[node.id]
+        expected = self._op_calls.get(id(op), 0)
+        channels_first = node.id in self._channels_first
+        key: Key = (-1, 0)
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+            xs[0] = make_probe(key, xs[0])
+            seen: list[Any] = []
+
+            def on_call(layer: Any, y: Any) -> Any:
+                seen.append(y)
+                return y
+
+            with probes([op], on_call):
+                outs = self._call(xs)
+            if len(seen) != expected or node.call >= len(seen):
+                raise RuntimeError(
+                    f"layer {op.name!r} ran {len(seen)} time(s) but the model's graph calls it "
+                    f"{expected} time(s); camlens cannot tell the call sites apart"
+                )
+            y = seen[node.call]
+            if not keras.ops.is_tensor(y):
+                raise TypeError(f"layer {op.name!r} returns {type(y).__name__}, not one tensor; choose another layer")
+            if channels_first:
+                y = keras.ops.moveaxis(y, 1, -1)
+            w = keras.ops.convert_to_tensor(np.asarray(weights, np.float32))
+            if tuple(y.shape) != tuple(w.shape):
+                raise ValueError(f"layer {node.label!r} gives shape {tuple(y.shape)}; the weights have {w.shape}")
+            y = keras.ops.cast(y, "float32")
+            scores = keras.ops.sum(keras.ops.reshape(y * w, (int(y.shape[0]), -1)), axis=1)
+            return outs, scores, {key: xs[0]}
+
+        self.graph()
+        _, scores, _, grads = self._gradient_function()(run, True)
+        g = np.asarray(grads[key], dtype=np.float32)
+        return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
     def _input_run(
         self, inputs: Sequence[Any], which: int, target: Target, rule: ReluRule | None,
         make_probe: MakeProbe,
@@ -779,6 +828,36 @@ class KerasAdapter:
     def dense_kernel(self, node: GraphNode) -> np.ndarray:
         """The ``(in, out)`` kernel of a Dense layer."""
         return keras_to_numpy(self._ops[node.id].kernel)
+
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        """The bias of a ``Conv2D``, ``DepthwiseConv2D`` or ``SeparableConv2D`` and its activation, or the effective
+        bias of a ``BatchNormalization`` over the channels (see ``ModelAdapter.layer_bias``)."""
+        import keras
+
+        op = self._ops.get(node.id)
+        if isinstance(op, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+            if not op.use_bias:
+                return None
+            act = op.activation
+            name = "linear" if act is None else getattr(act, "__name__", type(act).__name__)
+            return keras_to_numpy(op.bias).astype(np.float64), name
+        if not isinstance(op, keras.layers.BatchNormalization):
+            return None
+        rank = len(node.shape) + 1 if node.shape is not None else 4
+        channels = 1 if node.id in self._channels_first else rank - 1
+        if op.axis % rank != channels:
+            raise ValueError(
+                f"BatchNormalization {op.name!r} normalises over axis {op.axis}, not the "
+                "channels; FullGrad reads a bias per channel"
+            )
+        mean = keras_to_numpy(op.moving_mean).astype(np.float64)
+        scale = 1.0 / np.sqrt(keras_to_numpy(op.moving_variance).astype(np.float64) + op.epsilon)
+        if op.scale:
+            scale = scale * keras_to_numpy(op.gamma).astype(np.float64)
+        bias = -mean * scale
+        if op.center:
+            bias = bias + keras_to_numpy(op.beta).astype(np.float64)
+        return bias, "linear"
 
 
 _ROLES = {"GlobalAveragePooling2D": "global_pool", "Dropout": "pass", "Dense": "dense",

@@ -659,6 +659,43 @@ class TorchAdapter:
         )
         return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
 
+    def activation_gradients(
+        self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), d score / d inputs[0] (N, H, W, c))`` for the score
+        ``sum(A * weights)`` per sample, ``A`` the channels-last output of call site ``node``
+        (a module: :meth:`can_probe`)."""
+        import torch
+
+        self.graph()
+        mod = self._module_for(node)
+        seen: list[Any] = []
+
+        def hook(m: Any, args: Any, out: Any) -> None:
+            seen.append(out)
+
+        tensors = self._tensors(inputs)
+        x = tensors[0].requires_grad_(True)
+        with eval_mode(self.model), grad_mode(True), forward_hooks([(mod, hook)]):
+            self.model(*tensors)
+            if node.call >= len(seen):
+                raise RuntimeError(f"module {node.path!r} ran {len(seen)} time(s); call #{node.call} did not happen")
+            y = seen[node.call]
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(f"module {node.path!r} returns {type(y).__name__}, not one tensor; choose another layer")
+            if node.id in self._channels_first and y.ndim == 4:
+                y = y.permute(0, 2, 3, 1)
+            w = torch.as_tensor(np.asarray(weights, np.float32)).to(device=y.device, dtype=y.dtype)
+            if tuple(y.shape) != tuple(w.shape):
+                raise ValueError(f"layer {node.label!r} gives shape {tuple(y.shape)}; the weights have {tuple(w.shape)}")
+            scores = (y * w).reshape(y.shape[0], -1).sum(dim=1)
+            g: Any = None
+            if scores.requires_grad:  # else the layer does not depend on the input
+                (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
+        grads = np.zeros(inputs[0].shape, np.float32) if g is None else np.moveaxis(
+            g.detach().cpu().float().numpy(), 1, -1)
+        return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
+
     def _rule_relus(self, rule: ReluRule) -> contextlib.AbstractContextManager[None]:
         import torch
 
@@ -812,6 +849,31 @@ class TorchAdapter:
         """The ``(in, out)`` weights of a Linear module."""
         weight = self._modules[self._node_module[node.id]].weight.detach().cpu().numpy()
         return weight.T.astype(np.float32)
+
+    def layer_bias(self, node: GraphNode) -> tuple[np.ndarray, str] | None:
+        """The bias of a ``Conv2d`` or the effective bias of a ``BatchNorm2d`` module (see
+        ``ModelAdapter.layer_bias``); a torch module applies no activation of its own."""
+        import torch
+
+        path = self._node_module.get(node.id)
+        mod = None if path is None else self._modules[path]
+        if isinstance(mod, torch.nn.Conv2d):
+            return None if mod.bias is None else (mod.bias.detach().cpu().double().numpy(), "linear")
+        if not isinstance(mod, torch.nn.BatchNorm2d):
+            return None
+        if mod.running_mean is None or mod.running_var is None:
+            raise ValueError(
+                f"BatchNorm2d {path!r} has track_running_stats=False: it normalises by each "
+                "batch's own statistics, so it adds no fixed bias for FullGrad to read; explain "
+                "a model whose batch normalisations keep running statistics"
+            )
+        scale = 1.0 / torch.sqrt(mod.running_var.double() + mod.eps)
+        if mod.weight is not None:
+            scale = scale * mod.weight.double()
+        bias = -mod.running_mean.double() * scale
+        if mod.bias is not None:
+            bias = bias + mod.bias.double()
+        return bias.detach().cpu().numpy(), "linear"
 
 
 _OTHER_ACTIVATIONS = {"GELU", "SiLU", "Hardswish", "Mish", "ELU", "LeakyReLU", "PReLU", "Tanh",
