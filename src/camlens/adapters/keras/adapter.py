@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode, LayerGraph
-from ...rules import ReluRule
+from ...rules import LayerRules, ReluRule, Rescale
 from ...targets import Target, scores_of
 from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
 from . import backends
@@ -488,6 +488,12 @@ class KerasAdapter:
         """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With a ``rule``
         (:mod:`camlens.rules`) every ReLU of the model passes gradients back by it while this
         call runs."""
+        if isinstance(rule, (LayerRules, Rescale)):
+            what = "lrp" if isinstance(rule, LayerRules) else "deeplift"
+            raise ValueError(
+                f"{what} runs on torch modules only so far, not on Keras models; explain this model "
+                "with method='integratedgradients' (or a CAM), or rebuild it in torch"
+            )
         if self._compiles():
             compiled = compiled_input_gradients(self, inputs, which, target, rule)
             if compiled is not None:
