@@ -45,9 +45,21 @@ def _settings(name: str):
     """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
     from camlens.methods import RISE, SSCAM, FastScoreCAM, IntegratedGradients, SmoothGrad
 
+    from camlens.methods.relevance import LRP
+
     small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
-             "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2)}
+             "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2),
+             "lrp": LRP(composite="epsilon_gamma_box")}
     return small.get(name) or get_method(name)
+
+
+#: torch modules only so far, and they explain logits, not probabilities
+RELEVANCE = {"lrp", "deeplift"}
+
+
+class _RaisingLogit(Logit):
+    def score(self, outputs, names, xp):
+        raise Tripped("target")
 
 
 # ---------------------------------------------------------------------------- torch
@@ -217,6 +229,15 @@ def test_the_model_is_left_as_it_was(models, kind, name, mode):
 
     def bad_target(y):
         raise Tripped("target")
+
+    if name in RELEVANCE:
+        if kind != "torch":
+            with pytest.raises(ValueError, match="torch modules only"):
+                camlens.explain(model, x, method, target=Logit(1))
+            _same(before, state(model), f"{kind} {name} refused")
+            return
+        target = Logit(1)  # they explain logits: the model's final Softmax is skipped
+        bad_target = _RaisingLogit(1)
 
     try:
         if mode == "target raises":

@@ -650,7 +650,7 @@ class TorchAdapter:
         tensors = self._tensors(inputs)
         x = tensors[which].requires_grad_(True)
         state: dict = {}
-        forwards = lrp_forwards(self.model, self._gm, rule, state)
+        forwards = lrp_forwards(self.model, self._gm, rule, state, self._skipped_for_logits(target))
         with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(forwards):
             out = self.model(*tensors)
             _, scores, _ = _scored(out, target, len(inputs[0]))
@@ -690,10 +690,11 @@ class TorchAdapter:
         ref_tensors = list(tensors)
         ref_tensors[which] = self._tensors([np.ascontiguousarray(ref)])[0]
         state: dict = {}
-        recording = rescale_forwards(self.model, self._gm, rule, True, state)
+        skipped = self._skipped_for_logits(target)
+        recording = rescale_forwards(self.model, self._gm, rule, True, state, skipped)
         with eval_mode(self.model), grad_mode(False), self._logit_patch(target), instance_forwards(recording):
             self.model(*ref_tensors)
-        rescaled = rescale_forwards(self.model, self._gm, rule, False, state)
+        rescaled = rescale_forwards(self.model, self._gm, rule, False, state, skipped)
         with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(rescaled):
             out = self.model(*tensors)
             _, scores, _ = _scored(out, target, len(inputs[0]))
@@ -834,6 +835,12 @@ class TorchAdapter:
         in logits already; then there is nothing to skip)."""
         if not target.wants_logits:
             return contextlib.nullcontext()
+        return identity_hooks(self._skipped_for_logits(target))
+
+    def _skipped_for_logits(self, target: Target) -> list[Any]:
+        """The final Softmax/Sigmoid modules a Logit target skips."""
+        if not target.wants_logits:
+            return []
         graph = self.graph()
         mods = []
         for i in target.output_indices(graph.output_names):
@@ -841,7 +848,7 @@ class TorchAdapter:
             mod = self._modules.get(path) if path is not None else None
             if mod is not None and type(mod).__name__ in ("Softmax", "Sigmoid", "LogSoftmax"):
                 mods.append(mod)
-        return identity_hooks(mods)
+        return mods
 
     def layer_role(self, node: GraphNode) -> str | None:
         """What the CAM head search needs to know of a layer (``camlens.methods.cam.ROLES``)."""

@@ -37,13 +37,25 @@ _LINEAR_FUNCTIONS = {"add", "iadd", "sub", "isub", "neg", "flatten", "reshape", 
                      "split", "expand", "clone", "float", "to", "type_as", "dim"}
 
 
-def _kinds(model: Any) -> dict[str, list[tuple[str, Any]]]:
+def _kinds(model: Any, method: str, skipped: Sequence[Any], traced: bool) -> dict[str, list[tuple[str, Any]]]:
+    """The modules by role; a leaf module no rule covers is refused (one of the user's own
+    without parameters only where no fx trace showed what it computes)."""
     import torch
+
+    skip = {id(m) for m in skipped}
 
     kinds: dict[str, list[tuple[str, Any]]] = {
         "linear": [], "bn": [], "relu": [], "activation": [], "plain": [], "maxpool": [], "adaptivemax": []
     }
     for name, m in model.named_modules():
+        if id(m) in skip:
+            continue  # a final softmax a Logit target skips: its output is replaced by its input
+        if type(m).__name__ in ("Softmax", "LogSoftmax", "Softmin") and type(m).__module__.startswith("torch.nn"):
+            raise ValueError(
+                f"{method} explains a logit, not a probability: the model has {type(m).__name__} "
+                f"{name!r}; explain target=camlens.targets.Logit(k) (its final softmax skipped), or a "
+                "model that outputs logits"
+            )
         if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
             kinds["linear"].append((name, m))
         elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -59,8 +71,8 @@ def _kinds(model: Any) -> dict[str, list[tuple[str, Any]]]:
         elif type(m).__name__ in _ADAPTIVE_MAX and type(m).__module__.startswith("torch.nn"):
             kinds["adaptivemax"].append((name, m))
         elif next(m.children(), None) is None and (any(True for _ in m.parameters(recurse=False))
-                                                   or type(m).__module__.startswith("torch.nn")):
-            raise ValueError(_uncovered(name, type(m).__name__))
+                                                   or type(m).__module__.startswith("torch.nn") or not traced):
+            raise ValueError(_uncovered(name, type(m).__name__, method))
     return kinds
 
 
@@ -205,13 +217,14 @@ def _pass_forward(m: Any, eps: float = 1e-6) -> Callable[[Any], Any]:
     return forward
 
 
-def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict) -> list[tuple[Any, Any]]:
+def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict,
+                 skipped: Sequence[Any] = ()) -> list[tuple[Any, Any]]:
     """The ``(module, forward)`` pairs that put ``rules`` on ``model``; ``state["mult"]`` is set
     to the first linear layer's input multiplier (and ``state["shape"]`` its input's shape)
     when that layer runs."""
     import torch
 
-    kinds = _kinds(model)
+    kinds = _kinds(model, "lrp", skipped, gm is not None)
     if kinds["linear"] == []:
         raise ValueError("lrp: the model has no convolution or Linear layer to propagate relevance through")
     check_functions(gm, "lrp", _LINEAR_FUNCTIONS | {"relu", "relu_", "max_pool1d", "max_pool2d", "max_pool3d",
@@ -260,13 +273,14 @@ def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict) -> list[tu
 
 # ------------------------------------------------------------------------------ DeepLIFT
 
-def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: dict) -> list[tuple[Any, Any]]:
+def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: dict,
+                     skipped: Sequence[Any] = ()) -> list[tuple[Any, Any]]:
     """``record``: the forwards of the reference run (each nonlinearity's input and output kept
     per call, in ``state["ref"]``); else those of the explained run, whose nonlinearities pass
     back the rescaled gradient against the kept values."""
     import torch
 
-    kinds = _kinds(model)
+    kinds = _kinds(model, "deeplift", skipped, gm is not None)
     check_functions(gm, "deeplift", _LINEAR_FUNCTIONS)
     if kinds["adaptivemax"]:
         raise ValueError(_uncovered(kinds["adaptivemax"][0][0], "adaptive max pooling", "deeplift"))
