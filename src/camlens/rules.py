@@ -103,6 +103,9 @@ class LayerRules:
     conv: LinearRule
     dense: LinearRule
     first: LinearRule | None = None
+    #: names of layers (module paths for torch) no rule covers whose plain gradient is right
+    #: (they only move values, or are linear without bias): taken as they are, not refused
+    plain: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for kind in ("conv", "dense"):
@@ -125,20 +128,21 @@ COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_plus", "epsilon_gamma_box
 
 
 def composite(name: str, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
-              low: float | None = None, high: float | None = None) -> LayerRules:
+              low: float | None = None, high: float | None = None, plain: tuple[str, ...] = ()) -> LayerRules:
     """The :class:`LayerRules` of a named composite (zennit 0.5.1's, of the same name)."""
     eps = LinearRule("epsilon", stabilizer=epsilon)
     if name == "epsilon":
-        return LayerRules(name, conv=eps, dense=eps)
+        return LayerRules(name, conv=eps, dense=eps, plain=plain)
     if name in ("epsilon_plus", "epsilon_plus_flat"):
         first = LinearRule("flat", stabilizer=stabilizer) if name == "epsilon_plus_flat" else None
-        return LayerRules(name, conv=LinearRule("zplus", stabilizer=stabilizer), dense=eps, first=first)
+        return LayerRules(name, conv=LinearRule("zplus", stabilizer=stabilizer), dense=eps, first=first, plain=plain)
     if name == "epsilon_gamma_box":
         return LayerRules(name, conv=LinearRule("gamma", stabilizer=stabilizer, gamma=gamma), dense=eps,
-                          first=LinearRule("zbox", stabilizer=stabilizer, low=low, high=high))
+                          first=LinearRule("zbox", stabilizer=stabilizer, low=low, high=high), plain=plain)
     if name in ("epsilon_alpha2_beta1", "epsilon_alpha1_beta0"):
         a, b = (2.0, 1.0) if name == "epsilon_alpha2_beta1" else (1.0, 0.0)
-        return LayerRules(name, conv=LinearRule("alphabeta", stabilizer=stabilizer, alpha=a, beta=b), dense=eps)
+        return LayerRules(name, conv=LinearRule("alphabeta", stabilizer=stabilizer, alpha=a, beta=b), dense=eps,
+                          plain=plain)
     raise ValueError(f"unknown LRP composite {name!r}; choose one of {', '.join(COMPOSITES)}")
 
 

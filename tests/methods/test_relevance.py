@@ -125,13 +125,30 @@ def test_settings_are_checked() -> None:
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="one backend")
-@pytest.mark.parametrize("method", ["lrp", "deeplift"])
-def test_keras_models_are_refused_with_the_fix(method: str) -> None:
+def test_keras_refusals_name_the_fix() -> None:
     keras = pytest.importorskip("keras")
-    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(2, 1), keras.layers.Flatten(),
-                              keras.layers.Dense(2)])
-    with pytest.raises(ValueError, match="torch modules only so far"):
-        camlens.explain(model, np.ones((1, 4, 4, 3), np.float32), method=method, target=0)
+    L = keras.layers
+    x = np.ones((1, 4, 4, 3), np.float32)
+    plain = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 1), L.Flatten(), L.Dense(2)])
+    with pytest.raises(ValueError, match="deeplift runs on torch modules only so far"):
+        camlens.explain(plain, x, method="deeplift", target=0)
+    normed = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 1), L.LayerNormalization(name="ln"),
+                               L.Flatten(), L.Dense(2)])
+    with pytest.raises(ValueError, match=r"layer 'ln' \(LayerNormalization\).*plain_layers=\['ln'\]"):
+        camlens.explain(normed, x, method="lrp", target=0)
+
+    class Sub(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.flat, self.dense = L.Conv2D(2, 1), L.Flatten(), L.Dense(2)
+
+        def call(self, x: object) -> object:
+            return self.dense(self.flat(self.conv(x)))
+
+    sub = Sub()
+    sub(x)
+    with pytest.raises(ValueError, match="Functional or Sequential"):
+        camlens.explain(sub, x, method="lrp", target=0)
 
 
 @pytest.mark.parametrize("method", ["lrp", "deeplift"])

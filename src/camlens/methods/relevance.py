@@ -6,7 +6,7 @@ rules, ``data.rule_gradient(n, batch, rules)`` gives what the model propagates b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,7 +49,9 @@ class LRP(PixelMethod):
     first convolution with ``low``/``high`` the input's bounds, default the batch's min and
     max; gamma on the others), "epsilon_alpha2_beta1", "epsilon_alpha1_beta0", "epsilon"; or a
     :class:`camlens.rules.LayerRules` of your own. ``epsilon`` is the dense layers'
-    stabilizer, ``stabilizer`` the other rules'.
+    stabilizer, ``stabilizer`` the other rules'. ``plain_layers``: names of layers no rule
+    covers (a custom layer) whose plain gradient is right: they only move values or are linear
+    without bias; any other uncovered layer is refused by name.
 
     Differences from zennit, on purpose: the output relevance is ``S`` rather than 1 (zennit's
     maps times ``S``: the same after normalisation, and conservation reads directly); residual
@@ -57,8 +59,10 @@ class LRP(PixelMethod):
     merged wherever it follows a convolution or Linear layer alone, found from the traced
     graph (zennit's canonizer pairs consecutive leaf modules). Cost: one forward and one
     backward pass, each layer's convolution computed once per rule term (z+: 2, alpha-beta and
-    gamma: 4). Torch modules only so far; a layer no rule covers (attention, a custom layer,
-    ``torch.sigmoid`` in ``forward``) is refused by name.
+    gamma: 4). Torch modules and Keras Functional/Sequential models (all three backends; a
+    subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
+    ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a final
+    softmax needs ``target=camlens.targets.Logit(k)``.
     """
 
     name = "lrp"
@@ -68,11 +72,15 @@ class LRP(PixelMethod):
 
     def __init__(self, composite: str | LayerRules = "epsilon_plus_flat", epsilon: float = 1e-6,
                  stabilizer: float = 1e-6, gamma: float = 0.25, low: float | None = None,
-                 high: float | None = None) -> None:
+                 high: float | None = None, plain_layers: Sequence[str] = ()) -> None:
+        if isinstance(plain_layers, str) or not all(isinstance(n, str) for n in plain_layers):
+            raise TypeError(f"lrp: plain_layers must be a list of layer names; got {plain_layers!r}")
         if isinstance(composite, LayerRules):
+            if plain_layers:
+                raise ValueError("lrp: give plain_layers in the LayerRules (plain=...), not beside it")
             self.rules = composite
         elif isinstance(composite, str):
-            self.rules = _composite(composite, epsilon, gamma, stabilizer, low, high)
+            self.rules = _composite(composite, epsilon, gamma, stabilizer, low, high, tuple(plain_layers))
         else:
             raise TypeError(f"lrp: composite must be a name ({', '.join(COMPOSITES)}) or a "
                             f"camlens.rules.LayerRules; got {composite!r}")
@@ -88,13 +96,14 @@ class LRP(PixelMethod):
         return out, {"scores": scores, "relevance_sum": out.reshape(len(out), -1).sum(axis=1)}
 
 
-def _composite(name: str, epsilon: float, gamma: float, stabilizer: float, low: Any, high: Any) -> LayerRules:
+def _composite(name: str, epsilon: float, gamma: float, stabilizer: float, low: Any, high: Any,
+               plain: tuple[str, ...]) -> LayerRules:
     for what, v in (("epsilon", epsilon), ("stabilizer", stabilizer)):
         if not v >= 0:
             raise ValueError(f"lrp: {what} must be >= 0 (1e-6 is usual); got {v}")
     if not gamma >= 0:
         raise ValueError(f"lrp: gamma must be >= 0 (0.25 is usual); got {gamma}")
-    return composite(name, epsilon=epsilon, gamma=gamma, stabilizer=stabilizer, low=low, high=high)
+    return composite(name, epsilon=epsilon, gamma=gamma, stabilizer=stabilizer, low=low, high=high, plain=plain)
 
 
 @register

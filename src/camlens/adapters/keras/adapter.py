@@ -488,12 +488,13 @@ class KerasAdapter:
         """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With a ``rule``
         (:mod:`camlens.rules`) every ReLU of the model passes gradients back by it while this
         call runs."""
-        if isinstance(rule, (LayerRules, Rescale)):
-            what = "lrp" if isinstance(rule, LayerRules) else "deeplift"
+        if isinstance(rule, Rescale):
             raise ValueError(
-                f"{what} runs on torch modules only so far, not on Keras models; explain this model "
+                "deeplift runs on torch modules only so far, not on Keras models; explain this model "
                 "with method='integratedgradients' (or a CAM), or rebuild it in torch"
             )
+        if isinstance(rule, LayerRules):
+            return self._lrp(inputs, which, target, rule)
         if self._compiles():
             compiled = compiled_input_gradients(self, inputs, which, target, rule)
             if compiled is not None:
@@ -513,6 +514,51 @@ class KerasAdapter:
         _, scores, _, grads = grad_fn(run, True)
         g = np.asarray(grads[(-1, which)], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def _lrp(self, inputs: list[np.ndarray], which: int, target: Target,
+             rule: LayerRules) -> tuple[np.ndarray, np.ndarray]:
+        """LRP's relevance of ``inputs[which]``, eagerly (:mod:`.relevance`)."""
+        import keras
+
+        from .patches import instance_attrs
+        from .relevance import PROBES, lrp_calls
+
+        if self.recorded:
+            raise ValueError(
+                f"lrp needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
+                "subclassed, and what it computes between its layers no rule reaches; build it with "
+                "keras.Model(inputs, outputs), or explain it with method='integratedgradients'"
+            )
+        graph = self.graph()
+        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
+                   if target.wants_logits else [])
+        state: dict = {}
+        changes = lrp_calls(list(self._ops.values()), rule, state, skipped)
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            state.clear()
+            state["make_probe"] = make_probe
+            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+            with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+                instance_attrs(changes)
+            ):
+                outs = self._call(xs)
+                scores = scores_of(target, outs, graph.output_names, keras.ops)
+            if "acts" not in state:
+                raise ValueError("lrp: no Dense or convolution layer ran on the input")
+            return outs, scores, state["acts"]
+
+        _, scores, acts, grads = self._gradient_function()(run, True)
+        a = np.asarray(keras_to_numpy(acts[PROBES[0]]), np.float32)
+        rel = a * np.asarray(grads[PROBES[0]], np.float32) + np.asarray(grads[PROBES[1]], np.float32)
+        if rel[0].size != inputs[which][0].size:
+            raise ValueError(
+                f"lrp: the first Dense or convolution layer takes an input of shape {a.shape}, not the "
+                f"model input {inputs[which].shape} (or a reshaping of it): the relevance cannot be "
+                "mapped back to the pixels. Explain this model with method='integratedgradients'"
+            )
+        return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
+                np.ascontiguousarray(rel.reshape(inputs[which].shape)))
 
     def _input_run(
         self, inputs: Sequence[Any], which: int, target: Target, rule: ReluRule | None,

@@ -37,7 +37,8 @@ _LINEAR_FUNCTIONS = {"add", "iadd", "sub", "isub", "neg", "flatten", "reshape", 
                      "split", "expand", "clone", "float", "to", "type_as", "dim"}
 
 
-def _kinds(model: Any, method: str, skipped: Sequence[Any], traced: bool) -> dict[str, list[tuple[str, Any]]]:
+def _kinds(model: Any, method: str, skipped: Sequence[Any], traced: bool,
+           plain: Sequence[str] = ()) -> dict[str, list[tuple[str, Any]]]:
     """The modules by role; a leaf module no rule covers is refused (one of the user's own
     without parameters only where no fx trace showed what it computes)."""
     import torch
@@ -48,7 +49,7 @@ def _kinds(model: Any, method: str, skipped: Sequence[Any], traced: bool) -> dic
         "linear": [], "bn": [], "relu": [], "activation": [], "plain": [], "maxpool": [], "adaptivemax": []
     }
     for name, m in model.named_modules():
-        if id(m) in skip:
+        if id(m) in skip or name in plain:
             continue  # a final softmax a Logit target skips: its output is replaced by its input
         if type(m).__name__ in ("Softmax", "LogSoftmax", "Softmin") and type(m).__module__.startswith("torch.nn"):
             raise ValueError(
@@ -82,6 +83,8 @@ def _uncovered(name: str, kind: str, method: str = "lrp") -> str:
         "Linear, BatchNorm, elementwise activations, pooling, Flatten, Dropout and residual sums. "
         "Explain this model with a gradient method (method='integratedgradients' or 'saliency') "
         "or a CAM, or replace the layer by covered ones"
+        + (f"; a layer whose plain gradient is right may be named: LRP(plain_layers=[{name!r}])"
+           if method == "lrp" else "")
     )
 
 
@@ -224,7 +227,7 @@ def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict,
     when that layer runs."""
     import torch
 
-    kinds = _kinds(model, "lrp", skipped, gm is not None)
+    kinds = _kinds(model, "lrp", skipped, gm is not None, rules.plain)
     if kinds["linear"] == []:
         raise ValueError("lrp: the model has no convolution or Linear layer to propagate relevance through")
     check_functions(gm, "lrp", _LINEAR_FUNCTIONS | {"relu", "relu_", "max_pool1d", "max_pool2d", "max_pool3d",
