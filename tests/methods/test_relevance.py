@@ -152,11 +152,13 @@ def test_keras_refusals_name_the_fix() -> None:
 
 
 @pytest.mark.parametrize("method", ["lrp", "deeplift"])
-def test_a_final_softmax_needs_a_logit_target(method: str) -> None:
+def test_a_final_softmax_is_skipped_for_a_class(method: str) -> None:
+    """A class target is explained on its logit; a target of the probabilities is refused."""
     from camlens.targets import Logit
 
     model = nn.Sequential(*two_layer(), nn.Softmax(dim=1)).eval()
+    for target in (0, Logit(0)):
+        got = camlens.explain(model, X, method=method, target=target).details[0]["attributions"]
+        np.testing.assert_allclose(got[0, 0, :, 0], _relevance(method), rtol=1e-6)
     with pytest.raises(ValueError, match=r"explains a logit.*Softmax '4'.*Logit\(k\)"):
-        camlens.explain(model, X, method=method, target=0)
-    logit = camlens.explain(model, X, method=method, target=Logit(0)).details[0]["attributions"]
-    np.testing.assert_allclose(logit[0, 0, :, 0], _relevance(method), rtol=1e-6)
+        camlens.explain(model, X, method=method, target=lambda y: y[:, 0])

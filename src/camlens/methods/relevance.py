@@ -61,8 +61,9 @@ class LRP(PixelMethod):
     backward pass, each layer's convolution computed once per rule term (z+: 2, alpha-beta and
     gamma: 4). Torch modules and Keras Functional/Sequential models (all three backends; a
     subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
-    ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a final
-    softmax needs ``target=camlens.targets.Logit(k)``.
+    ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
+    on a model ending in softmax is explained on its logit (as ``Logit(k)``; the softmax is
+    skipped), another target read after a softmax is refused.
     """
 
     name = "lrp"
@@ -125,7 +126,9 @@ class DeepLift(PixelMethod):
     Differences from captum, on purpose: every elementwise activation module gets the rescale
     rule (captum: ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus; others silently plain), and
     a nonlinearity called as a function in ``forward`` is refused by name (captum takes its
-    plain gradient). Cost: two forward passes and one backward. Torch modules only so far.
+    plain gradient). Cost: two forward passes and one backward. Torch modules only so far. Like
+    LRP it explains a logit: a class target on a model ending in softmax is explained on its
+    logit.
     """
 
     name = "deeplift"

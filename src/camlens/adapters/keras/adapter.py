@@ -29,7 +29,7 @@ import numpy as np
 from ...graph import GraphNode, LayerGraph
 from ...rules import LayerRules, ReluRule, Rescale
 from ...targets import Target, scores_of
-from ..base import Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
+from ..base import Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
 from .compiled import compiled_capture, compiled_input_gradients, compiled_score
@@ -494,7 +494,7 @@ class KerasAdapter:
                 "with method='integratedgradients' (or a CAM), or rebuild it in torch"
             )
         if isinstance(rule, LayerRules):
-            return self._lrp(inputs, which, target, rule)
+            return self._lrp(inputs, which, class_score_as_logit(target), rule)
         if self._compiles():
             compiled = compiled_input_gradients(self, inputs, which, target, rule)
             if compiled is not None:

@@ -34,7 +34,7 @@ from ...graph import GraphNode, LayerGraph
 from ...rules import LayerRules, ReluRule, Rescale, no_relu_warning
 from ...targets import Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
-from ..base import Capture, InputSpec, _as_float_array, glorot_uniform, is_plain_setting
+from ..base import Capture, InputSpec, _as_float_array, class_score_as_logit, glorot_uniform, is_plain_setting
 from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
@@ -623,9 +623,9 @@ class TorchAdapter:
 
         self.graph()  # shapes known before the run
         if isinstance(rule, LayerRules):
-            return self._lrp(inputs, which, target, rule)
+            return self._lrp(inputs, which, class_score_as_logit(target), rule)
         if isinstance(rule, Rescale):
-            return self._rescale(inputs, which, target, rule)
+            return self._rescale(inputs, which, class_score_as_logit(target), rule)
         tensors = self._tensors(inputs)
         x = tensors[which].requires_grad_(True)
         # patches in the with statement itself, not an ExitStack: a Ctrl-C between a patch's
