@@ -45,17 +45,18 @@ def _settings(name: str):
     """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
     from camlens.methods import RISE, SSCAM, FastScoreCAM, IntegratedGradients, SmoothGrad
 
-    from camlens.methods.relevance import LRP
+    from camlens.methods.relevance import LRP, DeepLift
 
     small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
              "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2),
-             "lrp": LRP(composite="epsilon_gamma_box", plain_layers=["trip"])}
+             "lrp": LRP(composite="epsilon_gamma_box", plain_layers=["trip"]),
+             "deeplift": DeepLift(baseline=0.5, plain_layers=["trip"])}
     return small.get(name) or get_method(name)
 
 
 #: they explain logits, not probabilities; some models they refuse (before any patch)
 RELEVANCE = {"lrp", "deeplift"}
-REFUSED = {("keras", "deeplift"): "torch modules only", ("keras-subclassed", "deeplift"): "torch modules only",
+REFUSED = {("keras-subclassed", "deeplift"): "Functional or Sequential",
            ("keras-subclassed", "lrp"): "Functional or Sequential"}
 
 

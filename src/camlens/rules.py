@@ -155,6 +155,8 @@ class Rescale:
 
     reference: Any
     name: str = "rescale"
+    #: as :attr:`LayerRules.plain`: uncovered layers whose plain gradient is right
+    plain: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return "Rescale()"

@@ -130,8 +130,11 @@ def test_keras_refusals_name_the_fix() -> None:
     L = keras.layers
     x = np.ones((1, 4, 4, 3), np.float32)
     plain = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 1), L.Flatten(), L.Dense(2)])
-    with pytest.raises(ValueError, match="deeplift runs on torch modules only so far"):
-        camlens.explain(plain, x, method="deeplift", target=0)
+    pooled = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 1), L.MaxPooling2D(name="mp"), L.Flatten(),
+                               L.Dense(2)])
+    with pytest.raises(ValueError, match="deeplift: max pooling \\('mp'\\) has no rescale rule on Keras"):
+        camlens.explain(pooled, x, method="deeplift", target=0)
+    assert camlens.explain(plain, x, method="deeplift", target=0).maps[0].shape == (1, 4, 4)
     normed = keras.Sequential([keras.Input((4, 4, 3)), L.Conv2D(2, 1), L.LayerNormalization(name="ln"),
                                L.Flatten(), L.Dense(2)])
     with pytest.raises(ValueError, match=r"layer 'ln' \(LayerNormalization\).*plain_layers=\['ln'\]"):
@@ -147,8 +150,9 @@ def test_keras_refusals_name_the_fix() -> None:
 
     sub = Sub()
     sub(x)
-    with pytest.raises(ValueError, match="Functional or Sequential"):
-        camlens.explain(sub, x, method="lrp", target=0)
+    for method in ("lrp", "deeplift"):
+        with pytest.raises(ValueError, match="Functional or Sequential"):
+            camlens.explain(sub, x, method=method, target=0)
 
 
 @pytest.mark.parametrize("method", ["lrp", "deeplift"])

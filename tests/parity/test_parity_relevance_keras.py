@@ -1,6 +1,6 @@
-"""LRP on a Keras model against the same network in torch with identical weights (conv, batch
-norm merged into it, ReLU layer and fused relu, max pooling, global average pooling, Dense):
-the relevance maps agree on every Keras backend."""
+"""LRP and DeepLIFT on a Keras model against the same network in torch with identical weights
+(conv, batch norm (merged into the conv by LRP), ReLU layer and fused activation, pooling,
+global average pooling, Dense): the maps agree on every Keras backend."""
 
 from __future__ import annotations
 
@@ -11,18 +11,20 @@ keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
 
 import camlens  # noqa: E402
-from camlens.methods.relevance import LRP  # noqa: E402
+from camlens.methods.relevance import LRP, DeepLift  # noqa: E402
 from camlens.targets import Logit  # noqa: E402
 
 TOL = 1e-4
 
 
-def _twins(softmax: bool = False) -> tuple[object, object]:
+def _twins(softmax: bool = False, deeplift: bool = False) -> tuple[object, object]:
+    """``deeplift``: average pooling and tanh (max pooling has no Keras rescale rule yet)."""
     nn, L = torch.nn, keras.layers
     torch.manual_seed(0)
-    tm = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
-                       nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                       nn.Linear(4, 3)).eval()
+    tm = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                       nn.AvgPool2d(2) if deeplift else nn.MaxPool2d(2),
+                       nn.Conv2d(4, 4, 3, padding=1), nn.Tanh() if deeplift else nn.ReLU(),
+                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
     bn = tm[1]
     with torch.no_grad():
         bn.running_mean.uniform_(-0.5, 0.5)
@@ -33,8 +35,8 @@ def _twins(softmax: bool = False) -> tuple[object, object]:
     x = L.Conv2D(4, 3, padding="same")(inp)
     x = L.BatchNormalization(epsilon=1e-5)(x)
     x = L.ReLU()(x)
-    x = L.MaxPooling2D(2)(x)
-    x = L.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = (L.AveragePooling2D if deeplift else L.MaxPooling2D)(2)(x)
+    x = L.Conv2D(4, 3, padding="same", activation="tanh" if deeplift else "relu")(x)
     x = L.GlobalAveragePooling2D()(x)
     km = keras.Model(inp, L.Dense(3, activation="softmax" if softmax else None)(x))
 
@@ -70,3 +72,12 @@ def test_keras_softmax_head_explains_the_logit() -> None:
     for target in (1, Logit(1)):  # a class is explained on its logit
         ours = camlens.explain(km, x, method="lrp", target=target).raw_maps[0]
         np.testing.assert_allclose(ours / np.abs(ref).max(), ref / np.abs(ref).max(), atol=TOL)
+
+
+def test_keras_and_torch_give_the_same_deeplift_maps() -> None:
+    tm, km = _twins(softmax=True, deeplift=True)
+    x = np.random.default_rng(2).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    ref = camlens.explain(tm, x, method=DeepLift(baseline=0.25), target=1).raw_maps[0]
+    ours = camlens.explain(km, x, method=DeepLift(baseline=0.25), target=1)
+    np.testing.assert_allclose(ours.raw_maps[0] / np.abs(ref).max(), ref / np.abs(ref).max(), atol=TOL)
+    assert ours.details[0]["delta_error"].max() < 1e-3  # tanh in float32: rounding of small deltas

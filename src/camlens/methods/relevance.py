@@ -120,14 +120,17 @@ class DeepLift(PixelMethod):
     plain gradient. Max pooling as captum: the rise of each window's maximum goes back to the
     input's winner and the baseline's. Attributions ``= (x - x0) * multipliers``, signed;
     map ``= sum_c``. Summation to delta: ``sum(attributions) = S(x) - S(x0)`` exactly for a
-    ReLU network, reported as ``info["delta_error"]`` (one extra scoring call per sample).
+    ReLU network, reported as ``info["delta_error"]`` next to ``info["score_delta"]`` (the
+    baseline's score taken as the rule takes it: one more pass per sample).
 
     ``baseline``: ``None`` (zeros), a number, or an array broadcastable to ``(H, W, c)``.
+    ``plain_layers``: as LRP's, uncovered layers whose plain gradient is right.
     Differences from captum, on purpose: every elementwise activation module gets the rescale
     rule (captum: ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus; others silently plain), and
     a nonlinearity called as a function in ``forward`` is refused by name (captum takes its
-    plain gradient). Cost: two forward passes and one backward. Torch modules only so far. Like
-    LRP it explains a logit: a class target on a model ending in softmax is explained on its
+    plain gradient). Cost: two forward passes and one backward (and the baseline's score). Torch
+    modules and Keras Functional/Sequential models (max pooling: torch only so far). Like LRP it
+    explains a logit: a class target on a model ending in softmax is explained on its
     logit.
     """
 
@@ -136,8 +139,11 @@ class DeepLift(PixelMethod):
     signed = True
     reduce = "sum"
 
-    def __init__(self, baseline: float | np.ndarray | None = None) -> None:
+    def __init__(self, baseline: float | np.ndarray | None = None, plain_layers: Sequence[str] = ()) -> None:
+        if isinstance(plain_layers, str) or not all(isinstance(n, str) for n in plain_layers):
+            raise TypeError(f"deeplift: plain_layers must be a list of layer names; got {plain_layers!r}")
         self.baseline = baseline
+        self.plain_layers = tuple(plain_layers)
 
     def baselines(self, images: np.ndarray) -> np.ndarray:
         if self.baseline is None:
@@ -160,10 +166,11 @@ class DeepLift(PixelMethod):
         error = np.empty(len(images))
         for n in range(len(images)):
             x, b = images[n : n + 1], bases[n : n + 1]
-            s, g = fn(n, x, Rescale(b))
+            s, g = fn(n, x, Rescale(b, plain=self.plain_layers))
             attr = (x.astype(np.float64) - b) * g
             out[n] = attr[0]
-            s0 = float(np.asarray(data.score(n, b), dtype=np.float64)[0])
+            # the baseline's score as the rule explains it (a logit under a final softmax)
+            s0 = float(fn(n, b, Rescale(b, plain=self.plain_layers))[0][0])
             delta[n] = float(s[0]) - s0
             error[n] = abs(attr.sum() - delta[n]) / max(abs(delta[n]), 1e-12)
         return out, {"score_delta": delta, "delta_error": error}

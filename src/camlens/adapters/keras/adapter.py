@@ -489,10 +489,7 @@ class KerasAdapter:
         (:mod:`camlens.rules`) every ReLU of the model passes gradients back by it while this
         call runs."""
         if isinstance(rule, Rescale):
-            raise ValueError(
-                "deeplift runs on torch modules only so far, not on Keras models; explain this model "
-                "with method='integratedgradients' (or a CAM), or rebuild it in torch"
-            )
+            return self._rescale(inputs, which, class_score_as_logit(target), rule)
         if isinstance(rule, LayerRules):
             return self._lrp(inputs, which, class_score_as_logit(target), rule)
         if self._compiles():
@@ -514,6 +511,55 @@ class KerasAdapter:
         _, scores, _, grads = grad_fn(run, True)
         g = np.asarray(grads[(-1, which)], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def _rescale(self, inputs: list[np.ndarray], which: int, target: Target,
+                 rule: Rescale) -> tuple[np.ndarray, np.ndarray]:
+        """DeepLIFT's multipliers for ``inputs[which]``: a reference run on the baseline, then
+        the rescaled gradient, eagerly (:mod:`.relevance`)."""
+        import keras
+
+        from .patches import instance_attrs
+        from .relevance import rescale_calls
+
+        if self.recorded:
+            raise ValueError(
+                f"deeplift needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
+                "subclassed, and what it computes between its layers no rule reaches; build it with "
+                "keras.Model(inputs, outputs), or explain it with method='integratedgradients'"
+            )
+        ref = np.asarray(rule.reference, dtype=np.float32)
+        try:
+            ref = np.ascontiguousarray(np.broadcast_to(ref, inputs[which].shape))
+        except ValueError:
+            raise ValueError(f"deeplift: baseline of shape {ref.shape} does not fit inputs of shape "
+                             f"{inputs[which].shape}") from None
+        graph = self.graph()
+        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
+                   if target.wants_logits else [])
+        state: dict = {"record": True, "used": {}}
+        changes = rescale_calls(list(self._ops.values()), state, skipped, rule.plain)
+        logits = self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        ref_inputs = list(inputs)
+        ref_inputs[which] = ref
+        with logits, instance_attrs(changes):
+            self._call([keras.ops.convert_to_tensor(a) for a in ref_inputs])
+        state["record"] = False
+        key: Key = (-1, which)
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            state["used"] = {}
+            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+            xs[which] = make_probe(key, xs[which])
+            with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+                instance_attrs(changes)
+            ):
+                outs = self._call(xs)
+                scores = scores_of(target, outs, graph.output_names, keras.ops)
+            return outs, scores, {key: xs[which]}
+
+        _, scores, _, grads = self._gradient_function()(run, True)
+        return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
+                np.ascontiguousarray(np.asarray(grads[key], np.float32)))
 
     def _lrp(self, inputs: list[np.ndarray], which: int, target: Target,
              rule: LayerRules) -> tuple[np.ndarray, np.ndarray]:

@@ -248,3 +248,73 @@ def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict) -> Callabl
         return _activate(layer, out)
 
     return call
+
+
+# ------------------------------------------------------------------------------ DeepLIFT
+
+def _rescaled(f: Callable[[Any], Any], a: Any, a0: Any) -> Any:
+    """``f(a)`` whose gradient is DeepLIFT's multiplier ``(f(a) - f(a0)) / (a - a0)`` (the plain
+    gradient where ``|a - a0| < 1e-10``)."""
+    import keras
+
+    ops = keras.ops
+    z = f(a)
+    z0 = ops.stop_gradient(f(a0))
+    d = ops.stop_gradient(a) - a0
+    small = ops.abs(d) < 1e-10
+    m = ops.stop_gradient(ops.where(small, ops.zeros_like(d), (ops.stop_gradient(z) - z0) / ops.where(small, ops.ones_like(d), d)))
+    plain = ops.where(small, z - ops.stop_gradient(z), ops.zeros_like(z))
+    return ops.stop_gradient(z) + (a * m - ops.stop_gradient(a * m)) + plain
+
+
+def rescale_calls(ops_: Sequence[Any], state: dict, skipped: Sequence[Any],
+                  plain: Sequence[str] = ()) -> list[tuple[Any, str, Any]]:
+    """The changes that give every nonlinearity DeepLIFT's rescale rule. ``state["record"]``
+    true: the run keeps each nonlinearity's input per call (the reference run); false: it
+    rescales against them. ``state["used"]`` counts calls per layer (reset per run)."""
+    skip = {id(s) for s in skipped}
+    layers: dict[int, Any] = {}
+    for op in ops_:
+        layers.setdefault(id(op), op)
+    changes: list[tuple[Any, str, Any]] = []
+
+    def wrap(op: Any, f: Callable[[Any], Any]) -> Callable[..., Any]:
+        def call(a: Any, *args: Any, **kwargs: Any) -> Any:
+            refs = state.setdefault("ref", {}).setdefault(id(op), [])
+            if state["record"]:
+                refs.append(a)
+                return f(a)
+            i = state["used"].get(id(op), 0)
+            state["used"][id(op)] = i + 1
+            if i >= len(refs) or tuple(refs[i].shape) != tuple(a.shape):
+                raise ValueError(f"deeplift: layer {op.name!r} ran differently on the input and on the baseline")
+            return _rescaled(f, a, refs[i])
+
+        return call
+
+    for op in layers.values():
+        kind = type(op).__name__
+        name = _act_name(op)
+        if kind in _CONV or kind in ("Dense", "DepthwiseConv2D"):
+            if name in ("", "linear") or (id(op) in skip and name in _SQUASHING + ("sigmoid",)):
+                continue
+            if name in _SQUASHING:
+                raise ValueError(f"deeplift explains a logit, not a probability: layer {op.name!r} ends in {name}; "
+                                 "explain target=camlens.targets.Logit(k)")
+            changes.append((op, "activation", wrap(op, op.activation)))
+        elif kind in ("ReLU", "LeakyReLU", "ELU", "PReLU") or (kind == "Activation" and name not in _SQUASHING):
+            if kind == "Activation" and id(op) in skip and name == "sigmoid":
+                continue
+            changes.append((op, "call", wrap(op, lambda x, __op=op: type(__op).call(__op, x))))
+        elif kind in ("Softmax", "Activation"):
+            if id(op) not in skip:
+                raise ValueError(f"deeplift explains a logit, not a probability: layer {op.name!r} is a softmax; "
+                                 "explain target=camlens.targets.Logit(k)")
+        elif kind.startswith(("MaxPooling", "GlobalMaxPooling")):
+            raise ValueError(f"deeplift: max pooling ({op.name!r}) has no rescale rule on Keras models yet; "
+                             "explain the torch twin of the model, or use method='integratedgradients'")
+        elif kind in _PLAIN or kind == "BatchNormalization" or op.name in plain:
+            continue
+        else:
+            raise ValueError(_uncovered(op.name, kind).replace("lrp", "deeplift").replace("LRP(", "DeepLift("))
+    return changes

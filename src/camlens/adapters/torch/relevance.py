@@ -77,14 +77,16 @@ def _kinds(model: Any, method: str, skipped: Sequence[Any], traced: bool,
     return kinds
 
 
+_CLASS = {"lrp": "LRP", "deeplift": "DeepLift"}
+
+
 def _uncovered(name: str, kind: str, method: str = "lrp") -> str:
     return (
         f"{method}: no relevance rule covers layer {name!r} ({kind}); {method} covers convolutions, "
         "Linear, BatchNorm, elementwise activations, pooling, Flatten, Dropout and residual sums. "
         "Explain this model with a gradient method (method='integratedgradients' or 'saliency') "
         "or a CAM, or replace the layer by covered ones"
-        + (f"; a layer whose plain gradient is right may be named: LRP(plain_layers=[{name!r}])"
-           if method == "lrp" else "")
+        + f"; a layer whose plain gradient is right may be named: {_CLASS[method]}(plain_layers=[{name!r}])"
     )
 
 
@@ -283,7 +285,7 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
     back the rescaled gradient against the kept values."""
     import torch
 
-    kinds = _kinds(model, "deeplift", skipped, gm is not None)
+    kinds = _kinds(model, "deeplift", skipped, gm is not None, rule.plain)
     check_functions(gm, "deeplift", _LINEAR_FUNCTIONS)
     if kinds["adaptivemax"]:
         raise ValueError(_uncovered(kinds["adaptivemax"][0][0], "adaptive max pooling", "deeplift"))
