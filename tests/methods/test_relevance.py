@@ -166,3 +166,20 @@ def test_a_final_softmax_is_skipped_for_a_class(method: str) -> None:
         np.testing.assert_allclose(got[0, 0, :, 0], _relevance(method), rtol=1e-6)
     with pytest.raises(ValueError, match=r"explains a logit.*Softmax '4'.*Logit\(k\)"):
         camlens.explain(model, X, method=method, target=lambda y: y[:, 0])
+
+
+@pytest.mark.parametrize("method", ["lrp", "deeplift"])
+def test_in_place_relus_give_the_same_maps(method: str) -> None:
+    """torchvision's nets use ReLU(inplace=True): the rules must read the values before it."""
+    def net(inplace: bool) -> object:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.Conv2d(4, 4, 3),
+                             nn.LeakyReLU(0.1, inplace=inplace), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, 2)).eval()
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 6, 6, 3)).astype(np.float32)
+    for name in ("epsilon", "epsilon_plus_flat") if method == "lrp" else ("",):
+        m = LRP(composite=name) if method == "lrp" else DeepLift(baseline=0.1)
+        a = camlens.explain(net(True), x, method=m, target=1).raw_maps[0]
+        b = camlens.explain(net(False), x, method=m, target=1).raw_maps[0]
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

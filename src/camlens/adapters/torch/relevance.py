@@ -166,7 +166,10 @@ def _terms(rule: LinearRule, a: Any, w: Any, b: Any, mult: Any) -> tuple[list[tu
     eps = rule.stabilizer
     pos = lambda t: t.clamp(min=0)  # noqa: E731
     neg = lambda t: t.clamp(max=0)  # noqa: E731
-    wp, wn, bp, bneg = pos(w), neg(w), pos(b), neg(b)
+    if rule.name in ("epsilon", "flat", "wsquare"):  # no signed parts: not computed (large dense kernels)
+        wp = wn = bp = bneg = None
+    else:
+        wp, wn, bp, bneg = pos(w), neg(w), pos(b), neg(b)
     zero = torch.zeros_like(b)
 
     def const(value: Any) -> Any:
@@ -175,6 +178,17 @@ def _terms(rule: LinearRule, a: Any, w: Any, b: Any, mult: Any) -> tuple[list[tu
                              "not proportional to the input); give it as the composite's first rule")
         return mult * value
 
+    if rule.name in ("zplus", "alphabeta", "gamma") and not bool((a < 0).any()):
+        # after a ReLU no input is negative: the terms of a- are zero, half the convolutions
+        if rule.name == "zplus":
+            return [(a, wp, bp)], lambda o, z: [z / _stab(o[0], eps)]
+        if rule.name == "alphabeta":
+            al, be = rule.alpha, rule.beta
+            return ([(a, wp, bp), (a, wn, bneg)],
+                    lambda o, z: [al * z / _stab(o[0], eps), -be * z / _stab(o[1], eps)])
+        g = rule.gamma
+        return ([(a, w + g * wp, b + g * bp), (a, w + g * wn, b + g * bneg)],
+                lambda o, z: [(z > 0) * z / _stab(o[0], eps), (z < 0) * z / _stab(o[1], eps)])
     if rule.name == "epsilon":
         return [(a, w, b)], lambda o, z: [z / _stab(o[0], eps)]
     if rule.name == "zplus":
@@ -210,12 +224,18 @@ def _linear_call(m: Any) -> Callable[[Any, Any, Any], Any]:
     return m._conv_forward
 
 
+def _call(forward: Any, m: Any, a: Any) -> Any:
+    """``forward(m, a)`` that leaves ``a`` as it was: an in-place activation (``ReLU(inplace=True)``)
+    runs on a copy, since the rules read ``a`` afterwards."""
+    return forward(m, a.clone() if getattr(m, "inplace", False) else a)
+
+
 def _pass_forward(m: Any, eps: float = 1e-6) -> Callable[[Any], Any]:
     """Relevance passed on unchanged: ``R_a = R`` (zennit's Pass), in gradient form."""
     original = type(m).forward
 
     def forward(a: Any) -> Any:
-        z = original(m, a)
+        z = _call(original, m, a)
         k = (z / _stab(a, eps)).detach()
         return z.detach() + a * k - (a * k).detach()
 
@@ -255,6 +275,12 @@ def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict,
             z = original(m, a)
             if bn is not None:
                 z = type(bn).forward(bn, z)
+            if rule.name == "epsilon":  # its one term is the layer itself: z's gradient times k
+                with torch.no_grad():
+                    k = z / _stab(z, rule.stabilizer)
+                if z.requires_grad:
+                    z.register_hook(lambda g, __k=k: g * __k)
+                return z
             w, b = _params(m, bn)
             terms, coefficients = _terms(rule, a, w, b, mult)
             outs = [call(t, tw, tb) for t, tw, tb in terms]
@@ -297,7 +323,7 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
         original = type(m).forward
 
         def forward(a: Any) -> Any:
-            z = original(m, a)
+            z = _call(original, m, a)
             if record:
                 refs.setdefault(id(m), []).append((a.detach(), z.detach()))
                 return z
@@ -344,11 +370,13 @@ def _rescaled(m: Any, a: Any, z: Any, a0: Any, z0: Any, pool: bool) -> Any:
                     moved = _pool_moved(ctx.m, a, z, a0, z0, dy)
                 else:
                     moved = dy * (z - z0)
-                with torch.enable_grad():
-                    a_ = a.detach().requires_grad_(True)
-                    (plain,) = torch.autograd.grad(type(ctx.m).forward(ctx.m, a_), [a_], dy)
                 small = delta.abs() < 1e-10
                 safe = torch.where(small, torch.ones_like(delta), delta)
+                if not bool(small.any()):
+                    return moved / safe, None, None, None, None, None
+                with torch.enable_grad():  # the plain gradient, only where the input did not move
+                    a_ = a.detach().requires_grad_(True)
+                    (plain,) = torch.autograd.grad(_call(type(ctx.m).forward, ctx.m, a_), [a_], dy)
                 return torch.where(small, plain, moved / safe), None, None, None, None, None
 
         _FN.append(Rescaled)
