@@ -81,7 +81,8 @@ class LinearRule:
     def __post_init__(self) -> None:
         if self.name not in LRP_RULES:
             raise ValueError(f"unknown LRP rule {self.name!r}; choose one of {', '.join(LRP_RULES)}")
-        if self.name == "alphabeta" and not (self.alpha >= 0 and self.beta >= 0 and abs(self.alpha - self.beta - 1) < 1e-9):
+        conserving = self.alpha >= 0 and self.beta >= 0 and abs(self.alpha - self.beta - 1) < 1e-9
+        if self.name == "alphabeta" and not conserving:
             raise ValueError(
                 f"alpha-beta needs alpha, beta >= 0 and alpha - beta = 1 (conservation); got "
                 f"alpha={self.alpha}, beta={self.beta} (e.g. alpha=2, beta=1 or alpha=1, beta=0)"

@@ -101,7 +101,9 @@ def _zennit_composite(name: str, net: str) -> object:
 
 
 @pytest.mark.parametrize("net", list(NETS))
-@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus"])
+@pytest.mark.parametrize(
+    "composite", ["epsilon_plus_flat", "epsilon_gamma_box", "epsilon_alpha2_beta1", "epsilon_plus"]
+)
 def test_lrp_matches_zennit(net: str, composite: str) -> None:
     pytest.importorskip("zennit")
     model, x = NETS[net](), images()

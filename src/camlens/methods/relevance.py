@@ -64,6 +64,20 @@ class LRP(PixelMethod):
     ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
     on a model ending in softmax is explained on its logit (as ``Logit(k)``; the softmax is
     skipped), another target read after a softmax is refused.
+
+    Example (``x = [1, 3]``, ``h = relu(W1 x) = [0, 5]``, ``S = 0.5 h1 + 2 h2 = 10``; epsilon
+    gives h2's relevance 10 back by the contributions ``2 * 1`` and ``1 * 3`` of its 5)::
+
+        >>> import numpy as np, torch, camlens
+        >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False),
+        ...                           torch.nn.ReLU(), torch.nn.Linear(2, 1, bias=False)).eval()
+        >>> with torch.no_grad():
+        ...     _ = net[1].weight.copy_(torch.tensor([[1.0, -1.0], [2.0, 1.0]]))
+        ...     _ = net[3].weight.copy_(torch.tensor([[0.5, 2.0]]))
+        >>> x = torch.tensor([[[[1.0, 3.0]]]])
+        >>> exp = camlens.explain(net, x, method=LRP(composite="epsilon", epsilon=1e-9), target=0)
+        >>> np.round(exp.details[0]["attributions"][0, 0, :, 0], 4).tolist()
+        [4.0, 6.0]
     """
 
     name = "lrp"

@@ -41,8 +41,9 @@ def _uncovered(name: str, kind: str) -> str:
     return (
         f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv, DepthwiseConv2D, "
         "BatchNormalization, activations, pooling, Flatten, Dropout and Add. Explain this model with "
-        "a gradient method (method='integratedgradients' or 'saliency') or a CAM, or replace the layer. A layer whose plain gradient is right (it only moves values, or is "
-        f"linear without bias) may be named: LRP(plain_layers=[{name!r}])"
+        "a gradient method (method='integratedgradients' or 'saliency') or a CAM, or replace the "
+        "layer. A layer whose plain gradient is right (it only moves values, or is linear without "
+        f"bias) may be named: LRP(plain_layers=[{name!r}])"
     )
 
 
@@ -74,7 +75,8 @@ def _activate(layer: Any, z: Any) -> Any:
     return _pass(z, layer.activation(z))
 
 
-def lrp_calls(ops_: Sequence[Any], rules: LayerRules, state: dict, skipped: Sequence[Any]) -> list[tuple[Any, str, Any]]:
+def lrp_calls(ops_: Sequence[Any], rules: LayerRules, state: dict,
+              skipped: Sequence[Any]) -> list[tuple[Any, str, Any]]:
     """The ``(layer, "call", fn)`` changes that put ``rules`` on the model's layers. ``state``:
     ``make_probe`` set by the caller per run; ``acts`` filled with the first layer's probes."""
     import keras
@@ -262,7 +264,8 @@ def _rescaled(f: Callable[[Any], Any], a: Any, a0: Any) -> Any:
     z0 = ops.stop_gradient(f(a0))
     d = ops.stop_gradient(a) - a0
     small = ops.abs(d) < 1e-10
-    m = ops.stop_gradient(ops.where(small, ops.zeros_like(d), (ops.stop_gradient(z) - z0) / ops.where(small, ops.ones_like(d), d)))
+    ratio = (ops.stop_gradient(z) - z0) / ops.where(small, ops.ones_like(d), d)
+    m = ops.stop_gradient(ops.where(small, ops.zeros_like(d), ratio))
     plain = ops.where(small, z - ops.stop_gradient(z), ops.zeros_like(z))
     return ops.stop_gradient(z) + (a * m - ops.stop_gradient(a * m)) + plain
 
