@@ -96,6 +96,11 @@ def check_functions(gm: Any, method: str, allowed: set[str]) -> None:
     import torch.fx
 
     if gm is None:
+        from ..._args import warn
+
+        warn(f"{method}: the module could not be traced (torch.fx), so functions its forward() calls "
+             "(torch.sigmoid(x), x * y) are not checked against the rules: only its modules are",
+             RuntimeWarning)
         return
     for node in gm.graph.nodes:
         if node.op not in ("call_function", "call_method"):
