@@ -94,8 +94,8 @@ def explain(
             ``Explanation.details``): "saliency", "smoothgrad", "integratedgradients",
             "guidedbackprop", "occlusion", "rise"; and "guidedgradcam" (Guided Backprop times
             the layer's Grad-CAM).
-            "lrp": Layer-wise Relevance Propagation, ``LRP(composite="epsilon_plus_flat")`` (torch).
-            "deeplift": DeepLIFT rescale against a baseline, ``DeepLift(baseline=0.0)`` (torch).
+            "lrp": Layer-wise Relevance Propagation, ``LRP(composite="epsilon_plus_flat")``.
+            "deeplift": DeepLIFT rescale against a baseline, ``DeepLift(baseline=0.0)``.
         target: what score to explain: ``None`` (each sample's top class), a class index, a list
             with one index per sample, a ``camlens.targets.Target`` (``Logit``,
             ``RegressionScore``, ``Similarity``, ``SegmentationRegion``...) or a callable
