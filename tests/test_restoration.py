@@ -45,13 +45,28 @@ def _settings(name: str):
     """Each method with settings small enough for a matrix (the defaults run 1000 masks)."""
     from camlens.methods import DFF, RISE, SSCAM, FastScoreCAM, GradientShap, IntegratedGradients, KernelShap, Lime, SmoothGrad
 
+    from camlens.methods.relevance import LRP, DeepLift
+
     small = {"rise": RISE(n_masks=8), "sscam": SSCAM(n_samples=2), "smoothgrad": SmoothGrad(n_samples=3),
              "integratedgradients": IntegratedGradients(steps=4), "fastscorecam": FastScoreCAM(k=2)}
     small["gradientshap"] = GradientShap(n_samples=2, stdevs=0.1)
     small["lime"] = Lime(n_samples=4, segments="grid", grid=2)
     small["kernelshap"] = KernelShap(n_samples=4, segments="grid", grid=2)
     small["dff"] = DFF(k=2)
+    small["lrp"] = LRP(composite="epsilon_gamma_box", plain_layers=["trip"])
+    small["deeplift"] = DeepLift(baseline=0.5, plain_layers=["trip"])
     return small.get(name) or get_method(name)
+
+
+#: they explain logits, not probabilities; some models they refuse (before any patch)
+RELEVANCE = {"lrp", "deeplift"}
+REFUSED = {("keras-subclassed", "deeplift"): "Functional or Sequential",
+           ("keras-subclassed", "lrp"): "Functional or Sequential"}
+
+
+class _RaisingLogit(Logit):
+    def score(self, outputs, names, xp):
+        raise Tripped("target")
 
 
 # ---------------------------------------------------------------------------- torch
@@ -233,6 +248,16 @@ def test_the_model_is_left_as_it_was(models, kind, name, mode):
                 raise Tripped("target")
 
         bad_target = Raising(1)
+
+    if name in RELEVANCE:
+        refused = REFUSED.get((kind, name))
+        if refused:
+            with pytest.raises(ValueError, match=refused):
+                camlens.explain(model, x, method, target=Logit(1))
+            _same(before, state(model), f"{kind} {name} refused")
+            return
+        target = Logit(1)  # they explain logits: the model's final Softmax is skipped
+        bad_target = _RaisingLogit(1)
 
     try:
         if mode == "target raises":

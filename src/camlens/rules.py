@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from ._args import warn
 
-__all__ = ["ReluRule", "GUIDED", "no_relu_warning"]
+__all__ = ["ReluRule", "GUIDED", "no_relu_warning", "LinearRule", "LayerRules", "composite", "COMPOSITES",
+           "Rescale"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,3 +42,122 @@ def no_relu_warning(rule: ReluRule, others: Sequence[str] = ()) -> None:
         "map is the plain input gradient (saliency), not a guided one",
         RuntimeWarning
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Relevance rules: LRP's per-layer rules and DeepLIFT's reference run. The adapters apply them
+# to the model's linear layers (convolutions, dense, batch norm merged into the convolution
+# before it) while they take input gradients; what each rule computes is said here, once.
+
+#: the LRP rules a linear layer may get (Montavon et al., "Layer-Wise Relevance Propagation:
+#: An Overview", 2019; parameters named as in zennit)
+LRP_RULES = ("epsilon", "gamma", "alphabeta", "zplus", "flat", "wsquare", "zbox")
+
+
+@dataclass(frozen=True)
+class LinearRule:
+    """One LRP rule for a linear layer ``z = W a + b``; ``R`` the relevance of its outputs, ``s(d)
+    = d + stabilizer * sign(d)`` (sign(0) = 1):
+
+    - ``epsilon``: ``R_a = a * W^T (R / s(z))`` (``stabilizer`` is the epsilon)
+    - ``zplus``: ``R_a = a+ W+^T (R/s(d)) + a- W-^T (R/s(d))``, ``d = W+ a+ + b+ + W- a-``
+    - ``alphabeta``: ``alpha`` times the positive part (``zplus``) ``- beta`` times the negative
+      part (``W- a+ + b- + W+ a-``), each divided by its own stabilized sum
+    - ``gamma``: ``W + gamma W+`` on the contributions of the output's sign, as zennit 0.5.1
+    - ``flat``: ``R_a = 1^T (R / s(1^T 1))``: relevance spread evenly over the receptive field
+    - ``wsquare``: ``R_a = (W^2)^T (R / s(W^2 1 + b^2))``
+    - ``zbox``: ``R_a = a W^T q - low W+^T q - high W-^T q``, ``q = R / s(z - W+ low - W- high)``,
+      for inputs bounded by ``[low, high]`` (an input layer rule)
+    """
+
+    name: str
+    stabilizer: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in LRP_RULES:
+            raise ValueError(f"unknown LRP rule {self.name!r}; choose one of {', '.join(LRP_RULES)}")
+        conserving = self.alpha >= 0 and self.beta >= 0 and abs(self.alpha - self.beta - 1) < 1e-9
+        if self.name == "alphabeta" and not conserving:
+            raise ValueError(
+                f"alpha-beta needs alpha, beta >= 0 and alpha - beta = 1 (conservation); got "
+                f"alpha={self.alpha}, beta={self.beta} (e.g. alpha=2, beta=1 or alpha=1, beta=0)"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class LayerRules:
+    """What LRP sets on a model: a rule for the first linear layer the input meets (``first``,
+    ``None``: that layer's kind's rule), for the other convolutions (``conv``) and for the
+    other dense layers (``dense``). The rest is fixed, as in zennit's composites: batch norm
+    after a convolution or dense layer is merged into it (the layer's rule then sees the merged
+    weights), any other batch norm and every activation but ReLU pass relevance on unchanged,
+    ReLU and the residual sums take the plain gradient (the same thing in gradient form),
+    average pooling is a linear layer under the epsilon rule without stabilizer, max pooling
+    gives the winner everything. Compared by identity: a compiled program is kept per object."""
+
+    name: str
+    conv: LinearRule
+    dense: LinearRule
+    first: LinearRule | None = None
+    #: names of layers (module paths for torch) no rule covers whose plain gradient is right
+    #: (they only move values, or are linear without bias): taken as they are, not refused
+    plain: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for kind in ("conv", "dense"):
+            if getattr(self, kind).name in _FIRST_ONLY:
+                raise ValueError(
+                    f"the {getattr(self, kind).name} rule is for the first layer only (its input relevance "
+                    f"is not proportional to the input); give it as first=, not {kind}="
+                )
+
+    def __repr__(self) -> str:
+        return f"LayerRules({self.name!r})"
+
+
+_FIRST_ONLY = ("flat", "wsquare", "zbox")
+
+
+#: the composites ``LRP(composite=...)`` names; zennit's of the same name
+COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_plus", "epsilon_gamma_box", "epsilon_alpha2_beta1",
+              "epsilon_alpha1_beta0")
+
+
+def composite(name: str, epsilon: float = 1e-6, gamma: float = 0.25, stabilizer: float = 1e-6,
+              low: float | None = None, high: float | None = None, plain: tuple[str, ...] = ()) -> LayerRules:
+    """The :class:`LayerRules` of a named composite (zennit 0.5.1's, of the same name)."""
+    eps = LinearRule("epsilon", stabilizer=epsilon)
+    if name == "epsilon":
+        return LayerRules(name, conv=eps, dense=eps, plain=plain)
+    if name in ("epsilon_plus", "epsilon_plus_flat"):
+        first = LinearRule("flat", stabilizer=stabilizer) if name == "epsilon_plus_flat" else None
+        return LayerRules(name, conv=LinearRule("zplus", stabilizer=stabilizer), dense=eps, first=first, plain=plain)
+    if name == "epsilon_gamma_box":
+        return LayerRules(name, conv=LinearRule("gamma", stabilizer=stabilizer, gamma=gamma), dense=eps,
+                          first=LinearRule("zbox", stabilizer=stabilizer, low=low, high=high), plain=plain)
+    if name in ("epsilon_alpha2_beta1", "epsilon_alpha1_beta0"):
+        a, b = (2.0, 1.0) if name == "epsilon_alpha2_beta1" else (1.0, 0.0)
+        return LayerRules(name, conv=LinearRule("alphabeta", stabilizer=stabilizer, alpha=a, beta=b), dense=eps,
+                          plain=plain)
+    raise ValueError(f"unknown LRP composite {name!r}; choose one of {', '.join(COMPOSITES)}")
+
+
+@dataclass(frozen=True, eq=False)
+class Rescale:
+    """DeepLIFT's rescale rule (Shrikumar et al., ICML 2017): with ``reference`` the baseline
+    inputs (the explained batch's shape), every nonlinearity ``f`` passes back
+    ``dy * (f(x) - f(x0)) / (x - x0)``, ``x0`` its input in the reference run (the plain
+    gradient where ``|x - x0| < 1e-10``); linear layers pass the plain gradient."""
+
+    reference: Any
+    name: str = "rescale"
+    #: as :attr:`LayerRules.plain`: uncovered layers whose plain gradient is right
+    plain: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return "Rescale()"

@@ -8,6 +8,8 @@ returns is numpy, channels-last.
 
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
@@ -270,3 +272,15 @@ def _check_image_dims(a: np.ndarray, spec: InputSpec) -> None:
             f"{_shape_str(spec.shape)}; got {a.shape[1]}x{a.shape[2]}, shape {a.shape}. Resize "
             f"the images first (PIL: img.resize(({w}, {h})))."
         )
+
+
+def class_score_as_logit(target: Target) -> Target:
+    """A :class:`~camlens.targets.ClassScore` as the :class:`~camlens.targets.Logit` of the same
+    class (LRP and DeepLIFT explain logits: the final softmax is skipped); others unchanged."""
+    from ..targets import ClassScore, Logit
+
+    if type(target) is not ClassScore:
+        return target
+    logit = copy.copy(target)
+    logit.__class__ = Logit
+    return logit

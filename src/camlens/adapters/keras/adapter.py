@@ -27,9 +27,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode, LayerGraph
-from ...rules import ReluRule
+from ...rules import LayerRules, ReluRule, Rescale
 from ...targets import Target, scores_of
-from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, descendants, glorot_uniform
+from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
 from .compiled import compiled_capture, compiled_input_gradients, compiled_score
@@ -550,6 +550,10 @@ class KerasAdapter:
         """``(scores (N,), d score / d inputs[which] (N, H, W, c))``. With a ``rule``
         (:mod:`camlens.rules`) every ReLU of the model passes gradients back by it while this
         call runs."""
+        if isinstance(rule, Rescale):
+            return self._rescale(inputs, which, class_score_as_logit(target), rule)
+        if isinstance(rule, LayerRules):
+            return self._lrp(inputs, which, class_score_as_logit(target), rule)
         if self._compiles():
             compiled = compiled_input_gradients(self, inputs, which, target, rule)
             if compiled is not None:
@@ -618,6 +622,100 @@ class KerasAdapter:
         _, scores, _, grads = self._gradient_function()(run, True)
         g = np.asarray(grads[key], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def _rescale(self, inputs: list[np.ndarray], which: int, target: Target,
+                 rule: Rescale) -> tuple[np.ndarray, np.ndarray]:
+        """DeepLIFT's multipliers for ``inputs[which]``: a reference run on the baseline, then
+        the rescaled gradient, eagerly (:mod:`.relevance`)."""
+        import keras
+
+        from .patches import instance_attrs
+        from .relevance import rescale_calls
+
+        if self.recorded:
+            raise ValueError(
+                f"deeplift needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
+                "subclassed, and what it computes between its layers no rule reaches; build it with "
+                "keras.Model(inputs, outputs), or explain it with method='integratedgradients'"
+            )
+        ref = np.asarray(rule.reference, dtype=np.float32)
+        try:
+            ref = np.ascontiguousarray(np.broadcast_to(ref, inputs[which].shape))
+        except ValueError:
+            raise ValueError(f"deeplift: baseline of shape {ref.shape} does not fit inputs of shape "
+                             f"{inputs[which].shape}") from None
+        graph = self.graph()
+        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
+                   if target.wants_logits else [])
+        state: dict = {"record": True, "used": {}}
+        changes = rescale_calls(list(self._ops.values()), state, skipped, rule.plain)
+        logits = self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
+        ref_inputs = list(inputs)
+        ref_inputs[which] = ref
+        with logits, instance_attrs(changes):
+            self._call([keras.ops.convert_to_tensor(a) for a in ref_inputs])
+        state["record"] = False
+        key: Key = (-1, which)
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            state["used"] = {}
+            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+            xs[which] = make_probe(key, xs[which])
+            with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+                instance_attrs(changes)
+            ):
+                outs = self._call(xs)
+                scores = scores_of(target, outs, graph.output_names, keras.ops)
+            return outs, scores, {key: xs[which]}
+
+        _, scores, _, grads = self._gradient_function()(run, True)
+        return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
+                np.ascontiguousarray(np.asarray(grads[key], np.float32)))
+
+    def _lrp(self, inputs: list[np.ndarray], which: int, target: Target,
+             rule: LayerRules) -> tuple[np.ndarray, np.ndarray]:
+        """LRP's relevance of ``inputs[which]``, eagerly (:mod:`.relevance`)."""
+        import keras
+
+        from .patches import instance_attrs
+        from .relevance import PROBES, lrp_calls
+
+        if self.recorded:
+            raise ValueError(
+                f"lrp needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
+                "subclassed, and what it computes between its layers no rule reaches; build it with "
+                "keras.Model(inputs, outputs), or explain it with method='integratedgradients'"
+            )
+        graph = self.graph()
+        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
+                   if target.wants_logits else [])
+        state: dict = {}
+        changes = lrp_calls(list(self._ops.values()), rule, state, skipped)
+
+        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+            state.clear()
+            state["make_probe"] = make_probe
+            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
+            with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+                instance_attrs(changes)
+            ):
+                outs = self._call(xs)
+                scores = scores_of(target, outs, graph.output_names, keras.ops)
+            if "acts" not in state:
+                raise ValueError("lrp: no Dense or convolution layer ran on the input")
+            return outs, scores, state["acts"]
+
+        _, scores, acts, grads = self._gradient_function()(run, True)
+        a = np.asarray(keras_to_numpy(acts[PROBES[0]]), np.float32)
+        rel = a * np.asarray(grads[PROBES[0]], np.float32) + np.asarray(grads[PROBES[1]], np.float32)
+        if rel[0].size != inputs[which][0].size:
+            raise ValueError(
+                f"lrp: the first Dense or convolution layer takes an input of shape {a.shape}, not the "
+                f"model input {inputs[which].shape} (or a reshaping of it): the relevance cannot be "
+                "mapped back to the pixels. Explain this model with method='integratedgradients'"
+            )
+        return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
+                np.ascontiguousarray(rel.reshape(inputs[which].shape)))
 
     def _input_run(
         self, inputs: Sequence[Any], which: int, target: Target, rule: ReluRule | None,

@@ -31,16 +31,22 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ...graph import GraphNode, LayerGraph
-from ...rules import ReluRule, no_relu_warning
+from ...rules import LayerRules, ReluRule, Rescale, no_relu_warning
 from ...targets import Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
-from ..base import AttentionCapture, Capture, InputSpec, _as_float_array, glorot_uniform, is_plain_setting
+from ..base import AttentionCapture, Capture, InputSpec, _as_float_array, class_score_as_logit, glorot_uniform, is_plain_setting
 from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
 from ..._args import warn
 
 __all__ = ["TorchAdapter", "is_torch_module"]
+
+
+def _numpy_pair(scores: Any, grads: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``(N,)`` and channels-first ``grads`` as numpy, the latter channels-last."""
+    g = np.moveaxis(grads.detach().cpu().float().numpy(), 1, -1)
+    return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(g)
 
 
 def is_torch_module(model: Any) -> bool:
@@ -640,10 +646,17 @@ class TorchAdapter:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores (N,), d score / d inputs[which] (N, H, W, c))``, channels-last. With a
         ``rule`` (:mod:`camlens.rules`) every ``nn.ReLU``/``nn.ReLU6`` module passes gradients
-        back by it while this call runs."""
+        back by it while this call runs. With :class:`~camlens.rules.LayerRules` the second
+        array is LRP's relevance of ``inputs[which]`` (the score's relevance propagated back);
+        with :class:`~camlens.rules.Rescale` it is DeepLIFT's multipliers (after a reference
+        run on the rule's baseline)."""
         import torch
 
         self.graph()  # shapes known before the run
+        if isinstance(rule, LayerRules):
+            return self._lrp(inputs, which, class_score_as_logit(target), rule)
+        if isinstance(rule, Rescale):
+            return self._rescale(inputs, which, class_score_as_logit(target), rule)
         tensors = self._tensors(inputs)
         x = tensors[which].requires_grad_(True)
         # patches in the with statement itself, not an ExitStack: a Ctrl-C between a patch's
@@ -695,6 +708,66 @@ class TorchAdapter:
         grads = np.zeros(inputs[0].shape, np.float32) if g is None else np.moveaxis(
             g.detach().cpu().float().numpy(), 1, -1)
         return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
+
+    def _lrp(self, inputs: list[np.ndarray], which: int, target: Target,
+             rule: LayerRules) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from .relevance import lrp_forwards
+
+        tensors = self._tensors(inputs)
+        x = tensors[which].requires_grad_(True)
+        state: dict = {}
+        forwards = lrp_forwards(self.model, self._gm, rule, state, self._skipped_for_logits(target))
+        with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(forwards):
+            out = self.model(*tensors)
+            _, scores, _ = _scored(out, target, len(inputs[0]))
+            mult = state.get("mult")
+            if mult is None:
+                raise ValueError("lrp: no convolution or Linear layer ran on the input; nothing to propagate through")
+            rel, gx = torch.autograd.grad(scores.sum(), [mult, x], allow_unused=True)
+        if gx is not None and bool((gx != 0).any()):
+            raise ValueError(
+                "lrp: the input reaches the score other than through its first convolution or Linear "
+                "layer (a function of the raw input added later); LRP's rules cannot follow that path. "
+                "Explain this model with method='integratedgradients'"
+            )
+        if rel is None or rel[0].numel() != x[0].numel():
+            raise ValueError(
+                f"lrp: the first convolution or Linear layer takes an input of shape {state.get('shape')}, "
+                f"not the model input {tuple(x.shape)} (or a reshaping of it): the relevance cannot be "
+                "mapped back to the pixels. Explain this model with method='integratedgradients'"
+            )
+        rel = rel.reshape(x.shape)
+        return _numpy_pair(scores, rel)
+
+    def _rescale(self, inputs: list[np.ndarray], which: int, target: Target,
+                 rule: Rescale) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from .relevance import rescale_forwards
+
+        ref = np.asarray(rule.reference, dtype=np.float32)
+        try:
+            ref = np.broadcast_to(ref, inputs[which].shape)
+        except ValueError:
+            raise ValueError(f"deeplift: baseline of shape {ref.shape} does not fit inputs of shape "
+                             f"{inputs[which].shape}") from None
+        tensors = self._tensors(inputs)
+        x = tensors[which].requires_grad_(True)
+        ref_tensors = list(tensors)
+        ref_tensors[which] = self._tensors([np.ascontiguousarray(ref)])[0]
+        state: dict = {}
+        skipped = self._skipped_for_logits(target)
+        recording = rescale_forwards(self.model, self._gm, rule, True, state, skipped)
+        with eval_mode(self.model), grad_mode(False), self._logit_patch(target), instance_forwards(recording):
+            self.model(*ref_tensors)
+        rescaled = rescale_forwards(self.model, self._gm, rule, False, state, skipped)
+        with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(rescaled):
+            out = self.model(*tensors)
+            _, scores, _ = _scored(out, target, len(inputs[0]))
+            (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
+        return _numpy_pair(scores, torch.zeros_like(x) if g is None else g)
 
     def _rule_relus(self, rule: ReluRule) -> contextlib.AbstractContextManager[None]:
         import torch
@@ -830,6 +903,12 @@ class TorchAdapter:
         in logits already; then there is nothing to skip)."""
         if not target.wants_logits:
             return contextlib.nullcontext()
+        return identity_hooks(self._skipped_for_logits(target))
+
+    def _skipped_for_logits(self, target: Target) -> list[Any]:
+        """The final Softmax/Sigmoid modules a Logit target skips."""
+        if not target.wants_logits:
+            return []
         graph = self.graph()
         mods = []
         for i in target.output_indices(graph.output_names):
@@ -837,7 +916,7 @@ class TorchAdapter:
             mod = self._modules.get(path) if path is not None else None
             if mod is not None and type(mod).__name__ in ("Softmax", "Sigmoid", "LogSoftmax"):
                 mods.append(mod)
-        return identity_hooks(mods)
+        return mods
 
     def layer_role(self, node: GraphNode) -> str | None:
         """What the CAM head search needs to know of a layer (``camlens.methods.cam.ROLES``)."""
