@@ -9,24 +9,9 @@ import camlens
 from camlens.adapters.arrays import FunctionModel
 from camlens.methods import GradientShap, InputXGradient, PixelData, get_method
 from camlens.methods.base import noise_key
+from tests.methods.pixel_toys import linear_toy
 
-RNG = np.random.default_rng(3)
-X = RNG.normal(size=(2, 5, 4, 3)).astype(np.float32)
-W = RNG.normal(size=(2, 5, 4, 3))  # a different linear model per sample
-
-
-def linear(calls: list[int] | None = None) -> PixelData:
-    """S_n(x) = sum(W[n] * x), dS/dx = W[n]."""
-
-    def score(n, b):
-        return (b * W[n]).sum(axis=(1, 2, 3))
-
-    def gradient(n, b):
-        if calls is not None:
-            calls.append(len(b))
-        return score(n, b), np.broadcast_to(W[n], b.shape).copy()
-
-    return PixelData(X, score, gradient)
+RNG, X, W, linear = linear_toy(3)  # S_n(x) = sum(W[n] * x): a different linear model per sample
 
 
 def square() -> PixelData:

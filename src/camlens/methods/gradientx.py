@@ -13,7 +13,7 @@ import numpy as np
 
 from .._args import non_negative, positive_int, seed_or_none
 from .base import PixelData, PixelMethod, noise_key, register
-from .pixel import _grad, _gradient_fn, _images
+from .pixel import _grad, _gradient_fn, _images, per_image_gradients
 
 __all__ = ["InputXGradient", "GradientShap"]
 
@@ -49,14 +49,7 @@ class InputXGradient(PixelMethod):
     reduce = "sum"
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
-        images = _images(self, data)
-        fn = _gradient_fn(self, data)
-        out = np.empty(images.shape, dtype=np.float32)
-        scores = np.empty(len(images))
-        for n in range(len(images)):
-            s, g = _grad(fn, n, images[n : n + 1])
-            out[n], scores[n] = images[n].astype(np.float64) * g[0], s[0]
-        return out, {"scores": scores}
+        return per_image_gradients(self, data, lambda x, g: x * g)
 
 
 @register

@@ -50,6 +50,37 @@ def _grad(fn: GradientFn, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.asarray(scores, dtype=np.float64).reshape(-1), grads
 
 
+def per_image_gradients(
+    method: PixelMethod, data: PixelData, combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One gradient pass per image: ``combine(x, dS/dx)`` per image ``(N, H, W, c)``, and the
+    scores in ``{"scores": ...}`` (Saliency: ``|g|``, Input x Gradient: ``x * g``)."""
+    images = _images(method, data)
+    fn = _gradient_fn(method, data)
+    out = np.empty(images.shape, dtype=np.float32)
+    scores = np.empty(len(images))
+    for n in range(len(images)):
+        s, g = _grad(fn, n, images[n : n + 1])
+        out[n], scores[n] = combine(images[n].astype(np.float64), g[0]), s[0]
+    return out, {"scores": scores}
+
+
+def baselines_for(name: str, baseline: Any, images: np.ndarray) -> np.ndarray:
+    """``(N, H, W, c)`` the baseline of each image: zeros for ``None``, else ``baseline``
+    broadcast (a number, one ``(H, W, c)`` image or one per sample); ``name`` prefixes the
+    error."""
+    if baseline is None:
+        return np.zeros_like(images)
+    base = np.asarray(baseline, dtype=np.float32)
+    try:
+        return np.broadcast_to(base, images.shape).astype(np.float32)
+    except ValueError:
+        raise ValueError(
+            f"{name}: baseline of shape {base.shape} does not fit images of shape {images.shape}; "
+            f"give a number, an (H, W, c) = {images.shape[1:]} array or one per sample"
+        ) from None
+
+
 @register
 class Saliency(PixelMethod):
     """Saliency: the magnitude of the score's gradient with respect to each pixel.
@@ -75,14 +106,7 @@ class Saliency(PixelMethod):
     reduce = "maxabs"
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
-        images = _images(self, data)
-        fn = _gradient_fn(self, data)
-        out = np.empty(images.shape, dtype=np.float32)
-        scores = np.empty(len(images))
-        for n in range(len(images)):
-            s, g = _grad(fn, n, images[n : n + 1])
-            out[n], scores[n] = np.abs(g[0]), s[0]
-        return out, {"scores": scores}
+        return per_image_gradients(self, data, lambda x, g: np.abs(g))
 
 
 @register
@@ -198,16 +222,7 @@ class IntegratedGradients(PixelMethod):
 
     def baselines(self, images: np.ndarray) -> np.ndarray:
         """``(N, H, W, c)`` the baseline of each image."""
-        if self.baseline is None:
-            return np.zeros_like(images)
-        base = np.asarray(self.baseline, dtype=np.float32)
-        try:
-            return np.broadcast_to(base, images.shape).astype(np.float32)
-        except ValueError:
-            raise ValueError(
-                f"baseline of shape {base.shape} does not fit images of shape {images.shape}; "
-                f"give a number, an (H, W, c) = {images.shape[1:]} array or one per sample"
-            ) from None
+        return baselines_for(self.name, self.baseline, images)
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)

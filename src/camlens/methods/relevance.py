@@ -12,7 +12,7 @@ import numpy as np
 
 from ..rules import COMPOSITES, LayerRules, Rescale, composite
 from .base import PixelData, PixelMethod, register
-from .pixel import _images
+from .pixel import _images, baselines_for
 
 __all__ = ["LRP", "DeepLift"]
 
@@ -160,16 +160,7 @@ class DeepLift(PixelMethod):
         self.plain_layers = tuple(plain_layers)
 
     def baselines(self, images: np.ndarray) -> np.ndarray:
-        if self.baseline is None:
-            return np.zeros_like(images)
-        base = np.asarray(self.baseline, dtype=np.float32)
-        try:
-            return np.broadcast_to(base, images.shape).astype(np.float32)
-        except ValueError:
-            raise ValueError(
-                f"deeplift: baseline of shape {base.shape} does not fit images of shape {images.shape}; "
-                f"give a number, an (H, W, c) = {images.shape[1:]} array or one per sample"
-            ) from None
+        return baselines_for(self.name, self.baseline, images)
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)

@@ -106,7 +106,7 @@ class _Surrogate(PixelMethod):
 
     def __init__(
         self,
-        n_samples: int,
+        n_samples: int = 256,
         segments: Any = "slic",
         grid: int | tuple[int, int] = 8,
         n_segments: int = 50,
@@ -303,20 +303,6 @@ class KernelShap(_Surrogate):
 
     name = "kernelshap"
     cost = "256 model runs per image"
-
-    def __init__(
-        self,
-        n_samples: int = 256,
-        segments: Any = "slic",
-        grid: int | tuple[int, int] = 8,
-        n_segments: int = 50,
-        fill: float | str = 0.0,
-        seed: int | None = 0,
-        batch_size: int = 32,
-        coalitions: Coalitions | None = None,
-        compactness: float = 10.0,
-    ) -> None:
-        super().__init__(n_samples, segments, grid, n_segments, fill, seed, batch_size, coalitions, compactness)
 
     def draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
         """``(n_samples, m)`` coalitions drawn from the Shapley kernel (``m >= 2``)."""
