@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 from ._args import warn
 
-__all__ = ["ReluRule", "GUIDED", "no_relu_warning", "LinearRule", "LayerRules", "composite", "COMPOSITES",
-           "Rescale"]
+__all__ = ["ReluRule", "GUIDED", "no_relu_warning", "LinearRule", "ArrayOps", "linear_terms", "LayerRules",
+           "composite", "COMPOSITES", "Rescale"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +87,89 @@ class LinearRule:
                 f"alpha-beta needs alpha, beta >= 0 and alpha - beta = 1 (conservation); got "
                 f"alpha={self.alpha}, beta={self.beta} (e.g. alpha=2, beta=1 or alpha=1, beta=0)"
             )
+
+
+@dataclass(frozen=True)
+class ArrayOps:
+    """The few array functions :func:`linear_terms` needs that Python's operators do not give,
+    in one framework's terms (each adapter has one): so that the rules' formulas are written
+    once, not once per framework."""
+
+    #: ``max(t, 0)`` and ``min(t, 0)``, elementwise
+    pos: Callable[[Any], Any]
+    neg: Callable[[Any], Any]
+    #: ``cast(mask, like)``: a bool tensor as ``like``'s float dtype (1.0 / 0.0)
+    cast: Callable[[Any, Any], Any]
+    #: ``stab(d, eps) = d + eps * sign(d)``, sign(0) = 1
+    stab: Callable[[Any, float], Any]
+    zeros_like: Callable[[Any], Any]
+    ones_like: Callable[[Any], Any]
+    #: ``bounds(a) -> (min, max)`` of all of ``a``, outside the gradient (z^B's default bounds)
+    bounds: Callable[[Any], tuple[Any, Any]]
+    #: ``nonnegative(a) -> bool``: whether no input is negative, so the terms of ``a-`` (zero) can be
+    #: dropped; a traced program cannot ask, and gives ``lambda a: False``
+    nonnegative: Callable[[Any], bool]
+
+
+def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
+                 const: Callable[[Any], Any] | None) -> tuple[list[tuple[Any, Any, Any]], Callable]:
+    """``rule`` on the linear layer ``z = W a + b`` (weights ``w``, bias ``b``, both with batch norm
+    merged in) as ``(terms, coefficients)``: ``terms`` the ``(input, weight, bias)`` triples the
+    adapter runs through the layer, ``coefficients(outs, z)`` the multipliers (outside the
+    gradient) of those runs' outputs ``outs`` given the layer's output ``z``; the input relevance
+    is the gradient of ``sum_i outs_i * k_i``. ``const(value)`` is the first layer's input
+    multiplier times ``value`` (``None`` on other layers), for the terms not proportional to the
+    input (flat, w^2, z^B's bounds)."""
+    eps = rule.stabilizer
+    pos, neg, stab = ops.pos, ops.neg, ops.stab
+    if rule.name in ("epsilon", "flat", "wsquare"):  # no signed parts: not computed (large dense kernels)
+        wp = wn = bp = bneg = None
+    else:
+        wp, wn, bp, bneg = pos(w), neg(w), pos(b), neg(b)
+    zero = ops.zeros_like(b)
+
+    def constant(value: Any) -> Any:
+        if const is None:
+            raise ValueError(f"lrp: the {rule.name} rule is for the first layer only (its input relevance is "
+                             "not proportional to the input); give it as the composite's first rule")
+        return const(value)
+
+    if rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a):
+        # after a ReLU no input is negative: the terms of a- are zero, half the layer runs
+        if rule.name == "zplus":
+            return [(a, wp, bp)], lambda o, z: [z / stab(o[0], eps)]
+        if rule.name == "alphabeta":
+            al, be = rule.alpha, rule.beta
+            return ([(a, wp, bp), (a, wn, bneg)],
+                    lambda o, z: [al * z / stab(o[0], eps), -be * z / stab(o[1], eps)])
+        g = rule.gamma
+        return ([(a, w + g * wp, b + g * bp), (a, w + g * wn, b + g * bneg)],
+                lambda o, z: [ops.cast(z > 0, z) * z / stab(o[0], eps), ops.cast(z < 0, z) * z / stab(o[1], eps)])
+    if rule.name == "epsilon":
+        return [(a, w, b)], lambda o, z: [z / stab(o[0], eps)]
+    if rule.name == "zplus":
+        return [(pos(a), wp, bp), (neg(a), wn, zero)], lambda o, z: [z / stab(o[0] + o[1], eps)] * 2
+    if rule.name == "alphabeta":
+        al, be = rule.alpha, rule.beta
+        return ([(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)],
+                lambda o, z: [al * z / stab(o[0] + o[1], eps)] * 2 + [-be * z / stab(o[2] + o[3], eps)] * 2)
+    if rule.name == "gamma":
+        g = rule.gamma
+        return ([(pos(a), w + g * wp, b + g * bp), (neg(a), w + g * wn, zero),
+                 (pos(a), w + g * wn, b + g * bneg), (neg(a), w + g * wp, zero)],
+                lambda o, z: [ops.cast(z > 0, z) * z / stab(o[0] + o[1], eps)] * 2
+                + [ops.cast(z < 0, z) * z / stab(o[2] + o[3], eps)] * 2)
+    if rule.name == "flat":
+        return [(constant(1.0), ops.ones_like(w), zero)], lambda o, z: [z / stab(o[0], eps)]
+    if rule.name == "wsquare":
+        return [(constant(1.0), w * w, b * b)], lambda o, z: [z / stab(o[0], eps)]
+    if rule.name == "zbox":
+        found = ops.bounds(a) if rule.low is None or rule.high is None else (None, None)
+        low = found[0] if rule.low is None else rule.low
+        high = found[1] if rule.high is None else rule.high
+        return ([(a, w, b), (constant(low), wp, bp), (constant(high), wn, bneg)],
+                lambda o, z: [k * z / stab(o[0] - o[1] - o[2], eps) for k in (1.0, -1.0, -1.0)])
+    raise AssertionError(rule.name)
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ...rules import LayerRules, LinearRule
+from ...rules import ArrayOps, LayerRules, linear_terms
 
 __all__ = ["lrp_calls", "PROBES"]
 
@@ -181,46 +181,20 @@ def _apply(layer: Any, x: Any, w: Any, b: Any) -> Any:
     return y + b
 
 
-def _terms(rule: LinearRule, a: Any, w: Any, b: Any, const: Callable[[Any], Any] | None) -> tuple[list, Callable]:
+def _ops() -> ArrayOps:
     import keras
 
     ops = keras.ops
-    eps = rule.stabilizer
-    pos = lambda t: ops.maximum(t, 0.0)  # noqa: E731
-    neg = lambda t: ops.minimum(t, 0.0)  # noqa: E731
-    wp, wn, bp, bneg, zero = pos(w), neg(w), pos(b), neg(b), ops.zeros_like(b)
 
-    def constant(value: Any) -> Any:
-        if const is None:
-            raise ValueError(f"lrp: the {rule.name} rule is for the first layer only; give it as the "
-                             "composite's first rule")
-        return const(value)
-
-    if rule.name == "epsilon":
-        return [(a, w, b)], lambda o, z: [z / _stab(o[0], eps)]
-    if rule.name == "zplus":
-        return [(pos(a), wp, bp), (neg(a), wn, zero)], lambda o, z: [z / _stab(o[0] + o[1], eps)] * 2
-    if rule.name == "alphabeta":
-        al, be = rule.alpha, rule.beta
-        return ([(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)],
-                lambda o, z: [al * z / _stab(o[0] + o[1], eps)] * 2 + [-be * z / _stab(o[2] + o[3], eps)] * 2)
-    if rule.name == "gamma":
-        g = rule.gamma
-        return ([(pos(a), w + g * wp, b + g * bp), (neg(a), w + g * wn, zero),
-                 (pos(a), w + g * wn, b + g * bneg), (neg(a), w + g * wp, zero)],
-                lambda o, z: [ops.cast(z > 0, z.dtype) * z / _stab(o[0] + o[1], eps)] * 2
-                + [ops.cast(z < 0, z.dtype) * z / _stab(o[2] + o[3], eps)] * 2)
-    if rule.name == "flat":
-        return [(constant(1.0), ops.ones_like(w), zero)], lambda o, z: [z / _stab(o[0], eps)]
-    if rule.name == "wsquare":
-        return [(constant(1.0), w * w, b * b)], lambda o, z: [z / _stab(o[0], eps)]
-    if rule.name == "zbox":
+    def bounds(a: Any) -> tuple[Any, Any]:
         stopped = ops.stop_gradient(a)
-        low = ops.min(stopped) if rule.low is None else rule.low
-        high = ops.max(stopped) if rule.high is None else rule.high
-        return ([(a, w, b), (constant(low), wp, bp), (constant(high), wn, bneg)],
-                lambda o, z: [k * z / _stab(o[0] - o[1] - o[2], eps) for k in (1.0, -1.0, -1.0)])
-    raise AssertionError(rule.name)
+        return ops.min(stopped), ops.max(stopped)
+
+    return ArrayOps(pos=lambda t: ops.maximum(t, 0.0), neg=lambda t: ops.minimum(t, 0.0),
+                    cast=lambda mask, like: ops.cast(mask, like.dtype), stab=_stab, zeros_like=ops.zeros_like,
+                    ones_like=ops.ones_like, bounds=bounds,
+                    # the calls are traced (tf.function, jit): no input's sign can be asked
+                    nonnegative=lambda a: False)
 
 
 def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict) -> Callable[..., Any]:
@@ -241,7 +215,7 @@ def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict) -> Callabl
             rule = rules.first or own
         w, b = _params(layer, bn)
         z = ops.stop_gradient(_apply(layer, a, w, b))
-        terms, coefficients = _terms(rule, a, w, b, const)
+        terms, coefficients = linear_terms(rule, a, w, b, _ops(), const)
         outs = [_apply(layer, t, tw, tb) for t, tw, tb in terms]
         ks = [ops.stop_gradient(k) for k in coefficients([ops.stop_gradient(o) for o in outs], z)]
         out = z

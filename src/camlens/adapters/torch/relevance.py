@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ...rules import LayerRules, LinearRule, Rescale
+from ...rules import ArrayOps, LayerRules, Rescale, linear_terms
 
 __all__ = ["lrp_forwards", "rescale_forwards", "check_functions"]
 
@@ -163,62 +163,16 @@ def _params(m: Any, bn: Any) -> tuple[Any, Any]:
     return w, (b - bn.running_mean) * s + shift
 
 
-def _terms(rule: LinearRule, a: Any, w: Any, b: Any, mult: Any) -> tuple[list[tuple[Any, Any, Any]], Callable]:
-    """The rule's ``(input, weight, bias)`` terms and the function from their outputs and ``z`` to
-    their coefficients."""
+def _ops() -> ArrayOps:
     import torch
 
-    eps = rule.stabilizer
-    pos = lambda t: t.clamp(min=0)  # noqa: E731
-    neg = lambda t: t.clamp(max=0)  # noqa: E731
-    if rule.name in ("epsilon", "flat", "wsquare"):  # no signed parts: not computed (large dense kernels)
-        wp = wn = bp = bneg = None
-    else:
-        wp, wn, bp, bneg = pos(w), neg(w), pos(b), neg(b)
-    zero = torch.zeros_like(b)
-
-    def const(value: Any) -> Any:
-        if mult is None:
-            raise ValueError(f"lrp: the {rule.name} rule is for the first layer only (its input relevance is "
-                             "not proportional to the input); give it as the composite's first rule")
-        return mult * value
-
-    if rule.name in ("zplus", "alphabeta", "gamma") and not bool((a < 0).any()):
-        # after a ReLU no input is negative: the terms of a- are zero, half the convolutions
-        if rule.name == "zplus":
-            return [(a, wp, bp)], lambda o, z: [z / _stab(o[0], eps)]
-        if rule.name == "alphabeta":
-            al, be = rule.alpha, rule.beta
-            return ([(a, wp, bp), (a, wn, bneg)],
-                    lambda o, z: [al * z / _stab(o[0], eps), -be * z / _stab(o[1], eps)])
-        g = rule.gamma
-        return ([(a, w + g * wp, b + g * bp), (a, w + g * wn, b + g * bneg)],
-                lambda o, z: [(z > 0) * z / _stab(o[0], eps), (z < 0) * z / _stab(o[1], eps)])
-    if rule.name == "epsilon":
-        return [(a, w, b)], lambda o, z: [z / _stab(o[0], eps)]
-    if rule.name == "zplus":
-        return [(pos(a), wp, bp), (neg(a), wn, zero)], lambda o, z: [z / _stab(o[0] + o[1], eps)] * 2
-    if rule.name == "alphabeta":
-        al, be = rule.alpha, rule.beta
-        return ([(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)],
-                lambda o, z: [al * z / _stab(o[0] + o[1], eps)] * 2 + [-be * z / _stab(o[2] + o[3], eps)] * 2)
-    if rule.name == "gamma":
-        g = rule.gamma
-        return ([(pos(a), w + g * wp, b + g * bp), (neg(a), w + g * wn, zero),
-                 (pos(a), w + g * wn, b + g * bneg), (neg(a), w + g * wp, zero)],
-                lambda o, z: [(z > 0) * z / _stab(o[0] + o[1], eps)] * 2
-                + [(z < 0) * z / _stab(o[2] + o[3], eps)] * 2)
-    if rule.name == "flat":
-        return [(const(1.0), torch.ones_like(w), zero)], lambda o, z: [z / _stab(o[0], eps)]
-    if rule.name == "wsquare":
-        return [(const(1.0), w * w, b * b)], lambda o, z: [z / _stab(o[0], eps)]
-    if rule.name == "zbox":
+    def bounds(a: Any) -> tuple[Any, Any]:
         with torch.no_grad():
-            low = a.min() if rule.low is None else rule.low
-            high = a.max() if rule.high is None else rule.high
-        return ([(a, w, b), (const(low), wp, bp), (const(high), wn, bneg)],
-                lambda o, z: [k * z / _stab(o[0] - o[1] - o[2], eps) for k in (1.0, -1.0, -1.0)])
-    raise AssertionError(rule.name)
+            return a.min(), a.max()
+
+    return ArrayOps(pos=lambda t: t.clamp(min=0), neg=lambda t: t.clamp(max=0),
+                    cast=lambda mask, like: mask.to(like.dtype), stab=_stab, zeros_like=torch.zeros_like,
+                    ones_like=torch.ones_like, bounds=bounds, nonnegative=lambda a: not bool((a < 0).any()))
 
 
 def _linear_call(m: Any) -> Callable[[Any, Any, Any], Any]:
@@ -287,7 +241,8 @@ def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict,
                     z.register_hook(lambda g, __k=k: g * __k)
                 return z
             w, b = _params(m, bn)
-            terms, coefficients = _terms(rule, a, w, b, mult)
+            const = None if mult is None else (lambda value: mult * value)
+            terms, coefficients = linear_terms(rule, a, w, b, _ops(), const)
             outs = [call(t, tw, tb) for t, tw, tb in terms]
             with torch.no_grad():
                 ks = coefficients([o.detach() for o in outs], z.detach())
