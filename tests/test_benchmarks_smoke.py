@@ -70,6 +70,24 @@ def test_speed_limit_smoke_through_the_one_command():
         assert "PyTorch" in backends
 
 
+def test_relevance_speed_smoke():
+    """LRP (every composite) and DeepLIFT against the forward pass on the tiny torch net and the
+    tiny Keras net of the caller's backend: one row per net and batch, every ratio a number."""
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    proc = _run(str(BENCHMARKS / "relevance_speed.py"), "--smoke", timeout=300)
+    header, rows = _table(proc.stdout, "backend")
+    assert header == ["backend", "model", "batch", "forward", "autograd", "saliency", "eps", "eps+flat", "eps+",
+                      "gammabox", "a2b1", "a1b0", "deeplift"]
+    assert [(r[0], r[2]) for r in rows] == [("PyTorch", "1"), ("PyTorch", "2"),
+                                            (f"Keras/{os.environ.get('KERAS_BACKEND', 'tensorflow')}", "1"),
+                                            (f"Keras/{os.environ.get('KERAS_BACKEND', 'tensorflow')}", "2")]
+    for r in rows:
+        assert r[1] == "tiny" and len(r) == 13
+        assert all(float(c) > 0 for c in r[3:] if c != "-")
+    assert [r[4] for r in rows if r[0] != "PyTorch"] == ["-", "-"]  # autograd by hand: torch only
+
+
 def test_peers_smoke():
     """Every method against grad-cam and torchcam where they are installed (grad-cam through
     the torchvision stand-in in tests/stubs when torchvision cannot be imported)."""
@@ -92,7 +110,7 @@ def test_run_names_the_benchmarks():
         [sys.executable, str(BENCHMARKS / "run.py"), "--only", "nope"], capture_output=True, text=True
     )
     assert proc.returncode == 2
-    assert "speed_limit, peers, scorecam_memory" in proc.stderr and "folder" in proc.stderr
+    assert "speed_limit, peers, scorecam_memory" in proc.stderr and "relevance_speed" in proc.stderr
 
 
 def test_faithfulness_smoke():
