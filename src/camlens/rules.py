@@ -112,14 +112,20 @@ class ArrayOps:
 
 
 def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
-                 const: Callable[[Any], Any] | None) -> tuple[list[tuple[Any, Any, Any]], Callable]:
+                 const: Callable[[Any], Any] | None) -> tuple[list[tuple[Any, Any, Any]], Callable, bool]:
     """``rule`` on the linear layer ``z = W a + b`` (weights ``w``, bias ``b``, both with batch norm
-    merged in) as ``(terms, coefficients)``: ``terms`` the ``(input, weight, bias)`` triples the
-    adapter runs through the layer, ``coefficients(outs, z)`` the multipliers (outside the
+    merged in) as ``(terms, coefficients, summed)``: ``terms`` the ``(input, weight, bias)`` triples
+    the adapter runs through the layer, ``coefficients(outs, z)`` the multipliers (outside the
     gradient) of those runs' outputs ``outs`` given the layer's output ``z``; the input relevance
-    is the gradient of ``sum_i outs_i * k_i``. ``const(value)`` is the first layer's input
-    multiplier times ``value`` (``None`` on other layers), for the terms not proportional to the
-    input (flat, w^2, z^B's bounds)."""
+    is the gradient of ``sum_i outs_i * k_i``. ``summed``: the outputs add up to ``z`` (the terms
+    split the layer's contributions), so the adapter takes ``z`` from them rather than running the
+    layer once more. ``const(value)`` is the first layer's input multiplier times ``value``
+    (``None`` on other layers), for the terms not proportional to the input (flat, w^2, z^B's
+    bounds).
+
+    Cost, in convolutions of the layer's size: epsilon 1 (the layer itself), z+ 2 on a
+    non-negative input (the layer and ``W+ a``), else 3; alpha-beta and gamma 2 on a non-negative
+    input (``W+ a + b+`` and ``W- a + b-``), else 4."""
     eps = rule.stabilizer
     pos, neg, stab = ops.pos, ops.neg, ops.stab
     if rule.name in ("epsilon", "flat", "wsquare"):  # no signed parts: not computed (large dense kernels)
@@ -137,38 +143,52 @@ def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
     if rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a):
         # after a ReLU no input is negative: the terms of a- are zero, half the layer runs
         if rule.name == "zplus":
-            return [(a, wp, bp)], lambda o, z: [z / stab(o[0], eps)]
+            return [(a, wp, bp)], lambda o, z: [z / stab(o[0], eps)], False
+        split = [(a, wp, bp), (a, wn, bneg)]
+    else:
+        split = [(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)]
+    if rule.name == "epsilon":
+        return [(a, w, b)], lambda o, z: [z / stab(o[0], eps)], True
+    if rule.name == "zplus":
+        return split[:2], lambda o, z: [z / stab(o[0] + o[1], eps)] * 2, False
+    if rule.name in ("alphabeta", "gamma"):
+        # the positive contributions p (W+ a+ + b+ + W- a-) and the negative ones q: with a >= 0
+        # the first two terms, else the first two and the last two
+        half = len(split) // 2
+
+        def parts(o: list[Any]) -> tuple[Any, Any]:
+            return (o[0], o[1]) if half == 1 else (o[0] + o[1], o[2] + o[3])
+
         if rule.name == "alphabeta":
             al, be = rule.alpha, rule.beta
-            return ([(a, wp, bp), (a, wn, bneg)],
-                    lambda o, z: [al * z / stab(o[0], eps), -be * z / stab(o[1], eps)])
+
+            def ab(o: list[Any], z: Any) -> list[Any]:
+                p, q = parts(o)
+                return [al * z / stab(p, eps)] * half + [-be * z / stab(q, eps)] * half
+
+            return split, ab, True
         g = rule.gamma
-        return ([(a, w + g * wp, b + g * bp), (a, w + g * wn, b + g * bneg)],
-                lambda o, z: [ops.cast(z > 0, z) * z / stab(o[0], eps), ops.cast(z < 0, z) * z / stab(o[1], eps)])
-    if rule.name == "epsilon":
-        return [(a, w, b)], lambda o, z: [z / stab(o[0], eps)]
-    if rule.name == "zplus":
-        return [(pos(a), wp, bp), (neg(a), wn, zero)], lambda o, z: [z / stab(o[0] + o[1], eps)] * 2
-    if rule.name == "alphabeta":
-        al, be = rule.alpha, rule.beta
-        return ([(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)],
-                lambda o, z: [al * z / stab(o[0] + o[1], eps)] * 2 + [-be * z / stab(o[2] + o[3], eps)] * 2)
-    if rule.name == "gamma":
-        g = rule.gamma
-        return ([(pos(a), w + g * wp, b + g * bp), (neg(a), w + g * wn, zero),
-                 (pos(a), w + g * wn, b + g * bneg), (neg(a), w + g * wp, zero)],
-                lambda o, z: [ops.cast(z > 0, z) * z / stab(o[0] + o[1], eps)] * 2
-                + [ops.cast(z < 0, z) * z / stab(o[2] + o[3], eps)] * 2)
+
+        def gamma(o: list[Any], z: Any) -> list[Any]:
+            # zennit's gamma: weights W + g W+ (W + g W-) on the outputs of positive (negative)
+            # z, i.e. (1+g) p + q ((1+g) q + p), written on p and q so that no convolution of the
+            # modified weights runs
+            p, q = parts(o)
+            up = ops.cast(z > 0, z) * z / stab((1 + g) * p + q, eps)
+            down = ops.cast(z < 0, z) * z / stab(p + (1 + g) * q, eps)
+            return [(1 + g) * up + down] * half + [up + (1 + g) * down] * half
+
+        return split, gamma, True
     if rule.name == "flat":
-        return [(constant(1.0), ops.ones_like(w), zero)], lambda o, z: [z / stab(o[0], eps)]
+        return [(constant(1.0), ops.ones_like(w), zero)], lambda o, z: [z / stab(o[0], eps)], False
     if rule.name == "wsquare":
-        return [(constant(1.0), w * w, b * b)], lambda o, z: [z / stab(o[0], eps)]
+        return [(constant(1.0), w * w, b * b)], lambda o, z: [z / stab(o[0], eps)], False
     if rule.name == "zbox":
         found = ops.bounds(a) if rule.low is None or rule.high is None else (None, None)
         low = found[0] if rule.low is None else rule.low
         high = found[1] if rule.high is None else rule.high
         return ([(a, w, b), (constant(low), wp, bp), (constant(high), wn, bneg)],
-                lambda o, z: [k * z / stab(o[0] - o[1] - o[2], eps) for k in (1.0, -1.0, -1.0)])
+                lambda o, z: [k * z / stab(o[0] - o[1] - o[2], eps) for k in (1.0, -1.0, -1.0)], False)
     raise AssertionError(rule.name)
 
 

@@ -214,9 +214,14 @@ def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict) -> Callabl
             const = lambda value: ones * value  # noqa: E731
             rule = rules.first or own
         w, b = _params(layer, bn)
-        z = ops.stop_gradient(_apply(layer, a, w, b))
-        terms, coefficients = linear_terms(rule, a, w, b, _ops(), const)
+        terms, coefficients, summed = linear_terms(rule, a, w, b, _ops(), const)
         outs = [_apply(layer, t, tw, tb) for t, tw, tb in terms]
+        if summed:  # the terms split the layer: its output is their sum, one convolution fewer
+            z = ops.stop_gradient(outs[0])
+            for o in outs[1:]:
+                z = z + ops.stop_gradient(o)
+        else:
+            z = ops.stop_gradient(_apply(layer, a, w, b))
         ks = [ops.stop_gradient(k) for k in coefficients([ops.stop_gradient(o) for o in outs], z)]
         out = z
         for o, k in zip(outs, ks):

@@ -142,7 +142,9 @@ def _merge_pairs(model: Any, gm: Any, linear: Sequence[Any], bns: Sequence[Any])
 
 
 def _stab(d: Any, eps: float) -> Any:
-    return d + eps * ((d >= 0).to(d.dtype) * 2 - 1)
+    import torch
+
+    return torch.where(d >= 0, d + eps, d - eps)  # three passes over d, not five: the same values
 
 
 def _params(m: Any, bn: Any) -> tuple[Any, Any]:
@@ -163,16 +165,54 @@ def _params(m: Any, bn: Any) -> tuple[Any, Any]:
     return w, (b - bn.running_mean) * s + shift
 
 
+_OPS: list[ArrayOps] = []
+
+
+def _nonnegative(a: Any) -> bool:
+    # one reduction (a sync, cheap beside the convolutions it saves); NaN compares False
+    return a.numel() > 0 and bool(a.detach().min() >= 0)
+
+
 def _ops() -> ArrayOps:
     import torch
+
+    if _OPS:
+        return _OPS[0]
 
     def bounds(a: Any) -> tuple[Any, Any]:
         with torch.no_grad():
             return a.min(), a.max()
 
-    return ArrayOps(pos=lambda t: t.clamp(min=0), neg=lambda t: t.clamp(max=0),
-                    cast=lambda mask, like: mask.to(like.dtype), stab=_stab, zeros_like=torch.zeros_like,
-                    ones_like=torch.ones_like, bounds=bounds, nonnegative=lambda a: not bool((a < 0).any()))
+    _OPS.append(ArrayOps(pos=lambda t: t.clamp(min=0), neg=lambda t: t.clamp(max=0),
+                         cast=lambda mask, like: mask.to(like.dtype), stab=_stab, zeros_like=torch.zeros_like,
+                         ones_like=torch.ones_like, bounds=bounds, nonnegative=_nonnegative))
+    return _OPS[0]
+
+
+_ROUTED: list[Any] = []
+
+
+def _routed(z: Any, outs: Sequence[Any], ks: Sequence[Any]) -> Any:
+    """The layer's value ``z`` (a fresh tensor outside the gradient) whose backward is
+    ``sum_i k_i dy`` into ``outs[i]``: what ``z + sum_i (o_i k_i - stop(o_i k_i))`` gives, with
+    no pass over the output forward and one multiplication per term back."""
+    import torch
+
+    if not _ROUTED:
+        class Routed(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, box: Any, ks: Any, *outs: Any) -> Any:
+                # z comes in a box, not as an input: an input returned as it is would be a view,
+                # and an in-place ReLU after the layer could not modify it
+                ctx.ks = ks
+                return box[0]
+
+            @staticmethod
+            def backward(ctx: Any, dy: Any) -> Any:
+                return (None, None, *(dy * k for k in ctx.ks))
+
+        _ROUTED.append(Routed)
+    return _ROUTED[0].apply([z], tuple(ks), *outs)
 
 
 def _linear_call(m: Any) -> Callable[[Any, Any, Any], Any]:
@@ -231,25 +271,31 @@ def lrp_forwards(model: Any, gm: Any, rules: LayerRules, state: dict,
                 state["mult"], state["shape"] = mult, tuple(a.shape)
                 a = a.detach() * mult
                 rule = rules.first or own
-            z = original(m, a)
-            if bn is not None:
-                z = type(bn).forward(bn, z)
             if rule.name == "epsilon":  # its one term is the layer itself: z's gradient times k
+                z = original(m, a)
+                if bn is not None:
+                    z = type(bn).forward(bn, z)
                 with torch.no_grad():
                     k = z / _stab(z, rule.stabilizer)
                 if z.requires_grad:
                     z.register_hook(lambda g, __k=k: g * __k)
                 return z
-            w, b = _params(m, bn)
+            with torch.no_grad():  # no weight gradient is wanted: the terms' weights are constants
+                w, b = _params(m, bn)
             const = None if mult is None else (lambda value: mult * value)
-            terms, coefficients = linear_terms(rule, a, w, b, _ops(), const)
+            terms, coefficients, summed = linear_terms(rule, a, w, b, _ops(), const)
             outs = [call(t, tw, tb) for t, tw, tb in terms]
             with torch.no_grad():
-                ks = coefficients([o.detach() for o in outs], z.detach())
-            out = z.detach()
-            for o, k in zip(outs, ks):
-                out = out + (o * k - (o * k).detach())
-            return out
+                if summed:  # the terms split the layer: z is their sum, the layer need not run
+                    z = None
+                    for o in outs:
+                        z = o.detach() if z is None else z + o.detach()
+                else:
+                    z = original(m, a)
+                    if bn is not None:
+                        z = type(bn).forward(bn, z)
+                ks = coefficients([o.detach() for o in outs], z)
+            return _routed(z, outs, ks)
 
         return forward
 
