@@ -183,3 +183,35 @@ def test_in_place_relus_give_the_same_maps(method: str) -> None:
         a = camlens.explain(net(True), x, method=m, target=1).raw_maps[0]
         b = camlens.explain(net(False), x, method=m, target=1).raw_maps[0]
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, after_relu, signed", [
+    ("epsilon_plus", 2, 3), ("epsilon_alpha2_beta1", 2, 4), ("epsilon_gamma_box", 2, 4),
+])
+def test_lrp_runs_each_convolution_only_as_often_as_its_rule_needs(monkeypatch, name, after_relu, signed) -> None:
+    """Convolutions run per layer: after a ReLU z+ needs the layer and its positive weights (2),
+    alpha-beta and gamma their positive and negative parts only, the layer being their sum (2,
+    was 3); on a signed input (the first layer, under ``LayerRules``) the four signed parts
+    (alpha-beta and gamma: 4, was 5)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2)).eval()
+    calls: list[int] = []
+    real = F.conv2d
+
+    def counted(x, w, *args, **kwargs):
+        calls.append(w.shape[0])
+        return real(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", counted)
+    x = torch.randn(1, 2, 6, 6)  # signed: the first layer's rule sees negative inputs
+    counts = []
+    # epsilon: one run per layer; its first call also traces the model (not counted)
+    for conv in (LinearRule("epsilon"), LinearRule("epsilon"), composite(name).conv):
+        calls.clear()
+        rules = LayerRules("counted", conv=conv, dense=LinearRule("epsilon"), first=conv)
+        camlens.explain(net, x, method=LRP(composite=rules), target=0)
+        counts.append((calls.count(3), calls.count(2)))
+    _, (eps1, eps2), (first, second) = counts
+    assert (first - eps1 + 1, second - eps2 + 1) == (signed, after_relu)

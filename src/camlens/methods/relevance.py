@@ -58,8 +58,10 @@ class LRP(PixelMethod):
     sums and average pooling divide by their unstabilized sum (zennit adds 1e-6); batch norm is
     merged wherever it follows a convolution or Linear layer alone, found from the traced
     graph (zennit's canonizer pairs consecutive leaf modules). Cost: one forward and one
-    backward pass, each layer's convolution computed once per rule term (z+: 2, alpha-beta and
-    gamma: 4). Torch modules and Keras Functional/Sequential models (all three backends; a
+    backward pass, each layer's convolution run once per rule term: epsilon once, z+ twice after a
+    ReLU (the layer and its positive weights), alpha-beta and gamma twice after a ReLU (their
+    positive and negative parts; the layer's output is their sum), 3 and 4 on a signed input
+    (torch asks the input's sign at run time; Keras, traced, takes the signed case). Torch modules and Keras Functional/Sequential models (all three backends; a
     subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
     ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
     on a model ending in softmax is explained on its logit (as ``Logit(k)``; the softmax is
