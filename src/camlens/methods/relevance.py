@@ -61,7 +61,8 @@ class LRP(PixelMethod):
     backward pass, each layer's convolution run once per rule term: epsilon once, z+ twice after a
     ReLU (the layer and its positive weights), alpha-beta and gamma twice after a ReLU (their
     positive and negative parts; the layer's output is their sum), 3 and 4 on a signed input
-    (torch asks the input's sign at run time; Keras, traced, takes the signed case). Torch modules and Keras Functional/Sequential models (all three backends; a
+    (torch asks the input's sign at run time; Keras, traced, takes the signed case).
+    Torch modules and Keras Functional/Sequential models (all three backends; a
     subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
     ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
     on a model ending in softmax is explained on its logit (as ``Logit(k)``; the softmax is
