@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from camlens.methods import (DFF, KPCACAM, AblationCAM, EigenCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM,
-                             SiteData, XGradCAM)
+                             LayerCAM, SiteData, XGradCAM)
 
 
 def one_sample(*channels: list[list[float]]) -> np.ndarray:
@@ -207,3 +207,63 @@ def test_keras_dff_details_rank_the_classes_by_the_head() -> None:
     # a target that is no class: the largest concept, and the reason in details
     lone = camlens.explain(model, x, DFF(k=2), target=lambda y: y[:, 0] - y[:, 1], layer="conv")
     assert "no class ranking" in lone.details[0]["head"] and (lone.details[0]["chosen"] == 0).all()
+
+
+def test_eigen_smooth_exact_on_hirescam_and_layercam() -> None:
+    A = one_sample([[3, 1], [1, 1]], [[0, 9], [9, 9]])
+    G = one_sample([[1, 1], [1, 1]], [[-1, -1], [-1, -1]])
+    # HiResCAM: G A = ([[3, 1], [1, 1]], -[[0, 9], [9, 9]]); their sum [[3, -8], [-8, -8]] is
+    # what the projection is oriented by. The products' centred rows are (1.5, -6.75) and
+    # (-.5, 2.25) x 3: rank one along (1.5, -6.75) -> projection +-|row| = sqrt(1.5^2 + 6.75^2)
+    # on the top-left, negative (zeroed by relu) elsewhere, oriented to the sum's top-left peak
+    top = float(np.hypot(1.5, 6.75))
+    np.testing.assert_allclose(HiResCAM(eigen_smooth=True)(SiteData(A, G)), [[[top, 0.0], [0.0, 0.0]]],
+                               atol=1e-6)
+    np.testing.assert_array_equal(HiResCAM()(SiteData(A, G)), [[[3.0, 0.0], [0.0, 0.0]]])
+    # LayerCAM: relu(G) drops channel 1, leaving [[3, 1], [1, 1]], as Grad-CAM's above
+    np.testing.assert_allclose(LayerCAM(eigen_smooth=True)(SiteData(A, G)), [[[1.5, 0.0], [0.0, 0.0]]],
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [HiResCAM, LayerCAM])
+def test_eigen_smooth_of_position_weighted_cams(cls: type) -> None:
+    rng = np.random.default_rng(3)
+    A, G = rng.random((2, 3, 4, 5)), rng.standard_normal((2, 3, 4, 5))
+    products = A * (G if cls is HiResCAM else np.maximum(G, 0))
+    np.testing.assert_allclose(cls(eigen_smooth=True)(SiteData(A, G)), EigenCAM()(SiteData(products)), atol=1e-5)
+    with pytest.raises(TypeError, match=f"{cls.name}: eigen_smooth must be True or False"):
+        cls(eigen_smooth=1)
+
+
+def test_eigen_smooth_of_scorecam_and_its_variants() -> None:
+    from camlens.methods import FastScoreCAM, ISCAM, SSCAM, ScoreCAM
+    from camlens.methods.scorecam import normalised_masks
+
+    rng = np.random.default_rng(5)
+    A = rng.random((1, 3, 3, 4))
+    x = rng.random((1, 3, 3, 1))
+    data = SiteData(A, images=x, score=lambda n, batch: batch.reshape(len(batch), -1) @ np.arange(9.0))
+    # the softmax weights of the scores, then Eigen-CAM of the weighted activations
+    s = np.array([(x[0, :, :, 0] * m).ravel() @ np.arange(9.0)
+                  for m in normalised_masks(A[0].astype(np.float32), np.arange(4), (3, 3))])
+    w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    expected = EigenCAM()(SiteData(A * w))
+    np.testing.assert_allclose(ScoreCAM(eigen_smooth=True)(data), expected, atol=1e-5)
+    np.testing.assert_allclose(FastScoreCAM(k=4, eigen_smooth=True)(data), expected, atol=1e-5)
+    np.testing.assert_allclose(ISCAM(n_steps=1, eigen_smooth=True)(data), expected, atol=1e-5)
+    np.testing.assert_allclose(SSCAM(n_samples=1, sigma=0.0, eigen_smooth=True)(data), expected, atol=1e-5)
+    assert not np.allclose(ScoreCAM()(data), expected, atol=1e-3)
+
+
+def test_eigen_smooth_of_smooth_gradcampp_and_finercam() -> None:
+    from camlens.methods import FinerCAM, SmoothGradCAMPlusPlus
+
+    rng = np.random.default_rng(4)
+    A, G = rng.random((1, 3, 4, 5)), rng.standard_normal((1, 3, 4, 5))
+    capture = lambda n, batch: (A.repeat(len(batch), 0), G.repeat(len(batch), 0))  # noqa: E731
+    data = SiteData(A, G, images=np.zeros((1, 3, 4, 3)), capture=capture)
+    want = GradCAMPlusPlus(eigen_smooth=True)(data)  # sigma=0: the same G on every copy
+    np.testing.assert_allclose(SmoothGradCAMPlusPlus(sigma=0.0, eigen_smooth=True)(data), want, atol=1e-5)
+    np.testing.assert_allclose(FinerCAM(base="layercam", eigen_smooth=True)(data),
+                               LayerCAM(eigen_smooth=True)(data), atol=0)
+    assert not np.allclose(FinerCAM(base="layercam")(data), LayerCAM(eigen_smooth=True)(data), atol=1e-3)

@@ -112,19 +112,27 @@ def test_kpcacam_sign_differs_deliberately() -> None:
     assert ours.ravel()[3] == 0 and (ours.ravel()[:3] > 0).all()
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcamelementwise", "xgradcam"])
-def test_eigen_smooth_parity(net: Any, x: np.ndarray, method: str) -> None:
+@pytest.mark.parametrize("method", ["gradcam", "gradcamelementwise", "xgradcam", "hirescam", "layercam",
+                                    "scorecam"])
+def test_eigen_smooth_parity(net: Any, x: np.ndarray, method: str, monkeypatch: Any) -> None:
     """eigen_smooth=True on both sides: camlens' map is grad-cam's signed projection oriented by
     camlens' rule (grad-cam keeps the SVD's arbitrary sign). Not Grad-CAM++: its weights already
     differ by grad-cam's 1e-6 epsilon (see test_parity_pytorch_grad_cam.py); its eigen_smooth
-    is the same code as these three's (WeightedCAM)."""
-    from camlens.methods import GradCAM, GradCAMElementWise, GradCAMPlusPlus, XGradCAM
+    is the same code as Grad-CAM's and XGrad-CAM's (WeightedCAM). Score-CAM with grad-cam's
+    mask upsampler set to half-pixel centres, camlens' (its one deliberate difference, see
+    test_scorecam_parity_with_the_same_mask_upsampling)."""
+    from camlens.methods import (GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
+                                 ScoreCAM, XGradCAM)
     from camlens.methods.eigencam import orient
+    from test_parity_pytorch_grad_cam import _half_pixel_upsampler
 
+    if method == "scorecam":
+        monkeypatch.setattr(torch.nn, "UpsamplingBilinear2d", _half_pixel_upsampler)
     ours = {"gradcam": GradCAM, "gradcamelementwise": GradCAMElementWise, "gradcam++": GradCAMPlusPlus,
-            "xgradcam": XGradCAM}[method]
+            "xgradcam": XGradCAM, "hirescam": HiResCAM, "layercam": LayerCAM, "scorecam": ScoreCAM}[method]
     theirs = {"gradcam": pgc.GradCAM, "gradcamelementwise": pgc.GradCAMElementWise,
-              "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM}[method]
+              "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM, "hirescam": pgc.HiResCAM,
+              "layercam": pgc.LayerCAM, "scorecam": pgc.ScoreCAM}[method]
     exp = camlens.explain(net, x, ours(eigen_smooth=True), target=CLASSES, layer=LAYER)
     ref = grad_cam_layer_map(theirs(net, [net.relu2]), net.relu2, x, eigen_smooth=True)
     plain = grad_cam_layer_map(theirs(net, [net.relu2]), net.relu2, x)  # the unsmoothed map
@@ -134,6 +142,9 @@ def test_eigen_smooth_parity(net: Any, x: np.ndarray, method: str) -> None:
         oriented = orient(p, plain[n].reshape(-1, 1).astype(np.float64)).reshape(ref[n].shape)
         assert _max_diff(exp.raw_maps[0][n], oriented) < TOL
     assert _max_diff(exp.raw_maps[0], np.maximum(plain, 0)) > 100 * TOL  # smoothing changed the map
+    # and camlens' unsmoothed map is still grad-cam's plain one
+    unsmoothed = camlens.explain(net, x, ours(), target=CLASSES, layer=LAYER)
+    assert _max_diff(unsmoothed.raw_maps[0], np.maximum(plain, 0)) < TOL
 
 
 def test_aug_smooth_parity(net: Any, x: np.ndarray) -> None:

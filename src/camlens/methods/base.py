@@ -43,6 +43,8 @@ __all__ = [
     "PixelData",
     "PixelMethod",
     "WeightedCAM",
+    "eigen_smooth_flag",
+    "channel_sum_or_principal",
     "register",
     "get_method",
     "available_methods",
@@ -149,9 +151,7 @@ class WeightedCAM(CAMMethod):
     """
 
     def __init__(self, eigen_smooth: bool = False) -> None:
-        if not isinstance(eigen_smooth, (bool, np.bool_)):
-            raise TypeError(f"{self.name}: eigen_smooth must be True or False; got {eigen_smooth!r}")
-        self.eigen_smooth = bool(eigen_smooth)
+        self.eigen_smooth = eigen_smooth_flag(self.name, eigen_smooth)
 
     def weights(self, acts: np.ndarray, grads: np.ndarray | None, data: SiteData) -> np.ndarray:
         """Channel weights ``(N, C)``."""
@@ -163,6 +163,23 @@ class WeightedCAM(CAMMethod):
         if getattr(self, "eigen_smooth", False):
             return principal_maps(acts.astype(np.float64) * w[:, None, None, :], self.name)
         return np.maximum(np.einsum("nhwc,nc->nhw", acts, w), 0.0).astype(np.float32)
+
+
+def eigen_smooth_flag(method: str, value: object) -> bool:
+    """``eigen_smooth`` checked: True or False, else a TypeError naming ``method``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{method}: eigen_smooth must be True or False; got {value!r}")
+    return bool(value)
+
+
+def channel_sum_or_principal(weighted: np.ndarray, eigen_smooth: bool, method: str) -> np.ndarray:
+    """``(N, h, w, C)`` weighted activations -> ``(N, h, w)`` float32 map: ``relu`` of their sum
+    over channels, or with ``eigen_smooth`` their projection on the first principal component
+    (:func:`~camlens.methods._principal.principal_maps`: centred per channel, oriented to
+    correlate positively with the channel sum, relu)."""
+    if eigen_smooth:
+        return principal_maps(np.asarray(weighted, dtype=np.float64), method)
+    return np.maximum(weighted.sum(axis=3), 0.0).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..targets import ClassScore, ContrastScore, Target
-from .base import CAMMethod, SiteData, get_method, register
+from .base import CAMMethod, SiteData, eigen_smooth_flag, get_method, register
 
 #: the layer methods Finer-CAM may run on the contrast score (the ones its reference supports)
 BASES = ("gradcam", "gradcam++", "layercam")
@@ -30,7 +30,8 @@ class FinerCAM(CAMMethod):
 
     ``gamma``: 0.6 by default, as torchcam 0.5.0; ``gamma=0`` is the base method of the logit.
     ``references``: 3 by default, as torchcam. ``base``: "gradcam" (default), "gradcam++" or
-    "layercam".
+    "layercam". ``eigen_smooth``: the base method's (projection of its weighted activations on
+    their first principal component instead of their sum).
 
     Differences from torchcam's ``FinerCAM``: the scores are the logits always (a final softmax
     or sigmoid is skipped, as with ``camlens.targets.Logit``): the paper compares logits, and
@@ -50,7 +51,9 @@ class FinerCAM(CAMMethod):
 
     name = "finercam"
 
-    def __init__(self, gamma: float = 0.6, references: int = 3, base: str = "gradcam") -> None:
+    def __init__(self, gamma: float = 0.6, references: int = 3, base: str = "gradcam",
+                 eigen_smooth: bool = False) -> None:
+        self.eigen_smooth = eigen_smooth_flag(self.name, eigen_smooth)
         ContrastScore(gamma=gamma, references=references)  # the same checks, raised here
         if base not in BASES:
             raise ValueError(f"base must be one of {', '.join(BASES)}; got {base!r}")
@@ -71,4 +74,4 @@ class FinerCAM(CAMMethod):
         return ContrastScore(target.index, target.output, gamma=self.gamma, references=self.references)
 
     def __call__(self, data: SiteData | Any) -> np.ndarray:
-        return get_method(self.base)(data)
+        return type(get_method(self.base))(eigen_smooth=self.eigen_smooth)(data)  # type: ignore[call-arg]

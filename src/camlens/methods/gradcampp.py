@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._args import non_negative, positive_int, seed_or_none
-from .base import CAMMethod, SiteData, WeightedCAM, noise_key, register
+from .base import CAMMethod, SiteData, WeightedCAM, channel_sum_or_principal, eigen_smooth_flag, noise_key, register
 
 __all__ = ["plusplus_weights", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus"]
 
@@ -86,6 +86,11 @@ class SmoothGradCAMPlusPlus(CAMMethod):
     sample's place in the batch: a batch equals its images one by one, and ``batch_size``
     changes nothing. ``seed=None``: fresh noise per call.
 
+    ``eigen_smooth=True`` (as pytorch-grad-cam's ``eigen_smooth`` of the other CAMs): the
+    weighted averaged activations ``w_c Ā_c`` are projected onto their first principal
+    component instead of summed over channels (centred per channel, relu), oriented to
+    correlate positively with the unsmoothed map.
+
     Example::
 
         >>> import numpy as np
@@ -102,8 +107,10 @@ class SmoothGradCAMPlusPlus(CAMMethod):
     needs_gradients = False
 
     def __init__(
-        self, n_samples: int = 8, sigma: float = 0.15, seed: int | None = 0, batch_size: int = 8
+        self, n_samples: int = 8, sigma: float = 0.15, seed: int | None = 0, batch_size: int = 8,
+        eigen_smooth: bool = False,
     ) -> None:
+        self.eigen_smooth = eigen_smooth_flag(self.name, eigen_smooth)
         self.n_samples = positive_int(self.name, "n_samples", n_samples)
         self.sigma = non_negative(self.name, "sigma", sigma)
         self.seed = seed_or_none(self.name, seed)
@@ -156,5 +163,5 @@ class SmoothGradCAMPlusPlus(CAMMethod):
         for n in range(acts.shape[0]):
             a, d1, d2, d3 = (t[None] for t in self.smoothed(data, n))
             w = plusplus_weights(a, d1, d2, d3).astype(np.float32)
-            out[n] = np.maximum(np.einsum("nhwc,nc->nhw", a, w), 0.0)[0]
+            out[n] = channel_sum_or_principal(a * w[:, None, None, :], self.eigen_smooth, self.name)[0]
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CAMMethod, SiteData, register
+from .base import CAMMethod, SiteData, channel_sum_or_principal, eigen_smooth_flag, register
 
 
 @register
@@ -16,6 +16,13 @@ class HiResCAM(CAMMethod):
 
     map ``= relu(sum_c G[n, :, :, c] A[n, :, :, c])``. Unlike Grad-CAM the gradient is not
     averaged over positions first; with spatially constant gradients the two agree.
+
+    ``eigen_smooth=True`` (pytorch-grad-cam's ``eigen_smooth``): the ``(h, w, C)`` products
+    ``G A`` are projected onto their first principal component instead of summed over channels
+    (centred per channel, relu). One deliberate difference: pytorch-grad-cam keeps the
+    arbitrary sign of the SVD; camlens orients the projection to correlate positively with the
+    channel sum, the unsmoothed map. The smoothed map is no longer the exact per-position
+    decomposition that makes HiResCAM faithful (pytorch-grad-cam prints that warning too).
 
     Example::
 
@@ -29,7 +36,10 @@ class HiResCAM(CAMMethod):
 
     name = "hirescam"
 
+    def __init__(self, eigen_smooth: bool = False) -> None:
+        self.eigen_smooth = eigen_smooth_flag(self.name, eigen_smooth)
+
     def __call__(self, data: SiteData) -> np.ndarray:
         acts, grads = self._checked(data)
         assert grads is not None
-        return np.maximum((grads * acts).sum(axis=3), 0.0).astype(np.float32)
+        return channel_sum_or_principal(grads * acts, self.eigen_smooth, self.name)

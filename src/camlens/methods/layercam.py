@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CAMMethod, SiteData, register
+from .base import CAMMethod, SiteData, channel_sum_or_principal, eigen_smooth_flag, register
 
 
 @register
@@ -15,6 +15,12 @@ class LayerCAM(CAMMethod):
     IEEE Transactions on Image Processing (TIP), 2021.
 
     map ``= relu(sum_c relu(G[n, :, :, c]) A[n, :, :, c])``.
+
+    ``eigen_smooth=True`` (pytorch-grad-cam's ``eigen_smooth``): the ``(h, w, C)`` products
+    ``relu(G) A`` are projected onto their first principal component instead of summed over
+    channels (centred per channel, relu). One deliberate difference: pytorch-grad-cam keeps the
+    arbitrary sign of the SVD; camlens orients the projection to correlate positively with the
+    channel sum, the unsmoothed map.
 
     Example::
 
@@ -28,7 +34,10 @@ class LayerCAM(CAMMethod):
 
     name = "layercam"
 
+    def __init__(self, eigen_smooth: bool = False) -> None:
+        self.eigen_smooth = eigen_smooth_flag(self.name, eigen_smooth)
+
     def __call__(self, data: SiteData) -> np.ndarray:
         acts, grads = self._checked(data)
         assert grads is not None
-        return np.maximum((np.maximum(grads, 0.0) * acts).sum(axis=3), 0.0).astype(np.float32)
+        return channel_sum_or_principal(np.maximum(grads, 0.0) * acts, self.eigen_smooth, self.name)

@@ -21,7 +21,8 @@ import numpy as np
 
 from .._image import resize_bilinear
 from .._args import non_negative, positive_int, seed_or_none
-from .base import CAMMethod, SiteData, noise_key, register, scores_flat, warn_flat_scores
+from .base import (CAMMethod, SiteData, channel_sum_or_principal, eigen_smooth_flag, noise_key, register,
+                   scores_flat, warn_flat_scores)
 
 __all__ = ["normalised_masks", "ScoreCAM", "FastScoreCAM", "SSCAM", "ISCAM"]
 
@@ -68,6 +69,12 @@ class ScoreCAM(CAMMethod):
     The masks are upsampled with half-pixel centres, as camlens upsamples every map
     (pytorch-grad-cam upsamples Score-CAM masks with ``align_corners=True``).
 
+    ``eigen_smooth=True`` (pytorch-grad-cam's ``eigen_smooth``, here and in the three
+    variants): the weighted activations ``w_c A[n, :, :, c]`` are projected onto their first
+    principal component instead of summed over channels (centred per channel, relu), oriented
+    to correlate positively with the unsmoothed map where pytorch-grad-cam keeps the SVD's
+    arbitrary sign. A sample with flat scores stays all zero.
+
     Example::
 
         >>> import numpy as np
@@ -83,8 +90,9 @@ class ScoreCAM(CAMMethod):
     needs_gradients = False
     cost = "one model run per channel of the layer"
 
-    def __init__(self, batch_size: int = 8) -> None:
+    def __init__(self, batch_size: int = 8, eigen_smooth: bool = False) -> None:
         self.batch_size = positive_int(self.name, "batch_size", batch_size)
+        self.eigen_smooth = eigen_smooth_flag(self.name, eigen_smooth)
 
     # --- what the variants override -------------------------------------------------------
 
@@ -183,7 +191,10 @@ class ScoreCAM(CAMMethod):
                 continue
             w = np.zeros(acts.shape[-1], dtype=np.float32)
             w[chans] = _softmax(scores)
-            out[n] = np.maximum(np.einsum("hwc,c->hw", acts[n], w), 0.0)
+            if self.eigen_smooth:
+                out[n] = channel_sum_or_principal((acts[n] * w)[None], True, self.name)[0]
+            else:
+                out[n] = np.maximum(np.einsum("hwc,c->hw", acts[n], w), 0.0)
         warn_flat_scores(self.name, flat)
         return out
 
@@ -215,8 +226,8 @@ class FastScoreCAM(ScoreCAM):
     name = "fastscorecam"
     cost = ""  # k model runs (64 by default), whatever the layer
 
-    def __init__(self, k: int = 64, batch_size: int = 8) -> None:
-        super().__init__(batch_size)
+    def __init__(self, k: int = 64, batch_size: int = 8, eigen_smooth: bool = False) -> None:
+        super().__init__(batch_size, eigen_smooth)
         self.k = positive_int(self.name, "k", k)
 
     def scored_channels(self, acts: np.ndarray) -> np.ndarray:
@@ -259,9 +270,10 @@ class SSCAM(ScoreCAM):
     cost = "35 model runs per channel of the layer"
 
     def __init__(
-        self, n_samples: int = 35, sigma: float = 2.0, seed: int | None = 0, batch_size: int = 8
+        self, n_samples: int = 35, sigma: float = 2.0, seed: int | None = 0, batch_size: int = 8,
+        eigen_smooth: bool = False,
     ) -> None:
-        super().__init__(batch_size)
+        super().__init__(batch_size, eigen_smooth)
         self.n_samples = positive_int(self.name, "n_samples", n_samples)
         self.sigma = non_negative(self.name, "sigma", sigma)
         self.seed = seed_or_none(self.name, seed)
@@ -320,8 +332,8 @@ class ISCAM(ScoreCAM):
     name = "iscam"
     cost = "several model runs per channel of the layer"
 
-    def __init__(self, n_steps: int = 10, batch_size: int = 8) -> None:
-        super().__init__(batch_size)
+    def __init__(self, n_steps: int = 10, batch_size: int = 8, eigen_smooth: bool = False) -> None:
+        super().__init__(batch_size, eigen_smooth)
         self.n_steps = positive_int(self.name, "n_steps", n_steps)
 
     @property
