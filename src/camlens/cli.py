@@ -137,7 +137,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="write heatmaps and overlays for images")
-    _model_and_images(e, images="*")
+    _model_and_images(e, layer=False, images="*")
+    e.add_argument("--layer", "--layers", dest="layer", action="append", default=None,
+                   help="layer path, or auto (default); several: repeat it or separate them by "
+                        "commas (a map per layer, or one with --fuse)")
+    e.add_argument("--fuse", choices=FUSE_CHOICES, default=None,
+                   help="fuse the maps of several --layer into one per image: their per-image "
+                        "[0, 1] maps combined by max (torchcam's fuse_cams) or mean")
+    e.add_argument("--eigen-smooth", action="store_true",
+                   help="the first principal component of the weighted activations instead of "
+                        "their sum (pytorch-grad-cam's eigen_smooth)")
+    e.add_argument("--aug-smooth", action="store_true",
+                   help="average each map over a left-right flip and input scalings 0.9 and 1.1 "
+                        "(pytorch-grad-cam's aug_smooth; 6 runs per image)")
+    e.add_argument("--concepts", type=int, default=None, metavar="K",
+                   help="dff: the number of concepts (default 5); every concept's map is written")
     _method_arg(e, "gradcam", "gradcam,layercam (several: one subfolder of -o each)")
     e.add_argument("--target", type=_parse_target, default=None,
                    help=_target_help())
@@ -359,6 +373,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise UsageError(f"--alpha must be between 0 and 1; got {args.alpha}")
     methods = _methods(args.method)
+    layer = _explain_layers(args.layer)
+    settings = _method_options(args, methods, layer)
     if args.pairs is not None and args.images:
         raise UsageError(f"give images or --pairs {args.pairs}, not both: the CSV file lists "
                          "the images of each sample")
@@ -393,15 +409,16 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         how = dict(preprocess=args.preprocess, size=args.size)
     unit = "img" if args.pairs is None else "sample"
     failed: dict[str, None] = {}  # an unreadable image fails for every method: said once
-    for method in methods:
+    for method, setting in zip(methods, settings):
         # several methods: one folder each, each a whole explain output with its results.json
         out = args.out if len(methods) == 1 else str(Path(args.out) / method)
         with tqdm(total=len(samples), desc=f"explaining ({method})" if len(methods) > 1 else "explaining",
                   unit=unit, disable=None, file=sys.stderr) as bar:
-            done = explain_files(model, samples, out, method=method, target=args.target,
-                                 layer=args.layer, output=_output_arg(args.output),
+            done = explain_files(model, samples, out, method=setting, target=args.target,
+                                 layer=layer, output=_output_arg(args.output),
                                  batch_size=args.batch_size, alpha=args.alpha, cmap=args.cmap,
-                                 heatmap=args.heatmap, progress=bar.update, **how)
+                                 heatmap=args.heatmap, progress=bar.update, fuse=args.fuse,
+                                 aug_smooth=args.aug_smooth, **how)
         if done.images:
             lead = f"{method}: " if len(methods) > 1 else ""
             print(f"{lead}layer: {done.layer}")
@@ -409,6 +426,67 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                   "heatmaps, .npy maps, results.json, results.csv)")
         failed.update((message, None) for _, message in done.failed)
     return _skipped(failed)
+
+
+#: ``camlens explain --fuse``: how the maps of several layers become one
+FUSE_CHOICES = ("max", "mean")
+
+
+def _explain_layers(values: list[str] | None) -> str | list[str]:
+    """``--layer`` (repeatable, each a comma list) as ``explain`` takes it: one layer path or
+    "auto" as it is, several as a list."""
+    names = [n for v in values or [] for n in _names(v)]
+    if values and not names:
+        raise UsageError("--layer is empty; give a layer path, auto, or several: --layer a,b")
+    if len(names) > 1 and "auto" in names:
+        raise UsageError(f"--layer {','.join(names)}: auto chooses one layer; give layer paths "
+                         "only (camlens layers MODEL lists them)")
+    return names[0] if len(names) == 1 else (names or "auto")
+
+
+def _method_options(args: argparse.Namespace, methods: list[str], layer: str | list[str]) -> list[Any]:
+    """Each method of ``--method`` with the options of ``--eigen-smooth``, ``--concepts``, and
+    ``--fuse`` / ``--aug-smooth`` checked: a flag a method does not take is refused, naming the
+    methods that take it."""
+    import inspect
+
+    from .methods import available_methods, get_method
+
+    def takes(name: str, param: str) -> bool:
+        return param in inspect.signature(type(get_method(name))).parameters
+
+    def layered(name: str) -> bool:
+        m = get_method(name)
+        return bool(m.needs_layer) and not getattr(m, "needs_attention", False)
+
+    every = available_methods()
+    checks = []
+    if args.eigen_smooth:
+        checks.append(("--eigen-smooth", lambda m: takes(m, "eigen_smooth")))
+    if args.concepts is not None:
+        checks.append(("--concepts", lambda m: m == "dff"))
+    if args.fuse is not None:
+        checks.append(("--fuse", layered))
+    for flag, ok in checks:
+        bad = [m for m in methods if not ok(m)]
+        if bad:
+            good = [m for m in every if ok(m)]
+            raise UsageError(f"{flag} does not apply to {', '.join(bad)}; it applies to "
+                             f"{', '.join(good)}")
+    if args.concepts is not None and args.concepts < 1:
+        raise UsageError(f"--concepts must be at least 1; got {args.concepts}")
+    if args.fuse is not None and not isinstance(layer, list):
+        raise UsageError(f"--fuse {args.fuse} fuses the maps of several layers; give them with "
+                         "--layer a,b (or --layer a --layer b)")
+    chosen: list[Any] = []
+    for name in methods:
+        options: dict[str, Any] = {}
+        if args.eigen_smooth:
+            options["eigen_smooth"] = True
+        if args.concepts is not None:
+            options["k"] = args.concepts
+        chosen.append(type(get_method(name))(**options) if options else name)
+    return chosen
 
 
 def _methods(text: str) -> list[str]:

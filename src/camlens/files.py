@@ -136,6 +136,8 @@ def explain_files(
     progress: Progress | None = None,
     resize: bool = True,
     display: Callable[[np.ndarray], np.ndarray] | None = None,
+    fuse: str | None = None,
+    aug_smooth: bool = False,
 ) -> ExplainedFiles:
     """Explain image files and write into ``out``, per sample and call site, at the size and
     aspect of the photo as it is on disk (the map, computed at the model's input size, is
@@ -146,6 +148,12 @@ def explain_files(
       greyscale (``heatmap="gray"``, 0 for 0.0 and 255 for 1.0);
     - ``..._map.npy``: the map at the photo's size, float32 in [0, 1];
     - ``..._raw.npy``: the method's map at the layer's resolution (``Explanation.raw_maps``);
+
+    - for Deep Feature Factorization (``dff``), every concept: ``..._concepts.npy`` the concept
+      maps ``(k, h, w)`` at the layer's resolution (``Explanation.details["concept_maps"]``)
+      and ``..._concept<j>_overlay.png`` each one (scaled by its maximum) blended onto the photo;
+      ``results.json`` lists them under ``"concepts"`` with the concept shown and, where the
+      model has a class head, each concept's top classes;
 
     and ``results.json`` (method, layer, per sample its score, class, target, photo size,
     ``files`` and ``maps``: per call site its files) and ``results.csv`` (a row per sample and
@@ -177,6 +185,11 @@ def explain_files(
             ``preprocess`` that crops (the bundled model's ``display``: its centre crop, which
             a map cannot be stretched back onto the whole photo from); the files are then at
             that picture's size. Default: the photo as read.
+        fuse: ``None``, or ``"max"`` / ``"mean"``: the maps of every call site of each input
+            (several layers) fused into one per image, :meth:`Explanation.fused`.
+        aug_smooth: average each map over a left-right flip and input scaling by 0.9 and 1.1,
+            :func:`camlens.tta` ``(flips=True, multiply=(0.9, 1.0, 1.1))`` (pytorch-grad-cam's
+            ``aug_smooth``); the file names say ``<method>+tta``. Fused after smoothing.
 
     Returns the :class:`ExplainedFiles`; a sample with an image that cannot be read is in its
     ``failed``.
@@ -195,6 +208,7 @@ def explain_files(
     from ._explain import explain
     from .io import ImageError, as_preprocess, unique_names
     from .methods import get_method
+    from .smooth import tta
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}")
@@ -202,6 +216,10 @@ def explain_files(
         raise ValueError(f"alpha must be between 0 and 1; got {alpha}")
     if heatmap not in HEATMAPS:
         raise ValueError(f"heatmap must be one of {', '.join(HEATMAPS)}; got {heatmap!r}")
+    from .explanation import FUSIONS
+
+    if fuse is not None and fuse not in FUSIONS:
+        raise ValueError(f"fuse must be None or one of {', '.join(FUSIONS)}; got {fuse!r}")
     prep = as_preprocess(preprocess)
     geometry = _check_model(model, method, layer, size)
     samples = _samples(paths, len(geometry))
@@ -252,8 +270,14 @@ def explain_files(
                 if not own:
                     xs = [prep(x) for x in xs]
                 del inputs[key]
-                exp = explain(model, xs[0] if len(xs) == 1 else xs, method=method, target=target,
-                              layer=layer, output=output, batch_size=batch_size)
+                run = dict(target=target, layer=layer, output=output, batch_size=batch_size)
+                if aug_smooth:
+                    exp = tta(model, xs[0] if len(xs) == 1 else xs, method, flips=True,
+                              multiply=AUG_SMOOTH, **run)
+                else:
+                    exp = explain(model, xs[0] if len(xs) == 1 else xs, method=method, **run)
+                if fuse is not None:
+                    exp = exp.fused(fuse)
                 # the files of this batch are written while the next batch is explained
                 if pending is not None:
                     pending[0].result()  # a failed save raises here
@@ -279,6 +303,9 @@ def explain_files(
         _write_results(done)
     return done
 
+
+#: the input factors of ``explain_files(aug_smooth=True)``, with a flip: pytorch-grad-cam's ``aug_smooth``
+AUG_SMOOTH = (0.9, 1.0, 1.1)
 
 #: how :func:`explain_files` draws the heatmap PNG: through the colormap, or 8-bit greyscale
 HEATMAPS = ("color", "gray")
@@ -441,6 +468,10 @@ def _save_group(out: Path, exp: Any, group: list[tuple[tuple[str, ...], str, lis
                     save_npy(path, data)
                 entry[key] = path.name
                 files.append(path.name)
+            detail = exp.details[k] if k < len(exp.details) else {}
+            if "concept_maps" in detail:
+                entry["concepts"] = _save_concepts(out, base, detail, i, small.shape, photo, look)
+                files.extend([entry["concepts"]["npy"], *entry["concepts"]["overlays"]])
             maps.append(entry)
         rows.append({
             "image": sample[0] if len(sample) == 1 else list(sample),
@@ -452,6 +483,29 @@ def _save_group(out: Path, exp: Any, group: list[tuple[tuple[str, ...], str, lis
             "maps": maps,
         })
     return rows
+
+
+def _save_concepts(out: Path, base: str, detail: dict[str, Any], i: int, size: tuple[int, ...],
+                   photo: np.ndarray, look: dict[str, Any]) -> dict[str, Any]:
+    """Writes sample ``i``'s concept maps (Deep Feature Factorization's ``details``): the raw
+    ``(k, h, w)`` array and one overlay per concept; returns their ``results.json`` entry."""
+    from . import viz
+
+    raw = np.asarray(detail["concept_maps"][i], dtype=np.float32)
+    npy = save_npy(out / f"{base}_concepts.npy", raw).name
+    overlays = []
+    for j, m in enumerate(raw):
+        top = float(m.max())
+        # concepts are non-negative (NMF): scaled by their own maximum, so each shows its shape
+        unit = m / top if top > 0 else np.zeros_like(m)
+        small = np.clip(viz.resize_bilinear(unit, (int(size[0]), int(size[1]))), 0.0, 1.0)
+        path = out / f"{base}_concept{j}_overlay.png"
+        viz.save_png(_photo_overlay(photo, small, look["cmap"], look["alpha"]), path)
+        overlays.append(path.name)
+    entry: dict[str, Any] = {"npy": npy, "overlays": overlays, "shown": int(detail["chosen"][i])}
+    if "top_classes" in detail:
+        entry["top_classes"] = np.asarray(detail["top_classes"][i]).astype(int).tolist()
+    return entry
 
 
 def _record(done: ExplainedFiles, saved: list[tuple[Any, list[dict[str, Any]]]]) -> None:
