@@ -35,19 +35,29 @@ from ._common import BATCH_SIZE, MetricResult, setup, stable_ranks
 
 __all__ = ["RoadResult", "road", "noisy_linear_imputation"]
 
-def _stencil(a: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+def _stencil(a: np.ndarray, out: np.ndarray, tmp: np.ndarray, padded: bool = False) -> np.ndarray:
     """``12 * sum_j w_ij a_j`` over ROAD's neighbourhood (2 for the 4 direct neighbours, 1 for
     the 4 diagonal ones), zero outside the grid, into ``out``; ``a`` is ``(C, H, W)``. The
     weights are the separable ``[1, 2, 1]`` outer product minus its centre 4, computed as two
     1-D passes; the factor 12 keeps them whole numbers (each system is scaled by 12 on both
     sides). ``out`` and ``tmp`` are buffers of ``a``'s shape: fresh megabyte-sized arrays on
-    every call cost more than the arithmetic (the allocator hands them back to the system)."""
+    every call cost more than the arithmetic (the allocator hands them back to the system).
+    ``padded``: ``a``'s last column is 0, and ``out``'s last column is left wrong (the solver's
+    grids end in a known column, where every result is multiplied by 0)."""
     np.multiply(a, 2, out=tmp)
     tmp[:, 1:] += a[:, :-1]
     tmp[:, :-1] += a[:, 1:]
     np.multiply(tmp, 2, out=out)
-    out[:, :, 1:] += tmp[:, :, :-1]
-    out[:, :, :-1] += tmp[:, :, 1:]
+    if padded:
+        # shifting the flattened planes by one pixel adds whole rows at once (row by row, numpy's
+        # loop overhead costs 10x the additions); the pixel that wraps in from the row above is
+        # a 0 of the last column, and the one that wraps into the last column is left there
+        flat, flat_tmp = out.reshape(-1), tmp.reshape(-1)
+        flat[1:] += flat_tmp[:-1]
+        flat[:-1] += flat_tmp[1:]
+    else:
+        out[:, :, 1:] += tmp[:, :, :-1]
+        out[:, :, :-1] += tmp[:, :, 1:]
     np.multiply(a, 4, out=tmp)
     out -= tmp
     return out
@@ -79,7 +89,7 @@ class _Level:
     def __init__(self, unknown: np.ndarray, sides: tuple[bool, bool, bool, bool], channels: int,
                  sweeps: int) -> None:
         hr, wr = unknown.shape
-        h, w = hr + hr % 2, wr + wr % 2
+        h, w = hr + hr % 2, wr + 1 + (wr + 1) % 2  # a known last column: see _stencil
         u = np.zeros((1, h, w), bool)
         u[0, :hr, :wr] = unknown
         s = np.ones((1, h, w))
@@ -97,7 +107,8 @@ class _Level:
             a, b, c, d = _blocks(u[0])
             uc = a & b & c & d
             if uc.any():
-                self.coarse = _Level(uc, sides, channels, sweeps)
+                # its real extent only: the padding is no image edge for its weights
+                self.coarse = _Level(uc[:, : (wr + 1) // 2], sides, channels, sweeps)
                 return
         self.where = np.flatnonzero(u)
         if len(self.where) <= self.DENSE:
@@ -106,7 +117,7 @@ class _Level:
     def _jacobi(self, e: np.ndarray, r: np.ndarray, out: np.ndarray) -> np.ndarray:
         """One Jacobi step ``e + (r - A e) / s`` for ``A e = r``, into ``out``: ``(r + N e) / s``
         on the unknowns, since ``e`` is 0 elsewhere."""
-        _stencil(e, out, self.t)
+        _stencil(e, out, self.t, padded=True)
         out += r
         out *= self.q
         return out
@@ -178,7 +189,7 @@ def _conjugate_gradient(grid: _Level, b: np.ndarray, v: np.ndarray, tol: float, 
 
     def apply(x: np.ndarray, out: np.ndarray) -> np.ndarray:  # A x, x being 0 off the unknowns
         np.multiply(s, x, out=out)
-        _stencil(x, n, t)
+        _stencil(x, n, t, padded=True)
         np.multiply(n, u, out=n)
         out -= n
         return out
@@ -263,32 +274,30 @@ def noisy_linear_imputation(
     if noise < 0:
         raise ValueError(f"noise must be 0 or more; got {noise}")
     h, w, c = x.shape
-    image = np.ascontiguousarray(x.transpose(2, 0, 1))  # (C, H, W): each channel's plane contiguous
-    out = np.where(mask[:, None], 0.0, image[None])  # (M, C, H, W)
+    u = mask[..., None]  # (M, H, W, 1): True where unknown
+    out = np.where(u, 0.0, x[None])
     for k in range(len(mask)):
         rows, cols = np.flatnonzero(mask[k].any(axis=1)), np.flatnonzero(mask[k].any(axis=0))
         if rows.size == 0:
             continue
-        # only the unknowns' bounding box is solved: the kept pixels beyond it enter through b
+        # only the unknowns' bounding box is solved, channels first (each channel's plane
+        # contiguous); the kept pixels around it enter through b
         y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        box = (slice(None), slice(y0, y1), slice(x0, x1))
         one = mask[k, y0:y1, x0:x1]
         grid = _Level(one, (y0 == 0, y1 == h, x0 == 0, x1 == w), c, sweeps=2)
         ry0, ry1, rx0, rx1 = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
-        ring = out[k, :, ry0:ry1, rx0:rx1]
+        ring = np.ascontiguousarray(out[k, ry0:ry1, rx0:rx1].transpose(2, 0, 1))
         ring = _stencil(ring, np.empty_like(ring), np.empty_like(ring))
         b = np.zeros((c, *grid.u.shape[1:]))
         b[:, : y1 - y0, : x1 - x0] = one * ring[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
         v = np.zeros_like(b)
         if k and not (mask[k] < mask[k - 1]).any():  # nested masks: the last solution is close
-            v[:, : y1 - y0, : x1 - x0] = np.where(one, out[k - 1][box], 0.0)
+            v[:, : y1 - y0, : x1 - x0] = one * out[k - 1, y0:y1, x0:x1].transpose(2, 0, 1)
         v = _conjugate_gradient(grid, b, v, tol, max_iter)
-        out[k][box] += one * v[:, : y1 - y0, : x1 - x0]
-    out = out.transpose(0, 2, 3, 1)
+        out[k, y0:y1, x0:x1] += (one * v[:, : y1 - y0, : x1 - x0]).transpose(1, 2, 0)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     if noise > 0:
-        out = out + mask[..., None] * noise * rng.standard_normal(out.shape)
-    out = np.ascontiguousarray(out)
+        out += u * noise * rng.standard_normal(out.shape)
     if gray:
         out = out[..., 0]
     return out[0] if single else out
