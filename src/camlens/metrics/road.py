@@ -83,8 +83,9 @@ class _Level:
     with a known row or column, so that 2x2 blocks tile it), each pixel's total weight ``s``,
     ``q = u / s`` (a Jacobi step from a residual) and the float32 buffers of the V-cycle."""
 
-    # at most this many unknowns on the coarsest grid are solved exactly, by a dense inverse
-    DENSE = 600
+    # a grid with at most this many unknowns is solved exactly, by its dense inverse (larger
+    # inverses cost more than the coarse grids' sweeps they spare)
+    DENSE = 64
 
     def __init__(self, unknown: np.ndarray, sides: tuple[bool, bool, bool, bool], channels: int,
                  sweeps: int) -> None:
@@ -101,18 +102,17 @@ class _Level:
         self.e0, self.e1, self.t, self.r = (np.zeros(shape, np.float32) for _ in range(4))
         self.coarse: _Level | None = None
         self.inverse: np.ndarray | None = None
-        if h * w > 64:
-            # a coarse pixel is unknown only when its whole block is: blocks holding a kept pixel
-            # stay fixed, so every coarse system keeps a boundary and stays non-singular
-            a, b, c, d = _blocks(u[0])
-            uc = a & b & c & d
-            if uc.any():
-                # its real extent only: the padding is no image edge for its weights
-                self.coarse = _Level(uc[:, : (wr + 1) // 2], sides, channels, sweeps)
-                return
         self.where = np.flatnonzero(u)
         if len(self.where) <= self.DENSE:
             self.inverse = np.linalg.inv(_dense(u[0], s[0])).astype(np.float32)
+            return
+        # a coarse pixel is unknown only when its whole block is: blocks holding a kept pixel stay
+        # fixed, so every coarse system keeps a boundary and stays non-singular
+        a, b, c, d = _blocks(u[0])
+        uc = a & b & c & d
+        if uc.any():
+            # its real extent only: the padding is no image edge for its weights
+            self.coarse = _Level(uc[:, : (wr + 1) // 2], sides, channels, sweeps)
 
     def _jacobi(self, e: np.ndarray, r: np.ndarray, out: np.ndarray) -> np.ndarray:
         """One Jacobi step ``e + (r - A e) / s`` for ``A e = r``, into ``out``: ``(r + N e) / s``
