@@ -19,8 +19,8 @@ its dense inverse); each mask that contains the one before (ROAD's fractions of 
 starts from that mask's solution. scipy is not a camlens dependency; the tests check the result
 against ``scipy.sparse.linalg.spsolve``: to 1e-9 at ``tol=1e-12``, and at the default
 ``tol=1e-6`` every imputed pixel within 1e-5 of it (values in [0, 1]). On a 224 px photo the
-18 solves of :func:`road`'s defaults take about 0.5 s of CPU time (``benchmarks/road_speed.py``),
-a fifth of the solver before 2026-12-06, whose imputed pixels agree to 5e-6.
+18 solves of :func:`road`'s defaults take about 0.45 s of CPU time (``benchmarks/road_speed.py``),
+7x less than the solver before 2026-12-06, whose imputed pixels agree to 5e-6.
 
 For each fraction ``p`` in ``percentages`` the ``round(p * H * W)`` most relevant pixels (MoRF;
 lower scores are better) or least relevant ones (LeRF; higher is better) are removed, ranked by
