@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                              "impute after": lambda: impute("after")}, repeat, cpu)
     best = {k: min(v) for k, v in times.items()}
     best_cpu = {k: min(v) for k, v in cpu.items()}
-    header = f"{'version':<8}  {'road_s/img':>10}  {'imputation_s':>12}  {'rest_s':>6}  {'road_cpu_s':>10}  {'imputation_cpu_s':>16}"
+    header = (f"{'version':<8}  {'road_s/img':>10}  {'imputation_s':>12}  {'rest_s':>6}  {'road_cpu_s':>10}  "
+              f"{'imputation_cpu_s':>16}")
     print(header)
     print("-" * len(header))
     for version in ("before", "after"):

@@ -42,6 +42,7 @@ from ._common import BATCH_SIZE, MetricResult, setup, stable_ranks
 
 __all__ = ["RoadResult", "road", "noisy_linear_imputation"]
 
+
 def _stencil(a: np.ndarray, out: np.ndarray, tmp: np.ndarray, padded: bool = False) -> np.ndarray:
     """``12 * sum_j w_ij a_j`` over ROAD's neighbourhood (2 for the 4 direct neighbours, 1 for
     the 4 diagonal ones), zero outside the grid, into ``out``; ``a`` is ``(C, H, W)``. The
