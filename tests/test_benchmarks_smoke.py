@@ -158,6 +158,22 @@ def test_metrics_speed_smoke():
         assert r[7] == "yes"
 
 
+def test_road_speed_smoke():
+    """ROAD with its defaults on the tiny model, before and after the faster imputation: both
+    rows timed, the ratios printed, and the two agree to the solver's tolerance."""
+    pytest.importorskip("keras")
+    proc = _run(str(BENCHMARKS / "road_speed.py"), "--smoke", timeout=300)
+    header, rows = _table(proc.stdout, "version")
+    assert header == ["version", "road_s/img", "imputation_s", "rest_s", "road_cpu_s", "imputation_cpu_s"]
+    assert [r[0] for r in rows] == ["before", "after"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert "before / after: road " in proc.stdout
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("largest difference"))
+    curves = float(line.split("ROAD curves ")[1].split(",")[0])
+    pixels = float(line.split("imputed pixels ")[1])
+    assert curves < 1e-6 and pixels < 1e-5, line
+
+
 def test_folder_smoke():
     """``camlens explain`` on a folder in a fresh process, twice, and the in-process breakdown."""
     pytest.importorskip("keras")
