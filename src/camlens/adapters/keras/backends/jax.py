@@ -89,6 +89,23 @@ def capture_program(parts: Parts) -> Program:
     return run
 
 
+def features_program(parts: Parts) -> Program:
+    import jax
+    import keras
+
+    @jax.jit
+    def features(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
+        model, adapter, nodes, target = parts(idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+            outs, _, acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)
+        return outs, acts
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
+        return features([v.value for v in model.variables], xs, idx)
+
+    return run
+
+
 def score_program(parts: Parts) -> Program:
     import jax
     import keras
