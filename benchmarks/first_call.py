@@ -32,7 +32,7 @@ import numpy as np
 from _common import child, emit, machine, quiet, tiny_keras, versions
 
 HERE = Path(__file__).resolve()
-METHODS = ("cam", "gradcam", "gradcampp", "scorecam", "saliency", "integratedgradients")
+METHODS = ("cam", "gradcam", "gradcam++", "scorecam", "saliency", "integratedgradients")
 BACKENDS = ("tensorflow", "jax", "torch")
 MODELS = ("densenet121", "efficientnetb0", "mobilenetv2", "tiny")
 
