@@ -224,3 +224,19 @@ def test_dataset_smoke():
     assert [r[0] for r in rows] == ["forward", "local", "ray-1", "ray-2"]
     assert all(r[1] == "24" and float(r[2]) > 0 and float(r[8]) > 0 for r in rows)
     assert "table rows (errors): local 24 (0), ray 1 24 (0), ray 2 24 (0)" in proc.stdout
+
+
+def test_first_call_smoke():
+    """``benchmarks/first_call.py --smoke``: the first predict and the first CAM,
+    each in a fresh process on the caller's backend, on the tiny model; on JAX also the second
+    process reading the persistent compilation cache."""
+    pytest.importorskip("keras")
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    proc = _run(str(BENCHMARKS / "first_call.py"), "--smoke", *(["--second-process"] if backend == "jax" else []),
+                timeout=600)
+    header, rows = _table(proc.stdout, "backend")
+    assert header == ["backend", "model", "method", "predict_s", "explain_s", "ratio", "2nd_s", "2nd/pred"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(backend, "tiny", "cam")]
+    for r in rows:
+        assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0
+        assert (r[6] != "-") == (backend == "jax")

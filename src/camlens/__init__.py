@@ -11,6 +11,7 @@ Deep-learning frameworks are imported only when a model of theirs is explained.
 
 from . import methods, metrics, report, targets, tokens, viz
 from ._explain import explain, layers
+from .adapters.compile_cache import enable_compile_cache
 from .explanation import Explanation, Site
 from .features import FeatureMaps, feature_maps
 from .graph import LayerReport
@@ -50,6 +51,7 @@ __all__ = [
     "tta",
     "LayerReport",
     "available_methods",
+    "enable_compile_cache",
     "methods",
     "metrics",
     "report",

@@ -32,7 +32,7 @@ from ...targets import Target, scores_of
 from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
-from .compiled import compiled_capture, compiled_input_gradients, compiled_score
+from .compiled import compiled_capture, compiled_features, compiled_input_gradients, compiled_score
 from .patches import instance_attrs, probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
 from ..._args import warn
@@ -396,11 +396,17 @@ class KerasAdapter:
         target: Target,
         need_gradients: bool = True,
     ) -> Capture:
-        if need_gradients and self._compiles():
-            compiled = compiled_capture(self, inputs, nodes, target)
-            if compiled is not None:
-                outs, scores, acts, grads = compiled
-                return self._capture_result(inputs, nodes, target, outs, scores, acts, grads, True)
+        if self._compiles():
+            if need_gradients:
+                compiled = compiled_capture(self, inputs, nodes, target)
+                if compiled is not None:
+                    outs, scores, acts, grads = compiled
+                    return self._capture_result(inputs, nodes, target, outs, scores, acts, grads, True)
+            else:
+                found = compiled_features(self, inputs, nodes, target)
+                if found is not None:
+                    outs, scores, acts = found
+                    return self._capture_result(inputs, nodes, target, outs, scores, acts, {}, False)
         grad_fn = self._gradient_function()
 
         def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:

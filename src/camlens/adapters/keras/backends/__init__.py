@@ -3,7 +3,8 @@ backend, once per adapter.
 
 Every backend module has the same names: ``COMPILES`` (whether the programs below exist),
 ``no_grad()``, ``gradients(run, need_gradients)``, ``rule_relu(rule, max_value)``, and the
-compiled programs ``capture_program(parts)``, ``score_program(parts)`` and
+compiled programs ``capture_program(parts)``, ``features_program(parts)`` (activations at the
+call sites, no gradient), ``score_program(parts)`` and
 ``input_gradient_program(parts, which, rule)``; ``parts(idx)`` gives the model, a fresh
 adapter, the probed nodes and the target of one trace.
 

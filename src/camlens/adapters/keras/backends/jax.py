@@ -11,9 +11,12 @@ from typing import Any, Callable
 import numpy as np
 
 from ....rules import ReluRule
+from ...compile_cache import apply_jax_cache
 from ._types import Key, Parts, Program, Runner
 
 COMPILES = True
+
+apply_jax_cache()  # CAMLENS_JAX_CACHE, or enable_compile_cache() called before jax was loaded
 
 
 def no_grad() -> contextlib.AbstractContextManager[Any]:
@@ -63,6 +66,11 @@ def rule_relu(rule: ReluRule, max_value: float | None = None) -> Callable[[Any],
     return jax_rule_relu
 
 
+# The programs return the call sites' tensors as lists, not dicts keyed by call site: a key
+# holds ``id(layer)``, which differs in every process and, as a name in the lowered program,
+# would change JAX's persistent-cache key, so no second process could reuse the program.
+
+
 def capture_program(parts: Parts) -> Program:
     import jax
     import jax.numpy as jnp
@@ -81,10 +89,35 @@ def capture_program(parts: Parts) -> Program:
                 return jnp.sum(scores), (outs, acts)
 
             grads, (outs, acts) = jax.grad(total, has_aux=True)(zeros)
-        return grads, outs, acts
+        keys[:] = list(acts)
+        return [grads[k] for k in keys], outs, [acts[k] for k in keys]
+
+    keys: list[Key] = []  # the call sites, in the order the program returns them
 
     def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
-        return capture([v.value for v in model.variables], xs, idx)
+        grads, outs, acts = capture([v.value for v in model.variables], xs, idx)
+        return dict(zip(keys, grads)), outs, dict(zip(keys, acts))
+
+    return run
+
+
+def features_program(parts: Parts) -> Program:
+    import jax
+    import keras
+
+    @jax.jit
+    def features(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
+        model, adapter, nodes, target = parts(idx)
+        with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
+            outs, _, acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)
+        keys[:] = list(acts)
+        return outs, [acts[k] for k in keys]
+
+    keys: list[Key] = []  # the call sites, in the order the program returns them
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
+        outs, acts = features([v.value for v in model.variables], xs, idx)
+        return outs, dict(zip(keys, acts))
 
     return run
 

@@ -95,6 +95,21 @@ def capture_program(parts: Parts) -> Program:
     return run
 
 
+def features_program(parts: Parts) -> Program:
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def features(xs: list[Any], idx: Any) -> tuple[Any, ...]:
+        _, adapter, nodes, target = parts(idx)
+        outs, _, acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)
+        return outs, acts
+
+    def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
+        return features([tf.convert_to_tensor(x) for x in xs], tf.convert_to_tensor(idx))
+
+    return run
+
+
 def score_program(parts: Parts) -> Program:
     import tensorflow as tf
 
