@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("speed_limit", "peers", "scorecam_memory", "faithfulness", "metrics_speed", "folder",
-              "app_load", "cli_memory", "dataset", "relevance_speed")
+              "app_load", "cli_memory", "dataset", "relevance_speed", "startup")
 
 
 def main(argv: list[str] | None = None) -> int:
