@@ -40,6 +40,12 @@ most a quarter of grad-cam's peak memory.
     python benchmarks/peers.py                  # everything (about 30 minutes on 2 CPU cores)
     python benchmarks/peers.py --only scorecam  # the methods whose name contains this
     python benchmarks/peers.py --smoke          # tiny model, same code path, seconds
+    python benchmarks/peers.py --device cuda    # model and photos on the GPU (benchmarks/gpu.sh)
+
+``--device cuda``: every library gets the model and the batch on the GPU; each call waits for
+the GPU (``torch.cuda.synchronize()``) before its time is taken, and ``peak MiB`` is the GPU
+memory torch allocated during the call (``torch.cuda.max_memory_allocated``) instead of RSS.
+Without a CUDA device it stops at once (exit 2).
 """
 
 from __future__ import annotations

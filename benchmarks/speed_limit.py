@@ -27,6 +27,14 @@ port; the original PyTorch model). Inputs are random: timing does not depend on 
     python benchmarks/speed_limit.py                    # every backend, both models, batch 1 and 8
     python benchmarks/speed_limit.py --backends torch   # native PyTorch only
     python benchmarks/speed_limit.py --smoke            # tiny models, same code path, seconds
+    python benchmarks/speed_limit.py --device cuda --batches 1,8,64   # on a GPU (benchmarks/gpu.sh)
+
+``--device cuda``: native PyTorch moves the model and the input to the GPU and waits for it
+(``torch.cuda.synchronize()``) after each forward pass (``explain`` returns numpy maps, so it
+has waited); Keras on torch uses the GPU by itself, JAX and TensorFlow where their CUDA builds
+are installed, and each row's last column says where it ran. ``--device cpu`` (the default)
+hides any GPU from the Keras processes (``CUDA_VISIBLE_DEVICES=""``). Without a CUDA device,
+``--device cuda`` stops at once (exit 2).
 """
 
 from __future__ import annotations
