@@ -158,6 +158,29 @@ def has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def require_cuda() -> None:
+    """Exit at once, naming what is missing, unless torch sees a CUDA device (``--device cuda``)."""
+    problem = None
+    if not has("torch"):
+        problem = "torch is not installed; install a CUDA build of torch (pip install torch)"
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+            problem = (f"no CUDA device ({build}; torch.cuda.is_available() is False); run on a machine "
+                       "with an NVIDIA GPU, or use --device cpu")
+    if problem:
+        print(f"{Path(sys.argv[0]).name}: --device cuda: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def cuda_name() -> str:
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+
+
 # --- peers ----------------------------------------------------------------------------------
 
 

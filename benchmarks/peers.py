@@ -40,6 +40,12 @@ most a quarter of grad-cam's peak memory.
     python benchmarks/peers.py                  # everything (about 30 minutes on 2 CPU cores)
     python benchmarks/peers.py --only scorecam  # the methods whose name contains this
     python benchmarks/peers.py --smoke          # tiny model, same code path, seconds
+    python benchmarks/peers.py --device cuda    # model and photos on the GPU (benchmarks/gpu.sh)
+
+``--device cuda``: every library gets the model and the batch on the GPU; each call waits for
+the GPU (``torch.cuda.synchronize()``) before its time is taken, and ``peak MiB`` is the GPU
+memory torch allocated during the call (``torch.cuda.max_memory_allocated``) instead of RSS.
+Without a CUDA device it stops at once (exit 2).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from _common import MIB, MemoryWatch, child, emit, has, interleaved, machine, quiet, versions
+from _common import MIB, MemoryWatch, child, cuda_name, emit, has, interleaved, machine, quiet, require_cuda, versions
 
 # row -> (batch, repeat); a row is a method, at the layer after "@" where not head_act
 METHODS: dict[str, tuple[int, int]] = {
@@ -72,7 +78,24 @@ TARGETS: dict[tuple[str, str], tuple[float, float | None]] = {
 
 
 def _runner(tool: str, method: str, net: Any, layer: str, x: Any, classes: list[int]) -> Callable[[], Any] | None:
-    """One call of ``method`` of ``tool``; ``None`` where the library lacks the method."""
+    """One call of ``method`` of ``tool``, finished on the device (CUDA kernels run
+    asynchronously: torchcam's maps stay tensors on the GPU); ``None`` where the library lacks
+    the method."""
+    import torch
+
+    run = _call(tool, method, net, layer, x, classes)
+    if run is None or x.device.type != "cuda":
+        return run
+
+    def synchronized() -> Any:
+        out = run()
+        torch.cuda.synchronize()
+        return out
+
+    return synchronized
+
+
+def _call(tool: str, method: str, net: Any, layer: str, x: Any, classes: list[int]) -> Callable[[], Any] | None:
     import torch
 
     module = dict(net.named_modules())[layer]
@@ -118,8 +141,8 @@ def _runner(tool: str, method: str, net: Any, layer: str, x: Any, classes: list[
     raise ValueError(f"no library {tool!r}")
 
 
-def _setup(row: str, smoke: bool) -> tuple[Any, str, Any, list[int]]:
-    """The model, the explained layer, the input batch and each sample's top class."""
+def _setup(row: str, smoke: bool, device: str = "cpu") -> tuple[Any, str, Any, list[int]]:
+    """The model, the explained layer, the input batch and each sample's top class, on ``device``."""
     import torch
 
     from _common import photos_nchw, torch_model
@@ -127,8 +150,8 @@ def _setup(row: str, smoke: bool) -> tuple[Any, str, Any, list[int]]:
     batch = METHODS[row][0]
     if smoke:
         batch = min(batch, 2)
-    net = torch_model("tiny" if smoke else "efficientnet-lite0")
-    x = torch.from_numpy(photos_nchw(batch, 32 if smoke else 224))
+    net = torch_model("tiny" if smoke else "efficientnet-lite0").to(device)
+    x = torch.from_numpy(photos_nchw(batch, 32 if smoke else 224)).to(device)
     with torch.no_grad():  # also loads the weights and kernels before anything is measured
         classes = net(x).argmax(dim=1).tolist()
     layer = row.partition("@")[2] or "head_act"
@@ -137,9 +160,9 @@ def _setup(row: str, smoke: bool) -> tuple[Any, str, Any, list[int]]:
     return net, layer, x, classes
 
 
-def time_method(row: str, tools: list[str], smoke: bool, repeat: int | None) -> dict[str, Any]:
+def time_method(row: str, tools: list[str], smoke: bool, repeat: int | None, device: str = "cpu") -> dict[str, Any]:
     """Every library's method of ``row`` in this one process, taking turns: ``{tool: times}``."""
-    net, layer, x, classes = _setup(row, smoke)
+    net, layer, x, classes = _setup(row, smoke, device)
     method = row.partition("@")[0]
     runs = {t: _runner(t, method, net, layer, x, classes) for t in tools}
     fns = {t: run for t, run in runs.items() if run is not None}
@@ -157,12 +180,21 @@ def time_method(row: str, tools: list[str], smoke: bool, repeat: int | None) -> 
     }
 
 
-def memory_config(tool: str, row: str, smoke: bool) -> dict[str, Any]:
-    """RSS before one call of ``tool``'s method of ``row`` and its peak growth during the call."""
-    net, layer, x, classes = _setup(row, smoke)
+def memory_config(tool: str, row: str, smoke: bool, device: str = "cpu") -> dict[str, Any]:
+    """RSS before one call of ``tool``'s method of ``row`` and its peak growth during the call;
+    on CUDA, the GPU memory torch allocated instead (its peak over what was allocated before)."""
+    net, layer, x, classes = _setup(row, smoke, device)
     run = _runner(tool, row.partition("@")[0], net, layer, x, classes)
     if run is None:
         return {"missing": True}
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return {"base_mib": base / MIB, "peak_mib": (torch.cuda.max_memory_allocated() - base) / MIB}
     with MemoryWatch() as mem:
         run()
     return {
@@ -182,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="timed rounds per method (default: 5 for gradient methods, else 2)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (default 2; 1 on a loaded machine, see above)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: model and inputs on the GPU, peak = GPU memory allocated; default cpu")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -193,10 +227,12 @@ def main(argv: list[str] | None = None) -> int:
             kind, rest = args.worker[0], args.worker[1:]
             if kind == "time":
                 tools = rest[0].split(",")
-                emit([time_method(m, tools, args.smoke, args.repeat) for m in rest[1:]])
+                emit([time_method(m, tools, args.smoke, args.repeat, args.device) for m in rest[1:]])
             else:
-                emit([memory_config(*c.split(":"), smoke=args.smoke) for c in rest])
+                emit([memory_config(*c.split(":"), smoke=args.smoke, device=args.device) for c in rest])
         return 0
+    if args.device == "cuda":
+        require_cuda()
 
     if not has("torch"):
         print("(torch is not installed: nothing to compare)")
@@ -209,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     what = "smoke: tiny model, 32 px" if args.smoke else "EfficientNet-Lite0, 224 px, ImageNet weights"
     print(f"camlens against pytorch-grad-cam and torchcam ({what})")
     print(f"machine: {machine()}; {versions('numpy', 'torch', 'grad-cam', 'torchcam')}; torch threads: {args.threads}")
+    if args.device == "cuda":
+        print(f"device: {cuda_name()}; time: each call waits for the GPU (torch.cuda.synchronize); "
+              "peak: GPU memory torch allocated during the call, not RSS")
     print("time: the libraries take turns in one process; best and median wall-clock seconds of the")
     print("rounds, and the least CPU seconds (all threads; what other processes disturb least);")
     print("peak: RSS growth during one call, in a fresh process per row" + (" (smoke: one process)" if args.smoke else ""))
@@ -221,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(head))
     script = Path(__file__).resolve()
     flags = (["--smoke"] if args.smoke else []) + ([] if args.repeat is None else ["--repeat", str(args.repeat)])
-    flags += ["--threads", str(args.threads)]
+    flags += ["--threads", str(args.threads), "--device", args.device]
     env = {"TQDM_DISABLE": "1"}
     configs = [f"{t}:{m}" for m in methods for t in tools]
     timed: dict[str, Any] = {}

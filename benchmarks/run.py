@@ -19,7 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("speed_limit", "peers", "scorecam_memory", "faithfulness", "metrics_speed", "folder",
-              "app_load", "cli_memory", "dataset", "relevance_speed", "road_speed", "first_call")
+              "app_load", "cli_memory", "dataset", "relevance_speed", "road_speed", "first_call",
+              "startup")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,14 @@ port; the original PyTorch model). Inputs are random: timing does not depend on 
     python benchmarks/speed_limit.py                    # every backend, both models, batch 1 and 8
     python benchmarks/speed_limit.py --backends torch   # native PyTorch only
     python benchmarks/speed_limit.py --smoke            # tiny models, same code path, seconds
+    python benchmarks/speed_limit.py --device cuda --batches 1,8,64   # on a GPU (benchmarks/gpu.sh)
+
+``--device cuda``: native PyTorch moves the model and the input to the GPU and waits for it
+(``torch.cuda.synchronize()``) after each forward pass (``explain`` returns numpy maps, so it
+has waited); Keras on torch uses the GPU by itself, JAX and TensorFlow where their CUDA builds
+are installed, and each row's last column says where it ran. ``--device cpu`` (the default)
+hides any GPU from the Keras processes (``CUDA_VISIBLE_DEVICES=""``). Without a CUDA device,
+``--device cuda`` stops at once (exit 2).
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import child, emit, has, interleaved, machine, quiet, seconds, versions
+from _common import child, emit, has, interleaved, machine, quiet, require_cuda, cuda_name, seconds, versions
 
 BACKENDS = ("tensorflow", "jax", "torch-keras", "torch")
 LABELS = {"tensorflow": "Keras/TensorFlow", "jax": "Keras/JAX", "torch-keras": "Keras/PyTorch", "torch": "PyTorch"}
@@ -58,7 +66,22 @@ def _count_param_grads(tensors: list[Any]) -> tuple[list[int], list[Any]]:
     return count, handles
 
 
-def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -> dict[str, Any]:
+def _keras_device(backend: str) -> str:
+    """Where this process's Keras backend runs: ``cuda``, or ``cpu`` and why not the GPU."""
+    if backend == "torch-keras":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu (torch sees no CUDA device)"
+    if backend == "jax":
+        import jax
+
+        return "cuda" if jax.default_backend() == "gpu" else "cpu (no CUDA build of jax: pip install 'jax[cuda12]')"
+    import tensorflow as tf
+
+    return "cuda" if tf.config.list_physical_devices("GPU") else "cpu (no CUDA build of tensorflow)"
+
+
+def measure(backend: str, model_name: str, batch: int, repeat: int, size: int, device: str = "cpu") -> dict[str, Any]:
     import camlens
 
     from _common import keras_model, torch_model
@@ -67,12 +90,16 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -
     if backend == "torch":
         import torch
 
-        net = torch_model(model_name)
-        x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
+        net = torch_model(model_name).to(device)
+        x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32)).to(device)
+        ran_on = device
 
         def forward() -> Any:
             with torch.no_grad():
-                return net(x)
+                out = net(x)
+            if device == "cuda":  # the kernels run asynchronously: wait for them
+                torch.cuda.synchronize()
+            return out
 
         predict = None
         params = list(net.parameters())
@@ -81,6 +108,7 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -
 
         net = keras_model(model_name)
         x = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+        ran_on = _keras_device(backend) if device == "cuda" else "cpu"
 
         def forward() -> Any:
             return keras.ops.convert_to_numpy(net(x, training=False))
@@ -90,7 +118,7 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -
 
         params = [v.value for v in net.weights] if backend == "torch-keras" else []
 
-    def gradcam() -> Any:
+    def gradcam() -> Any:  # its maps come back as numpy arrays: the device has finished
         return camlens.explain(net, x, method="gradcam")
 
     fns = {"forward": forward, "gradcam": gradcam}
@@ -112,12 +140,14 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -
         "best": best,
         "median": {name: float(np.median(ts)) for name, ts in times.items()},
         "param_grads": grads[0] if backend in ("torch", "torch-keras") else None,
+        "device": ran_on,
     }
 
 
-def worker(backend: str, models: list[str], batches: list[int], repeat: int, size: int) -> list[dict[str, Any]]:
+def worker(backend: str, models: list[str], batches: list[int], repeat: int, size: int,
+           device: str = "cpu") -> list[dict[str, Any]]:
     with quiet():
-        return [measure(backend, m, b, repeat, size) for m in models for b in batches]
+        return [measure(backend, m, b, repeat, size, device) for m in models for b in batches]
 
 
 def _ms(v: float | None) -> str:
@@ -131,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls of each (default 5; smoke 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: native PyTorch on the GPU, and each Keras backend where its CUDA build "
+                             "is installed (the row says where it ran); default cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -139,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (2 if args.smoke else 5)
     size = 32 if args.smoke else 224
     if args.worker:
-        emit(worker(args.worker, models, batches, repeat, size))
+        emit(worker(args.worker, models, batches, repeat, size, args.device))
         return 0
+    if args.device == "cuda":
+        require_cuda()
 
     if args.backends:
         backends = args.backends.split(",")
@@ -155,19 +190,23 @@ def main(argv: list[str] | None = None) -> int:
         backends = [b for b in backends if not b.startswith("torch")]
         print("(torch is not installed: the PyTorch rows are skipped)")
     what = "smoke: tiny model, 32 px" if args.smoke else "224x224 px, random inputs"
+    if args.device == "cuda":
+        what += f", on {cuda_name()}"
     print(f"Grad-CAM against one forward pass ({what}); best of {repeat} calls, ms; first = first call")
     print(f"machine: {machine()}; {versions('numpy', 'keras', 'tensorflow-cpu', 'tensorflow', 'jax', 'torch')}")
     head = (
         f"{'backend':<17} {'model':<19} {'batch':>5} {'forward':>8} {'predict':>8} {'gradcam':>8} "
-        f"{'/forward':>8} {'/predict':>8} {'param grads':>11}  {'first: fwd/pred/cam':<22} layer"
+        f"{'/forward':>8} {'/predict':>8} {'param grads':>11}  {'first: fwd/pred/cam':<22} layer" + ("  device" if args.device == "cuda" else "")
     )
     print(head)
     print("-" * len(head))
     script = Path(__file__).resolve()
     flags = ["--smoke"] if args.smoke else ["--models", ",".join(models), "--batches", ",".join(map(str, batches))]
-    flags += ["--repeat", str(repeat)]
+    flags += ["--repeat", str(repeat), "--device", args.device]
     for backend in backends:
         env = {"KERAS_BACKEND": "torch" if backend == "torch-keras" else backend}
+        if args.device == "cpu":  # on a GPU machine, the Keras backends would take the GPU
+            env["CUDA_VISIBLE_DEVICES"] = ""
         if backend == "torch":
             env["KERAS_BACKEND"] = "tensorflow"  # unused: native PyTorch imports no Keras
         rows = child(script, ["--worker", backend, *flags], env=env)
@@ -179,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{LABELS[backend]:<17} {r['model']:<19} {r['batch']:>5} {_ms(fwd):>8} {_ms(pred):>8} "
                 f"{_ms(cam):>8} {cam / fwd:>8.2f} {'-' if pred is None else f'{cam / pred:.2f}':>8} "
-                f"{grads:>11}  {firsts:<22} {r['layer']}",
+                f"{grads:>11}  {firsts:<22} {r['layer']}" + (f"  {r['device']}" if args.device == "cuda" else ""),
                 flush=True,
             )
     print(f"target: gradcam within {TARGET}x of a forward pass, no parameter gradient")

@@ -240,3 +240,23 @@ def test_first_call_smoke():
     for r in rows:
         assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0
         assert (r[6] != "-") == (backend == "jax")
+
+
+def test_startup_smoke():
+    """``benchmarks/startup.py --smoke``: ``--help``, a torch module's explain and layers and a
+    Keras file's explain, each in a fresh process, with the frameworks each imported (checked:
+    torch alone for the torch module, no TensorFlow on the torch backend; times never are).
+    Once, in the torch run (the torch rows do not depend on the Keras backend)."""
+    pytest.importorskip("keras")
+    pytest.importorskip("torch")
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "torch":
+        pytest.skip("runs once, in the torch run")
+    proc = _run(str(BENCHMARKS / "run.py"), "--smoke", "--only", "startup", timeout=600)
+    header, rows = _table(proc.stdout, "command")
+    assert header[:3] == ["command", "model", "wall"]
+    assert [r[1] for r in rows if r[0] == "(baseline)"] == ["python", "import", "import"]
+    ours = {(r[0], r[1]): r[-1] for r in rows if r[0] != "(baseline)"}
+    assert ours == {("help", "-"): "(none)", ("explain", "torch"): "torch", ("layers", "torch"): "torch",
+                    ("explain", "keras/torch"): ours[("explain", "keras/torch")]}
+    assert "tensorflow" not in ours[("explain", "keras/torch")] and "torch" in ours[("explain", "keras/torch")]
+    assert "target: explain on a torch module within 2.0x of import torch:" in proc.stdout
