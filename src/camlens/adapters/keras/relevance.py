@@ -7,6 +7,11 @@ a linear layer returns ``z + sum_i (h_i k_i - stop(h_i k_i))``. The first linear
 goes through two probes: ``stop(a) + z1`` feeds the terms proportional to the input, ``1 + z2``
 times a constant the others (flat, w^2, z^B's bounds); the input relevance is
 ``a * dS/dz1 + dS/dz2``.
+
+The calls are written to be traced: the adapter sets them inside a ``tf.function`` or
+``jax.jit`` program (``adapter._lrp_run``, ``adapter._rescale_run``), so nothing here may ask a
+tensor's value. What torch asks at run time (is a layer's input non-negative?) is read from the
+graph instead (:func:`nonnegative_inputs`).
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ def _stab(d: Any, eps: float) -> Any:
 
 def _uncovered(name: str, kind: str) -> str:
     return (
-        f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv, DepthwiseConv2D, "
+        f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv (grouped too), DepthwiseConv2D, "
         "BatchNormalization, activations, pooling, Flatten, Dropout and Add. Explain this model with "
         "a gradient method (method='integratedgradients' or 'saliency') or a CAM, or replace the "
         "layer. A layer whose plain gradient is right (it only moves values, or is linear without "
