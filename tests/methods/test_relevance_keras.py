@@ -81,6 +81,21 @@ def test_a_new_composite_or_epsilon_compiles_its_own_program(monkeypatch: pytest
     assert PROGRAMS.count(model) == len(settings)
 
 
+@pytest.mark.skipif(not COMPILES, reason="the Keras torch backend runs eagerly")
+def test_the_relevance_programs_go_with_their_model() -> None:
+    import gc
+    import weakref
+
+    model = _net()
+    for m in (LRP(), DeepLift()):
+        camlens.explain(model, X[:1], method=m, target=0)
+    assert PROGRAMS.count(model) == 2
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
 def test_nonnegative_inputs_are_read_from_the_graph() -> None:
     inp = keras.Input((8, 8, 3))
     a = L.Conv2D(2, 3, name="a", activation="relu")(inp)       # after the input: signed
