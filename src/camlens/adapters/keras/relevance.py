@@ -85,8 +85,8 @@ def _stab(d: Any, eps: float) -> Any:
 
 def _uncovered(name: str, kind: str) -> str:
     return (
-        f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv (grouped too), DepthwiseConv2D, "
-        "BatchNormalization, activations, pooling, Flatten, Dropout and Add. Explain this model with "
+        f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv (grouped too), "
+        "DepthwiseConv2D, BatchNormalization, activations, pooling, Flatten, Dropout and Add. Explain this model with "
         "a gradient method (method='integratedgradients' or 'saliency') or a CAM, or replace the "
         "layer. A layer whose plain gradient is right (it only moves values, or is linear without "
         f"bias) may be named: LRP(plain_layers=[{name!r}])"
