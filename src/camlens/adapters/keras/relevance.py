@@ -219,9 +219,6 @@ def _apply(layer: Any, x: Any, w: Any, b: Any) -> Any:
     if kind == "DepthwiseConv2D":
         y = ops.depthwise_conv(x, w, strides=layer.strides, padding=layer.padding,
                                data_format=layer.data_format, dilation_rate=layer.dilation_rate)
-    elif getattr(layer, "padding", None) == "causal":  # Conv1D pads in its call, not in convolution_op
-        y = ops.conv(ops.pad(x, layer._compute_causal_padding()), w, strides=list(layer.strides), padding="valid",
-                     dilation_rate=layer.dilation_rate, data_format=layer.data_format)
     else:
         y = layer.convolution_op(x, w)  # grouped convolutions too: the kernel's shape says the groups
     if layer.data_format == "channels_first":
