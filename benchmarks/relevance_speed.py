@@ -20,11 +20,13 @@ ratio to the forward pass's median:
 
 Random weights (torchvision's ``vgg11`` and ``resnet18``, eval mode), random 224x224 inputs:
 timing does not depend on them. The Keras rows use a small VGG-like CNN at 224 px (strided
-convolutions, not max pooling, which Keras's DeepLIFT refuses), on the caller's backend.
+convolutions, as in the first measurement, so that the rows compare), on the caller's backend
+(``KERAS_BACKEND``: run the script once per backend, ``--no-torch`` for the Keras rows alone).
 
     python benchmarks/relevance_speed.py                   # torch vgg11 and resnet18, batch 1 and 8; Keras CNN
     python benchmarks/relevance_speed.py --batches 1 --repeat 3
     python benchmarks/relevance_speed.py --smoke           # tiny models at 32 px, seconds
+    KERAS_BACKEND=jax python benchmarks/relevance_speed.py --no-torch   # the Keras rows on JAX
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _keras_net(name: str, size: int) -> Any:
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, 3))
     h = inputs
-    for width in (16, 32, 64, 64):  # VGG-like, strided: Keras's DeepLIFT has no max pooling rule
+    for width in (16, 32, 64, 64):  # VGG-like, strided (the first measurement's model)
         h = keras.layers.Conv2D(width, 3, padding="same", activation="relu")(h)
         h = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu")(h)
     h = keras.layers.Flatten()(h)
@@ -136,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls of each (default 5; smoke 2)")
     parser.add_argument("--no-keras", action="store_true", help="skip the Keras rows")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -149,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     backends = []
-    if has("torch") and has("torchvision") or args.smoke and has("torch"):
+    if args.no_torch:
+        pass
+    elif has("torch") and has("torchvision") or args.smoke and has("torch"):
         backends.append("torch")
     else:
         print("(torch or torchvision is not installed: the PyTorch rows are skipped)")

@@ -107,7 +107,8 @@ class ArrayOps:
     #: ``bounds(a) -> (min, max)`` of all of ``a``, outside the gradient (z^B's default bounds)
     bounds: Callable[[Any], tuple[Any, Any]]
     #: ``nonnegative(a) -> bool``: whether no input is negative, so the terms of ``a-`` (zero) can be
-    #: dropped; a traced program cannot ask, and gives ``lambda a: False``
+    #: dropped; torch asks the values, a traced program cannot and answers from the graph (Keras:
+    #: the layer's input comes from a ReLU)
     nonnegative: Callable[[Any], bool]
 
 
@@ -201,7 +202,8 @@ class LayerRules:
     weights), any other batch norm and every activation but ReLU pass relevance on unchanged,
     ReLU and the residual sums take the plain gradient (the same thing in gradient form),
     average pooling is a linear layer under the epsilon rule without stabilizer, max pooling
-    gives the winner everything. Compared by identity: a compiled program is kept per object."""
+    gives the winner everything. Keras's compiled programs are kept per value of these fields
+    (the rules being frozen), so equal settings share one."""
 
     name: str
     conv: LinearRule

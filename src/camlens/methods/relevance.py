@@ -61,9 +61,12 @@ class LRP(PixelMethod):
     backward pass, each layer's convolution run once per rule term: epsilon once, z+ twice after a
     ReLU (the layer and its positive weights), alpha-beta and gamma twice after a ReLU (their
     positive and negative parts; the layer's output is their sum), 3 and 4 on a signed input
-    (torch asks the input's sign at run time; Keras, traced, takes the signed case).
-    Torch modules and Keras Functional/Sequential models (all three backends; a
-    subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
+    (torch asks the input's sign at run time; Keras reads it from the graph: an input straight
+    from a ReLU, or through pooling, padding or flattening of one, is non-negative). On Keras
+    with TensorFlow or JAX the run is one compiled program per model, rule settings (by value)
+    and input shape (``tf.function``, ``jax.jit``; the first call traces it); the Keras torch
+    backend runs eagerly. Torch modules and Keras Functional/Sequential models (all three
+    backends; convolutions grouped or depthwise too; a subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
     ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
     on a model ending in softmax is explained on its logit (as ``Logit(k)``; the softmax is
     skipped), another target read after a softmax is refused.
@@ -145,8 +148,9 @@ class DeepLift(PixelMethod):
     Differences from captum, on purpose: every elementwise activation module gets the rescale
     rule (captum: ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus; others silently plain), and
     a nonlinearity called as a function in ``forward`` is refused by name (captum takes its
-    plain gradient). Cost: two forward passes and one backward (and the baseline's score). Torch
-    modules and Keras Functional/Sequential models (max pooling: torch only so far). Like LRP it
+    plain gradient). Cost: two forward passes and one backward (and the baseline's score; on
+    Keras with TensorFlow or JAX both runs are one compiled program). Torch modules and Keras
+    Functional/Sequential models (max pooling on both). Like LRP it
     explains a logit: a class target on a model ending in softmax is explained on its
     logit.
     """

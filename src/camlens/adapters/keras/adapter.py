@@ -32,7 +32,8 @@ from ...targets import Target, scores_of
 from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
-from .compiled import compiled_capture, compiled_features, compiled_input_gradients, compiled_score
+from .compiled import (compiled_capture, compiled_features, compiled_input_gradients, compiled_probe_run,
+                       compiled_score)
 from .patches import instance_attrs, probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
 from ..._args import warn
@@ -629,89 +630,97 @@ class KerasAdapter:
         g = np.asarray(grads[key], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
 
-    def _rescale(self, inputs: list[np.ndarray], which: int, target: Target,
-                 rule: Rescale) -> tuple[np.ndarray, np.ndarray]:
-        """DeepLIFT's multipliers for ``inputs[which]``: a reference run on the baseline, then
-        the rescaled gradient, eagerly (:mod:`.relevance`)."""
-        import keras
-
-        from .patches import instance_attrs
-        from .relevance import rescale_calls
-
+    def _refuse_recorded(self, method: str) -> None:
         if self.recorded:
             raise ValueError(
-                f"deeplift needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
+                f"{method} needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
                 "subclassed, and what it computes between its layers no rule reaches; build it with "
                 "keras.Model(inputs, outputs), or explain it with method='integratedgradients'"
             )
+
+    def _relevance_run(self, inputs: list[np.ndarray], target: Target, kind: tuple[Any, ...],
+                       runner: Callable[..., tuple[list[Any], Any, dict[Key, Any]]]
+                       ) -> tuple[Any, dict[Key, Any], dict[Key, Any]]:
+        """``(scores, probed values, their gradients)`` of ``runner(adapter, xs, target,
+        make_probe, nodes)``: a compiled program on TensorFlow and JAX (kept per model under ``kind``,
+        which names everything the run depends on besides the layers, the target and the
+        shapes), else eagerly. ``runner`` must not hold this adapter or its model: a program
+        holds its model weakly."""
+        if self._compiles():
+            found = compiled_probe_run(self, inputs, target, kind, runner)
+            if found is not None:
+                _, scores, acts, grads = found
+                return scores, acts, grads
+        _, scores, acts, grads = self._gradient_function()(lambda mp: runner(self, inputs, target, mp, []), True)
+        return scores, acts, grads
+
+    def _rescale(self, inputs: list[np.ndarray], which: int, target: Target,
+                 rule: Rescale) -> tuple[np.ndarray, np.ndarray]:
+        """DeepLIFT's multipliers for ``inputs[which]``: a reference run on the baseline, then
+        the rescaled gradient, in one compiled program (:mod:`.relevance`)."""
+        self._refuse_recorded("deeplift")
         ref = np.asarray(rule.reference, dtype=np.float32)
         try:
             ref = np.ascontiguousarray(np.broadcast_to(ref, inputs[which].shape))
         except ValueError:
             raise ValueError(f"deeplift: baseline of shape {ref.shape} does not fit inputs of shape "
                              f"{inputs[which].shape}") from None
+        self.graph()
+        plain = tuple(rule.plain)
+
+        def runner(adapter: Any, xs: Sequence[Any], target: Target, make_probe: MakeProbe, nodes: Any) -> Any:
+            return adapter._rescale_run(xs, which, target, plain, make_probe)
+
+        # the baseline travels as one more input: a program per shape, not per baseline
+        scores, _, grads = self._relevance_run([*inputs, ref], target, ("deeplift", which, type(rule), plain), runner)
+        return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
+                np.ascontiguousarray(np.asarray(grads[(-1, which)], np.float32)))
+
+    def _rescale_run(self, xs: Sequence[Any], which: int, target: Target, plain: tuple[str, ...],
+                     make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+        """The reference run on ``xs[-1]`` (each nonlinearity's input kept), then the probed run
+        on ``xs[:-1]`` rescaled against it."""
+        import keras
+
+        from .relevance import rescale_calls
+
         graph = self.graph()
         skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
                    if target.wants_logits else [])
-        state: dict = {"record": True, "used": {}}
-        changes = rescale_calls(list(self._ops.values()), state, skipped, rule.plain)
-        logits = self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-        ref_inputs = list(inputs)
-        ref_inputs[which] = ref
-        with logits, instance_attrs(changes):
-            self._call([keras.ops.convert_to_tensor(a) for a in ref_inputs])
+        state: dict = {"record": True, "used": {}, "ref": {}}
+        changes = rescale_calls(list(self._ops.values()), state, skipped, plain)
+        xs = [keras.ops.convert_to_tensor(a) for a in xs]
+        inputs, ref_inputs = xs[:-1], list(xs[:-1])
+        ref_inputs[which] = xs[-1]
+        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+            instance_attrs(changes)
+        ):
+            self._call(ref_inputs)
         state["record"] = False
         key: Key = (-1, which)
-
-        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
-            state["used"] = {}
-            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
-            xs[which] = make_probe(key, xs[which])
-            with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
-                instance_attrs(changes)
-            ):
-                outs = self._call(xs)
-                scores = scores_of(target, outs, graph.output_names, keras.ops)
-            return outs, scores, {key: xs[which]}
-
-        _, scores, _, grads = self._gradient_function()(run, True)
-        return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
-                np.ascontiguousarray(np.asarray(grads[key], np.float32)))
+        inputs[which] = make_probe(key, inputs[which])
+        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+            instance_attrs(changes)
+        ):
+            outs = self._call(inputs)
+            scores = scores_of(target, outs, graph.output_names, keras.ops)
+        return outs, scores, {key: inputs[which]}
 
     def _lrp(self, inputs: list[np.ndarray], which: int, target: Target,
              rule: LayerRules) -> tuple[np.ndarray, np.ndarray]:
-        """LRP's relevance of ``inputs[which]``, eagerly (:mod:`.relevance`)."""
-        import keras
+        """LRP's relevance of ``inputs[which]``, in one compiled program (:mod:`.relevance`)."""
+        from .relevance import PROBES
 
-        from .patches import instance_attrs
-        from .relevance import PROBES, lrp_calls
+        self._refuse_recorded("lrp")
+        self.graph()
 
-        if self.recorded:
-            raise ValueError(
-                f"lrp needs a Functional or Sequential Keras model: {type(self.model).__name__} is "
-                "subclassed, and what it computes between its layers no rule reaches; build it with "
-                "keras.Model(inputs, outputs), or explain it with method='integratedgradients'"
-            )
-        graph = self.graph()
-        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
-                   if target.wants_logits else [])
-        state: dict = {}
-        changes = lrp_calls(list(self._ops.values()), rule, state, skipped)
+        def runner(adapter: Any, xs: Sequence[Any], target: Target, make_probe: MakeProbe, nodes: Any) -> Any:
+            return adapter._lrp_run(xs, target, rule, make_probe)
 
-        def run(make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
-            state.clear()
-            state["make_probe"] = make_probe
-            xs = [keras.ops.convert_to_tensor(a) for a in inputs]
-            with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
-                instance_attrs(changes)
-            ):
-                outs = self._call(xs)
-                scores = scores_of(target, outs, graph.output_names, keras.ops)
-            if "acts" not in state:
-                raise ValueError("lrp: no Dense or convolution layer ran on the input")
-            return outs, scores, state["acts"]
-
-        _, scores, acts, grads = self._gradient_function()(run, True)
+        # keyed on the rules' values: a new LRP(...) of the same settings reuses the program,
+        # another composite, epsilon or gamma traces its own
+        kind = ("lrp", which, type(rule), rule.name, rule.conv, rule.dense, rule.first, rule.plain)
+        scores, acts, grads = self._relevance_run(inputs, target, kind, runner)
         a = np.asarray(keras_to_numpy(acts[PROBES[0]]), np.float32)
         rel = a * np.asarray(grads[PROBES[0]], np.float32) + np.asarray(grads[PROBES[1]], np.float32)
         if rel[0].size != inputs[which][0].size:
@@ -722,6 +731,29 @@ class KerasAdapter:
             )
         return (np.asarray(keras_to_numpy(scores), np.float32).reshape(-1),
                 np.ascontiguousarray(rel.reshape(inputs[which].shape)))
+
+    def _lrp_run(self, xs: Sequence[Any], target: Target, rule: LayerRules,
+                 make_probe: MakeProbe) -> tuple[list[Any], Any, dict[Key, Any]]:
+        """The model under ``rule``, the first linear layer's input probed (:data:`.relevance.PROBES`)."""
+        import keras
+
+        from .relevance import lrp_calls, nonnegative_inputs
+
+        graph = self.graph()
+        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
+                   if target.wants_logits else [])
+        state: dict = {"make_probe": make_probe}
+        changes = lrp_calls(list(self._ops.values()), rule, state, skipped,
+                            nonnegative_inputs(graph.nodes, self._ops.__getitem__))
+        xs = [keras.ops.convert_to_tensor(a) for a in xs]
+        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+            instance_attrs(changes)
+        ):
+            outs = self._call(xs)
+            scores = scores_of(target, outs, graph.output_names, keras.ops)
+        if "acts" not in state:
+            raise ValueError("lrp: no Dense or convolution layer ran on the input")
+        return outs, scores, state["acts"]
 
     def _input_run(
         self, inputs: Sequence[Any], which: int, target: Target, rule: ReluRule | None,

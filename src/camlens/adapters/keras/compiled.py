@@ -28,8 +28,7 @@ from ..base import is_plain_setting
 from .backends._types import Key, Parts, Program
 
 __all__ = ["ProgramCache", "PROGRAMS", "clear_compiled_cache", "compiled_capture", "compiled_features",
-           "compiled_score",
-           "compiled_input_gradients", "traceable"]
+           "compiled_score", "compiled_input_gradients", "compiled_probe_run", "traceable"]
 
 
 class ProgramCache:
@@ -348,3 +347,24 @@ def compiled_input_gradients(
     scores = scores_of(target, outs, adapter.graph().output_names, keras.ops)
     return (np.asarray(keras.ops.convert_to_numpy(scores), np.float32).reshape(-1),
             np.asarray(grads, dtype=np.float32))
+
+
+def compiled_probe_run(
+    adapter: Any, inputs: list[np.ndarray], target: Target, kind: tuple[Any, ...],
+    runner: Callable[..., tuple[list[Any], Any, dict[Key, Any]]],
+) -> tuple[list[Any], Any, dict[Key, Any], dict[Key, Any]] | None:
+    """``(outputs, scores, probed values, their gradients)`` of ``runner(adapter, xs, target,
+    make_probe, nodes)`` compiled (LRP's and DeepLIFT's runs, their rules set inside the trace), or
+    ``None`` where the target cannot be compiled. ``kind`` keys the program: everything the run
+    depends on besides the layers (the fingerprint), the target and the input shapes; ``runner``
+    is kept with the program, so it must not hold the model."""
+    import keras
+
+    found = _program(adapter, inputs, target, kind, [],
+                     lambda parts: adapter.backend_module.probe_program(parts, runner))
+    if found is None:
+        return None
+    fn, idx = found
+    grads, outs, acts = fn(adapter.model, list(inputs), idx)
+    scores = scores_of(target, outs, adapter.graph().output_names, keras.ops)
+    return outs, scores, acts, grads

@@ -7,6 +7,11 @@ a linear layer returns ``z + sum_i (h_i k_i - stop(h_i k_i))``. The first linear
 goes through two probes: ``stop(a) + z1`` feeds the terms proportional to the input, ``1 + z2``
 times a constant the others (flat, w^2, z^B's bounds); the input relevance is
 ``a * dS/dz1 + dS/dz2``.
+
+The calls are written to be traced: the adapter sets them inside a ``tf.function`` or
+``jax.jit`` program (``adapter._lrp_run``, ``adapter._rescale_run``), so nothing here may ask a
+tensor's value. What torch asks at run time (is a layer's input non-negative?) is read from the
+graph instead (:func:`nonnegative_inputs`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from ...rules import ArrayOps, LayerRules, linear_terms
 
-__all__ = ["lrp_calls", "PROBES"]
+__all__ = ["lrp_calls", "rescale_calls", "nonnegative_inputs", "PROBES"]
 
 #: the probe keys of the first linear layer's input
 PROBES = (("lrp", 0), ("lrp", 1))
@@ -30,6 +35,47 @@ _PASS = ("LeakyReLU", "ELU", "PReLU")
 _SQUASHING = ("softmax", "log_softmax")
 
 
+#: layers whose output is non-negative when every input is: they move, pick or average values
+_KEEPS_SIGN = ("Flatten", "Reshape", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+               "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
+               "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+               "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D", "Add", "Average", "Maximum",
+               "Concatenate", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+               "Cropping3D", "Identity", "Permute", "UpSampling1D", "UpSampling2D", "UpSampling3D")
+#: activations whose output is never negative
+_NONNEGATIVE = ("relu", "relu6", "sigmoid", "hard_sigmoid", "softplus")
+
+
+def _gives_nonnegative(op: Any, inputs: list[bool]) -> bool:
+    kind = type(op).__name__
+    if kind == "ReLU":
+        return not op.negative_slope and op.threshold >= 0 and (op.max_value is None or op.max_value >= 0)
+    if kind == "Activation" or kind in _CONV or kind in ("Dense", "DepthwiseConv2D"):
+        # a fused activation: the rules keep the forward value, so its sign holds
+        return _act_name(op) in _NONNEGATIVE
+    return kind in _KEEPS_SIGN and bool(inputs) and all(inputs)
+
+
+def nonnegative_inputs(nodes: Sequence[Any], op_of: Callable[[int], Any]) -> set[int]:
+    """The ids of the layers whose input is non-negative at every call, read from the graph
+    (``nodes`` in graph order, ``op_of(node id)`` the layer): an input straight from a ReLU
+    (a ReLU layer, ``Activation("relu")``, a layer with ``activation="relu"``), or through
+    layers that keep the sign (pooling, padding, flattening, sums of such inputs). LRP then
+    drops the terms of ``a-``, which are zero (z+ runs one convolution less, alpha-beta and
+    gamma two instead of four), as the torch adapter decides at run time from the values."""
+    sign: dict[int, bool] = {}
+    verdict: dict[int, bool] = {}
+    for node in nodes:
+        if node.is_input:
+            sign[node.id] = False
+            continue
+        op = op_of(node.id)
+        ins = [sign.get(p, False) for p in node.inputs]
+        verdict[id(op)] = verdict.get(id(op), True) and bool(ins) and all(ins)
+        sign[node.id] = _gives_nonnegative(op, ins)
+    return {k for k, v in verdict.items() if v}
+
+
 def _stab(d: Any, eps: float) -> Any:
     import keras
 
@@ -39,8 +85,8 @@ def _stab(d: Any, eps: float) -> Any:
 
 def _uncovered(name: str, kind: str) -> str:
     return (
-        f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv, DepthwiseConv2D, "
-        "BatchNormalization, activations, pooling, Flatten, Dropout and Add. Explain this model with "
+        f"lrp: no relevance rule covers layer {name!r} ({kind}); lrp covers Dense, Conv (grouped too), "
+        "DepthwiseConv2D, BatchNormalization, activations, pooling, Flatten, Dropout and Add. Explain this model with "
         "a gradient method (method='integratedgradients' or 'saliency') or a CAM, or replace the "
         "layer. A layer whose plain gradient is right (it only moves values, or is linear without "
         f"bias) may be named: LRP(plain_layers=[{name!r}])"
@@ -75,10 +121,11 @@ def _activate(layer: Any, z: Any) -> Any:
     return _pass(z, layer.activation(z))
 
 
-def lrp_calls(ops_: Sequence[Any], rules: LayerRules, state: dict,
-              skipped: Sequence[Any]) -> list[tuple[Any, str, Any]]:
+def lrp_calls(ops_: Sequence[Any], rules: LayerRules, state: dict, skipped: Sequence[Any],
+              nonnegative: set[int] = frozenset()) -> list[tuple[Any, str, Any]]:  # type: ignore[assignment]
     """The ``(layer, "call", fn)`` changes that put ``rules`` on the model's layers. ``state``:
-    ``make_probe`` set by the caller per run; ``acts`` filled with the first layer's probes."""
+    ``make_probe`` set by the caller per run; ``acts`` filled with the first layer's probes.
+    ``nonnegative``: ids of the layers whose input is never negative (:func:`nonnegative_inputs`)."""
     import keras
 
     ops = keras.ops
@@ -90,8 +137,6 @@ def lrp_calls(ops_: Sequence[Any], rules: LayerRules, state: dict,
     for op in layers.values():
         kind = type(op).__name__
         if kind in _CONV or kind in ("Dense", "DepthwiseConv2D"):
-            if kind in _CONV and getattr(op, "groups", 1) != 1:
-                raise ValueError(_uncovered(op.name, f"{kind} with groups={op.groups}"))
             kinds["linear"].append(op)
         elif kind == "BatchNormalization":
             kinds["bn"].append(op)
@@ -129,7 +174,7 @@ def lrp_calls(ops_: Sequence[Any], rules: LayerRules, state: dict,
 
     changes: list[tuple[Any, str, Any]] = []
     for op in kinds["linear"]:
-        changes.append((op, "call", _linear_call(op, merged.get(id(op)), rules, state)))
+        changes.append((op, "call", _linear_call(op, merged.get(id(op)), rules, state, id(op) in nonnegative)))
     for bn in kinds["bn"]:
         if id(bn) in merged_bns:
             changes.append((bn, "call", lambda x, *a, **k: x))
@@ -175,14 +220,22 @@ def _apply(layer: Any, x: Any, w: Any, b: Any) -> Any:
         y = ops.depthwise_conv(x, w, strides=layer.strides, padding=layer.padding,
                                data_format=layer.data_format, dilation_rate=layer.dilation_rate)
     else:
-        y = layer.convolution_op(x, w)
+        y = layer.convolution_op(x, w)  # grouped convolutions too: the kernel's shape says the groups
     if layer.data_format == "channels_first":
         return y + ops.reshape(b, (1, -1) + (1,) * (len(y.shape) - 2))
     return y + b
 
 
-def _ops() -> ArrayOps:
+_OPS: dict[bool, ArrayOps] = {}
+
+
+def _ops(nonnegative: bool) -> ArrayOps:
+    """The array functions of the rules; ``nonnegative``: the layer's input is never negative,
+    as the graph shows (a traced call cannot ask the values)."""
     import keras
+
+    if nonnegative in _OPS:
+        return _OPS[nonnegative]
 
     ops = keras.ops
 
@@ -190,14 +243,14 @@ def _ops() -> ArrayOps:
         stopped = ops.stop_gradient(a)
         return ops.min(stopped), ops.max(stopped)
 
-    return ArrayOps(pos=lambda t: ops.maximum(t, 0.0), neg=lambda t: ops.minimum(t, 0.0),
-                    cast=lambda mask, like: ops.cast(mask, like.dtype), stab=_stab, zeros_like=ops.zeros_like,
-                    ones_like=ops.ones_like, bounds=bounds,
-                    # the calls are traced (tf.function, jit): no input's sign can be asked
-                    nonnegative=lambda a: False)
+    _OPS[nonnegative] = ArrayOps(pos=lambda t: ops.maximum(t, 0.0), neg=lambda t: ops.minimum(t, 0.0),
+                                 cast=lambda mask, like: ops.cast(mask, like.dtype), stab=_stab,
+                                 zeros_like=ops.zeros_like, ones_like=ops.ones_like, bounds=bounds,
+                                 nonnegative=lambda a: nonnegative)
+    return _OPS[nonnegative]
 
 
-def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict) -> Callable[..., Any]:
+def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict, nonnegative: bool) -> Callable[..., Any]:
     import keras
 
     ops = keras.ops
@@ -214,7 +267,7 @@ def _linear_call(layer: Any, bn: Any, rules: LayerRules, state: dict) -> Callabl
             const = lambda value: ones * value  # noqa: E731
             rule = rules.first or own
         w, b = _params(layer, bn)
-        terms, coefficients, summed = linear_terms(rule, a, w, b, _ops(), const)
+        terms, coefficients, summed = linear_terms(rule, a, w, b, _ops(nonnegative), const)
         outs = [_apply(layer, t, tw, tb) for t, tw, tb in terms]
         if summed:  # the terms split the layer: its output is their sum, one convolution fewer
             z = ops.stop_gradient(outs[0])
@@ -249,6 +302,38 @@ def _rescaled(f: Callable[[Any], Any], a: Any, a0: Any) -> Any:
     return ops.stop_gradient(z) + (a * m - ops.stop_gradient(a * m)) + plain
 
 
+def _through(a: Any, k: Any, at: Any) -> Any:
+    """A tensor of ``at``'s value whose gradient reaches ``a`` times ``k``: a function of it is
+    differentiated at ``at`` (a max pooling picks ``at``'s winners), the gradient lands on ``a``."""
+    import keras
+
+    ops = keras.ops
+    return ops.stop_gradient(at) + (a * k - ops.stop_gradient(a * k))
+
+
+def _pool_rescaled(pool: Callable[[Any], Any], a: Any, a0: Any) -> Any:
+    """Max pooling under DeepLIFT's rescale rule, as captum 0.9: of a window's change
+    ``z - z0``, the rise ``max(z, z0) - z0`` goes back through the max-pool gradient of the
+    input run (to the input's winner), the rest ``z - max(z, z0)`` through that of the
+    reference run (to the baseline's winner); each divided by the input's ``a - a0`` (the plain
+    gradient where ``|a - a0| < 1e-10``). Summation to delta holds window by window."""
+    import keras
+
+    ops = keras.ops
+    a_s = ops.stop_gradient(a)
+    z = pool(a_s)
+    z0 = ops.stop_gradient(pool(a0))
+    top = ops.maximum(z, z0)
+    d = a_s - a0
+    small = ops.abs(d) < 1e-10
+    k = ops.stop_gradient(ops.where(small, ops.zeros_like(d), 1.0 / ops.where(small, ops.ones_like(d), d)))
+    rise, rest = ops.stop_gradient(top - z0), ops.stop_gradient(z - top)
+    mine, theirs = pool(_through(a, k, a_s)), pool(_through(a, k, a0))
+    plain = pool(_through(a, ops.stop_gradient(ops.cast(small, a.dtype)), a_s))
+    return (z + (mine * rise - ops.stop_gradient(mine * rise)) + (theirs * rest - ops.stop_gradient(theirs * rest))
+            + (plain - ops.stop_gradient(plain)))
+
+
 def rescale_calls(ops_: Sequence[Any], state: dict, skipped: Sequence[Any],
                   plain: Sequence[str] = ()) -> list[tuple[Any, str, Any]]:
     """The changes that give every nonlinearity DeepLIFT's rescale rule. ``state["record"]``
@@ -260,7 +345,7 @@ def rescale_calls(ops_: Sequence[Any], state: dict, skipped: Sequence[Any],
         layers.setdefault(id(op), op)
     changes: list[tuple[Any, str, Any]] = []
 
-    def wrap(op: Any, f: Callable[[Any], Any]) -> Callable[..., Any]:
+    def wrap(op: Any, f: Callable[[Any], Any], rescaled: Callable[..., Any] = _rescaled) -> Callable[..., Any]:
         def call(a: Any, *args: Any, **kwargs: Any) -> Any:
             refs = state.setdefault("ref", {}).setdefault(id(op), [])
             if state["record"]:
@@ -270,7 +355,7 @@ def rescale_calls(ops_: Sequence[Any], state: dict, skipped: Sequence[Any],
             state["used"][id(op)] = i + 1
             if i >= len(refs) or tuple(refs[i].shape) != tuple(a.shape):
                 raise ValueError(f"deeplift: layer {op.name!r} ran differently on the input and on the baseline")
-            return _rescaled(f, a, refs[i])
+            return rescaled(f, a, refs[i])
 
         return call
 
@@ -293,8 +378,7 @@ def rescale_calls(ops_: Sequence[Any], state: dict, skipped: Sequence[Any],
                 raise ValueError(f"deeplift explains a logit, not a probability: layer {op.name!r} is a softmax; "
                                  "explain target=camlens.targets.Logit(k)")
         elif kind.startswith(("MaxPooling", "GlobalMaxPooling")):
-            raise ValueError(f"deeplift: max pooling ({op.name!r}) has no rescale rule on Keras models yet; "
-                             "explain the torch twin of the model, or use method='integratedgradients'")
+            changes.append((op, "call", wrap(op, lambda x, __op=op: type(__op).call(__op, x), _pool_rescaled)))
         elif kind in _PLAIN or kind == "BatchNormalization" or op.name in plain:
             continue
         else:

@@ -5,7 +5,10 @@ Every backend module has the same names: ``COMPILES`` (whether the programs belo
 ``no_grad()``, ``gradients(run, need_gradients)``, ``rule_relu(rule, max_value)``, and the
 compiled programs ``capture_program(parts)``, ``features_program(parts)`` (activations at the
 call sites, no gradient), ``score_program(parts)`` and
-``input_gradient_program(parts, which, rule)``; ``parts(idx)`` gives the model, a fresh
+``input_gradient_program(parts, which, rule)``, and ``probe_program(parts, runner)``, the
+general one (``capture_program`` is one of it): ``runner(adapter, xs, target, make_probe,
+nodes) -> (outputs, scores, probed values)`` traced with gradients at the probes (LRP's and
+DeepLIFT's runs, their rules set inside the trace); ``parts(idx)`` gives the model, a fresh
 adapter, the probed nodes and the target of one trace.
 
 ``gradients`` runs the model through ``run`` once with probes that add a zero tensor at every

@@ -72,20 +72,26 @@ def rule_relu(rule: ReluRule, max_value: float | None = None) -> Callable[[Any],
 
 
 def capture_program(parts: Parts) -> Program:
+    return probe_program(parts, lambda adapter, xs, target, make_probe, nodes: adapter._probed_run(
+        xs, nodes, target, make_probe))
+
+
+def probe_program(parts: Parts, runner: Callable[..., Any]) -> Program:
     import jax
     import jax.numpy as jnp
     import keras
 
     @jax.jit
-    def capture(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
+    def program(variables: list[Any], xs: list[Any], idx: Any) -> tuple[Any, ...]:
         model, adapter, nodes, target = parts(idx)
         with keras.StatelessScope(state_mapping=list(zip(model.variables, variables))):
-            # jax differentiates functions of their arguments: the probes' shapes first
-            acts = adapter._probed_run(xs, nodes, target, lambda k, y: y)[2]
+            # jax differentiates functions of their arguments: the probes' shapes first (the
+            # values of this run are unused, and compiled away)
+            acts = runner(adapter, xs, target, lambda k, y: y, nodes)[2]
             zeros = {k: jnp.zeros(v.shape, v.dtype) for k, v in acts.items()}
 
             def total(zs: dict[Key, Any]) -> tuple[Any, tuple[list[Any], dict[Key, Any]]]:
-                outs, scores, acts = adapter._probed_run(xs, nodes, target, lambda k, y: y + zs[k])
+                outs, scores, acts = runner(adapter, xs, target, lambda k, y: y + zs[k], nodes)
                 return jnp.sum(scores), (outs, acts)
 
             grads, (outs, acts) = jax.grad(total, has_aux=True)(zeros)
@@ -95,7 +101,7 @@ def capture_program(parts: Parts) -> Program:
     keys: list[Key] = []  # the call sites, in the order the program returns them
 
     def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
-        grads, outs, acts = capture([v.value for v in model.variables], xs, idx)
+        grads, outs, acts = program([v.value for v in model.variables], xs, idx)
         return dict(zip(keys, grads)), outs, dict(zip(keys, acts))
 
     return run

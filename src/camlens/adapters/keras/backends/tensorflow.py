@@ -66,10 +66,15 @@ def rule_relu(rule: ReluRule, max_value: float | None = None) -> Callable[[Any],
 
 
 def capture_program(parts: Parts) -> Program:
+    return probe_program(parts, lambda adapter, xs, target, make_probe, nodes: adapter._probed_run(
+        xs, nodes, target, make_probe))
+
+
+def probe_program(parts: Parts, runner: Callable[..., Any]) -> Program:
     import tensorflow as tf
 
     @tf.function(autograph=False)
-    def capture(xs: list[Any], idx: Any) -> tuple[Any, ...]:
+    def program(xs: list[Any], idx: Any) -> tuple[Any, ...]:
         _, adapter, nodes, target = parts(idx)
         probes: dict[Key, Any] = {}
         with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -79,7 +84,7 @@ def capture_program(parts: Parts) -> Program:
                 tape.watch(z)
                 return y + z
 
-            outs, scores, acts = adapter._probed_run(xs, nodes, target, make_probe)
+            outs, scores, acts = runner(adapter, xs, target, make_probe, nodes)
             total = tf.reduce_sum(scores)
         keys = list(probes)
         values = tape.gradient(
@@ -89,7 +94,7 @@ def capture_program(parts: Parts) -> Program:
 
     def run(model: Any, xs: list[np.ndarray], idx: np.ndarray) -> tuple[Any, ...]:
         # tensors, not arrays: a trace per shape and dtype, never per value
-        grads, outs, acts = capture([tf.convert_to_tensor(x) for x in xs], tf.convert_to_tensor(idx))
+        grads, outs, acts = program([tf.convert_to_tensor(x) for x in xs], tf.convert_to_tensor(idx))
         return {k: v.numpy() for k, v in grads.items()}, outs, acts
 
     return run

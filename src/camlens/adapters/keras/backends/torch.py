@@ -69,6 +69,10 @@ def features_program(parts: Parts) -> Program:
     raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
 
 
+def probe_program(parts: Parts, runner: Callable[..., Any]) -> Program:
+    raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
+
+
 def score_program(parts: Parts) -> Program:
     raise NotImplementedError("the Keras torch backend runs eagerly (COMPILES is False)")
 
