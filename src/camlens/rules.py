@@ -11,7 +11,7 @@ Rules compare by identity: a compiled program is kept per rule object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from ._args import warn
 
@@ -261,6 +261,9 @@ class Rescale:
     name: str = "rescale"
     #: as :attr:`LayerRules.plain`: uncovered layers whose plain gradient is right
     plain: tuple[str, ...] = ()
+    #: the target scores of the reference run, ``(B,)`` arrays appended by an adapter that gives
+    #: them (torch; the others leave it empty and the method runs the reference for them)
+    scores: list = field(default_factory=list, repr=False)
 
     def __repr__(self) -> str:
         return "Rescale()"

@@ -103,14 +103,23 @@ class LRP(PixelMethod):
             raise TypeError(f"lrp: composite must be a name ({', '.join(COMPOSITES)}) or a "
                             f"camlens.rules.LayerRules; got {composite!r}")
 
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (self.rules,)
+
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)
         fn = _rule_gradient(self, data)
-        out = np.empty(images.shape, dtype=np.float32)
-        scores = np.empty(len(images))
-        for n in range(len(images)):
-            s, r = fn(n, images[n : n + 1], self.rules)
-            out[n], scores[n] = r[0], s[0]
+        every = getattr(data, "rule_gradients", None)
+        if every is not None:
+            s, r = every(self.rules)
+            out = np.asarray(r, dtype=np.float32)
+            scores = np.asarray(s, dtype=np.float64).reshape(-1)
+        else:
+            out = np.empty(images.shape, dtype=np.float32)
+            scores = np.empty(len(images))
+            for n in range(len(images)):
+                s, r = fn(n, images[n : n + 1], self.rules)
+                out[n], scores[n] = r[0], s[0]
         return out, {"scores": scores, "relevance_sum": out.reshape(len(out), -1).sum(axis=1)}
 
 
@@ -165,20 +174,34 @@ class DeepLift(PixelMethod):
     def baselines(self, images: np.ndarray) -> np.ndarray:
         return baselines_for(self.name, self.baseline, images)
 
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (Rescale(self.baselines(images), plain=self.plain_layers),)
+
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)
         bases = self.baselines(images)
         fn = _rule_gradient(self, data)
+        every = getattr(data, "rule_gradients", None)
+        rule = Rescale(bases, plain=self.plain_layers)
+        if every is not None:
+            scores, grads = every(rule)
+        else:
+            parts = [fn(n, images[n : n + 1], Rescale(bases[n : n + 1], plain=self.plain_layers))
+                     for n in range(len(images))]
+            scores = np.concatenate([p[0] for p in parts])
+            grads = np.concatenate([p[1] for p in parts])
+        # the baseline's score as the rule explains it (a logit under a final softmax): from the
+        # reference run where the adapter gives it, else a run of its own
+        ref = np.concatenate(rule.scores) if rule.scores else np.empty(0)
         out = np.empty(images.shape, dtype=np.float32)
         delta = np.empty(len(images))
         error = np.empty(len(images))
         for n in range(len(images)):
             x, b = images[n : n + 1], bases[n : n + 1]
-            s, g = fn(n, x, Rescale(b, plain=self.plain_layers))
-            attr = (x.astype(np.float64) - b) * g
+            attr = (x.astype(np.float64) - b) * grads[n : n + 1]
             out[n] = attr[0]
-            # the baseline's score as the rule explains it (a logit under a final softmax)
-            s0 = float(fn(n, b, Rescale(b, plain=self.plain_layers))[0][0])
-            delta[n] = float(s[0]) - s0
+            s0 = float(ref[n]) if len(ref) == len(images) else float(
+                fn(n, b, Rescale(b, plain=self.plain_layers))[0][0])
+            delta[n] = float(scores[n]) - s0
             error[n] = abs(attr.sum() - delta[n]) / max(abs(delta[n]), 1e-12)
         return out, {"score_delta": delta, "delta_error": error}

@@ -180,8 +180,11 @@ def _ops() -> ArrayOps:
         return _OPS[0]
 
     def bounds(a: Any) -> tuple[Any, Any]:
+        # each sample's own (a batch is explained in one run, as its images one by one)
         with torch.no_grad():
-            return a.min(), a.max()
+            flat = a.reshape(a.shape[0], -1)
+            shape = (a.shape[0],) + (1,) * (a.dim() - 1)
+            return flat.amin(dim=1).reshape(shape), flat.amax(dim=1).reshape(shape)
 
     _OPS.append(ArrayOps(pos=lambda t: t.clamp(min=0), neg=lambda t: t.clamp(max=0),
                          cast=lambda mask, like: mask.to(like.dtype), stab=_stab, zeros_like=torch.zeros_like,
