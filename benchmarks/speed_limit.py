@@ -61,19 +61,11 @@ def _count_param_grads(tensors: list[Any]) -> tuple[list[int], list[Any]]:
 def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -> dict[str, Any]:
     import camlens
 
-    from _common import keras_model, torch_model
+    from _common import keras_model, torch_run
 
     rng = np.random.default_rng(0)
     if backend == "torch":
-        import torch
-
-        net = torch_model(model_name)
-        x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
-
-        def forward() -> Any:
-            with torch.no_grad():
-                return net(x)
-
+        net, x, forward = torch_run(model_name, batch, size)
         predict = None
         params = list(net.parameters())
     else:

@@ -332,10 +332,12 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
         original = type(m).forward
 
         def forward(a: Any) -> Any:
-            z = _call(original, m, a)
             if record:
+                z = _call(original, m, a)
                 refs.setdefault(id(m), []).append((a.detach(), z.detach()))
                 return z
+            with torch.no_grad():  # the backward is the rule's: no graph of the module itself
+                z = _call(original, m, a)
             i = used.get(id(m), 0)
             used[id(m)] = i + 1
             try:
@@ -346,7 +348,7 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
             if a0.shape != a.shape:
                 raise ValueError("deeplift: the baseline run gave a different shape at "
                                  f"{type(m).__name__}: {tuple(a0.shape)} vs {tuple(a.shape)}")
-            return _rescaled(m, a, z, a0, z0, pool)
+            return _rescaled(m, a, z, a0, z0, pool) if pool else _rescaled_elementwise(m, a, z, a0, z0)
 
         return forward
 
@@ -358,6 +360,47 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
 
 
 _FN: list[Any] = []
+_ELEMENTWISE: list[Any] = []
+
+
+def _rescaled_elementwise(m: Any, a: Any, z: Any, a0: Any, z0: Any) -> Any:
+    """``z`` whose backward is ``dy * (z - z0) / (a - a0)`` (the plain gradient where ``|a - a0|
+    < 1e-10``): the differences are taken here, in the forward, so that the backward is two
+    passes over ``dy`` and keeps two tensors, not the four values."""
+    import torch
+
+    if not _ELEMENTWISE:
+        class RescaledElementwise(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, box: Any, a: Any, m: Any) -> Any:
+                # z in a box, as in _routed: an in-place activation after this one may modify it
+                z, num, safe, small = box
+                ctx.num, ctx.safe, ctx.small, ctx.m = num, safe, small, m
+                if small is not None:
+                    ctx.save_for_backward(a)
+                return z
+
+            @staticmethod
+            def backward(ctx: Any, dy: Any) -> Any:
+                moved = dy * ctx.num / ctx.safe
+                if ctx.small is None:
+                    return None, moved, None
+                (a,) = ctx.saved_tensors
+                with torch.enable_grad():  # the plain gradient, only where the input did not move
+                    a_ = a.detach().requires_grad_(True)
+                    (plain,) = torch.autograd.grad(_call(type(ctx.m).forward, ctx.m, a_), [a_], dy)
+                return None, torch.where(ctx.small, plain, moved), None
+
+        _ELEMENTWISE.append(RescaledElementwise)
+    with torch.no_grad():
+        delta = a - a0
+        num = z - z0
+        small = delta.abs() < 1e-10
+        if bool(small.any()):
+            safe = torch.where(small, torch.ones_like(delta), delta)
+        else:
+            safe, small = delta, None
+    return _ELEMENTWISE[0].apply([z, num, safe, small], a, m)
 
 
 def _rescaled(m: Any, a: Any, z: Any, a0: Any, z0: Any, pool: bool) -> Any:
