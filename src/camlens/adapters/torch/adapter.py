@@ -20,6 +20,7 @@ as ``(N, h, w, C)``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import sys
@@ -32,7 +33,7 @@ import numpy as np
 
 from ...graph import GraphNode, LayerGraph
 from ...rules import LayerRules, ReluRule, Rescale, no_relu_warning
-from ...targets import Target, scores_of
+from ...targets import ClassScore, Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
 from ..base import AttentionCapture, Capture, InputSpec, _as_float_array, class_score_as_logit, glorot_uniform, is_plain_setting
 from .layouts import channel_axes, module_axis
@@ -781,14 +782,20 @@ class TorchAdapter:
         skipped = self._skipped_for_logits(target)
         recording = rescale_forwards(self.model, self._gm, rule, True, state, skipped)
         with eval_mode(self.model), grad_mode(False), self._logit_patch(target), instance_forwards(recording):
-            _, ref_scores, _ = _scored(self.model(*ref_tensors), target, len(inputs[0]))
-        # the baseline's score as the rule explains it, from this run: no run of its own
-        rule.scores.append(ref_scores.detach().cpu().float().numpy().reshape(-1))
+            ref_out = self.model(*ref_tensors)
         rescaled = rescale_forwards(self.model, self._gm, rule, False, state, skipped)
         with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(rescaled):
             out = self.model(*tensors)
             outs, scores, names = _scored(out, target, len(inputs[0]))
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
+        # the baseline's score as the rule explains it, from the reference run (no run of its
+        # own), for the class explained on the input (a top-class target pinned to it)
+        pin = target
+        if isinstance(target, ClassScore) and target.index is None:
+            pin = copy.copy(target)
+            pin.index = [int(i) for i in target.class_indices([o.detach().cpu().numpy() for o in outs], names)]
+        _, ref_scores, _ = _scored(ref_out, pin, len(inputs[0]))
+        rule.scores.append(ref_scores.detach().cpu().float().numpy().reshape(-1))
         return outs, scores, torch.zeros_like(x) if g is None else g, names
 
     def _rule_relus(self, rule: ReluRule) -> contextlib.AbstractContextManager[None]:
