@@ -128,6 +128,9 @@ def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
     input (``W+ a + b+`` and ``W- a + b-``), else 4."""
     eps = rule.stabilizer
     pos, neg, stab = ops.pos, ops.neg, ops.stab
+    nonnegative = rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a)
+    if rule.name == "zplus" and nonnegative:  # after a ReLU: W+ a + b+ alone, W- never made
+        return [(a, pos(w), pos(b))], lambda o, z: [z / stab(o[0], eps)], False
     if rule.name in ("epsilon", "flat", "wsquare"):  # no signed parts: not computed (large dense kernels)
         wp = wn = bp = bneg = None
     else:
@@ -140,10 +143,8 @@ def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
                              "not proportional to the input); give it as the composite's first rule")
         return const(value)
 
-    if rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a):
+    if nonnegative:
         # after a ReLU no input is negative: the terms of a- are zero, half the layer runs
-        if rule.name == "zplus":
-            return [(a, wp, bp)], lambda o, z: [z / stab(o[0], eps)], False
         split = [(a, wp, bp), (a, wn, bneg)]
     else:
         split = [(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)]
