@@ -124,8 +124,8 @@ def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
     bounds).
 
     Cost, in convolutions of the layer's size: epsilon 1 (the layer itself), z+ 2 on a
-    non-negative input (the layer and ``W+ a``), else 3; alpha-beta and gamma 2 on a non-negative
-    input (``W+ a + b+`` and ``W- a + b-``), else 4."""
+    non-negative input (the layer and ``W+ a``; ``W-`` not made), else 3; alpha-beta and gamma 2
+    on a non-negative input (``W+ a + b+`` and ``W- a + b-``), else 4."""
     eps = rule.stabilizer
     pos, neg, stab = ops.pos, ops.neg, ops.stab
     nonnegative = rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a)

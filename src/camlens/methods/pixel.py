@@ -96,7 +96,9 @@ class Saliency(PixelMethod):
     Simonyan et al., "Deep Inside Convolutional Networks: Visualising Image Classification
     Models and Saliency Maps", ICLR Workshops 2014.
 
-    attributions ``= |dS/dx|``; map ``= max_c |dS/dx[:, :, c]|``.
+    attributions ``= |dS/dx|``; map ``= max_c |dS/dx[:, :, c]|``. Cost: one forward and one
+    backward pass, a plain input gradient; on native torch the batch runs at once and that run is
+    ``explain``'s own pass (its outputs are the explanation's).
 
     Example::
 

@@ -1,7 +1,8 @@
 """Relevance propagation to input pixels: LRP with per-layer rules and DeepLIFT (rescale).
 
 Both are modified gradients the adapters take (:mod:`camlens.rules`): the method names the
-rules, ``data.rule_gradient(n, batch, rules)`` gives what the model propagates back.
+rules, ``data.rule_gradients(rules)`` gives what the model propagates back from every image
+(``data.rule_gradient(n, batch, rules)`` for copies of one).
 """
 
 from __future__ import annotations
@@ -57,11 +58,20 @@ class LRP(PixelMethod):
     maps times ``S``: the same after normalisation, and conservation reads directly); residual
     sums and average pooling divide by their unstabilized sum (zennit adds 1e-6); batch norm is
     merged wherever it follows a convolution or Linear layer alone, found from the traced
-    graph (zennit's canonizer pairs consecutive leaf modules). Cost: one forward and one
-    backward pass, each layer's convolution run once per rule term: epsilon once, z+ twice after a
-    ReLU (the layer and its positive weights), alpha-beta and gamma twice after a ReLU (their
-    positive and negative parts; the layer's output is their sum), 3 and 4 on a signed input
-    (torch asks the input's sign at run time; Keras, traced, takes the signed case).
+    graph (zennit's canonizer pairs consecutive leaf modules).
+
+    Cost: one forward and one backward pass, each layer's convolution run once per rule term;
+    per layer, in convolutions of its size (forward + input-gradient backward; a plain
+    gradient is 1 + 1, about 2 forward passes): epsilon 1 + 1 (its bound: a plain gradient);
+    z+ after a ReLU 2 + 1 (the layer and ``W+ a``; bound about 1.5 plain gradients, ~3 forward
+    passes), on a signed input 3 + 2; flat 2 + 1 (the layer and the ones kernel); alpha-beta
+    and gamma after a ReLU 2 + 2 (their positive and negative parts, the layer's output being
+    their sum; bound about 2 plain gradients, ~4 forward passes), on a signed input 4 + 4; z^B
+    4 + 3. Torch asks the input's sign at run time; Keras, traced, takes the signed case. On
+    native torch a batch runs at once (``batch_size`` at a time, each image with its own
+    target and z^B bounds: the same maps as one by one) and this run is ``explain``'s own pass
+    (its outputs are the explanation's), so nothing else runs; under alpha-beta and gamma the
+    outputs are then the sums of the parts, the model's to float rounding.
     Torch modules and Keras Functional/Sequential models (all three backends; a
     subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
     ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
@@ -154,8 +164,18 @@ class DeepLift(PixelMethod):
     Differences from captum, on purpose: every elementwise activation module gets the rescale
     rule (captum: ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus; others silently plain), and
     a nonlinearity called as a function in ``forward`` is refused by name (captum takes its
-    plain gradient). Cost: two forward passes and one backward (and the baseline's score). Torch
-    modules and Keras Functional/Sequential models (max pooling: torch only so far). Like LRP it
+    plain gradient).
+
+    Cost: the reference run (no gradient) and the input's run with its backward, about one
+    forward pass more than a plain gradient (~3 forward passes; the bound, as the reference's
+    values must exist before the input's rule can use them). On native torch a batch runs at
+    once with one reference per image (``batch_size`` at a time), the baseline's score is read
+    from the reference run, and the input's run is ``explain``'s own pass; the rescale
+    multipliers are taken in the forward so that the backward is two passes over each
+    activation. The reference and the input are not run as one batch of 2B: the backward would
+    then run through both halves (the reference half's gradient unused), twice the backward's
+    work to save one call per layer. Torch modules and Keras Functional/Sequential models (max
+    pooling: torch only so far). Like LRP it
     explains a logit: a class target on a model ending in softmax is explained on its
     logit.
     """
