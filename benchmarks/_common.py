@@ -256,14 +256,41 @@ def keras_model(name: str) -> Any:
 
 
 def torch_model(name: str) -> Any:
-    """The native PyTorch counterparts of :func:`keras_model`, in eval mode."""
+    """The native PyTorch counterparts of :func:`keras_model`, in eval mode; any other name is a
+    torchvision model with random weights (seed 0): ``vgg11``, ``resnet18``..."""
     if name == "tiny":
         return tiny_torch()
     if name == "efficientnet-lite0":
         return efficientnet_lite0_torch()
     if name == "resnet50":
         return resnet50_torch()
-    raise ValueError(f"no model {name!r}")
+    import torch
+    import torchvision
+
+    if not hasattr(torchvision.models, name):
+        raise ValueError(f"no model {name!r}")
+    torch.manual_seed(0)
+    return getattr(torchvision.models, name)(weights=None).eval()
+
+
+def torch_run(name: str, batch: int, size: int, device: str = "cpu") -> tuple[Any, Any, Callable[[], Any]]:
+    """``(net, x, forward)``: :func:`torch_model` on ``device``, a random ``(batch, 3, size, size)``
+    input (seed 0) there, and the model's forward pass on it as a user runs it
+    (``torch.no_grad()``; on CUDA it waits for the kernels, which run asynchronously)."""
+    import torch
+
+    net = torch_model(name).to(device)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32)).to(device)
+
+    def forward() -> Any:
+        with torch.no_grad():
+            out = net(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return net, x, forward
 
 
 def efficientnet_lite0_torch() -> Any:

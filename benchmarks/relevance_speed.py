@@ -50,19 +50,6 @@ COLUMNS = ("autograd", "saliency", *COMPOSITES, "deeplift")
 TARGET = 2.0
 
 
-def _torch_net(name: str) -> Any:
-    import torch
-
-    from _common import tiny_torch
-
-    torch.manual_seed(0)
-    if name == "tiny":
-        return tiny_torch()
-    import torchvision
-
-    return getattr(torchvision.models, name)(weights=None).eval()
-
-
 def _keras_net(name: str, size: int) -> Any:
     import keras
 
@@ -90,12 +77,9 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int) -
     if backend == "torch":
         import torch
 
-        net = _torch_net(model_name)
-        x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
+        from _common import torch_run
 
-        def forward() -> Any:
-            with torch.no_grad():
-                return net(x)
+        net, x, forward = torch_run(model_name, batch, size)
 
         def autograd() -> Any:
             xg = x.clone().requires_grad_(True)

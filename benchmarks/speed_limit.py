@@ -84,23 +84,12 @@ def _keras_device(backend: str) -> str:
 def measure(backend: str, model_name: str, batch: int, repeat: int, size: int, device: str = "cpu") -> dict[str, Any]:
     import camlens
 
-    from _common import keras_model, torch_model
+    from _common import keras_model, torch_run
 
     rng = np.random.default_rng(0)
     if backend == "torch":
-        import torch
-
-        net = torch_model(model_name).to(device)
-        x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32)).to(device)
+        net, x, forward = torch_run(model_name, batch, size, device)
         ran_on = device
-
-        def forward() -> Any:
-            with torch.no_grad():
-                out = net(x)
-            if device == "cuda":  # the kernels run asynchronously: wait for them
-                torch.cuda.synchronize()
-            return out
-
         predict = None
         params = list(net.parameters())
     else:

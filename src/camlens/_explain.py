@@ -238,6 +238,10 @@ def _capture(
         adapter.capture([a[s] for a in arrays], nodes, tgt.for_samples(s), need_gradients=need_gradients)
         for s in batches(arrays[0].shape[0], batch_size)
     ]
+    return _assembled(parts)
+
+
+def _assembled(parts: list[Capture]) -> tuple[list[np.ndarray], np.ndarray, list[Capture]]:
     sizes = [len(p.scores) for p in parts]
     if len({len(p.outputs) for p in parts}) > 1 or any(
             o.ndim == 0 or o.shape[0] != n for p, n in zip(parts, sizes) for o in p.outputs):
@@ -259,14 +263,19 @@ def _explain_pixels(
     batch_size: int,
 ) -> Explanation:
     """Pixel attributions: one map per image input, at the input's resolution."""
-    outputs, scores, _ = _capture(adapter, arrays, [], tgt, False, batch_size)
-    class_idx = tgt.class_indices(outputs, graph.output_names)
     images = [i for i, a in enumerate(arrays) if a.ndim == 4]
+    fused = _fused_capture(adapter, arrays, images, algo, tgt, batch_size)
+    if fused is None:
+        outputs, scores, _ = _capture(adapter, arrays, [], tgt, False, batch_size)
+    else:
+        outputs, scores, _ = fused[0]
+    class_idx = tgt.class_indices(outputs, graph.output_names)
     if not images:
         raise ValueError(f"{algo.name} attributes to image pixels; the model has no image input")
     per_site: list[tuple[np.ndarray, np.ndarray, Site, dict[str, Any]]] = []
     for i in images:
-        attributions, info = algo.attribute(ModelAccess(adapter, arrays, i, tgt, class_idx, batch_size))
+        attributions, info = algo.attribute(ModelAccess(adapter, arrays, i, tgt, class_idx, batch_size,
+                                                        fused=None if fused is None else fused[1]))
         raw = algo.reduce_channels(attributions)
         site = Site(graph.input_names[i], 0, i, tuple(arrays[i].shape[1:]))
         shown = finish_maps(np.abs(raw) if algo.signed else raw, raw.shape[1:3], normalize,
@@ -274,6 +283,34 @@ def _explain_pixels(
         per_site.append((shown, raw, site, {"attributions": attributions, **info}))
     reason = f"{algo.name} attributes the score to the input pixels; no layer is used"
     return _explanation(algo, tgt, reason, arrays, outputs, scores, class_idx, per_site)
+
+
+def _fused_capture(adapter: ModelAdapter, arrays: list[np.ndarray], images: list[int], algo: Any, tgt: Target,
+                   batch_size: int) -> Any:
+    """The capture pass and the input gradients the method asks for first
+    (:meth:`PixelMethod.first_rule`) in one run per part, where the adapter can
+    (``input_capture``: native torch): saliency and LRP then cost one forward and one backward
+    pass, not one more forward. ``None``: the usual capture pass."""
+    fuse = getattr(adapter, "input_capture", None)
+    if fuse is None or len(images) != 1:
+        return None
+    first = algo.first_rule(arrays[images[0]])
+    if first is None:
+        return None
+    (rule,) = first
+    from .access import part_rule
+
+    parts, grads, refs = [], [], []
+    for s in batches(arrays[0].shape[0], batch_size):
+        got = part_rule(rule, s)
+        one = fuse([a[s] for a in arrays], images[0], tgt.for_samples(s), got)
+        if one is None:
+            return None
+        parts.append(one[0])
+        grads.append(one[1])
+        refs.extend(getattr(got, "scores", ()))
+    assembled = _assembled(parts)
+    return assembled, (rule, assembled[1], np.concatenate(grads), refs)
 
 
 def _explain_attention(

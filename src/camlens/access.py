@@ -15,6 +15,7 @@ without a model.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import numpy as np
@@ -23,11 +24,11 @@ from ._args import batches
 from .adapters.base import ModelAdapter
 from .graph import GraphNode
 from .methods.cam import head_weights as cam_head_weights
-from .rules import GUIDED, ReluRule
+from .rules import GUIDED, ReluRule, Rescale
 from .targets import ClassScore, Target
 from .tokens import grid_to_tokens, tokens_to_grid
 
-__all__ = ["ModelAccess", "pinned"]
+__all__ = ["ModelAccess", "pinned", "part_target", "part_rule"]
 
 
 def pinned(arrays: list[np.ndarray], n: int, which: int, part: np.ndarray) -> list[np.ndarray]:
@@ -36,6 +37,33 @@ def pinned(arrays: list[np.ndarray], n: int, which: int, part: np.ndarray) -> li
     full = [np.repeat(a[n : n + 1], len(part), axis=0) for a in arrays]
     full[which] = np.asarray(part, dtype=np.float32)
     return full
+
+
+def part_target(target: Target, class_idx: np.ndarray | None, part: slice) -> Target:
+    """The target of the samples ``part`` with each one's class pinned as :meth:`Target.for_sample`
+    pins it (a top-class target keeps the classes it explained), for a run of those samples."""
+    tgt = target.for_samples(part)
+    if class_idx is not None and isinstance(tgt, ClassScore):
+        tgt = copy.copy(tgt)
+        tgt.index = [int(i) for i in class_idx[part]]
+    return tgt
+
+
+def part_rule(rule: Any, part: slice) -> Any:
+    """``rule`` for the samples ``part``: a :class:`Rescale`'s references cut to them."""
+    if not isinstance(rule, Rescale):
+        return rule
+    ref = np.asarray(rule.reference)
+    if ref.ndim == 4 and len(ref) > 1:
+        ref = ref[part]
+    return Rescale(ref, name=rule.name, plain=rule.plain)
+
+
+def _same_rule(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    return (isinstance(a, Rescale) and isinstance(b, Rescale) and a.plain == b.plain
+            and np.array_equal(np.asarray(a.reference), np.asarray(b.reference)))
 
 
 class ModelAccess:
@@ -63,8 +91,12 @@ class ModelAccess:
         extra: np.ndarray | None = None,
         token_grid: Any = None,
         output_index: int = 0,
+        fused: tuple[Any, np.ndarray, np.ndarray, list] | None = None,
     ) -> None:
         self._adapter = adapter
+        #: ``(rule, scores, grads, reference scores)`` of every image, taken by ``explain`` in its
+        #: one pass (:meth:`PixelMethod.first_rule`): :meth:`rule_gradients` of that rule reads them
+        self._fused = fused
         self._arrays = arrays
         self._which = which
         self._target = target
@@ -138,6 +170,38 @@ class ModelAccess:
             )
             scores.append(s)
             grads.append(g)
+        return np.concatenate(scores), np.concatenate(grads)
+
+    def rule_gradients(self, rule: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores (N,), grads (N, H, W, c))``: :meth:`rule_gradient` of every sample's own
+        image under its own target, the same values. Where the adapter's rules treat each sample
+        alone (``adapter.batched_rules``: native torch) one run per ``batch_size`` samples, else
+        one per sample. A :class:`~camlens.rules.Rescale` rule has one reference per sample; the
+        scores of its reference run are appended to ``rule.scores`` where the adapter gives them
+        (torch), so that DeepLIFT needs no run of its own for them."""
+        if self._fused is not None and _same_rule(self._fused[0], rule):
+            if isinstance(rule, Rescale):
+                rule.scores.extend(self._fused[3])
+            return self._fused[1], self._fused[2]
+        images = self.images
+        scores, grads = [], []
+        if getattr(self._adapter, "batched_rules", False):
+            for part in batches(len(images), self._batch_size):
+                got = part_rule(rule, part)
+                s, g = self._adapter.input_gradients([a[part] for a in self._arrays], self._which,
+                                                     part_target(self._target, self._class_idx, part), rule=got)
+                scores.append(s)
+                grads.append(g)
+                if got is not rule:
+                    rule.scores.extend(got.scores)
+        else:
+            for n in range(len(images)):
+                got = part_rule(rule, slice(n, n + 1))
+                s, g = self.rule_gradient(n, images[n : n + 1], got)
+                scores.append(s)
+                grads.append(g)
+                if got is not rule:
+                    rule.scores.extend(got.scores)
         return np.concatenate(scores), np.concatenate(grads)
 
     def bias_gradients(self, n: int, batch: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:

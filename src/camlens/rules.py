@@ -11,7 +11,7 @@ Rules compare by identity: a compiled program is kept per rule object.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from ._args import warn
 
@@ -125,10 +125,13 @@ def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
     bounds).
 
     Cost, in convolutions of the layer's size: epsilon 1 (the layer itself), z+ 2 on a
-    non-negative input (the layer and ``W+ a``), else 3; alpha-beta and gamma 2 on a non-negative
-    input (``W+ a + b+`` and ``W- a + b-``), else 4."""
+    non-negative input (the layer and ``W+ a``; ``W-`` not made), else 3; alpha-beta and gamma 2
+    on a non-negative input (``W+ a + b+`` and ``W- a + b-``), else 4."""
     eps = rule.stabilizer
     pos, neg, stab = ops.pos, ops.neg, ops.stab
+    nonnegative = rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a)
+    if rule.name == "zplus" and nonnegative:  # after a ReLU: W+ a + b+ alone, W- never made
+        return [(a, pos(w), pos(b))], lambda o, z: [z / stab(o[0], eps)], False
     if rule.name in ("epsilon", "flat", "wsquare"):  # no signed parts: not computed (large dense kernels)
         wp = wn = bp = bneg = None
     else:
@@ -141,10 +144,8 @@ def linear_terms(rule: LinearRule, a: Any, w: Any, b: Any, ops: ArrayOps,
                              "not proportional to the input); give it as the composite's first rule")
         return const(value)
 
-    if rule.name in ("zplus", "alphabeta", "gamma") and ops.nonnegative(a):
+    if nonnegative:
         # after a ReLU no input is negative: the terms of a- are zero, half the layer runs
-        if rule.name == "zplus":
-            return [(a, wp, bp)], lambda o, z: [z / stab(o[0], eps)], False
         split = [(a, wp, bp), (a, wn, bneg)]
     else:
         split = [(pos(a), wp, bp), (neg(a), wn, zero), (pos(a), wn, bneg), (neg(a), wp, zero)]
@@ -263,6 +264,9 @@ class Rescale:
     name: str = "rescale"
     #: as :attr:`LayerRules.plain`: uncovered layers whose plain gradient is right
     plain: tuple[str, ...] = ()
+    #: the target scores of the reference run, ``(B,)`` arrays appended by an adapter that gives
+    #: them (torch; the others leave it empty and the method runs the reference for them)
+    scores: list = field(default_factory=list, repr=False)
 
     def __repr__(self) -> str:
         return "Rescale()"

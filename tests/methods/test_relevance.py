@@ -214,3 +214,75 @@ def test_lrp_runs_each_convolution_only_as_often_as_its_rule_needs(monkeypatch, 
         counts.append((calls.count(3), calls.count(2)))
     _, (eps1, eps2), (first, second) = counts
     assert (first - eps1 + 1, second - eps2 + 1) == (signed, after_relu)
+
+
+def _count_convolutions(monkeypatch) -> list[int]:
+    import torch.nn.functional as F
+
+    calls: list[int] = []
+    real = F.conv2d
+
+    def counted(x, w, *args, **kwargs):
+        calls.append(w.shape[0])
+        return real(x, w, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method, first, second", [
+    ("saliency", 1, 1), ("inputxgradient", 1, 1), ("epsilon", 1, 1), ("epsilon_plus_flat", 2, 2),
+    ("epsilon_plus", 3, 2), ("epsilon_alpha2_beta1", 4, 2), ("epsilon_gamma_box", 4, 2), ("deeplift", 2, 2),
+])
+def test_a_batch_runs_each_convolution_once_per_rule_term(monkeypatch, method, first, second) -> None:
+    """The whole explain call on a batch of 3 (batch_size 4): one run of the batch, whose outputs
+    are the explanation's (no capture pass of their own), each convolution called as often as
+    its rule's terms need: epsilon, saliency 1 (was 1 + 3, the capture pass and a run per image),
+    z+ the layer and W+ after a ReLU (2), on the signed input 3; flat the layer and the ones
+    kernel; alpha-beta and gamma their parts (2 after a ReLU, 4 signed; z^B the layer and its
+    three terms); DeepLIFT the reference run and the input's (2, was 3 + 3 * 4)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 2, 6, 6)  # signed: the first layer's rule sees negative inputs
+    m = method if method in ("saliency", "inputxgradient", "deeplift") else LRP(composite=method)
+    camlens.explain(net, x, method=m)  # the first call traces the model (its shapes): not counted
+    calls = _count_convolutions(monkeypatch)
+    exp = camlens.explain(net, x, method=m, batch_size=4)
+    assert (calls.count(3), calls.count(2)) == (first, second)
+    with torch.no_grad():
+        np.testing.assert_allclose(exp.scores, net(x).max(dim=1).values.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["saliency", "epsilon", "epsilon_plus_flat", "epsilon_gamma_box",
+                                    "epsilon_alpha2_beta1", "deeplift"])
+def test_a_batch_in_one_run_gives_each_image_its_own_map(method) -> None:
+    """One run per batch: each image's map and score as explained alone (z^B's default bounds
+    are each image's own, DeepLIFT's baseline one per image, each image's own top class)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 3)).eval()
+    x = torch.randn(3, 2, 6, 6) * torch.tensor([1.0, 5.0, 0.2]).reshape(3, 1, 1, 1)
+    m = (DeepLift(baseline=np.linspace(-0.5, 0.5, 72, dtype=np.float32).reshape(6, 6, 2)) if method == "deeplift"
+         else method if method == "saliency" else LRP(composite=method))
+    whole = camlens.explain(net, x, method=m)
+    for n in range(3):
+        alone = camlens.explain(net, x[n : n + 1], method=m)
+        np.testing.assert_allclose(whole.details[0]["attributions"][n], alone.details[0]["attributions"][0],
+                                   rtol=1e-5, atol=1e-7)
+        for key, value in alone.details[0].items():
+            if key != "attributions":  # delta_error: a ratio of float rounding, to 1e-5
+                np.testing.assert_allclose(whole.details[0][key][n], value[0], rtol=1e-5,
+                                           atol=1e-5 if key == "delta_error" else 1e-7)
+
+
+def test_deeplift_score_delta_is_of_the_input_class_on_both_runs() -> None:
+    """The baseline's score comes from the reference run, for the class explained on the input
+    (not the baseline's own top class): S(x)[k] - S(x0)[k], k the input's top class."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.0]))
+    x = torch.tensor([[[[3.0, 1.0]]]])  # top class 0: S(x) = 3
+    base = np.array([[[0.0], [4.0]]], np.float32)  # (H, W, c): the baseline's top class is 1; its class-0 score 0
+    info = camlens.explain(model, x, method=DeepLift(baseline=base)).details[0]
+    assert info["score_delta"].tolist() == [3.0]
+    assert info["delta_error"].tolist() == [0.0]

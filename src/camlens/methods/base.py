@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -230,6 +230,13 @@ class PixelMethod(CAMMethod):
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
+
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        """``(rule,)``: the rule (:mod:`camlens.rules`; ``None`` the plain gradient) whose input
+        gradients of every explained image ``attribute`` asks for first, through
+        ``data.rule_gradients(rule)``; ``explain`` then takes them in its own pass over the
+        batch where the adapter can (one forward pass saved). ``None``: no such rule."""
+        return None
 
     def reduce_channels(self, attributions: np.ndarray) -> np.ndarray:
         a = np.asarray(attributions, dtype=np.float32)

@@ -48,6 +48,9 @@ class InputXGradient(PixelMethod):
     signed = True
     reduce = "sum"
 
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (None,)  # the plain gradient: explain's one pass gives it
+
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         return per_image_gradients(self, data, lambda x, g: x * g)
 

@@ -54,8 +54,16 @@ def per_image_gradients(
     method: PixelMethod, data: PixelData, combine: Callable[[np.ndarray, np.ndarray], np.ndarray]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One gradient pass per image: ``combine(x, dS/dx)`` per image ``(N, H, W, c)``, and the
-    scores in ``{"scores": ...}`` (Saliency: ``|g|``, Input x Gradient: ``x * g``)."""
+    scores in ``{"scores": ...}`` (Saliency: ``|g|``, Input x Gradient: ``x * g``). Given the
+    model (``data.rule_gradients``), every image's gradient in one run per batch where the
+    adapter can (:meth:`camlens.access.ModelAccess.rule_gradients`)."""
     images = _images(method, data)
+    every = getattr(data, "rule_gradients", None)
+    if every is not None:
+        s, g = every(None)
+        g = np.asarray(g, dtype=np.float64)
+        out = combine(images.astype(np.float64), g).astype(np.float32)
+        return out, {"scores": np.asarray(s, dtype=np.float64).reshape(-1)}
     fn = _gradient_fn(method, data)
     out = np.empty(images.shape, dtype=np.float32)
     scores = np.empty(len(images))
@@ -88,7 +96,9 @@ class Saliency(PixelMethod):
     Simonyan et al., "Deep Inside Convolutional Networks: Visualising Image Classification
     Models and Saliency Maps", ICLR Workshops 2014.
 
-    attributions ``= |dS/dx|``; map ``= max_c |dS/dx[:, :, c]|``.
+    attributions ``= |dS/dx|``; map ``= max_c |dS/dx[:, :, c]|``. Cost: one forward and one
+    backward pass, a plain input gradient; on native torch the batch runs at once and that run is
+    ``explain``'s own pass (its outputs are the explanation's).
 
     Example::
 
@@ -104,6 +114,9 @@ class Saliency(PixelMethod):
     name = "saliency"
     needs_gradients = True
     reduce = "maxabs"
+
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (None,)  # the plain gradient: explain's one pass gives it
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         return per_image_gradients(self, data, lambda x, g: np.abs(g))

@@ -1,7 +1,8 @@
 """Relevance propagation to input pixels: LRP with per-layer rules and DeepLIFT (rescale).
 
 Both are modified gradients the adapters take (:mod:`camlens.rules`): the method names the
-rules, ``data.rule_gradient(n, batch, rules)`` gives what the model propagates back.
+rules, ``data.rule_gradients(rules)`` gives what the model propagates back from every image
+(``data.rule_gradient(n, batch, rules)`` for copies of one).
 """
 
 from __future__ import annotations
@@ -57,16 +58,26 @@ class LRP(PixelMethod):
     maps times ``S``: the same after normalisation, and conservation reads directly); residual
     sums and average pooling divide by their unstabilized sum (zennit adds 1e-6); batch norm is
     merged wherever it follows a convolution or Linear layer alone, found from the traced
-    graph (zennit's canonizer pairs consecutive leaf modules). Cost: one forward and one
-    backward pass, each layer's convolution run once per rule term: epsilon once, z+ twice after a
-    ReLU (the layer and its positive weights), alpha-beta and gamma twice after a ReLU (their
-    positive and negative parts; the layer's output is their sum), 3 and 4 on a signed input
-    (torch asks the input's sign at run time; Keras reads it from the graph: an input straight
-    from a ReLU, or through pooling, padding or flattening of one, is non-negative). On Keras
-    with TensorFlow or JAX the run is one compiled program per model, rule settings (by value)
-    and input shape (``tf.function``, ``jax.jit``; the first call traces it); the Keras torch
-    backend runs eagerly. Torch modules and Keras Functional/Sequential models (all three
-    backends; convolutions grouped or depthwise too; a subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
+    graph (zennit's canonizer pairs consecutive leaf modules).
+
+    Cost: one forward and one backward pass, each layer's convolution run once per rule term;
+    per layer, in convolutions of its size (forward + input-gradient backward; a plain
+    gradient is 1 + 1, about 2 forward passes): epsilon 1 + 1 (its bound: a plain gradient);
+    z+ after a ReLU 2 + 1 (the layer and ``W+ a``; bound about 1.5 plain gradients, ~3 forward
+    passes), on a signed input 3 + 2; flat 2 + 1 (the layer and the ones kernel); alpha-beta
+    and gamma after a ReLU 2 + 2 (their positive and negative parts, the layer's output being
+    their sum; bound about 2 plain gradients, ~4 forward passes), on a signed input 4 + 4; z^B
+    4 + 3. Torch asks the input's sign at run time; Keras reads it from the graph (an input
+    straight from a ReLU, or through pooling, padding or flattening of one, is non-negative).
+    On native torch a batch runs at once (``batch_size`` at a time, each image with its own
+    target and z^B bounds: the same maps as one by one) and this run is ``explain``'s own pass
+    (its outputs are the explanation's), so nothing else runs; under alpha-beta and gamma the
+    outputs are then the sums of the parts, the model's to float rounding. On Keras with
+    TensorFlow or JAX the run is one compiled program per model, rule settings (by value) and
+    input shape (``tf.function``, ``jax.jit``; the first call traces it), one image at a time;
+    the Keras torch backend runs eagerly.
+    Torch modules and Keras Functional/Sequential models (all three backends; convolutions
+    grouped or depthwise too; a subclassed Keras model is refused); a layer no rule covers (attention, a custom layer,
     ``torch.sigmoid`` in ``forward``) is refused by name. LRP explains a logit: a class target
     on a model ending in softmax is explained on its logit (as ``Logit(k)``; the softmax is
     skipped), another target read after a softmax is refused.
@@ -106,14 +117,23 @@ class LRP(PixelMethod):
             raise TypeError(f"lrp: composite must be a name ({', '.join(COMPOSITES)}) or a "
                             f"camlens.rules.LayerRules; got {composite!r}")
 
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (self.rules,)
+
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)
         fn = _rule_gradient(self, data)
-        out = np.empty(images.shape, dtype=np.float32)
-        scores = np.empty(len(images))
-        for n in range(len(images)):
-            s, r = fn(n, images[n : n + 1], self.rules)
-            out[n], scores[n] = r[0], s[0]
+        every = getattr(data, "rule_gradients", None)
+        if every is not None:
+            s, r = every(self.rules)
+            out = np.asarray(r, dtype=np.float32)
+            scores = np.asarray(s, dtype=np.float64).reshape(-1)
+        else:
+            out = np.empty(images.shape, dtype=np.float32)
+            scores = np.empty(len(images))
+            for n in range(len(images)):
+                s, r = fn(n, images[n : n + 1], self.rules)
+                out[n], scores[n] = r[0], s[0]
         return out, {"scores": scores, "relevance_sum": out.reshape(len(out), -1).sum(axis=1)}
 
 
@@ -148,9 +168,19 @@ class DeepLift(PixelMethod):
     Differences from captum, on purpose: every elementwise activation module gets the rescale
     rule (captum: ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus; others silently plain), and
     a nonlinearity called as a function in ``forward`` is refused by name (captum takes its
-    plain gradient). Cost: two forward passes and one backward (and the baseline's score; on
-    Keras with TensorFlow or JAX both runs are one compiled program). Torch modules and Keras
-    Functional/Sequential models (max pooling on both). Like LRP it
+    plain gradient).
+
+    Cost: the reference run (no gradient) and the input's run with its backward, about one
+    forward pass more than a plain gradient (~3 forward passes; the bound, as the reference's
+    values must exist before the input's rule can use them). On native torch a batch runs at
+    once with one reference per image (``batch_size`` at a time), the baseline's score is read
+    from the reference run, and the input's run is ``explain``'s own pass; the rescale
+    multipliers are taken in the forward so that the backward is two passes over each
+    activation. The reference and the input are not run as one batch of 2B: the backward would
+    then run through both halves (the reference half's gradient unused), twice the backward's
+    work to save one call per layer. On Keras with TensorFlow or JAX both runs are one compiled
+    program (and the baseline's score a second). Torch modules and Keras Functional/Sequential
+    models (max pooling on both). Like LRP it
     explains a logit: a class target on a model ending in softmax is explained on its
     logit.
     """
@@ -169,20 +199,34 @@ class DeepLift(PixelMethod):
     def baselines(self, images: np.ndarray) -> np.ndarray:
         return baselines_for(self.name, self.baseline, images)
 
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (Rescale(self.baselines(images), plain=self.plain_layers),)
+
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = _images(self, data)
         bases = self.baselines(images)
         fn = _rule_gradient(self, data)
+        every = getattr(data, "rule_gradients", None)
+        rule = Rescale(bases, plain=self.plain_layers)
+        if every is not None:
+            scores, grads = every(rule)
+        else:
+            parts = [fn(n, images[n : n + 1], Rescale(bases[n : n + 1], plain=self.plain_layers))
+                     for n in range(len(images))]
+            scores = np.concatenate([p[0] for p in parts])
+            grads = np.concatenate([p[1] for p in parts])
+        # the baseline's score as the rule explains it (a logit under a final softmax): from the
+        # reference run where the adapter gives it, else a run of its own
+        ref = np.concatenate(rule.scores) if rule.scores else np.empty(0)
         out = np.empty(images.shape, dtype=np.float32)
         delta = np.empty(len(images))
         error = np.empty(len(images))
         for n in range(len(images)):
             x, b = images[n : n + 1], bases[n : n + 1]
-            s, g = fn(n, x, Rescale(b, plain=self.plain_layers))
-            attr = (x.astype(np.float64) - b) * g
+            attr = (x.astype(np.float64) - b) * grads[n : n + 1]
             out[n] = attr[0]
-            # the baseline's score as the rule explains it (a logit under a final softmax)
-            s0 = float(fn(n, b, Rescale(b, plain=self.plain_layers))[0][0])
-            delta[n] = float(s[0]) - s0
+            s0 = float(ref[n]) if len(ref) == len(images) else float(
+                fn(n, b, Rescale(b, plain=self.plain_layers))[0][0])
+            delta[n] = float(scores[n]) - s0
             error[n] = abs(attr.sum() - delta[n]) / max(abs(delta[n]), 1e-12)
         return out, {"score_delta": delta, "delta_error": error}

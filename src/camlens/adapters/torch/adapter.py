@@ -20,6 +20,7 @@ as ``(N, h, w, C)``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import sys
@@ -32,7 +33,7 @@ import numpy as np
 
 from ...graph import GraphNode, LayerGraph
 from ...rules import LayerRules, ReluRule, Rescale, no_relu_warning
-from ...targets import Target, scores_of
+from ...targets import ClassScore, Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
 from ..base import AttentionCapture, Capture, InputSpec, _as_float_array, class_score_as_logit, glorot_uniform, is_plain_setting
 from .layouts import channel_axes, module_axis
@@ -641,6 +642,10 @@ class TorchAdapter:
                          else v.detach().cpu().float().numpy()) for k, v in zip(keys, values)}
         return outs, scores, grads, names
 
+    #: the relevance rules treat each sample alone (z^B's bounds per sample): a batch of images is
+    #: explained in one run, each under its own target (``ModelAccess.rule_gradients``)
+    batched_rules = True
+
     def input_gradients(
         self, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -649,7 +654,27 @@ class TorchAdapter:
         back by it while this call runs. With :class:`~camlens.rules.LayerRules` the second
         array is LRP's relevance of ``inputs[which]`` (the score's relevance propagated back);
         with :class:`~camlens.rules.Rescale` it is DeepLIFT's multipliers (after a reference
-        run on the rule's baseline)."""
+        run on the rule's baseline, whose scores are appended to ``rule.scores``)."""
+        _, scores, g, _ = self._rule_run(inputs, which, target, rule)
+        return _numpy_pair(scores, g)
+
+    def input_capture(self, inputs: list[np.ndarray], which: int, target: Target,
+                      rule: Any = None) -> tuple[Capture, np.ndarray] | None:
+        """:meth:`capture` with no call site and :meth:`input_gradients` in one run: the
+        outputs (as :meth:`capture` gives them) and the rule's input gradients; ``None`` where
+        the rule's run does not give the model's outputs (LRP and DeepLIFT skip a final softmax
+        that ``target`` reads). Under alpha-beta and gamma a layer's output is the sum of its
+        positive and negative parts: the model's to float rounding."""
+        if isinstance(rule, (LayerRules, Rescale)) and not target.wants_logits and self._skipped_for_logits(
+                class_score_as_logit(target)):
+            return None
+        outs, scores, g, names = self._rule_run(inputs, which, target, rule)
+        return capture_result(outs, scores, [], names), _numpy_pair(scores, g)[1]
+
+    def _rule_run(self, inputs: list[np.ndarray], which: int, target: Target,
+                  rule: Any) -> tuple[list[Any], Any, Any, list[str]]:
+        """The outputs, scores, input gradient (channels-first tensor) and output names of one
+        run under ``rule``."""
         import torch
 
         self.graph()  # shapes known before the run
@@ -665,12 +690,9 @@ class TorchAdapter:
             self._rule_relus(rule) if rule is not None else contextlib.nullcontext()
         ):
             out = self.model(*tensors)
-            _, scores, _ = _scored(out, target, len(inputs[0]))
+            outs, scores, names = _scored(out, target, len(inputs[0]))
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
-        grads = np.zeros(inputs[which].shape, np.float32) if g is None else np.moveaxis(
-            g.detach().cpu().float().numpy(), 1, -1
-        )
-        return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
+        return outs, scores, torch.zeros_like(x) if g is None else g, names
 
     def activation_gradients(
         self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
@@ -710,7 +732,7 @@ class TorchAdapter:
         return scores.detach().cpu().float().numpy().reshape(-1), np.ascontiguousarray(grads)
 
     def _lrp(self, inputs: list[np.ndarray], which: int, target: Target,
-             rule: LayerRules) -> tuple[np.ndarray, np.ndarray]:
+             rule: LayerRules) -> tuple[list[Any], Any, Any, list[str]]:
         import torch
 
         from .relevance import lrp_forwards
@@ -721,7 +743,7 @@ class TorchAdapter:
         forwards = lrp_forwards(self.model, self._gm, rule, state, self._skipped_for_logits(target))
         with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(forwards):
             out = self.model(*tensors)
-            _, scores, _ = _scored(out, target, len(inputs[0]))
+            outs, scores, names = _scored(out, target, len(inputs[0]))
             mult = state.get("mult")
             if mult is None:
                 raise ValueError("lrp: no convolution or Linear layer ran on the input; nothing to propagate through")
@@ -738,11 +760,10 @@ class TorchAdapter:
                 f"not the model input {tuple(x.shape)} (or a reshaping of it): the relevance cannot be "
                 "mapped back to the pixels. Explain this model with method='integratedgradients'"
             )
-        rel = rel.reshape(x.shape)
-        return _numpy_pair(scores, rel)
+        return outs, scores, rel.reshape(x.shape), names
 
     def _rescale(self, inputs: list[np.ndarray], which: int, target: Target,
-                 rule: Rescale) -> tuple[np.ndarray, np.ndarray]:
+                 rule: Rescale) -> tuple[list[Any], Any, Any, list[str]]:
         import torch
 
         from .relevance import rescale_forwards
@@ -761,13 +782,21 @@ class TorchAdapter:
         skipped = self._skipped_for_logits(target)
         recording = rescale_forwards(self.model, self._gm, rule, True, state, skipped)
         with eval_mode(self.model), grad_mode(False), self._logit_patch(target), instance_forwards(recording):
-            self.model(*ref_tensors)
+            ref_out = self.model(*ref_tensors)
         rescaled = rescale_forwards(self.model, self._gm, rule, False, state, skipped)
         with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(rescaled):
             out = self.model(*tensors)
-            _, scores, _ = _scored(out, target, len(inputs[0]))
+            outs, scores, names = _scored(out, target, len(inputs[0]))
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
-        return _numpy_pair(scores, torch.zeros_like(x) if g is None else g)
+        # the baseline's score as the rule explains it, from the reference run (no run of its
+        # own), for the class explained on the input (a top-class target pinned to it)
+        pin = target
+        if isinstance(target, ClassScore) and target.index is None:
+            pin = copy.copy(target)
+            pin.index = [int(i) for i in target.class_indices([o.detach().cpu().numpy() for o in outs], names)]
+        _, ref_scores, _ = _scored(ref_out, pin, len(inputs[0]))
+        rule.scores.append(ref_scores.detach().cpu().float().numpy().reshape(-1))
+        return outs, scores, torch.zeros_like(x) if g is None else g, names
 
     def _rule_relus(self, rule: ReluRule) -> contextlib.AbstractContextManager[None]:
         import torch

@@ -144,7 +144,9 @@ def _merge_pairs(model: Any, gm: Any, linear: Sequence[Any], bns: Sequence[Any])
 def _stab(d: Any, eps: float) -> Any:
     import torch
 
-    return torch.where(d >= 0, d + eps, d - eps)  # three passes over d, not five: the same values
+    # three passes over d (not four for where(d >= 0, d + eps, d - eps)), the same values:
+    # the sign's eps as d's dtype, then d added to it in place
+    return torch.where(d >= 0, d.new_tensor(eps), d.new_tensor(-eps)).add_(d)
 
 
 def _params(m: Any, bn: Any) -> tuple[Any, Any]:
@@ -180,8 +182,11 @@ def _ops() -> ArrayOps:
         return _OPS[0]
 
     def bounds(a: Any) -> tuple[Any, Any]:
+        # each sample's own (a batch is explained in one run, as its images one by one)
         with torch.no_grad():
-            return a.min(), a.max()
+            flat = a.reshape(a.shape[0], -1)
+            shape = (a.shape[0],) + (1,) * (a.dim() - 1)
+            return flat.amin(dim=1).reshape(shape), flat.amax(dim=1).reshape(shape)
 
     _OPS.append(ArrayOps(pos=lambda t: t.clamp(min=0), neg=lambda t: t.clamp(max=0),
                          cast=lambda mask, like: mask.to(like.dtype), stab=_stab, zeros_like=torch.zeros_like,
@@ -329,10 +334,13 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
         original = type(m).forward
 
         def forward(a: Any) -> Any:
-            z = _call(original, m, a)
             if record:
+                z = _call(original, m, a)
                 refs.setdefault(id(m), []).append((a.detach(), z.detach()))
                 return z
+            if not pool:
+                with torch.no_grad():  # the backward is the rule's: no graph of the module itself
+                    z = _call(original, m, a)
             i = used.get(id(m), 0)
             used[id(m)] = i + 1
             try:
@@ -343,7 +351,7 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
             if a0.shape != a.shape:
                 raise ValueError("deeplift: the baseline run gave a different shape at "
                                  f"{type(m).__name__}: {tuple(a0.shape)} vs {tuple(a.shape)}")
-            return _rescaled(m, a, z, a0, z0, pool)
+            return _rescaled_pool(m, a, a0, z0) if pool else _rescaled_elementwise(m, a, z, a0, z0)
 
         return forward
 
@@ -355,53 +363,105 @@ def rescale_forwards(model: Any, gm: Any, rule: Rescale, record: bool, state: di
 
 
 _FN: list[Any] = []
+_ELEMENTWISE: list[Any] = []
 
 
-def _rescaled(m: Any, a: Any, z: Any, a0: Any, z0: Any, pool: bool) -> Any:
+def _rescaled_elementwise(m: Any, a: Any, z: Any, a0: Any, z0: Any) -> Any:
+    """``z`` whose backward is ``dy * (z - z0) / (a - a0)`` (the plain gradient where ``|a - a0|
+    < 1e-10``): the differences are taken here, in the forward, so that the backward is two
+    passes over ``dy`` and keeps two tensors, not the four values."""
     import torch
 
-    if not _FN:
-        class Rescaled(torch.autograd.Function):
+    if not _ELEMENTWISE:
+        class RescaledElementwise(torch.autograd.Function):
             @staticmethod
-            def forward(ctx: Any, a: Any, z: Any, a0: Any, z0: Any, m: Any, pool: bool) -> Any:
-                ctx.save_for_backward(a, z, a0, z0)
-                ctx.m, ctx.pool = m, pool
-                return z.detach().clone()
+            def forward(ctx: Any, box: Any, a: Any, m: Any) -> Any:
+                # z in a box, as in _routed: an in-place activation after this one may modify it
+                z, num, safe, small = box
+                ctx.num, ctx.safe, ctx.small, ctx.m = num, safe, small, m
+                if small is not None:
+                    ctx.save_for_backward(a)
+                return z
 
             @staticmethod
             def backward(ctx: Any, dy: Any) -> Any:
-                a, z, a0, z0 = ctx.saved_tensors
-                delta = a - a0
-                if ctx.pool:
-                    moved = _pool_moved(ctx.m, a, z, a0, z0, dy)
-                else:
-                    moved = dy * (z - z0)
-                small = delta.abs() < 1e-10
-                safe = torch.where(small, torch.ones_like(delta), delta)
-                if not bool(small.any()):
-                    return moved / safe, None, None, None, None, None
+                moved = dy * ctx.num / ctx.safe
+                if ctx.small is None:
+                    return None, moved, None
+                (a,) = ctx.saved_tensors
                 with torch.enable_grad():  # the plain gradient, only where the input did not move
                     a_ = a.detach().requires_grad_(True)
                     (plain,) = torch.autograd.grad(_call(type(ctx.m).forward, ctx.m, a_), [a_], dy)
-                return torch.where(small, plain, moved / safe), None, None, None, None, None
+                return None, torch.where(ctx.small, plain, moved), None
 
-        _FN.append(Rescaled)
-    return _FN[0].apply(a, z.detach(), a0, z0, m, pool)
+        _ELEMENTWISE.append(RescaledElementwise)
+    with torch.no_grad():
+        delta = a - a0
+        num = z - z0
+        small = delta.abs() < 1e-10
+        if bool(small.any()):
+            safe = torch.where(small, torch.ones_like(delta), delta)
+        else:
+            safe, small = delta, None
+    return _ELEMENTWISE[0].apply([z, num, safe, small], a, m)
 
 
-def _pool_moved(m: Any, a: Any, z: Any, a0: Any, z0: Any, dy: Any) -> Any:
+def _rescaled_pool(m: Any, a: Any, a0: Any, z0: Any) -> Any:
     """Max pooling as captum's DeepLift: the rise of each window's maximum over the baseline's,
     ``dy * (max(z, z0) - z0)``, goes to the input's winner and ``dy * (z - max(z, z0))`` to the
-    baseline's winner."""
+    baseline's winner, divided by ``a - a0`` (the plain gradient where ``|a - a0| < 1e-10``).
+    The winners and the two parts are found in the forward, once, with the pooled value."""
     import torch
     import torch.nn.functional as F
 
+    if not _FN:
+        class RescaledPool(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, box: Any, a: Any, m: Any) -> Any:
+                z, ctx.pool = box
+                if ctx.pool[-1] is not None:
+                    ctx.save_for_backward(a)
+                ctx.m = m
+                return z
+
+            @staticmethod
+            def backward(ctx: Any, dy: Any) -> Any:
+                unpool, idx, idx0, up, down, shape, safe, small = ctx.pool
+                moved = unpool(dy * up, idx, ctx.m.kernel_size, ctx.m.stride, ctx.m.padding, shape)
+                moved = moved + unpool(dy * down, idx0, ctx.m.kernel_size, ctx.m.stride, ctx.m.padding, shape)
+                if small is None:
+                    return None, moved / safe, None
+                (a,) = ctx.saved_tensors
+                return None, torch.where(small, _pool_gradient(ctx.m, a, idx, dy), moved / safe), None
+
+        _FN.append(RescaledPool)
     dims = a.dim() - 2
     pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
     unpool = {1: F.max_unpool1d, 2: F.max_unpool2d, 3: F.max_unpool3d}[dims]
-    top = torch.max(z, z0)
-    out = torch.zeros_like(a)
-    for x, part in ((a, dy * (top - z0)), (a0, dy * (z - top))):
-        _, idx = pool(x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-        out = out + unpool(part, idx, m.kernel_size, m.stride, m.padding, list(a.shape))
-    return out
+    with torch.no_grad():
+        z, idx = pool(a, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        _, idx0 = pool(a0, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        top = torch.max(z, z0)
+        up, down = top - z0, z - top
+        delta = a - a0
+        small = delta.abs() < 1e-10
+        if bool(small.any()):
+            safe = torch.where(small, torch.ones_like(delta), delta)
+        else:
+            safe, small = delta, None
+    return _FN[0].apply([z, (unpool, idx, idx0, up, down, list(a.shape), safe, small)], a, m)
+
+
+def _pool_gradient(m: Any, a: Any, idx: Any, dy: Any) -> Any:
+    """The plain gradient of max pooling ``m`` at ``a`` (winners ``idx``): what autograd gives."""
+    import torch
+
+    if a.dim() == 4:  # autograd's own backward, without running the pooling again
+        two = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            dy, a, two(m.kernel_size), two(m.stride if m.stride is not None else m.kernel_size),
+            two(m.padding), two(m.dilation), m.ceil_mode, idx)
+    with torch.enable_grad():
+        a_ = a.detach().requires_grad_(True)
+        (plain,) = torch.autograd.grad(_call(type(m).forward, m, a_), [a_], dy)
+    return plain
