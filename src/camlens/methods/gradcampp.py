@@ -163,5 +163,8 @@ class SmoothGradCAMPlusPlus(CAMMethod):
         for n in range(acts.shape[0]):
             a, d1, d2, d3 = (t[None] for t in self.smoothed(data, n))
             w = plusplus_weights(a, d1, d2, d3).astype(np.float32)
-            out[n] = channel_sum_or_principal(a * w[:, None, None, :], self.eigen_smooth, self.name)[0]
+            if self.eigen_smooth:
+                out[n] = channel_sum_or_principal(a * w[:, None, None, :], True, self.name)[0]
+            else:  # Grad-CAM++'s own sum, so that sigma=0 gives its map bit for bit
+                out[n] = np.maximum(np.einsum("nhwc,nc->nhw", a, w), 0.0)[0]
         return out
