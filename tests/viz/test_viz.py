@@ -327,3 +327,33 @@ def test_import_is_cheap_and_pyplot_free():
     src = str(Path(camlens.viz.__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_resize_and_normalize_one_map_at_a_time_give_the_whole_stack_formula():
+    # the map-by-map loops (speed) must give the bits of the plain float64 formula
+    from camlens._image import _source_taps
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        raw = (rng.standard_normal((3, 7, 5)) * 40).astype(dtype)
+        raw[1] = 2.5  # a constant map stays zeros
+        y0, y1, wy = _source_taps(7, 30)
+        x0, x1, wx = _source_taps(5, 22)
+        s = raw.astype(np.float64)
+        rows = s[:, y0, :] * (1.0 - wy[:, None]) + s[:, y1, :] * wy[:, None]
+        want_up = (rows[:, :, x0] * (1.0 - wx) + rows[:, :, x1] * wx).astype(np.float32)
+        up = resize_bilinear(raw, (30, 22))
+        assert up.dtype == np.float32 and np.array_equal(up, want_up)
+        u = up.astype(np.float64)
+        lo, hi = u.min(axis=(1, 2), keepdims=True), u.max(axis=(1, 2), keepdims=True)
+        want = np.where(hi == lo, 0.0, (u - lo) / np.where(hi == lo, 1.0, hi - lo)).astype(np.float32)
+        with pytest.warns(RuntimeWarning, match="1 of 3 maps are constant"):
+            got = normalize(up)
+        assert np.array_equal(got, want) and got[0].max() == 1.0
+
+
+def test_normalize_finds_a_lone_negative_infinity():
+    m = np.zeros((2, 4, 4), np.float32)
+    m[1, 2, 3] = -np.inf
+    with pytest.raises(ValueError, match="1 non-finite"):
+        normalize(m)
