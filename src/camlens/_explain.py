@@ -249,6 +249,33 @@ def _capture(
     return outputs, np.concatenate([p.scores for p in parts]), parts
 
 
+def _first_gradients(
+    adapter: ModelAdapter, arrays: list[np.ndarray], images: list[int], algo: Any, tgt: Target,
+    batch_size: int,
+) -> tuple[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray]] | None:
+    """The first pass of a gradient pixel method with the first image input's gradient of
+    the target score taken at the same time, where the adapter computes both in one compiled
+    program (``capture_input_gradients``): ``(outputs, scores, (scores, gradients))``; else
+    ``None``. The per-image gradient calls then reuse these (their class is the one this pass
+    found), and the first call compiles one program, not a forward one and a gradient one."""
+    both = getattr(adapter, "capture_input_gradients", None)
+    if both is None or not images or not getattr(algo, "gradient_at_image", False):
+        return None
+    parts, grads = [], []
+    for s in batches(arrays[0].shape[0], batch_size):
+        got = both([a[s] for a in arrays], images[0], tgt.for_samples(s))
+        if got is None:
+            return None
+        parts.append(got[0])
+        grads.append(got[1])
+    if any(len(p.outputs) != len(parts[0].outputs) or any(o.ndim == 0 or o.shape[0] != len(p.scores)
+                                                           for o in p.outputs) for p in parts):
+        return None  # outputs not one row per sample: the plain first pass lists them
+    outputs = [np.concatenate([p.outputs[i] for p in parts]) for i in range(len(parts[0].outputs))]
+    scores = np.concatenate([p.scores for p in parts])
+    return outputs, scores, (scores, np.concatenate(grads))
+
+
 def _explain_pixels(
     adapter: ModelAdapter,
     graph: LayerGraph,
@@ -259,14 +286,20 @@ def _explain_pixels(
     batch_size: int,
 ) -> Explanation:
     """Pixel attributions: one map per image input, at the input's resolution."""
-    outputs, scores, _ = _capture(adapter, arrays, [], tgt, False, batch_size)
-    class_idx = tgt.class_indices(outputs, graph.output_names)
     images = [i for i, a in enumerate(arrays) if a.ndim == 4]
+    first = _first_gradients(adapter, arrays, images, algo, tgt, batch_size)
+    if first is None:
+        outputs, scores, _ = _capture(adapter, arrays, [], tgt, False, batch_size)
+    else:
+        outputs, scores, known = first
+    class_idx = tgt.class_indices(outputs, graph.output_names)
     if not images:
         raise ValueError(f"{algo.name} attributes to image pixels; the model has no image input")
     per_site: list[tuple[np.ndarray, np.ndarray, Site, dict[str, Any]]] = []
     for i in images:
-        attributions, info = algo.attribute(ModelAccess(adapter, arrays, i, tgt, class_idx, batch_size))
+        access = ModelAccess(adapter, arrays, i, tgt, class_idx, batch_size,
+                             known_gradients=known if first is not None and i == images[0] else None)
+        attributions, info = algo.attribute(access)
         raw = algo.reduce_channels(attributions)
         site = Site(graph.input_names[i], 0, i, tuple(arrays[i].shape[1:]))
         shown = finish_maps(np.abs(raw) if algo.signed else raw, raw.shape[1:3], normalize,

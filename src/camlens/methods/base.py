@@ -224,6 +224,10 @@ class PixelMethod(CAMMethod):
     needs_gradients = False
     reduce: ClassVar[str] = "sum"
     signed: ClassVar[bool] = False
+    #: the method takes the plain gradient at each image itself, one image at a time (Saliency,
+    #: Input x Gradient, FullGrad): ``explain`` takes it in its first pass, which compiles then
+    #: one program for both, not a forward one and a gradient one
+    gradient_at_image: ClassVar[bool] = False
     #: a layer method whose maps weight the attributions (Guided Grad-CAM: "gradcam"); ``explain``
     #: runs it at the layer first and passes its maps as ``attribute(data, cam_maps=...)``
     cam_method: ClassVar[str | None] = None

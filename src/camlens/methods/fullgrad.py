@@ -80,6 +80,7 @@ class FullGrad(PixelMethod):
 
     name = "fullgrad"
     needs_gradients = True
+    gradient_at_image = True
     reduce = "sum"
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:

@@ -45,6 +45,7 @@ class InputXGradient(PixelMethod):
 
     name = "inputxgradient"
     needs_gradients = True
+    gradient_at_image = True
     signed = True
     reduce = "sum"
 

@@ -103,6 +103,7 @@ class Saliency(PixelMethod):
 
     name = "saliency"
     needs_gradients = True
+    gradient_at_image = True
     reduce = "maxabs"
 
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:

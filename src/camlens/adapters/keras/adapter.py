@@ -32,8 +32,8 @@ from ...targets import Target, scores_of
 from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
-from .compiled import (compiled_capture, compiled_features, compiled_input_gradients, compiled_probe_run,
-                       compiled_score)
+from .compiled import (compiled_capture, compiled_features, compiled_input_gradients, compiled_input_outputs,
+                       compiled_probe_run, compiled_score)
 from .patches import instance_attrs, probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
 from ..._args import warn
@@ -580,6 +580,20 @@ class KerasAdapter:
         _, scores, _, grads = grad_fn(run, True)
         g = np.asarray(grads[(-1, which)], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
+
+    def capture_input_gradients(
+        self, inputs: list[np.ndarray], which: int, target: Target
+    ) -> tuple[Capture, np.ndarray] | None:
+        """The first pass of a gradient pixel method in one compiled run: ``(capture at no
+        call site, d score / d inputs[which])``, from the program :meth:`input_gradients`
+        then reuses for each image's pinned class; ``None`` where nothing is compiled."""
+        if not self._compiles():
+            return None
+        found = compiled_input_outputs(self, inputs, which, target, None)
+        if found is None:
+            return None
+        outs, scores, grads = found
+        return self._capture_result(inputs, [], target, outs, scores, {}, {}, False), grads
 
     def activation_gradients(
         self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
