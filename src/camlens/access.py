@@ -67,6 +67,7 @@ class ModelAccess:
     ) -> None:
         self._adapter = adapter
         self._known = known_gradients
+        self._score_rows = 0  # the most rows scored in one call: later calls are padded to it
         self._arrays = arrays
         self._which = which
         self._target = target
@@ -116,8 +117,17 @@ class ModelAccess:
         """Sample ``n``'s target score for each of ``batch`` ``(B, H, W, c)`` modified copies of
         its image, ``(B,)``."""
         pin = self._target.for_sample(n, self._class_idx)
-        out = [self._adapter.score(pinned(self._arrays, n, self._which, part), pin)
-               for part in self._batches(batch)]
+        pads = getattr(self._adapter, "compiles_per_shape", False)
+        out = []
+        for part in self._batches(batch):
+            rows = len(part)
+            if pads and rows < self._score_rows:
+                # a compiled program serves one batch size: a last batch of its own size (1024
+                # channels in batches of 24) would compile once more, for fewer rows than it
+                # saves; the padded rows' scores are dropped (samples do not mix in a batch)
+                part = np.concatenate([part, np.repeat(part[-1:], self._score_rows - rows, axis=0)])
+            self._score_rows = max(self._score_rows, len(part))
+            out.append(self._adapter.score(pinned(self._arrays, n, self._which, part), pin)[:rows])
         return np.concatenate(out)
 
     def gradient(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

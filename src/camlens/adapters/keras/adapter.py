@@ -801,6 +801,12 @@ class KerasAdapter:
             self._backend_module = backends.load(self.backend)
         return self._backend_module
 
+    @property
+    def compiles_per_shape(self) -> bool:
+        """Whether runs are compiled, one program per input shape (TensorFlow, JAX): callers
+        that rerun the model pad a last, smaller batch to the size before it."""
+        return self._compiles()
+
     def _compiles(self) -> bool:
         return (self.backend in backends.SUPPORTED and self.backend_module.COMPILES
                 and not self.recorded)
