@@ -289,8 +289,10 @@ def _fused_capture(adapter: ModelAdapter, arrays: list[np.ndarray], images: list
                    batch_size: int) -> Any:
     """The capture pass and the input gradients the method asks for first
     (:meth:`PixelMethod.first_rule`) in one run per part, where the adapter can
-    (``input_capture``: native torch): saliency and LRP then cost one forward and one backward
-    pass, not one more forward. ``None``: the usual capture pass."""
+    (``input_capture``: native torch for every rule; Keras on TensorFlow and JAX for the plain
+    gradient, in one compiled program): saliency and LRP then cost one forward and one backward
+    pass, not one more forward, and a Keras model's first call compiles one program, not a
+    forward one and a gradient one. ``None``: the usual capture pass."""
     fuse = getattr(adapter, "input_capture", None)
     if fuse is None or len(images) != 1:
         return None

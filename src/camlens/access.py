@@ -97,6 +97,7 @@ class ModelAccess:
         #: ``(rule, scores, grads, reference scores)`` of every image, taken by ``explain`` in its
         #: one pass (:meth:`PixelMethod.first_rule`): :meth:`rule_gradients` of that rule reads them
         self._fused = fused
+        self._score_rows = 0  # the most rows scored in one call: later calls are padded to it
         self._arrays = arrays
         self._which = which
         self._target = target
@@ -146,8 +147,17 @@ class ModelAccess:
         """Sample ``n``'s target score for each of ``batch`` ``(B, H, W, c)`` modified copies of
         its image, ``(B,)``."""
         pin = self._target.for_sample(n, self._class_idx)
-        out = [self._adapter.score(pinned(self._arrays, n, self._which, part), pin)
-               for part in self._batches(batch)]
+        pads = getattr(self._adapter, "compiles_per_shape", False)
+        out = []
+        for part in self._batches(batch):
+            rows = len(part)
+            if pads and rows < self._score_rows:
+                # a compiled program serves one batch size: a last batch of its own size (1024
+                # channels in batches of 24) would compile once more, for fewer rows than it
+                # saves; the padded rows' scores are dropped (samples do not mix in a batch)
+                part = np.concatenate([part, np.repeat(part[-1:], self._score_rows - rows, axis=0)])
+            self._score_rows = max(self._score_rows, len(part))
+            out.append(self._adapter.score(pinned(self._arrays, n, self._which, part), pin)[:rows])
         return np.concatenate(out)
 
     def gradient(self, n: int, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +172,11 @@ class ModelAccess:
     def rule_gradient(self, n: int, batch: np.ndarray, rule: ReluRule | None) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`gradient` with every ReLU passing gradients back by ``rule``
         (:mod:`camlens.rules`; ``None``: the plain gradient)."""
+        fused = self._fused
+        if (fused is not None and _same_rule(fused[0], rule) and not isinstance(rule, Rescale)
+                and len(batch) == 1 and np.array_equal(batch[0], self._arrays[self._which][n])):
+            # explain's own pass took this gradient already, for the class it found
+            return fused[1][n : n + 1].copy(), fused[2][n : n + 1].copy()
         pin = self._target.for_sample(n, self._class_idx)
         scores, grads = [], []
         for part in self._batches(batch):

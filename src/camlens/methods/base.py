@@ -234,8 +234,9 @@ class PixelMethod(CAMMethod):
     def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
         """``(rule,)``: the rule (:mod:`camlens.rules`; ``None`` the plain gradient) whose input
         gradients of every explained image ``attribute`` asks for first, through
-        ``data.rule_gradients(rule)``; ``explain`` then takes them in its own pass over the
-        batch where the adapter can (one forward pass saved). ``None``: no such rule."""
+        ``data.rule_gradients(rule)`` (or ``data.gradient(n, image)`` one image at a time);
+        ``explain`` then takes them in its own pass over the batch where the adapter can (one
+        forward pass saved). ``None``: no such rule."""
         return None
 
     def reduce_channels(self, attributions: np.ndarray) -> np.ndarray:

@@ -82,6 +82,9 @@ class FullGrad(PixelMethod):
     needs_gradients = True
     reduce = "sum"
 
+    def first_rule(self, images: np.ndarray) -> tuple[Any] | None:
+        return (None,)  # the plain input gradient: explain's one pass gives it
+
     def attribute(self, data: PixelData) -> tuple[np.ndarray, dict[str, Any]]:
         images = np.asarray(data.images, dtype=np.float32)
         if images.ndim != 4:

@@ -32,8 +32,8 @@ from ...targets import Target, scores_of
 from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
-from .compiled import (compiled_capture, compiled_features, compiled_input_gradients, compiled_probe_run,
-                       compiled_score)
+from .compiled import (compiled_capture, compiled_features, compiled_input_gradients, compiled_input_outputs,
+                       compiled_probe_run, compiled_score)
 from .patches import instance_attrs, probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
 from ..._args import warn
@@ -581,6 +581,21 @@ class KerasAdapter:
         g = np.asarray(grads[(-1, which)], dtype=np.float32)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
 
+    def input_capture(self, inputs: list[np.ndarray], which: int, target: Target,
+                      rule: Any = None) -> tuple[Capture, np.ndarray] | None:
+        """:meth:`capture` with no call site and the plain input gradient ``d score /
+        d inputs[which]`` in one compiled run (the program :meth:`input_gradients` then reuses
+        for each image's pinned class: the first call compiles one program, not a forward one
+        and a gradient one); ``None`` for a rule (LRP, DeepLIFT: their runs are traced per
+        image) or where nothing is compiled, and ``explain`` runs its usual pass."""
+        if rule is not None or not self._compiles():
+            return None
+        found = compiled_input_outputs(self, inputs, which, target, None)
+        if found is None:
+            return None
+        outs, scores, grads = found
+        return self._capture_result(inputs, [], target, outs, scores, {}, {}, False), grads
+
     def activation_gradients(
         self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -786,6 +801,12 @@ class KerasAdapter:
         if self._backend_module is None:
             self._backend_module = backends.load(self.backend)
         return self._backend_module
+
+    @property
+    def compiles_per_shape(self) -> bool:
+        """Whether runs are compiled, one program per input shape (TensorFlow, JAX): callers
+        that rerun the model pad a last, smaller batch to the size before it."""
+        return self._compiles()
 
     def _compiles(self) -> bool:
         return (self.backend in backends.SUPPORTED and self.backend_module.COMPILES
