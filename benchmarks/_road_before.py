@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from camlens.metrics.road import checked_imputation_args
+
+
 def _neighbour_sum(a: np.ndarray) -> np.ndarray:
     """``sum_j w_ij a_j`` over ROAD's neighbourhood (1/6 direct, 1/12 diagonal), zero outside the
     grid; ``a`` is ``(M, H, W, C)``. The stencil ``[[1, 2, 1], [2, 0, 2], [1, 2, 1]] / 12`` is
@@ -84,41 +87,8 @@ def noisy_linear_imputation(
     tol: float = 1e-6,
     max_iter: int = 200,
 ) -> np.ndarray:
-    """ROAD's noisy linear imputation of the ``removed`` pixels of ``image``.
-
-    Args:
-        image: ``(H, W, C)`` (or ``(H, W)``).
-        removed: ``(H, W)`` boolean mask, or ``(M, H, W)`` masks to impute ``M`` copies at once.
-        noise: standard deviation of the Gaussian noise added to the imputed pixels, in the
-            image's units (ROAD uses 0.01 on ImageNet-normalised images); 0 for none.
-        seed: seed or ``numpy.random.Generator`` for the noise.
-        tol: the solver stops at ``||r|| <= tol * ||b||`` for every system.
-        max_iter: conjugate gradient iterations at most (a few dozen are typical).
-
-    Returns:
-        ``(H, W, C)`` (or ``(M, H, W, C)`` for several masks) float64 images: kept pixels
-        unchanged, removed ones imputed.
-    """
-    x = np.asarray(image, dtype=np.float64)
-    gray = x.ndim == 2
-    if gray:
-        x = x[..., None]
-    if x.ndim != 3:
-        raise ValueError(f"image must be (H, W, C) or (H, W); got shape {np.shape(image)}")
-    mask = np.asarray(removed)
-    single = mask.ndim == 2
-    if single:
-        mask = mask[None]
-    if mask.ndim != 3 or mask.shape[1:] != x.shape[:2]:
-        raise ValueError(f"removed must be (H, W) or (M, H, W) with (H, W) = {x.shape[:2]}; got shape {mask.shape}")
-    if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError("removed must be a boolean (or 0/1) mask")
-        mask = mask.astype(bool)
-    if mask.reshape(len(mask), -1).all(axis=1).any():
-        raise ValueError("every pixel is removed: nothing is left to impute from; keep at least one")
-    if noise < 0:
-        raise ValueError(f"noise must be 0 or more; got {noise}")
+    """camlens.metrics.road.noisy_linear_imputation as it was (same arguments, same result)."""
+    x, mask, gray, single = checked_imputation_args(image, removed, noise)
     u = mask[..., None].astype(np.float64)  # (M, H, W, 1): 1 where unknown
     kept = (1.0 - u) * x[None]
     out = kept.copy()

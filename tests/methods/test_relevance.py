@@ -192,18 +192,9 @@ def test_lrp_runs_each_convolution_only_as_often_as_its_rule_needs(monkeypatch, 
     alpha-beta and gamma their positive and negative parts only, the layer being their sum (2,
     was 3); on a signed input (the first layer, under ``LayerRules``) the four signed parts
     (alpha-beta and gamma: 4, was 5)."""
-    import torch.nn.functional as F
-
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(8, 2)).eval()
-    calls: list[int] = []
-    real = F.conv2d
-
-    def counted(x, w, *args, **kwargs):
-        calls.append(w.shape[0])
-        return real(x, w, *args, **kwargs)
-
-    monkeypatch.setattr(F, "conv2d", counted)
+    calls = _count_convolutions(monkeypatch)
     x = torch.randn(1, 2, 6, 6)  # signed: the first layer's rule sees negative inputs
     counts = []
     # epsilon: one run per layer; its first call also traces the model (not counted)

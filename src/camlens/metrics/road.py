@@ -237,6 +237,32 @@ def _conjugate_gradient(grid: _Level, b: np.ndarray, v: np.ndarray, tol: float, 
     )
 
 
+def checked_imputation_args(image: Any, removed: Any, noise: float) -> tuple[np.ndarray, np.ndarray, bool, bool]:
+    """:func:`noisy_linear_imputation`'s arguments checked: ``(x (H, W, C) float64, masks
+    (M, H, W) bool, whether the image was (H, W), whether one mask was given)``."""
+    x = np.asarray(image, dtype=np.float64)
+    gray = x.ndim == 2
+    if gray:
+        x = x[..., None]
+    if x.ndim != 3:
+        raise ValueError(f"image must be (H, W, C) or (H, W); got shape {np.shape(image)}")
+    mask = np.asarray(removed)
+    single = mask.ndim == 2
+    if single:
+        mask = mask[None]
+    if mask.ndim != 3 or mask.shape[1:] != x.shape[:2]:
+        raise ValueError(f"removed must be (H, W) or (M, H, W) with (H, W) = {x.shape[:2]}; got shape {mask.shape}")
+    if mask.dtype != bool:
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("removed must be a boolean (or 0/1) mask")
+        mask = mask.astype(bool)
+    if mask.reshape(len(mask), -1).all(axis=1).any():
+        raise ValueError("every pixel is removed: nothing is left to impute from; keep at least one")
+    if noise < 0:
+        raise ValueError(f"noise must be 0 or more; got {noise}")
+    return x, mask, gray, single
+
+
 def noisy_linear_imputation(
     image: Any,
     removed: Any,
@@ -261,26 +287,7 @@ def noisy_linear_imputation(
         ``(H, W, C)`` (or ``(M, H, W, C)`` for several masks) float64 images: kept pixels
         unchanged, removed ones imputed.
     """
-    x = np.asarray(image, dtype=np.float64)
-    gray = x.ndim == 2
-    if gray:
-        x = x[..., None]
-    if x.ndim != 3:
-        raise ValueError(f"image must be (H, W, C) or (H, W); got shape {np.shape(image)}")
-    mask = np.asarray(removed)
-    single = mask.ndim == 2
-    if single:
-        mask = mask[None]
-    if mask.ndim != 3 or mask.shape[1:] != x.shape[:2]:
-        raise ValueError(f"removed must be (H, W) or (M, H, W) with (H, W) = {x.shape[:2]}; got shape {mask.shape}")
-    if mask.dtype != bool:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError("removed must be a boolean (or 0/1) mask")
-        mask = mask.astype(bool)
-    if mask.reshape(len(mask), -1).all(axis=1).any():
-        raise ValueError("every pixel is removed: nothing is left to impute from; keep at least one")
-    if noise < 0:
-        raise ValueError(f"noise must be 0 or more; got {noise}")
+    x, mask, gray, single = checked_imputation_args(image, removed, noise)
     h, w, c = x.shape
     u = mask[..., None]  # (M, H, W, 1): True where unknown
     out = np.where(u, 0.0, x[None])

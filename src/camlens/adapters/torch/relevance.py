@@ -396,14 +396,21 @@ def _rescaled_elementwise(m: Any, a: Any, z: Any, a0: Any, z0: Any) -> Any:
 
         _ELEMENTWISE.append(RescaledElementwise)
     with torch.no_grad():
-        delta = a - a0
         num = z - z0
-        small = delta.abs() < 1e-10
-        if bool(small.any()):
-            safe = torch.where(small, torch.ones_like(delta), delta)
-        else:
-            safe, small = delta, None
+        safe, small = _safe_delta(a, a0)
     return _ELEMENTWISE[0].apply([z, num, safe, small], a, m)
+
+
+def _safe_delta(a: Any, a0: Any) -> tuple[Any, Any]:
+    """``(a - a0 with 1 where it is below 1e-10 in size, that mask)``; the mask is ``None``
+    where no element is that small (the common case: no ``where`` on the way back)."""
+    import torch
+
+    delta = a - a0
+    small = delta.abs() < 1e-10
+    if bool(small.any()):
+        return torch.where(small, torch.ones_like(delta), delta), small
+    return delta, None
 
 
 def _rescaled_pool(m: Any, a: Any, a0: Any, z0: Any) -> Any:
@@ -443,12 +450,7 @@ def _rescaled_pool(m: Any, a: Any, a0: Any, z0: Any) -> Any:
         _, idx0 = pool(a0, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
         top = torch.max(z, z0)
         up, down = top - z0, z - top
-        delta = a - a0
-        small = delta.abs() < 1e-10
-        if bool(small.any()):
-            safe = torch.where(small, torch.ones_like(delta), delta)
-        else:
-            safe, small = delta, None
+        safe, small = _safe_delta(a, a0)
     return _FN[0].apply([z, (unpool, idx, idx0, up, down, list(a.shape), safe, small)], a, m)
 
 
