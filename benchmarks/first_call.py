@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 explain = run(backend, args, "--worker", "explain", "--method", method)
             worst = max(worst, explain / predict)
-            tail = "      -        -" if second is None else f"{second:7.2f} {second / predict:8.2f}"
-            print(f"{backend:<11} {args.model:<15} {method:<19} {predict:9.2f} {explain:9.2f} "
+            tail = "      -        -" if second is None else f"{second:7.4g} {second / predict:8.2f}"
+            # 4 significant digits: a tiny model's first call on torch takes a few milliseconds
+            print(f"{backend:<11} {args.model:<15} {method:<19} {predict:9.4g} {explain:9.4g} "
                   f"{explain / predict:6.2f} {tail}", flush=True)
     print(f"target: first explain at most 1.5x the first predict_on_batch; worst ratio here {worst:.2f}")
     return 0
