@@ -9,7 +9,7 @@ import numpy as np
 from .adapters import adapt
 from ._args import batches, positive_int
 from ._restore import interruptible
-from .access import ModelAccess
+from .access import ModelAccess, part_rule
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
 from .graph import (GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report,
@@ -300,8 +300,6 @@ def _fused_capture(adapter: ModelAdapter, arrays: list[np.ndarray], images: list
     if first is None:
         return None
     (rule,) = first
-    from .access import part_rule
-
     parts, grads, refs = [], [], []
     for s in batches(arrays[0].shape[0], batch_size):
         got = part_rule(rule, s)

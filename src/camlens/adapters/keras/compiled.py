@@ -23,7 +23,7 @@ import numpy as np
 
 from ...graph import GraphNode
 from ...rules import ReluRule
-from ...targets import Target, scores_of
+from ...targets import ClassScore, Logit, Target, scores_of
 from ..arrays import NumpyOps
 from ..base import is_plain_setting
 from .backends._types import Key, Parts, Program
@@ -171,10 +171,8 @@ def traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any], 
     """
     import keras
 
-    from ...targets import ClassScore, Logit
-
     kind = type(target)
-    if kind in (ClassScore, Logit):
+    if kind in _CLASS_KINDS:
         index = target.index  # type: ignore[attr-defined]
         if isinstance(index, list) and len(index) != n:
             return None  # the eager path raises the error that says so
@@ -211,13 +209,7 @@ def traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any], 
     return tuple(key), (lambda idx: frozen), np.zeros(n, np.int32)
 
 
-def _class_kinds() -> tuple[type, ...]:
-    from ...targets import ClassScore, Logit
-
-    return ClassScore, Logit
-
-
-_CLASS_KINDS = _class_kinds()
+_CLASS_KINDS = (ClassScore, Logit)
 
 
 def _scores(target: Target, outs: list[Any], names: Sequence[str]) -> Any:
