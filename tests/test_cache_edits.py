@@ -201,3 +201,61 @@ def test_without_an_edit_the_kept_trace_and_programs_are_reused():
     kept = dict(PROGRAMS._per_model.get(model, {}))
     _run(model)
     assert {k: v[2] for k, v in PROGRAMS._per_model.get(model, {}).items()} == {k: v[2] for k, v in kept.items()}
+
+
+def test_the_keras_layer_graph_is_kept_between_calls_and_read_again_after_an_edit():
+    """``explain`` makes a new adapter per call; the graph read from a Functional's nodes is
+    kept with the model (issue 18: a millisecond per call at batch 1), and read again where a
+    layer was renamed or a Sequential grew a layer, and it goes with the model."""
+    import gc
+
+    from camlens.adapters.keras.adapter import _GRAPHS
+
+    model = _model()
+    _run(model)
+    kept = _GRAPHS[model]
+    _run(model)
+    assert _GRAPHS[model] is kept  # reused, not read again
+    model.get_layer("c2").name = "conv_two"
+    exp = camlens.explain(model, _x(), layer="conv_two")
+    assert exp.sites[0].label == "conv_two" and _GRAPHS[model] is not kept
+    with pytest.raises(ValueError, match="c2"):
+        camlens.explain(model, _x(), layer="c2")  # the old name is gone with the old graph
+
+    seq = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="a"), L.GlobalAveragePooling2D(),
+                            L.Dense(2)])
+    assert camlens.explain(seq, _x()).sites[0].label == "a"
+    seq.pop()
+    seq.pop()
+    for layer in (L.Conv2D(4, 3, name="b"), L.GlobalAveragePooling2D(), L.Dense(2)):
+        seq.add(layer)
+    assert camlens.explain(seq, _x()).sites[0].label == "b"
+
+    del model, exp, kept, seq
+    gc.collect()
+    assert not any(m.name == "editable" for m in list(_GRAPHS.keys()))
+
+
+def test_a_layer_choice_is_kept_with_the_graph_and_handed_out_as_a_copy():
+    from camlens.adapters import adapt
+    from camlens.graph import choose_layers
+
+    graph = adapt(_model()).graph()
+    first = choose_layers(graph)
+    first.nodes.clear()
+    first.reason = "changed by a caller"
+    again = choose_layers(graph)
+    assert [n.path for n in again.nodes] == ["bn"] and again.reason != "changed by a caller"
+
+
+def test_eval_mode_puts_back_each_module_flag_also_when_mixed():
+    torch = pytest.importorskip("torch")
+    net = _torch_net()
+    net.train()
+    net.act.eval()
+    flags = {n: m.training for n, m in net.named_modules()}
+    seen = []
+    net.c2.register_forward_hook(lambda m, a, o: seen.append(m.training))
+    camlens.explain(net, torch.zeros(1, 3, 8, 8) + 0.5, layer="c2")
+    assert seen and not any(seen)  # every run (the trace, the explained one) in eval mode
+    assert {n: m.training for n, m in net.named_modules()} == flags

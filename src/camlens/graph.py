@@ -138,6 +138,10 @@ class LayerGraph:
     approximate: bool = False
     #: nested models by path, with the node that gives their output at each call
     aliases: dict[str, list[int]] = field(default_factory=dict)
+    #: what is computed from the graph alone (the input ancestry, layer choices), kept with
+    #: it: adapters keep a model's graph between explain calls, and a graph is not changed
+    #: once built
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _set_model_grids(self.nodes)
@@ -151,6 +155,12 @@ class LayerGraph:
 
     def input_ancestry(self) -> dict[int, frozenset[int]]:
         """For every node, the indices of the model inputs it depends on."""
+        kept = self._memo.get("ancestry")
+        if kept is None:
+            kept = self._memo["ancestry"] = self._input_ancestry()
+        return dict(kept)
+
+    def _input_ancestry(self) -> dict[int, frozenset[int]]:
         anc: dict[int, frozenset[int]] = {}
         for n in self.nodes:
             if n.is_input:
@@ -284,6 +294,14 @@ def choose_layers(
     """
     if token_grid is not None:
         check_grid(token_grid, "token_grid")
+    key = ("choice", None if outputs is None else tuple(outputs), repr(token_grid))
+    kept = graph._memo.get(key)
+    if kept is None:
+        kept = graph._memo[key] = _choose_layers(graph, outputs, token_grid)
+    return LayerChoice(list(kept.nodes), kept.reason)
+
+
+def _choose_layers(graph: LayerGraph, outputs: Sequence[int] | None, token_grid: object) -> LayerChoice:
     if not graph.readable:
         return _fallback_choice(graph)
     if not graph.approximate:

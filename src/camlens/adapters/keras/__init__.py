@@ -7,8 +7,8 @@ TensorFlow, JAX and PyTorch backends.
 ``backends/``    one module per Keras backend, the same names in each
 """
 
-from .adapter import KerasAdapter, is_keras_model, keras_to_numpy, load_keras_file
+from .adapter import KerasAdapter, clear_graph_cache, is_keras_model, keras_to_numpy, load_keras_file
 from .compiled import PROGRAMS, ProgramCache, clear_compiled_cache
 
 __all__ = ["KerasAdapter", "is_keras_model", "keras_to_numpy", "load_keras_file", "PROGRAMS",
-           "ProgramCache", "clear_compiled_cache"]
+           "ProgramCache", "clear_compiled_cache", "clear_graph_cache"]

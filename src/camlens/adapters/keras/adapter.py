@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections import defaultdict
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
@@ -38,7 +40,7 @@ from .patches import instance_attrs, probes, rule_relus, without_final_activatio
 from .recorded import children, is_container, needs_recording, record
 from ..._args import warn
 
-__all__ = ["KerasAdapter", "is_keras_model", "keras_to_numpy", "load_keras_file"]
+__all__ = ["KerasAdapter", "clear_graph_cache", "is_keras_model", "keras_to_numpy", "load_keras_file"]
 
 Source = tuple[int, int]  # (graph node id, which of its outputs)
 
@@ -73,6 +75,36 @@ def _channels_last_shape(shape: Sequence[int | None], op: Any) -> tuple[int | No
     if len(dims) == 3 and getattr(op, "data_format", None) == "channels_first":
         return (dims[1], dims[2], dims[0])
     return dims
+
+
+def _layer_names(layers: Sequence[Any]) -> tuple[tuple[Any, Any], ...]:
+    return tuple((op.name, getattr(op, "data_format", None)) for op in layers)
+
+
+@dataclass(frozen=True)
+class _KeptGraph:
+    """A Functional model's graph as :meth:`KerasAdapter._build_graph` read it, and what it was
+    read from. The layers are held strongly (the model holds them anyway), the model's
+    Functional weakly: for a Functional model it is the model, the key of :data:`_GRAPHS`."""
+
+    top: Callable[[], Any]
+    layers: tuple[Any, ...]
+    names: tuple[tuple[Any, Any], ...]
+    graph: LayerGraph
+    output_srcs: list[Source]
+    ops: dict[int, Any]
+    calls: dict[int, tuple[Any, list[Source]]]
+    op_calls: dict[int, int]
+    channels_first: frozenset[int]
+
+
+#: per model, the graph read from its nodes, for as long as the model lives
+_GRAPHS: weakref.WeakKeyDictionary[Any, _KeptGraph] = weakref.WeakKeyDictionary()
+
+
+def clear_graph_cache() -> None:
+    """Forget every kept layer graph (they are read again from the models' nodes)."""
+    _GRAPHS.clear()
 
 
 class KerasAdapter:
@@ -127,15 +159,36 @@ class KerasAdapter:
     @property
     def recorded(self) -> bool:
         """Whether the graph is read from a recorded call (``recorded.py``), not from nodes."""
-        if self._recorded is None:
+        if self._recorded is None and not (self._graph is None and self._reuse_graph()):
             top = self._top()
             self._recorded = top is None or needs_recording(top)
-        return self._recorded
+        return bool(self._recorded)
 
     def graph(self) -> LayerGraph:
         if self._graph is None:
+            if self._reuse_graph():
+                return self._graph  # type: ignore[return-value]
             self._graph = self._record_graph() if self.recorded else self._build_graph()
         return self._graph
+
+    def _reuse_graph(self) -> bool:
+        """Take the graph read from this model's nodes by an earlier adapter (``explain`` makes
+        a new adapter per call, and reading EfficientNet-Lite0's nodes costs about a millisecond,
+        a tenth of its forward pass at batch 1) where it still holds: the same Functional runs
+        (a Sequential's is rebuilt when a layer is added) and every layer has the name and
+        ``data_format`` the graph was read with (the other settings cannot change the nodes).
+        A Functional's nodes are fixed when it is built."""
+        kept = _GRAPHS.get(self.model)
+        if kept is None:
+            return False
+        top = self._top()
+        if top is None or kept.top() is not top or kept.names != _layer_names(kept.layers):
+            return False
+        self._recorded = False
+        self._graph, self._output_srcs = kept.graph, kept.output_srcs
+        self._ops, self._calls = dict(kept.ops), dict(kept.calls)
+        self._op_calls, self._channels_first = dict(kept.op_calls), set(kept.channels_first)
+        return True
 
     def _record_graph(self) -> LayerGraph:
         example = self._example
@@ -188,6 +241,7 @@ class KerasAdapter:
         nodes: list[GraphNode] = []
         aliases: dict[str, list[int]] = defaultdict(list)
         calls: dict[int, int] = defaultdict(int)
+        nested: list[Any] = []  # the nested models, whose names are in the paths
 
         def add(path: str, op: Any, shape: Sequence[int | None] | None, preds: list[int], **kw: Any) -> int:
             nid = len(nodes)
@@ -213,6 +267,7 @@ class KerasAdapter:
                     srcs = [tensor_src[id(x)] for x in node.input_tensors]
                     inner = _inner_graph(op)
                     if inner is not None:
+                        nested.append(op)
                         outs = walk(inner, f"{prefix}{op.name}/", srcs)
                         aliases[prefix + op.name].append(outs[0][0])
                     else:
@@ -233,7 +288,7 @@ class KerasAdapter:
             input_ids.append(add(op.name, op, x.shape, [], is_input=True, input_index=i))
         self._output_srcs = walk(top, "", [(i, 0) for i in input_ids])
         self._op_calls = dict(calls)
-        return LayerGraph(
+        graph = LayerGraph(
             nodes,
             input_ids,
             [s[0] for s in self._output_srcs],
@@ -241,6 +296,11 @@ class KerasAdapter:
             input_names,
             aliases=dict(aliases),
         )
+        layers = tuple({id(op): op for op in [*self._ops.values(), *nested]}.values())
+        _GRAPHS[self.model] = _KeptGraph(
+            weakref.ref(top), layers, _layer_names(layers), graph, self._output_srcs, dict(self._ops),
+            dict(self._calls), dict(self._op_calls), frozenset(self._channels_first))
+        return graph
 
     def input_specs(self) -> list[InputSpec]:
         top = self._top()
@@ -542,7 +602,7 @@ class KerasAdapter:
                 a = np.moveaxis(a, 1, -1)
                 g = None if g is None else np.moveaxis(g, 1, -1)
             sites.append(SiteCapture(n, a, g))
-        out_np = [keras.ops.convert_to_numpy(y) for y in outs]
+        out_np = [y if isinstance(y, np.ndarray) else keras.ops.convert_to_numpy(y) for y in outs]
         score_np = np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
         if score_np.shape[0] != inputs[0].shape[0]:
             raise ValueError(

@@ -212,17 +212,19 @@ def traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any], 
 _CLASS_KINDS = (ClassScore, Logit)
 
 
-def _scores(target: Target, outs: list[Any], names: Sequence[str]) -> Any:
-    """The target's own score of a compiled run's outputs, with its checks (a class out of
-    range, one score per sample). A class target's score only picks values, so it is read
-    from the outputs as numpy: the same numbers, where the eager TensorFlow ops (argmax,
+def _scores(target: Target, outs: list[Any], names: Sequence[str]) -> tuple[list[Any], Any]:
+    """``(outputs, scores)``: the target's own score of a compiled run's outputs, with its
+    checks (a class out of range, one score per sample). A class target's score only picks
+    values, so it is read from the outputs as numpy (and the outputs are handed back as the
+    numpy arrays, converted once): the same numbers, where the eager TensorFlow ops (argmax,
     take_along_axis) cost about 1.5 ms per call, 7% of EfficientNet-Lite0's compiled forward
     pass at batch 1. Other targets compute (sums, norms) and keep the framework's ops."""
     import keras
 
     if type(target) in _CLASS_KINDS:
-        return scores_of(target, [keras.ops.convert_to_numpy(y) for y in outs], names, NumpyOps)
-    return scores_of(target, outs, names, keras.ops)
+        outs = [keras.ops.convert_to_numpy(y) for y in outs]
+        return outs, scores_of(target, outs, names, NumpyOps)
+    return outs, scores_of(target, outs, names, keras.ops)
 
 
 def _program(
@@ -326,7 +328,7 @@ def compiled_capture(
     fn, idx = found
     grads, outs, acts = fn(adapter.model, list(inputs), idx)
     # the target's own score of the outputs: its checks (a class out of range) and the scores
-    scores = _scores(target, outs, adapter.graph().output_names)
+    outs, scores = _scores(target, outs, adapter.graph().output_names)
     return outs, scores, acts, grads
 
 
@@ -345,7 +347,7 @@ def compiled_features(
         return None
     fn, idx = found
     outs, acts = fn(adapter.model, list(inputs), idx)
-    scores = _scores(target, outs, adapter.graph().output_names)
+    outs, scores = _scores(target, outs, adapter.graph().output_names)
     return outs, scores, acts
 
 
@@ -361,7 +363,7 @@ def compiled_score(adapter: Any, inputs: list[np.ndarray], target: Target) -> np
         return None
     fn, idx = found
     outs = fn(adapter.model, list(inputs), idx)
-    scores = _scores(target, outs, adapter.graph().output_names)
+    _, scores = _scores(target, outs, adapter.graph().output_names)
     return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
 
 
@@ -382,7 +384,8 @@ def compiled_input_outputs(
         return None
     fn, idx = found
     outs, grads = fn(adapter.model, list(inputs), idx)
-    return outs, _scores(target, outs, adapter.graph().output_names), np.asarray(grads, dtype=np.float32)
+    outs, scores = _scores(target, outs, adapter.graph().output_names)
+    return outs, scores, np.asarray(grads, dtype=np.float32)
 
 
 def compiled_input_gradients(

@@ -22,9 +22,12 @@ class eval_mode(Patch):
         self.model = model
 
     def apply(self) -> None:
+        # only modules in training mode change (and are put back): a model already
+        # in eval mode, as most explained models are, costs one pass over the flags
         for m in self.model.modules():
-            self.undo_with(lambda m=m, flag=m.training: setattr(m, "training", flag))
-            m.training = False
+            if m.training:
+                self.undo_with(lambda m=m, flag=m.training: setattr(m, "training", flag))
+                m.training = False
 
 
 class instance_forwards(Patch):
