@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Sequence
 
@@ -98,6 +99,24 @@ def normalize(
     return out[0] if single else out
 
 
+#: up to this many source columns :func:`resize_bilinear` multiplies by a matrix; wider maps
+#: (pixel attributions at the input's size) take the two gathers, whose cost does not grow
+#: with the source width
+_MATRIX_COLUMNS = 64
+
+
+@functools.lru_cache(maxsize=32)
+def _column_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_in, n_out)``: column ``d`` holds the two source weights of output column ``d``."""
+    i0, i1, w = _source_taps(n_in, n_out)
+    m = np.zeros((n_in, n_out))
+    cols = np.arange(n_out)
+    m[i0, cols] += 1.0 - w
+    m[i1, cols] += w
+    m.flags.writeable = False
+    return m
+
+
 def _source_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per output index along one axis: the two source indices and the second one's weight."""
     src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
@@ -129,9 +148,18 @@ def resize_bilinear(maps: np.ndarray, size: Sequence[int]) -> np.ndarray:
     x0, x1, wx = _source_taps(stack.shape[2], out_w)
     wy = wy[:, None]
     rows = stack[:, y0, :] * (1.0 - wy) + stack[:, y1, :] * wy
+    out = np.empty((len(stack), out_h, out_w), np.float32)
+    if stack.shape[2] <= _MATRIX_COLUMNS:
+        # a layer's small map: the columns as one product with the interpolation matrix (two
+        # weights per column, the rest exact zeros), one map at a time: 3-4x faster than the
+        # gathers below for 7 -> 224 columns, the same float32 maps
+        cols, buf = _column_matrix(stack.shape[2], out_w), np.empty((out_h, out_w))
+        for i, r in enumerate(rows):
+            np.matmul(r, cols, out=buf)
+            out[i] = buf
+        return out[0] if single else out
     # the columns one map at a time, in place: the same float64 arithmetic as whole-stack
     # temporaries, whose memory traffic made 8 maps of 224x224 take 4x as long
-    out = np.empty((len(stack), out_h, out_w), np.float32)
     vx = 1.0 - wx
     for i, r in enumerate(rows):
         a = r[:, x0]

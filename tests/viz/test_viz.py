@@ -357,3 +357,15 @@ def test_normalize_finds_a_lone_negative_infinity():
     m[1, 2, 3] = -np.inf
     with pytest.raises(ValueError, match="1 non-finite"):
         normalize(m)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 7), (8, 7, 7), (2, 13, 9), (3, 1, 1), (1, 5, 64)])
+def test_the_matrix_columns_give_the_maps_the_gathers_give(shape, monkeypatch):
+    """Small maps take their columns as one product with the interpolation matrix (issue 18:
+    3-4x faster for 7 -> 224); the float32 maps equal the two-gather path's."""
+    from camlens import _image
+
+    maps = np.random.default_rng(sum(shape)).normal(size=shape).astype(np.float32) * 1e3
+    fast = _image.resize_bilinear(maps, (224, 200))
+    monkeypatch.setattr(_image, "_MATRIX_COLUMNS", 0)
+    np.testing.assert_array_equal(fast, _image.resize_bilinear(maps, (224, 200)))
