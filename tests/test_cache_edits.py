@@ -259,3 +259,25 @@ def test_eval_mode_puts_back_each_module_flag_also_when_mixed():
     camlens.explain(net, torch.zeros(1, 3, 8, 8) + 0.5, layer="c2")
     assert seen and not any(seen)  # every run (the trace, the explained one) in eval mode
     assert {n: m.training for n, m in net.named_modules()} == flags
+
+
+def test_a_torch_module_replaced_deep_in_the_tree_is_seen_by_the_kept_trace():
+    """The kept trace is checked by each module's children (name and identity), from the root
+    down, not by walking ``named_modules`` again: a child replaced, added or renamed two levels
+    down changes the graph."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+
+    def kinds():
+        return {r.path: r.kind for r in camlens.layers(net, input_shape=(1, 3, 8, 8)).rows}
+
+    assert kinds()["0.1"] == "ReLU"
+    net[0][1] = nn.LeakyReLU(0.2)
+    assert kinds()["0.1"] == "LeakyReLU"
+    net[0].add_module("extra", nn.ReLU())
+    assert "0.extra" in kinds()
+    del net[0]._modules["extra"]
+    net[0]._modules["act2"] = net[0]._modules.pop("1")
+    assert "0.act2" in kinds() and "0.1" not in kinds()

@@ -104,12 +104,19 @@ class TorchAdapter:
         self.model = module
         self._graph: LayerGraph | None = None
         self._example: list[np.ndarray] | None = None
-        self._modules = dict(module.named_modules())
+        self._module_paths: dict[str, Any] | None = None  # read when first needed (_modules)
         self._node_module: dict[int, str] = {}
         self._gm: Any = None  # the fx GraphModule, when the module could be traced
         self._fx_node: dict[int, str] = {}  # graph node id -> fx node name
         self._channels_last: bool | None = None  # whether the module takes channels-last memory
         self._channels_first: set[int] = set()  # graph nodes whose 4-D output is (N, C, H, W)
+
+    @property
+    def _modules(self) -> dict[str, Any]:
+        """Every module by path (``named_modules``), the module itself at ``""``."""
+        if self._module_paths is None:
+            self._module_paths = dict(self.model.named_modules())
+        return self._module_paths
 
     # ------------------------------------------------------------------ inputs
     def input_specs(self) -> list[InputSpec]:
@@ -998,34 +1005,42 @@ class _TraceKey:
     out: explaining runs in eval mode whatever the flags.
 
     :meth:`matches` checks it against an adapter's module on every ``explain`` (each makes a
-    new adapter), mostly in C: each module's attribute names as a whole (one added or removed
-    is seen there), the values of its plain settings by one ``itemgetter``, and whether a
-    public attribute that was not a plain setting has become one. On EfficientNet-Lite0's 186
-    modules it takes a fraction of reading every attribute of every module, which cost about
-    5% of a forward pass at batch 1."""
+    new adapter), mostly in C: each module's children (by name and identity), its attribute
+    names as a whole (one added or removed is seen there), the values of its plain settings by
+    one ``itemgetter``, and whether a public attribute that was not a plain setting has become
+    one. On EfficientNet-Lite0's 186 modules that takes a quarter of walking ``named_modules``
+    and reading every attribute of every module, which cost about 5% of a forward pass at
+    batch 1."""
 
-    __slots__ = ("shapes", "names", "ids", "forward", "modules")
+    __slots__ = ("shapes", "forward", "names", "below", "modules")
 
     def __init__(self, adapter: "TorchAdapter") -> None:
         mods = adapter._modules
         self.shapes = _example_shapes(adapter)
-        self.names = tuple(mods)
-        self.ids = tuple(map(id, mods.values()))
         self.forward = type(adapter.model).forward
-        self.modules = [_module_settings(m.__dict__) for m in mods.values()]
+        self.names = tuple(mods)
+        # the modules below the root, held (the root is the key of the kept trace: held here,
+        # it would never be let go); each module's children are compared by identity
+        self.below = tuple(mods.values())[1:]
+        self.modules = [(tuple(m._modules.items()), *_module_settings(m.__dict__)) for m in mods.values()]
 
     def matches(self, adapter: "TorchAdapter") -> bool:
-        mods = adapter._modules
-        if (self.shapes != _example_shapes(adapter) or type(adapter.model).forward != self.forward
-                or tuple(mods) != self.names or tuple(map(id, mods.values())) != self.ids):
+        """Whether the adapter's module is the one the trace was read from, unchanged; where it
+        is, the adapter takes the modules by path from here (no ``named_modules`` walk): the
+        same children under every module, from the root down, give the same walk."""
+        root = adapter.model
+        if self.shapes != _example_shapes(adapter) or type(root).forward != self.forward:
             return False
         try:
-            for m, (attrs, get, want, others) in zip(mods.values(), self.modules):
+            for m, (children, attrs, get, want, others) in zip((root, *self.below), self.modules):
                 d = m.__dict__
-                if d.keys() != attrs or get(d) != want or (others and any(is_plain_setting(d[k]) for k in others)):
+                if (d.keys() != attrs or tuple(d["_modules"].items()) != children or get(d) != want
+                        or (others and any(is_plain_setting(d[k]) for k in others))):
                     return False
         except Exception:  # a value whose == gives no bool (a tensor set where a number was)
             return False
+        if adapter._module_paths is None:
+            adapter._module_paths = dict(zip(self.names, (root, *self.below)))
         return True
 
 
