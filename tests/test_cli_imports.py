@@ -19,7 +19,9 @@ import sys
 import numpy as np
 import pytest
 
-FRAMEWORKS = ("jax", "keras", "tensorflow", "torch")
+#: sympy too: torch.fx's ShapeProp imported it (0.7 s of a torch explain's first call) for fake
+#: tensors camlens never passes; camlens propagates the shapes itself
+FRAMEWORKS = ("jax", "keras", "sympy", "tensorflow", "torch")
 #: runs the command line, then prints the frameworks its process imported; the app's server is
 #: replaced by a return so that its start-up (the model loaded, the app built) is what is seen
 PROBE = (
