@@ -12,8 +12,8 @@ from camlens.methods import ScoreCAM
 
 keras = pytest.importorskip("keras")
 
-pytestmark = pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"),
-                                reason="only TensorFlow and JAX compile one program per shape")
+compiling = pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"),
+                               reason="only TensorFlow and JAX compile one program per shape")
 
 
 def _model() -> "keras.Model":
@@ -47,6 +47,7 @@ def traces(monkeypatch):
     clear_compiled_cache()
 
 
+@compiling
 def test_scorecam_remainder_batch_compiles_no_second_score_program(traces):
     model = _model()
     x = np.random.default_rng(0).random((1, 8, 8, 3)).astype("float32")
@@ -58,6 +59,7 @@ def test_scorecam_remainder_batch_compiles_no_second_score_program(traces):
     np.testing.assert_allclose(exp.raw_maps[0], whole.raw_maps[0], rtol=1e-5, atol=1e-7)
 
 
+@compiling
 @pytest.mark.parametrize("method", ["saliency", "inputxgradient"])
 def test_plain_gradient_first_pass_compiles_one_program(traces, method):
     model = _model()
@@ -74,3 +76,24 @@ def test_plain_gradient_first_pass_compiles_one_program(traces, method):
         _, g = adapter.input_gradients([x[n : n + 1]], 0, ClassScore(int(c)))
         want = np.abs(g[0]) if method == "saliency" else x[n] * g[0]
         np.testing.assert_allclose(exp.details[0]["attributions"][n], want, rtol=1e-5, atol=1e-9)
+
+
+def test_an_eager_first_pass_takes_the_input_gradient_too(traces):
+    """Where nothing is compiled (the torch backend; a subclassed model on any backend; here
+    forced by a callable target), saliency's first pass is the gradient run itself: one run of
+    the model, not a forward one and then a gradient one (issue 18: Keras/PyTorch saliency's
+    first call was two runs)."""
+    from camlens.targets import FunctionTarget
+
+    model = _model()
+    x = np.random.default_rng(2).random((2, 8, 8, 3)).astype("float32")
+    top = camlens.explain(model, x, method="saliency")
+    counted = dict(traces)
+    target = FunctionTarget(lambda y: y[:, 2])
+    exp = camlens.explain(model, x, method="saliency", target=target)
+    runs = {k: traces[k] - counted[k] for k in traces}
+    # on JAX one more call is jax.eval_shape's abstract run (the probes' shapes, no computation)
+    assert runs == {"probed": 0, "scored": 0, "input": 2 if keras.backend.backend() == "jax" else 1}
+    pinned = camlens.explain(model, x, method="saliency", target=2)
+    np.testing.assert_allclose(exp.maps[0], pinned.maps[0], rtol=1e-5, atol=1e-6)
+    assert top.maps[0].shape == exp.maps[0].shape

@@ -644,16 +644,23 @@ class KerasAdapter:
     def input_capture(self, inputs: list[np.ndarray], which: int, target: Target,
                       rule: Any = None) -> tuple[Capture, np.ndarray] | None:
         """:meth:`capture` with no call site and the plain input gradient ``d score /
-        d inputs[which]`` in one compiled run (the program :meth:`input_gradients` then reuses
-        for each image's pinned class: the first call compiles one program, not a forward one
-        and a gradient one); ``None`` for a rule (LRP, DeepLIFT: their runs are traced per
-        image) or where nothing is compiled, and ``explain`` runs its usual pass."""
-        if rule is not None or not self._compiles():
+        d inputs[which]`` in one run: saliency then costs one forward and one backward pass,
+        not one more forward. On TensorFlow and JAX one compiled run (the program
+        :meth:`input_gradients` then reuses for each image's pinned class: the first call
+        compiles one program, not a forward one and a gradient one); eagerly on the torch
+        backend, for subclassed models and for targets that are not compiled. ``None`` for a
+        rule (LRP, DeepLIFT: their runs are traced per image), and ``explain`` runs its usual
+        pass."""
+        if rule is not None:
             return None
-        found = compiled_input_outputs(self, inputs, which, target, None)
-        if found is None:
-            return None
-        outs, scores, grads = found
+        if self._compiles():
+            found = compiled_input_outputs(self, inputs, which, target, None)
+            if found is not None:
+                outs, scores, grads = found
+                return self._capture_result(inputs, [], target, outs, scores, {}, {}, False), grads
+        run = functools.partial(self._input_run, inputs, which, target, None)
+        outs, scores, _, got = self._gradient_function()(run, True)
+        grads = np.asarray(got[(-1, which)], dtype=np.float32)
         return self._capture_result(inputs, [], target, outs, scores, {}, {}, False), grads
 
     def activation_gradients(
