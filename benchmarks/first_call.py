@@ -37,6 +37,9 @@ bound, also built from the model's own first calls in fresh processes:
   compilation and computation. The target stays ``ratio``; for Score-CAM and Integrated
   Gradients (hundreds of images through the model) no first call can be 1.5x one predict.
 
+``--repeat N``: each cell is the fastest of N fresh processes (on a machine shared with other
+work the same first call varies by 2x from one process to the next).
+
 ``--second-process`` (JAX only): the explain process runs twice with the persistent compilation
 cache (``CAMLENS_JAX_CACHE``) in a fresh folder per method: the first run fills it (its time is
 the ``explain`` column then), the second reads it (``2nd``, ``2nd/pred``).
@@ -248,6 +251,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def run(backend: str, args: argparse.Namespace, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The worker's result; with ``--repeat N`` the fastest of N fresh processes (the one least
+    disturbed by the machine's other work)."""
+    got = [run_once(backend, args, *extra, env=env) for _ in range(args.repeat)]
+    return min(got, key=lambda g: g["seconds"])
+
+
+def run_once(backend: str, args: argparse.Namespace, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     common = ["--model", args.model, "--torch-model", args.torch_model, "--size", str(args.size)]
     if backend == "torch-native":
         common.append("--native")
@@ -297,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help="input size in pixels (224; 32 with --smoke)")
     parser.add_argument("--second-process", action="store_true",
                         help="JAX: a second explain process reading the persistent compilation cache")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="fresh processes per cell, the fastest reported (1; on a busy machine 3)")
     parser.add_argument("--worker", choices=("predict", "grad", "explain"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--native", action="store_true", help=argparse.SUPPRESS)
@@ -322,12 +334,14 @@ def main(argv: list[str] | None = None) -> int:
     for b in backends:
         if b not in BACKENDS:
             parser.error(f"no backend {b!r}; they are {', '.join(BACKENDS)}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1; got {args.repeat}")
     for m in methods:
         if m not in available_methods():
             parser.error(f"no method {m!r}; they are {', '.join(available_methods())}")
 
     print(f"first calls, each in a fresh process: Keras {args.model}, torch-native {args.torch_model}, at "
-          f"{args.size} px, batch 1")
+          f"{args.size} px, batch 1, the fastest of {args.repeat} process(es) per cell")
     print(machine())
     print(versions("keras", "tensorflow-cpu", "tensorflow", "jax", "torch"))
     header = (f"{'backend':<12} {'model':<18} {'method':<19} {'predict_s':>9} {'explain_s':>9} {'ratio':>6} "
@@ -341,10 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             second = None
             if args.second_process and backend == "jax":
-                with tempfile.TemporaryDirectory(prefix="camlens-jax-cache-") as cache:
-                    env = {"CAMLENS_JAX_CACHE": cache}
-                    got = run(backend, args, "--worker", "explain", "--method", method, env=env)
-                    second = run(backend, args, "--worker", "explain", "--method", method, env=env)["seconds"]
+                pairs = []
+                for _ in range(args.repeat):  # a fresh cache folder for each pair
+                    with tempfile.TemporaryDirectory(prefix="camlens-jax-cache-") as cache:
+                        env = {"CAMLENS_JAX_CACHE": cache}
+                        pairs.append((run_once(backend, args, "--worker", "explain", "--method", method, env=env),
+                                      run_once(backend, args, "--worker", "explain", "--method", method, env=env)))
+                got = min((p[0] for p in pairs), key=lambda g: g["seconds"])
+                second = min(p[1]["seconds"] for p in pairs)
             else:
                 got = run(backend, args, "--worker", "explain", "--method", method)
             rows.append((method, got["seconds"], second, got["runs"]))
