@@ -40,6 +40,11 @@ bound, also built from the model's own first calls in fresh processes:
 ``--repeat N``: each cell is the fastest of N fresh processes (on a machine shared with other
 work the same first call varies by 2x from one process to the next).
 
+``--threads N``: torch's threads (``torch.set_num_threads``) in the torch processes, predict
+and explain alike. On a machine whose cores other processes use, torch's OpenMP threads wait
+for each other at every operation, and a first forward pass takes 0.03 s or 2 s by chance;
+one thread removes that. (TensorFlow and JAX keep their own thread pools.)
+
 ``--second-process`` (JAX only): the explain process runs twice with the persistent compilation
 cache (``CAMLENS_JAX_CACHE``) in a fresh folder per method: the first run fills it (its time is
 the ``explain`` column then), the second reads it (``2nd``, ``2nd/pred``).
@@ -213,6 +218,10 @@ def worker(args: argparse.Namespace) -> None:
     import camlens
 
     backend = "torch-native" if args.native else None
+    if args.threads and (args.native or os.environ.get("KERAS_BACKEND") == "torch"):
+        import torch
+
+        torch.set_num_threads(args.threads)
     if backend:
         model = torch_model(args.torch_model)
     else:
@@ -258,7 +267,8 @@ def run(backend: str, args: argparse.Namespace, *extra: str, env: dict[str, str]
 
 
 def run_once(backend: str, args: argparse.Namespace, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    common = ["--model", args.model, "--torch-model", args.torch_model, "--size", str(args.size)]
+    common = ["--model", args.model, "--torch-model", args.torch_model, "--size", str(args.size),
+              "--threads", str(args.threads)]
     if backend == "torch-native":
         common.append("--native")
     full = {"KERAS_BACKEND": "torch" if backend == "torch-native" else backend, **(env or {})}
@@ -309,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="JAX: a second explain process reading the persistent compilation cache")
     parser.add_argument("--repeat", type=int, default=1,
                         help="fresh processes per cell, the fastest reported (1; on a busy machine 3)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch's threads in the torch processes (default: torch's own; 1 on a busy machine)")
     parser.add_argument("--worker", choices=("predict", "grad", "explain"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--native", action="store_true", help=argparse.SUPPRESS)
@@ -341,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no method {m!r}; they are {', '.join(available_methods())}")
 
     print(f"first calls, each in a fresh process: Keras {args.model}, torch-native {args.torch_model}, at "
-          f"{args.size} px, batch 1, the fastest of {args.repeat} process(es) per cell")
+          f"{args.size} px, batch 1, the fastest of {args.repeat} process(es) per cell"
+          + (f", torch on {args.threads} thread(s)" if args.threads else ""))
     print(machine())
     print(versions("keras", "tensorflow-cpu", "tensorflow", "jax", "torch"))
     header = (f"{'backend':<12} {'model':<18} {'method':<19} {'predict_s':>9} {'explain_s':>9} {'ratio':>6} "
