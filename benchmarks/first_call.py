@@ -30,9 +30,11 @@ bound, also built from the model's own first calls in fresh processes:
   input), then for each batch size B of the reruns its compilation once (the model's first
   call at B minus its steady call at B, in a process that had called it at batch 1 already;
   a gradient at batch 1 after a forward first pass: the model's first input gradient in its
-  fresh process) and K steady calls at B (the median of a few). So ``ref_s`` is compilation plus computation
-  at the model's own speed; the reference processes run after the explain ones, which is
-  how they know the batch sizes.
+  fresh process) and K steady calls at B (the median of 5 at batch 1, 3 above). So
+  ``ref_s`` is compilation plus computation at the model's own speed; the reference processes
+  run after the explain ones, which is how they know the batch sizes. A few steady calls
+  stand for K of them: on a shared machine read a Score-CAM ``expl/ref`` of 1.5 or 2 as
+  noise until a steady run in one process says otherwise.
 - ``expl/ref``: explain_s / ref_s; above 1 is what camlens adds besides the model's own
   compilation and computation. The target stays ``ratio``; for Score-CAM and Integrated
   Gradients (hundreds of images through the model) no first call can be 1.5x one predict.
@@ -251,7 +253,7 @@ def worker(args: argparse.Namespace) -> None:
             call(xb)
             first = time.perf_counter() - first
             steady = []
-            for _ in range(3 if batch == 1 else 2):
+            for _ in range(5 if batch == 1 else 3):
                 t = time.perf_counter()
                 call(xb)
                 steady.append(time.perf_counter() - t)
