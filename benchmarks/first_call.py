@@ -310,7 +310,8 @@ def needed(runs: list[dict[str, Any]]) -> dict[str, set[int]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true",
-                        help="a tiny model, the caller's backend (and torch-native on torch), cam, saliency, scorecam (CI)")
+                        help="a tiny model, the caller's backend (and torch-native on torch), "
+                             "cam, saliency, scorecam (CI)")
     parser.add_argument("--backends", default=None, help=f"comma-separated, of {', '.join(BACKENDS)}")
     parser.add_argument("--methods", default=None, help=f"comma-separated (default {','.join(METHODS)})")
     parser.add_argument("--model", default=None, choices=MODELS, help="the Keras model (densenet121)")
