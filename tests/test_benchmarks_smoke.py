@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -232,19 +233,41 @@ def test_dataset_smoke():
 
 
 def test_first_call_smoke():
-    """``benchmarks/first_call.py --smoke``: the first predict and the first CAM,
-    each in a fresh process on the caller's backend, on the tiny model; on JAX also the second
-    process reading the persistent compilation cache."""
+    """``benchmarks/first_call.py --smoke``: the first predict and the first CAM, Saliency and
+    Score-CAM, each in a fresh process on the caller's backend (and native torch in the torch
+    run), on the tiny models; on JAX CAM alone, with the second process reading the persistent
+    compilation cache. The runs column is counted at camlens's adapter: one first pass (a
+    gradient one for Saliency where the adapter fuses it, else a forward pass and one
+    input-gradient run of one image), Score-CAM's reruns 8 images at a time (24 channels, the
+    constant ones scored once); ``ref_s`` is built from those runs (never a timing checked)."""
     pytest.importorskip("keras")
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    proc = _run(str(BENCHMARKS / "first_call.py"), "--smoke", *(["--second-process"] if backend == "jax" else []),
-                timeout=600)
+    # JAX: CAM alone, each in two processes; the runs are counted in the same Keras adapter
+    # class on every backend, so the TensorFlow and torch runs check them
+    methods = ("cam",) if backend == "jax" else ("cam", "saliency", "scorecam")
+    proc = _run(str(BENCHMARKS / "first_call.py"), "--smoke", "--methods", ",".join(methods),
+                *(["--second-process"] if backend == "jax" else []), timeout=600)
     header, rows = _table(proc.stdout, "backend")
-    assert header == ["backend", "model", "method", "predict_s", "explain_s", "ratio", "2nd_s", "2nd/pred"]
-    assert [(r[0], r[1], r[2]) for r in rows] == [(backend, "tiny", "cam")]
+    assert header == ["backend", "model", "method", "predict_s", "explain_s", "ratio", "2nd_s", "2nd/pred",
+                      "runs", "ref_s", "expl/ref"]
+    backends = [backend, "torch-native"] if backend == "torch" else [backend]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(b, "tiny", m) for b in backends for m in methods]
+    runs = {(r[0], r[2]): r[8] for r in rows}
+    assert all(runs[(b, "cam")] == "1" for b in backends)
+    for b in (b for b in backends if b != "jax"):
+        # Keras on torch takes the input gradient in a run of its own after the forward pass
+        assert runs[(b, "saliency")] == ("1+1x1g" if b == "torch" else "1g")
+        assert re.fullmatch(r"1\+[1-3]x8", runs[(b, "scorecam")]), runs
     for r in rows:
-        assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0
-        assert (r[6] != "-") == (backend == "jax")
+        assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[5]) > 0 and float(r[9]) > 0
+        assert float(r[10]) == pytest.approx(float(r[4]) / float(r[9]), rel=0.02, abs=0.01)
+        assert (r[6] != "-") == (r[0] == "jax")
+    # CAM's reference is the first predict alone; Saliency's is the model's own first input
+    # gradient (a process of its own), so the two differ
+    ref = {(r[0], r[2]): r[9] for r in rows}
+    assert ref[(backend, "cam")] == rows[0][3]
+    if backend != "jax":
+        assert ref[(backend, "saliency")] != rows[0][3]
 
 
 def test_startup_smoke():
