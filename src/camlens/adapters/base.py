@@ -9,6 +9,7 @@ returns is numpy, channels-last.
 from __future__ import annotations
 
 import copy
+import operator
 
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
@@ -20,7 +21,7 @@ from ..rules import ReluRule
 from ..targets import Target
 
 __all__ = ["SiteCapture", "Capture", "AttentionCapture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform",
-           "is_plain_setting"]
+           "is_plain_setting", "values_getter"]
 
 
 @dataclass
@@ -153,6 +154,16 @@ def is_plain_setting(value: Any) -> bool:
     a tuple of them): what the compiled-program fingerprint (Keras) and the kept-trace key
     (torch) read of each layer."""
     return type(value) in _PLAIN or (type(value) is tuple and all(type(e) in _PLAIN for e in value))
+
+
+def values_getter(keys: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """``get(d) -> (d[k] for k in keys)`` as a tuple, by one ``itemgetter`` (C) where it can:
+    how the compiled-program fingerprint (Keras) and the kept-trace key (torch) read the chosen
+    attributes of every layer on each call."""
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    keys = tuple(keys)
+    return lambda d: tuple(d[k] for k in keys)  # itemgetter of one key gives no tuple
 
 
 def glorot_uniform(shape: tuple[int, ...], torch_layout: bool, rng: np.random.Generator) -> np.ndarray:

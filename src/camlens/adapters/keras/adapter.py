@@ -34,7 +34,7 @@ from ...targets import Target, scores_of
 from ..base import AttentionCapture, Capture, InputSpec, SiteCapture, check_inputs, class_score_as_logit, descendants, glorot_uniform
 from . import backends
 from .backends._types import Key, MakeProbe
-from .compiled import (compiled_capture, compiled_features, compiled_input_gradients, compiled_input_outputs,
+from .compiled import (compiled_capture, compiled_features, compiled_input_outputs,
                        compiled_probe_run, compiled_score)
 from .patches import instance_attrs, probes, rule_relus, without_final_activation
 from .recorded import children, is_container, needs_recording, record
@@ -435,15 +435,11 @@ class KerasAdapter:
             if compiled is not None:
                 return compiled
         if self.recorded:
-            with self._no_grad(), (
-                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-            ):
+            with self._no_grad(), self._logit_patch(target):
                 outs = self._call(list(inputs))
                 scores = target.score(outs, graph.output_names, keras.ops)
             return np.asarray(keras.ops.convert_to_numpy(scores), dtype=np.float32).reshape(-1)
-        with self._no_grad(), (
-            self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-        ):
+        with self._no_grad(), self._logit_patch(target):
             values = self._input_values(inputs)
             self._run_nodes(values, [n.id for n in graph.nodes if not n.is_input], lean=True)
             outs = [_pick(values[n], k) for n, k in self._output_srcs]
@@ -504,9 +500,7 @@ class KerasAdapter:
             return make_probe(key, y) if key in sites else y
 
         # a fresh logit patch each run: jax runs the model twice
-        with probes(list(wanted.values()), on_call), (
-            self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-        ):
+        with probes(list(wanted.values()), on_call), self._logit_patch(target):
             outs = self._call(inputs)
             scores = scores_of(target, outs, graph.output_names, keras.ops)
         for key, op in wanted.items():
@@ -565,9 +559,7 @@ class KerasAdapter:
 
             changes = [(op, "_compute_attention", explicit(op)) for _, op in mhas]
             changes += [(op, "_masked_softmax", softmax(op)) for _, op in mhas]
-            with instance_attrs(changes), (
-                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-            ):
+            with instance_attrs(changes), self._logit_patch(target):
                 outs = self._call(inputs)
                 scores = scores_of(target, outs, graph.output_names, keras.ops)
             return outs, scores, dict(enumerate(records))
@@ -621,24 +613,7 @@ class KerasAdapter:
             return self._rescale(inputs, which, class_score_as_logit(target), rule)
         if isinstance(rule, LayerRules):
             return self._lrp(inputs, which, class_score_as_logit(target), rule)
-        if self._compiles():
-            compiled = compiled_input_gradients(self, inputs, which, target, rule)
-            if compiled is not None:
-                return compiled
-        if rule is not None and self.recorded:
-            self.graph()
-            if self._raw_ops:
-                self._warn_once(
-                    "rule",
-                    f"{type(self.model).__name__} computes between its layers (keras.ops, x + y): "
-                    "a ReLU there (keras.ops.relu) is not a layer, and passes gradients back "
-                    "plainly, not by the rule; use ReLU layers or activation='relu' for guided "
-                    "methods",
-                )
-        grad_fn = self._gradient_function()
-        run = functools.partial(self._input_run, inputs, which, target, rule)
-        _, scores, _, grads = grad_fn(run, True)
-        g = np.asarray(grads[(-1, which)], dtype=np.float32)
+        _, scores, g = self._input_outputs(inputs, which, target, rule)
         return np.asarray(keras_to_numpy(scores), np.float32).reshape(-1), g
 
     def input_capture(self, inputs: list[np.ndarray], which: int, target: Target,
@@ -653,15 +628,31 @@ class KerasAdapter:
         pass."""
         if rule is not None:
             return None
-        if self._compiles():
-            found = compiled_input_outputs(self, inputs, which, target, None)
-            if found is not None:
-                outs, scores, grads = found
-                return self._capture_result(inputs, [], target, outs, scores, {}, {}, False), grads
-        run = functools.partial(self._input_run, inputs, which, target, None)
-        outs, scores, _, got = self._gradient_function()(run, True)
-        grads = np.asarray(got[(-1, which)], dtype=np.float32)
+        outs, scores, grads = self._input_outputs(inputs, which, target, None)
         return self._capture_result(inputs, [], target, outs, scores, {}, {}, False), grads
+
+    def _input_outputs(self, inputs: list[np.ndarray], which: int, target: Target,
+                       rule: ReluRule | None) -> tuple[list[Any], Any, np.ndarray]:
+        """``(outputs, scores, d score / d inputs[which])`` of one run with ``rule`` on the
+        model's ReLUs: a compiled program on TensorFlow and JAX where the target can be
+        compiled, else eagerly."""
+        if self._compiles():
+            found = compiled_input_outputs(self, inputs, which, target, rule)
+            if found is not None:
+                return found
+        if rule is not None and self.recorded:
+            self.graph()
+            if self._raw_ops:
+                self._warn_once(
+                    "rule",
+                    f"{type(self.model).__name__} computes between its layers (keras.ops, x + y): "
+                    "a ReLU there (keras.ops.relu) is not a layer, and passes gradients back "
+                    "plainly, not by the rule; use ReLU layers or activation='relu' for guided "
+                    "methods",
+                )
+        run = functools.partial(self._input_run, inputs, which, target, rule)
+        outs, scores, _, grads = self._gradient_function()(run, True)
+        return outs, scores, np.asarray(grads[(-1, which)], dtype=np.float32)
 
     def activation_gradients(
         self, inputs: list[np.ndarray], node: GraphNode, weights: np.ndarray
@@ -767,21 +758,20 @@ class KerasAdapter:
         from .relevance import rescale_calls
 
         graph = self.graph()
-        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
-                   if target.wants_logits else [])
+        skipped = self._logit_ops(target)
         state: dict = {"record": True, "used": {}, "ref": {}}
         changes = rescale_calls(list(self._ops.values()), state, skipped, plain)
         xs = [keras.ops.convert_to_tensor(a) for a in xs]
         inputs, ref_inputs = xs[:-1], list(xs[:-1])
         ref_inputs[which] = xs[-1]
-        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+        with self._logit_patch(target), (
             instance_attrs(changes)
         ):
             self._call(ref_inputs)
         state["record"] = False
         key: Key = (-1, which)
         inputs[which] = make_probe(key, inputs[which])
-        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+        with self._logit_patch(target), (
             instance_attrs(changes)
         ):
             outs = self._call(inputs)
@@ -822,13 +812,12 @@ class KerasAdapter:
         from .relevance import lrp_calls, nonnegative_inputs
 
         graph = self.graph()
-        skipped = ([self._ops[graph.outputs[i]] for i in target.output_indices(graph.output_names)]
-                   if target.wants_logits else [])
+        skipped = self._logit_ops(target)
         state: dict = {"make_probe": make_probe}
         changes = lrp_calls(list(self._ops.values()), rule, state, skipped,
                             nonnegative_inputs(graph.nodes, self._ops.__getitem__))
         xs = [keras.ops.convert_to_tensor(a) for a in xs]
-        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+        with self._logit_patch(target), (
             instance_attrs(changes)
         ):
             outs = self._call(xs)
@@ -850,7 +839,7 @@ class KerasAdapter:
         xs[which] = make_probe(key, xs[which])
         # patches in the with statement itself, not an ExitStack: a Ctrl-C between a patch's
         # __enter__ and ExitStack recording its exit would leave the patch on
-        with (self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()), (
+        with self._logit_patch(target), (
             rule_relus(self.backend_module, self._ops.values(), rule) if rule is not None
             else contextlib.nullcontext()
         ):
@@ -931,9 +920,7 @@ class KerasAdapter:
             b = a.shape[0]
             vals: dict[int, Any] = {p: _repeat(v, b) for p, v in cached.items()}
             vals[node.id] = keras.ops.convert_to_tensor(a)
-            with self._no_grad(), (
-                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-            ):
+            with self._no_grad(), self._logit_patch(target):
                 self._run_nodes(vals, order, lean=True)
                 outs = [_pick(vals[n], k) for n, k in self._output_srcs]
                 s = scores_of(target, outs, names, keras.ops)
@@ -976,9 +963,7 @@ class KerasAdapter:
                 return keras.ops.cast(replacement, y.dtype)
 
             xs = [np.repeat(x, b, axis=0) for x in inputs]
-            with self._no_grad(), probes([op], on_call), (
-                self._logit_patch(target) if target.wants_logits else contextlib.nullcontext()
-            ):
+            with self._no_grad(), probes([op], on_call), self._logit_patch(target):
                 outs = self._call(xs)
                 s = target.score(outs, names, keras.ops)
             if seen[0] != expected:
@@ -1028,7 +1013,16 @@ class KerasAdapter:
 
     # ------------------------------------------------------------------ heads
     def _logit_patch(self, target: Target) -> contextlib.AbstractContextManager[None]:
-        """Skip the final softmax/sigmoid of the explained output(s) while explaining."""
+        """Skip the final softmax/sigmoid of the explained output(s) while explaining, for a
+        target that wants logits (:attr:`Target.wants_logits`); for any other, nothing."""
+        ops = self._logit_ops(target)
+        return without_final_activation(ops) if ops else contextlib.nullcontext()
+
+    def _logit_ops(self, target: Target) -> list[Any]:
+        """The layers giving the output(s) a logit target reads, whose final softmax/sigmoid it
+        skips; none for a target that does not want logits."""
+        if not target.wants_logits:
+            return []
         graph = self.graph()
         ops = []
         for i in target.output_indices(graph.output_names):
@@ -1043,7 +1037,7 @@ class KerasAdapter:
                     "to have the logits",
                 )
             ops.append(op)
-        return without_final_activation(ops)
+        return ops
 
     def layer_role(self, node: GraphNode) -> str | None:
         """What the CAM head search needs to know of a layer (``camlens.methods.cam.ROLES``)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import operator
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -25,11 +24,11 @@ from ...graph import GraphNode
 from ...rules import ReluRule
 from ...targets import ClassScore, Logit, Target, scores_of
 from ..arrays import NumpyOps
-from ..base import is_plain_setting
+from ..base import is_plain_setting, values_getter
 from .backends._types import Key, Parts, Program
 
 __all__ = ["ProgramCache", "PROGRAMS", "clear_compiled_cache", "compiled_capture", "compiled_features",
-           "compiled_score", "compiled_input_gradients", "compiled_input_outputs", "compiled_probe_run", "traceable"]
+           "compiled_score", "compiled_input_outputs", "compiled_probe_run", "traceable"]
 
 
 class ProgramCache:
@@ -106,13 +105,7 @@ def _readers(d: dict[str, Any]) -> tuple[int, Callable[[Any], Any], Callable[[An
                 plain.append(k)
         elif (callable(v) and k[0] != "_") or type(v).__name__ == "Variable":
             objects.append(k)
-    return len(d), _getter(plain), _getter(objects)
-
-
-def _getter(keys: list[str]) -> Callable[[Any], tuple[Any, ...]]:
-    if len(keys) > 1:
-        return operator.itemgetter(*keys)
-    return lambda d: tuple(d[k] for k in keys)  # itemgetter of one key gives no tuple
+    return len(d), values_getter(plain), values_getter(objects)
 
 
 class Fingerprint:
@@ -374,7 +367,9 @@ def compiled_input_outputs(
     eager path runs instead). A class target's top class and the same class pinned share one
     program: the pixel methods' first pass (outputs, the class to explain) takes the image's
     gradient at the same time, and compiles no forward program of its own. On JAX the
-    gradient program's compilation costs about 3x the forward one's (DenseNet121)."""
+    gradient program's compilation costs about 3x the forward one's (DenseNet121). Pixel
+    attributions call it once per batch of noisy copies (SmoothGrad) or path points
+    (Integrated Gradients)."""
     found = _program(
         adapter, inputs, target, ("input", which, rule), [],  # a rule by identity
         lambda parts: adapter.backend_module.input_gradient_program(parts, which, rule),
@@ -388,21 +383,6 @@ def compiled_input_outputs(
     return outs, scores, np.asarray(grads, dtype=np.float32)
 
 
-def compiled_input_gradients(
-    adapter: Any, inputs: list[np.ndarray], which: int, target: Target, rule: ReluRule | None
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(scores, d score / d inputs[which])`` from a compiled run, or ``None`` (the eager path
-    runs instead). Pixel attributions call it once per batch of noisy copies (SmoothGrad) or
-    path points (Integrated Gradients)."""
-    import keras
-
-    found = compiled_input_outputs(adapter, inputs, which, target, rule)
-    if found is None:
-        return None
-    _, scores, grads = found
-    return np.asarray(keras.ops.convert_to_numpy(scores), np.float32).reshape(-1), grads
-
-
 def compiled_probe_run(
     adapter: Any, inputs: list[np.ndarray], target: Target, kind: tuple[Any, ...],
     runner: Callable[..., tuple[list[Any], Any, dict[Key, Any]]],
@@ -412,13 +392,11 @@ def compiled_probe_run(
     ``None`` where the target cannot be compiled. ``kind`` keys the program: everything the run
     depends on besides the layers (the fingerprint), the target and the input shapes; ``runner``
     is kept with the program, so it must not hold the model."""
-    import keras
-
     found = _program(adapter, inputs, target, kind, [],
                      lambda parts: adapter.backend_module.probe_program(parts, runner))
     if found is None:
         return None
     fn, idx = found
     grads, outs, acts = fn(adapter.model, list(inputs), idx)
-    scores = scores_of(target, outs, adapter.graph().output_names, keras.ops)
+    outs, scores = _scores(target, outs, adapter.graph().output_names)
     return outs, scores, acts, grads

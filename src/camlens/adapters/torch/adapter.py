@@ -23,7 +23,6 @@ import contextlib
 import copy
 import dataclasses
 import io
-import operator
 import sys
 import warnings
 import weakref
@@ -36,7 +35,8 @@ from ...graph import GraphNode, LayerGraph
 from ...rules import LayerRules, ReluRule, Rescale, no_relu_warning
 from ...targets import ClassScore, Target, scores_of
 from .._torch_autograd import grad_mode, rule_relu_torch
-from ..base import AttentionCapture, Capture, InputSpec, _as_float_array, class_score_as_logit, glorot_uniform, is_plain_setting
+from ..base import (AttentionCapture, Capture, InputSpec, _as_float_array, class_score_as_logit, glorot_uniform,
+                    is_plain_setting, values_getter)
 from .layouts import channel_axes, module_axis
 from .ops import TorchOps, capture_result, probe, site_capture
 from .patches import eval_mode, forward_hooks, identity_hooks, instance_forwards
@@ -1042,10 +1042,7 @@ def _module_settings(attrs: dict[str, Any]) -> tuple[frozenset[str], Callable[[A
     attributes)`` of one module's ``__dict__``."""
     public = [k for k in attrs if k[0] != "_" and k != "training"]
     plain = [k for k in public if is_plain_setting(attrs[k])]
-    if len(plain) > 1:
-        get: Callable[[Any], tuple[Any, ...]] = operator.itemgetter(*plain)
-    else:  # itemgetter of one key gives no tuple
-        get = lambda d, keys=tuple(plain): tuple(d[k] for k in keys)  # noqa: E731
+    get = values_getter(plain)
     return frozenset(attrs), get, get(attrs), tuple(k for k in public if k not in plain)
 
 
