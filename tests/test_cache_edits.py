@@ -281,3 +281,24 @@ def test_a_torch_module_replaced_deep_in_the_tree_is_seen_by_the_kept_trace():
     del net[0]._modules["extra"]
     net[0]._modules["act2"] = net[0]._modules.pop("1")
     assert "0.act2" in kinds() and "0.1" not in kinds()
+
+
+def test_a_module_added_in_training_mode_between_calls_runs_in_eval_mode():
+    """Eval mode is set over the modules the kept trace knows (no walk of the tree per call):
+    a Dropout swapped in between calls, in training mode, must be switched off all the same,
+    and its flag put back."""
+    torch = pytest.importorskip("torch")
+    net = _torch_net().eval()
+    _torch_run(net, "gradcam")
+    net.act = torch.nn.Sequential(torch.nn.LeakyReLU(0.1), torch.nn.Dropout(0.9))
+    net.act[1].train()
+    runs = [_torch_run(net, "gradcam") for _ in range(2)]
+    assert net.act[1].training  # put back
+    net.act[1].eval()
+    from camlens.adapters.torch import clear_trace_cache
+
+    clear_trace_cache()
+    wanted = _torch_run(net.eval(), "gradcam")
+    for maps, scores in runs:  # dropout at 0.9 would change both, and differently each run
+        np.testing.assert_array_equal(scores, wanted[1])
+        np.testing.assert_array_equal(maps, wanted[0])

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
+import operator
 import weakref
 from typing import Any, Callable, Sequence
 
@@ -119,19 +121,6 @@ class Fingerprint:
         self.key, self.keep = key, keep
 
 
-def _fingerprint(op: Any, keep: list[Any]) -> tuple[Any, ...]:
-    d = op.__dict__
-    found = _READERS.get(op)
-    if found is None or found[0] != len(d):
-        found = _READERS[op] = _readers(d)
-    objects = found[2](d)
-    keep.append(objects)
-    call = d.get("call")  # weakly: a call set by the user may hold the model
-    policy = d.get("_dtype_policy")
-    return (id(op), None if call is None else weakref.ref(call), found[1](d), tuple(map(id, objects)),
-            getattr(policy, "name", None), d.get("_trainable"))
-
-
 def behaviour(ops: Any) -> Fingerprint:
     """What a trace freezes of the layers besides the values of their weights, read on every
     call: each layer's public settings of plain types (``negative_slope``, ``max_value``,
@@ -140,16 +129,48 @@ def behaviour(ops: Any) -> Fingerprint:
     dtype policy and ``trainable``. Private bookkeeping (``_called``, ``_lock``) changes with
     the first call and is left out, or the first program would never be reused; so is a
     setting a custom layer keeps in a private attribute of its own (``clear_compiled_cache()``
-    forgets every program). About 2 ms on DenseNet121's 429 layers, against a forward pass of
-    about 100 ms."""
-    out, keep = [], []
-    for op in ops:
-        try:
-            out.append(_fingerprint(op, keep))
-        except KeyError:  # an attribute gone and another come: choose the keys again
-            _READERS.pop(op, None)
-            out.append(_fingerprint(op, keep))
-    return Fingerprint(tuple(out), keep)
+    forgets every program).
+
+    Each item is read for every layer in one ``map`` (C), not a Python loop over the layers:
+    about 0.15 ms on EfficientNet-Lite0's 144 layers (0.5 ms layer by layer, 3% of a forward
+    pass at batch 1)."""
+    ops = list(ops)
+    dicts = list(map(vars, ops))
+    readers = list(map(_READERS.data.get, map(weakref.ref, ops)))
+    sizes = list(map(len, dicts))
+    for i, (found, size) in enumerate(zip(readers, sizes)):
+        if found is None or found[0] != size:  # new, or it gained or lost an attribute
+            readers[i] = _READERS[ops[i]] = _readers(dicts[i])
+    try:
+        plain = list(map(_read_plain, readers, dicts))
+        objects = list(map(_read_objects, readers, dicts))
+    except KeyError:  # an attribute gone and another come: choose the keys again
+        for i, op in enumerate(ops):
+            readers[i] = _READERS[op] = _readers(dicts[i])
+        plain = list(map(_read_plain, readers, dicts))
+        objects = list(map(_read_objects, readers, dicts))
+    calls = tuple(map(_CALL_OF, dicts))
+    if any(calls):  # a call set on the instance is held weakly: it may hold the model
+        calls = tuple(None if c is None else weakref.ref(c) for c in calls)
+    # variables and functions by identity (a Keras variable's == compares values); the dtype
+    # policies themselves, which compare by kind and name
+    key = (tuple(map(id, ops)), calls, tuple(plain), tuple(map(len, objects)),
+           tuple(map(id, itertools.chain.from_iterable(objects))), tuple(map(_POLICY_OF, dicts)),
+           tuple(map(_TRAINABLE_OF, dicts)))
+    return Fingerprint(key, objects)
+
+
+_CALL_OF = operator.methodcaller("get", "call")
+_POLICY_OF = operator.methodcaller("get", "_dtype_policy")
+_TRAINABLE_OF = operator.methodcaller("get", "_trainable")
+
+
+def _read_plain(readers: tuple[int, Callable[[Any], Any], Callable[[Any], Any]], d: dict[str, Any]) -> Any:
+    return readers[1](d)
+
+
+def _read_objects(readers: tuple[int, Callable[[Any], Any], Callable[[Any], Any]], d: dict[str, Any]) -> Any:
+    return readers[2](d)
 
 
 def traceable(target: Target, n: int) -> tuple[tuple[Any, ...], Callable[[Any], Target], np.ndarray] | None:

@@ -23,6 +23,8 @@ import contextlib
 import copy
 import dataclasses
 import io
+import itertools
+import operator
 import sys
 import warnings
 import weakref
@@ -118,6 +120,12 @@ class TorchAdapter:
             self._module_paths = dict(self.model.named_modules())
         return self._module_paths
 
+    def _eval_mode(self) -> eval_mode:
+        """Eval mode for the whole module (see :class:`~.patches.eval_mode`), over the modules
+        the adapter already knows, where it does."""
+        paths = self._module_paths
+        return eval_mode(self.model, None if paths is None else paths.values())
+
     # ------------------------------------------------------------------ inputs
     def input_specs(self) -> list[InputSpec]:
         if self._example is None:
@@ -188,7 +196,7 @@ class TorchAdapter:
                 return self._graph
             key = _TraceKey(self)
             try:
-                with eval_mode(self.model):  # trace the inference branches
+                with self._eval_mode():  # trace the inference branches
                     traced = symbolic_trace(self.model)
             except Exception as exc:  # fx raises many types on untraceable Python
                 exported = self._exported(key)
@@ -237,7 +245,7 @@ class TorchAdapter:
             )
             return None
         try:
-            with eval_mode(self.model), warnings.catch_warnings(), _quiet_logs():
+            with self._eval_mode(), warnings.catch_warnings(), _quiet_logs():
                 warnings.simplefilter("ignore")
                 program = torch.export.export(self.model, tuple(self._probe_tensors()), strict=False)
             return program.module()
@@ -250,7 +258,7 @@ class TorchAdapter:
         return self._tensors([np.repeat(e, _PROBE_BATCH, axis=0) for e in self._example or []])
 
     def _fx_graph(self, gm: Any, exported: bool = False) -> LayerGraph:
-        with eval_mode(self.model), grad_mode(False):
+        with self._eval_mode(), grad_mode(False):
             try:
                 _propagate_shapes(gm, self._probe_tensors())
             except Exception as exc:  # the module's own error (fx may wrap it)
@@ -397,7 +405,7 @@ class TorchAdapter:
             return hook
 
         with forward_hooks([(mod, hook_for(name)) for name, mod in leaves]):
-            with eval_mode(self.model), grad_mode(False):
+            with self._eval_mode(), grad_mode(False):
                 out = self.model(*self._probe_tensors())
         nodes = [GraphNode(0, "input", 0, "Input", None, [], True, 0)]
         calls: dict[str, int] = defaultdict(int)
@@ -419,14 +427,14 @@ class TorchAdapter:
     # ------------------------------------------------------------------ running
     def forward(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
-        with eval_mode(self.model), grad_mode(False):
+        with self._eval_mode(), grad_mode(False):
             out = self.model(*self._tensors(inputs))
         return [o.detach().cpu().numpy() for _, o in _flatten_output_arg(out)]
 
     def score(self, inputs: list[np.ndarray], target: Target) -> np.ndarray:
         """``(N,)`` target scores, no gradient: for methods that rerun the model."""
 
-        with eval_mode(self.model), grad_mode(False), self._logit_patch(target):
+        with self._eval_mode(), grad_mode(False), self._logit_patch(target):
             out = self._run_channels_last(inputs)
             outs, scores, names = _scored(out, target, len(inputs[0]))
         return scores.detach().cpu().float().numpy().reshape(-1)
@@ -599,7 +607,7 @@ class TorchAdapter:
         tensors = self._tensors(inputs)
         if need_gradients:  # a model with frozen weights still gives its attention a gradient
             tensors = [t.requires_grad_(True) if t.is_floating_point() else t for t in tensors]
-        with eval_mode(self.model), grad_mode(need_gradients), self._logit_patch(target), (
+        with self._eval_mode(), grad_mode(need_gradients), self._logit_patch(target), (
                 record_attention(found, need_gradients)) as rec:
             out = self.model(*tensors)
             outs, scores, names = _scored(out, target, len(inputs[0]))
@@ -620,7 +628,7 @@ class TorchAdapter:
         their sum with respect to each probe (zeros where a probe does not reach the score)."""
         import torch
 
-        with eval_mode(self.model), grad_mode(True), self._logit_patch(target):
+        with self._eval_mode(), grad_mode(True), self._logit_patch(target):
             with grad_mode(False):
                 out = run()
             outs, scores, names = _scored(out, target, batch)
@@ -676,7 +684,7 @@ class TorchAdapter:
         x = tensors[which].requires_grad_(True)
         # patches in the with statement itself, not an ExitStack: a Ctrl-C between a patch's
         # __enter__ and ExitStack recording its exit would leave the patch on
-        with eval_mode(self.model), grad_mode(True), self._logit_patch(target), (
+        with self._eval_mode(), grad_mode(True), self._logit_patch(target), (
             self._rule_relus(rule) if rule is not None else contextlib.nullcontext()
         ):
             out = self.model(*tensors)
@@ -701,7 +709,7 @@ class TorchAdapter:
 
         tensors = self._tensors(inputs)
         x = tensors[0].requires_grad_(True)
-        with eval_mode(self.model), grad_mode(True), forward_hooks([(mod, hook)]):
+        with self._eval_mode(), grad_mode(True), forward_hooks([(mod, hook)]):
             self.model(*tensors)
             if node.call >= len(seen):
                 raise RuntimeError(f"module {node.path!r} ran {len(seen)} time(s); call #{node.call} did not happen")
@@ -731,7 +739,7 @@ class TorchAdapter:
         x = tensors[which].requires_grad_(True)
         state: dict = {}
         forwards = lrp_forwards(self.model, self._gm, rule, state, self._skipped_for_logits(target))
-        with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(forwards):
+        with self._eval_mode(), grad_mode(True), self._logit_patch(target), instance_forwards(forwards):
             out = self.model(*tensors)
             outs, scores, names = _scored(out, target, len(inputs[0]))
             mult = state.get("mult")
@@ -771,10 +779,10 @@ class TorchAdapter:
         state: dict = {}
         skipped = self._skipped_for_logits(target)
         recording = rescale_forwards(self.model, self._gm, rule, True, state, skipped)
-        with eval_mode(self.model), grad_mode(False), self._logit_patch(target), instance_forwards(recording):
+        with self._eval_mode(), grad_mode(False), self._logit_patch(target), instance_forwards(recording):
             ref_out = self.model(*ref_tensors)
         rescaled = rescale_forwards(self.model, self._gm, rule, False, state, skipped)
-        with eval_mode(self.model), grad_mode(True), self._logit_patch(target), instance_forwards(rescaled):
+        with self._eval_mode(), grad_mode(True), self._logit_patch(target), instance_forwards(rescaled):
             out = self.model(*tensors)
             outs, scores, names = _scored(out, target, len(inputs[0]))
             (g,) = torch.autograd.grad(scores.sum(), [x], allow_unused=True)
@@ -844,7 +852,7 @@ class TorchAdapter:
                     return repl if k == node.call else None
 
                 with forward_hooks([(mod, hook)]):
-                    with eval_mode(self.model), grad_mode(False), self._logit_patch(target):
+                    with self._eval_mode(), grad_mode(False), self._logit_patch(target):
                         out = self.model(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
                         _, s, _ = _scored(out, target, b)
                 return s.detach().cpu().float().numpy().reshape(-1)
@@ -896,7 +904,7 @@ class TorchAdapter:
 
         def score(acts: np.ndarray) -> np.ndarray:
             b = acts.shape[0]
-            with eval_mode(self.model), grad_mode(False), self._logit_patch(target):
+            with self._eval_mode(), grad_mode(False), self._logit_patch(target):
                 if b not in caches:
                     caches[b] = {}
                     Replay("record", caches[b]).run(*[t.expand(b, *t.shape[1:]) for t in tensors_1])
@@ -997,14 +1005,14 @@ class _TraceKey:
     out: explaining runs in eval mode whatever the flags.
 
     :meth:`matches` checks it against an adapter's module on every ``explain`` (each makes a
-    new adapter), mostly in C: each module's children (by name and identity), its attribute
-    names as a whole (one added or removed is seen there), the values of its plain settings by
-    one ``itemgetter``, and whether a public attribute that was not a plain setting has become
-    one. On EfficientNet-Lite0's 186 modules that takes a quarter of walking ``named_modules``
-    and reading every attribute of every module, which cost about 5% of a forward pass at
-    batch 1."""
+    new adapter), in C: each module's children (by name and identity), its attribute names in
+    order (one added or removed is seen there), the values of its plain settings by one
+    ``itemgetter``, and whether a public attribute that was not a plain setting has become one.
+    On EfficientNet-Lite0's 186 modules that takes a tenth of walking ``named_modules`` and
+    reading every attribute of every module, which cost about 5% of a forward pass at batch
+    1."""
 
-    __slots__ = ("shapes", "forward", "names", "below", "modules")
+    __slots__ = ("shapes", "forward", "names", "below", "attrs", "children", "getters", "settings", "others")
 
     def __init__(self, adapter: "TorchAdapter") -> None:
         mods = adapter._modules
@@ -1014,36 +1022,68 @@ class _TraceKey:
         # the modules below the root, held (the root is the key of the kept trace: held here,
         # it would never be let go); each module's children are compared by identity
         self.below = tuple(mods.values())[1:]
-        self.modules = [(tuple(m._modules.items()), *_module_settings(m.__dict__)) for m in mods.values()]
+        dicts = [m.__dict__ for m in mods.values()]
+        # every module's attribute names in order, one tuple for all (an attribute deleted and
+        # set again reads as a change: a new trace, never a stale one); each module's children
+        self.attrs = _names_of(dicts)
+        self.children = _children_of(dicts)
+        found = [_module_settings(d) for d in dicts]
+        self.getters = [f[0] for f in found]
+        self.settings = [f[1] for f in found]
+        #: (module position, its public attributes that were not plain settings), where any
+        self.others = [(i, f[2]) for i, f in enumerate(found) if f[2]]
 
     def matches(self, adapter: "TorchAdapter") -> bool:
         """Whether the adapter's module is the one the trace was read from, unchanged; where it
         is, the adapter takes the modules by path from here (no ``named_modules`` walk): the
-        same children under every module, from the root down, give the same walk."""
+        same children under every module, from the root down, give the same walk. Each check
+        is one pass over every module's ``__dict__`` by ``map`` (C), not a Python loop."""
         root = adapter.model
         if self.shapes != _example_shapes(adapter) or type(root).forward != self.forward:
             return False
+        mods = (root, *self.below)
         try:
-            for m, (children, attrs, get, want, others) in zip((root, *self.below), self.modules):
-                d = m.__dict__
-                if (d.keys() != attrs or tuple(d["_modules"].items()) != children or get(d) != want
-                        or (others and any(is_plain_setting(d[k]) for k in others))):
-                    return False
+            dicts = list(map(vars, mods))
+            if (_names_of(dicts) != self.attrs or _children_of(dicts) != self.children
+                    or list(map(_call, self.getters, dicts)) != self.settings):
+                return False
+            if any(is_plain_setting(dicts[i][k]) for i, keys in self.others for k in keys):
+                return False
         except Exception:  # a value whose == gives no bool (a tensor set where a number was)
             return False
         if adapter._module_paths is None:
-            adapter._module_paths = dict(zip(self.names, (root, *self.below)))
+            adapter._module_paths = dict(zip(self.names, mods))
         return True
 
 
-def _module_settings(attrs: dict[str, Any]) -> tuple[frozenset[str], Callable[[Any], tuple[Any, ...]],
-                                                      tuple[Any, ...], tuple[str, ...]]:
-    """``(attribute names, getter of the plain settings, their values, the other public
-    attributes)`` of one module's ``__dict__``."""
+def _names_of(dicts: list[dict[str, Any]]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """How many attributes each module has, and all their names in order, from the modules'
+    ``__dict__``: two flat tuples are read and compared faster than one set per module (the
+    check runs after the model's run has emptied the processor's caches)."""
+    return tuple(map(len, dicts)), tuple(itertools.chain.from_iterable(dicts))
+
+
+def _children_of(dicts: list[dict[str, Any]]) -> tuple[tuple[int, ...], tuple[tuple[str, Any], ...]]:
+    """How many children each module has, and all their ``(name, child)`` pairs in order."""
+    below = list(map(_MODULES_OF, dicts))
+    return tuple(map(len, below)), tuple(itertools.chain.from_iterable(map(dict.items, below)))
+
+
+_MODULES_OF = operator.itemgetter("_modules")
+
+
+def _call(get: Callable[[Any], Any], d: Any) -> Any:
+    return get(d)
+
+
+def _module_settings(attrs: dict[str, Any]) -> tuple[Callable[[Any], tuple[Any, ...]], tuple[Any, ...],
+                                                      tuple[str, ...]]:
+    """``(getter of the plain settings, their values, the other public attributes)`` of one
+    module's ``__dict__``."""
     public = [k for k in attrs if k[0] != "_" and k != "training"]
     plain = [k for k in public if is_plain_setting(attrs[k])]
     get = values_getter(plain)
-    return frozenset(attrs), get, get(attrs), tuple(k for k in public if k not in plain)
+    return get, get(attrs), tuple(k for k in public if k not in plain)
 
 
 class TensorShape(NamedTuple):

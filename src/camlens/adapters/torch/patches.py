@@ -17,14 +17,18 @@ class eval_mode(Patch):
     The flags are set directly, not by ``model.eval()``: a ``train()`` the user overrode
     might change more than the flags, which nothing would put back."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, modules: Any = None) -> None:
         super().__init__()
         self.model = model
+        self.modules = modules
 
     def apply(self) -> None:
         # only modules in training mode change (and are put back): a model already
-        # in eval mode, as most explained models are, costs one pass over the flags
-        for m in self.model.modules():
+        # in eval mode, as most explained models are, costs one pass over the flags.
+        # ``modules``: every module of ``model``, where the caller knows them (the adapter's
+        # kept trace), saves walking the tree
+        mods = self.model.modules() if self.modules is None else self.modules
+        for m in mods:
             if m.training:
                 self.undo_with(lambda m=m, flag=m.training: setattr(m, "training", flag))
                 m.training = False
