@@ -15,7 +15,6 @@ without a model.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable
 
 import numpy as np
@@ -44,8 +43,7 @@ def part_target(target: Target, class_idx: np.ndarray | None, part: slice) -> Ta
     pins it (a top-class target keeps the classes it explained), for a run of those samples."""
     tgt = target.for_samples(part)
     if class_idx is not None and isinstance(tgt, ClassScore):
-        tgt = copy.copy(tgt)
-        tgt.index = [int(i) for i in class_idx[part]]
+        return tgt.pinned(class_idx[part])
     return tgt
 
 
