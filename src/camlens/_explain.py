@@ -9,7 +9,7 @@ import numpy as np
 from .adapters import adapt
 from ._args import batches, positive_int
 from ._restore import interruptible
-from .access import ModelAccess, part_rule
+from .access import ModelAccess, rule_runs
 from .adapters.base import Capture, ModelAdapter
 from .explanation import Explanation, Site, finish_maps
 from .graph import (GraphNode, LayerGraph, LayerReport, choose_layers, find_nodes, grid_arg, layer_report,
@@ -300,17 +300,13 @@ def _fused_capture(adapter: ModelAdapter, arrays: list[np.ndarray], images: list
     if first is None:
         return None
     (rule,) = first
-    parts, grads, refs = [], [], []
-    for s in batches(arrays[0].shape[0], batch_size):
-        got = part_rule(rule, s)
-        one = fuse([a[s] for a in arrays], images[0], tgt.for_samples(s), got)
-        if one is None:
-            return None
-        parts.append(one[0])
-        grads.append(one[1])
-        refs.extend(getattr(got, "scores", ()))
-    assembled = _assembled(parts)
-    return assembled, (rule, assembled[1], np.concatenate(grads), refs)
+    done = rule_runs(rule, batches(arrays[0].shape[0], batch_size),
+                     lambda s, got: fuse([a[s] for a in arrays], images[0], tgt.for_samples(s), got))
+    if done is None:
+        return None
+    runs, refs = done
+    assembled = _assembled([capture for capture, _ in runs])
+    return assembled, (rule, assembled[1], np.concatenate([grads for _, grads in runs]), refs)
 
 
 def _explain_attention(

@@ -35,6 +35,36 @@ def normalize(
     to the ``percentiles`` (low, high) of the map, so a few extreme pixels don't wash out
     the rest. A map with nothing to scale becomes all zeros, with a ``RuntimeWarning``.
     """
+    out, constant, clipped = normalize_flagged(maps, mode, percentiles)
+    n_const, n_clipped = int(constant.sum()), int(clipped.sum())
+    if n_const or n_clipped:
+        single, n = np.ndim(out) == 2, len(constant)
+        p_lo, p_hi = (float(p) for p in percentiles)
+        what = []
+        if n_const:
+            what.append(
+                ("the map is" if single else f"{n_const} of {n} maps are")
+                + " constant (e.g. the gradient was zero at this layer)"
+            )
+        if n_clipped:
+            what.append(
+                ("the map has" if single else f"{n_clipped} of {n} maps have")
+                + f" equal percentiles {p_lo:g} and {p_hi:g} (mostly one value, e.g. a sparse"
+                " map; mode='minmax' keeps such maps)"
+            )
+        warn("; ".join(what) + "; set to zero", RuntimeWarning)
+    return out
+
+
+def normalize_flagged(
+    maps: np.ndarray,
+    mode: str = "minmax",
+    percentiles: tuple[float, float] = (1.0, 99.0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`normalize` without its warning: ``(maps scaled, constant, clipped)``, the last two
+    ``(N,)`` booleans that say which maps were constant and which (percentile mode) had equal
+    percentiles though not constant, all of them set to zero. A caller that warns in its own
+    words (``finish_maps``) reads them here, from the one min/max reduction ``normalize`` needs."""
     if mode not in NORMALIZE_MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(NORMALIZE_MODES)}")
     p_lo, p_hi = (float(p) for p in percentiles)
@@ -56,34 +86,18 @@ def normalize(
             "a map with them has no meaningful range"
         )
     lo, hi = lo.astype(np.float64), hi.astype(np.float64)
-    constant = hi == lo
+    constant = (hi == lo).reshape(-1)
     if mode == "percentile":
         lo, hi = np.percentile(stack, [p_lo, p_hi], axis=(1, 2), keepdims=True)
         stack = np.clip(stack, lo, hi)
     flat = hi == lo
-
-    if flat.any():
-        n_const = int(constant.sum())
-        # In percentile mode a non-constant map can still have equal low and high percentiles.
-        n_clipped = int(flat.sum()) - n_const
-        what = []
-        if n_const:
-            what.append(
-                ("the map is" if single else f"{n_const} of {len(stack)} maps are")
-                + " constant (e.g. the gradient was zero at this layer)"
-            )
-        if n_clipped:
-            what.append(
-                ("the map has" if single else f"{n_clipped} of {len(stack)} maps have")
-                + f" equal percentiles {p_lo:g} and {p_hi:g} (mostly one value, e.g. a sparse"
-                " map; mode='minmax' keeps such maps)"
-            )
-        warn("; ".join(what) + "; set to zero", RuntimeWarning)
+    # in percentile mode a non-constant map can still have equal low and high percentiles
+    clipped = flat.reshape(-1) & ~constant
 
     if mode == "percentile":
         out = np.where(flat, 0.0, (stack - lo) / np.where(flat, 1.0, hi - lo))
         out = np.clip(out, 0.0, 1.0).astype(np.float32)
-        return out[0] if single else out
+        return (out[0] if single else out), constant, clipped
     # minmax: (x - lo) / (hi - lo) in float64, one map at a time so that the float64 buffer
     # stays in the cache (8 maps of 224x224 took 10 ms as whole-stack temporaries, 1 ms so).
     # x lies in [lo, hi], so the quotient lies in [0, 1] and needs no clip.
@@ -96,7 +110,7 @@ def normalize(
         np.subtract(buf, lo[i, 0, 0], out=buf)
         np.divide(buf, hi[i, 0, 0] - lo[i, 0, 0], out=buf)
         out[i] = buf
-    return out[0] if single else out
+    return (out[0] if single else out), constant, clipped
 
 
 #: up to this many source columns :func:`resize_bilinear` multiplies by a matrix; wider maps

@@ -15,8 +15,7 @@ without a model.
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from .rules import GUIDED, ReluRule, Rescale
 from .targets import ClassScore, Target
 from .tokens import grid_to_tokens, tokens_to_grid
 
-__all__ = ["ModelAccess", "pinned", "part_target", "part_rule"]
+__all__ = ["ModelAccess", "pinned", "part_target", "part_rule", "rule_runs"]
 
 
 def pinned(arrays: list[np.ndarray], n: int, which: int, part: np.ndarray) -> list[np.ndarray]:
@@ -44,8 +43,7 @@ def part_target(target: Target, class_idx: np.ndarray | None, part: slice) -> Ta
     pins it (a top-class target keeps the classes it explained), for a run of those samples."""
     tgt = target.for_samples(part)
     if class_idx is not None and isinstance(tgt, ClassScore):
-        tgt = copy.copy(tgt)
-        tgt.index = [int(i) for i in class_idx[part]]
+        return tgt.pinned(class_idx[part])
     return tgt
 
 
@@ -57,6 +55,23 @@ def part_rule(rule: Any, part: slice) -> Any:
     if ref.ndim == 4 and len(ref) > 1:
         ref = ref[part]
     return Rescale(ref, name=rule.name, plain=rule.plain)
+
+
+def rule_runs(rule: Any, parts: Iterable[slice], run: Callable[[slice, Any], Any]) -> tuple[list, list] | None:
+    """``run(part, rule cut to part)`` for each of ``parts`` in turn (:func:`part_rule`):
+    ``(what the runs gave, the reference scores they appended to their cut rules)``, the scores
+    (a :class:`Rescale`'s reference run, where the adapter gives them) in the parts' order, so
+    that they add up to one per sample as the caller's rule had them. ``None`` as soon as a run
+    gives ``None`` (one the adapter cannot do)."""
+    results, refs = [], []
+    for part in parts:
+        got = part_rule(rule, part)
+        one = run(part, got)
+        if one is None:
+            return None
+        results.append(one)
+        refs.extend(getattr(got, "scores", ()))
+    return results, refs
 
 
 def _same_rule(a: Any, b: Any) -> bool:
@@ -199,25 +214,23 @@ class ModelAccess:
                 rule.scores.extend(self._fused[3])
             return self._fused[1], self._fused[2]
         images = self.images
-        scores, grads = [], []
         if getattr(self._adapter, "batched_rules", False):
-            for part in batches(len(images), self._batch_size):
-                got = part_rule(rule, part)
-                s, g = self._adapter.input_gradients([a[part] for a in self._arrays], self._which,
+            parts = batches(len(images), self._batch_size)
+
+            def run(part: slice, got: Any) -> Any:
+                return self._adapter.input_gradients([a[part] for a in self._arrays], self._which,
                                                      part_target(self._target, self._class_idx, part), rule=got)
-                scores.append(s)
-                grads.append(g)
-                if got is not rule:
-                    rule.scores.extend(got.scores)
         else:
-            for n in range(len(images)):
-                got = part_rule(rule, slice(n, n + 1))
-                s, g = self.rule_gradient(n, images[n : n + 1], got)
-                scores.append(s)
-                grads.append(g)
-                if got is not rule:
-                    rule.scores.extend(got.scores)
-        return np.concatenate(scores), np.concatenate(grads)
+            parts = [slice(n, n + 1) for n in range(len(images))]
+
+            def run(part: slice, got: Any) -> Any:
+                return self.rule_gradient(part.start, images[part], got)
+        done = rule_runs(rule, parts, run)
+        assert done is not None  # neither run gives None
+        runs, refs = done
+        if isinstance(rule, Rescale):
+            rule.scores.extend(refs)
+        return np.concatenate([s for s, _ in runs]), np.concatenate([g for _, g in runs])
 
     def bias_gradients(self, n: int, batch: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """FullGrad's bias terms for ``batch`` ``(B, H, W, c)`` copies of sample ``n``'s image,

@@ -15,6 +15,7 @@ import numpy as np
 from . import viz
 from .io import safe_name
 from ._args import warn
+from ._image import normalize_flagged
 
 __all__ = ["Site", "Explanation", "SPACE_WORDS", "score_text", "few_values", "is_probability",
            "class_probabilities", "fuse_maps", "FUSIONS"]
@@ -419,15 +420,17 @@ def finish_maps(
     """Resize raw maps to the input size and normalise them to [0, 1]; a constant map becomes
     zeros with one warning that says where and why."""
     up = viz.resize_bilinear(raw, size)
-    flat = up.reshape(up.shape[0], -1)
-    constant = np.flatnonzero(flat.max(axis=1) == flat.min(axis=1)) if flat.size else []
-    if len(constant):
-        warn(
-            f"the map at {where} is constant for sample(s) {list(map(int, constant))}: nothing "
-            "at this layer raises the score, or the gradient is zero (a saturated softmax: try "
-            "camlens.targets.Logit); it is returned as zeros",
-            RuntimeWarning
-        )
+    # normalize_flagged reports the constant maps from the one min/max pass it makes anyway
+    # (none of normalize's generic warnings: this one says where); a percentile map that is
+    # mostly one value is zeros without a word, as ever
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return viz.normalize(up, mode=mode)
+        maps, constant, _ = normalize_flagged(up, mode=mode)
+    if constant.any():
+        warn(
+            f"the map at {where} is constant for sample(s) {np.flatnonzero(constant).tolist()}: "
+            "nothing at this layer raises the score, or the gradient is zero (a saturated "
+            "softmax: try camlens.targets.Logit); it is returned as zeros",
+            RuntimeWarning
+        )
+    return maps

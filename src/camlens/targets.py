@@ -229,9 +229,17 @@ class ClassScore(Target):
         return xp.take_along_axis(y, xp.expand_dims(xp.cast(idx, "int32"), -1), axis=-1)[:, 0]
 
     def for_sample(self, n: int, class_indices: np.ndarray | None) -> "Target":
-        pinned = copy.copy(self)
-        pinned.index = int(class_indices[n]) if class_indices is not None else self.index
-        return pinned
+        return self.pinned(None if class_indices is None else class_indices[n])
+
+    def pinned(self, classes: Any) -> "ClassScore":
+        """A copy of this target that scores the ``classes`` given: one class (an int) for
+        every sample, or a sequence with one class per sample; ``None`` keeps this target's own
+        index. A top-class target pinned to the classes it found keeps explaining them in runs
+        on other inputs (modified copies, a reference)."""
+        pin = copy.copy(self)
+        if classes is not None:
+            pin.index = int(classes) if np.ndim(classes) == 0 else [int(i) for i in classes]
+        return pin
 
     def for_samples(self, part: slice) -> "Target":
         return self._cut("index", part, isinstance(self.index, list))

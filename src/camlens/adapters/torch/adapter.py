@@ -790,8 +790,7 @@ class TorchAdapter:
         # own), for the class explained on the input (a top-class target pinned to it)
         pin = target
         if isinstance(target, ClassScore) and target.index is None:
-            pin = copy.copy(target)
-            pin.index = [int(i) for i in target.class_indices([o.detach().cpu().numpy() for o in outs], names)]
+            pin = target.pinned(target.class_indices([o.detach().cpu().numpy() for o in outs], names))
         _, ref_scores, _ = _scored(ref_out, pin, len(inputs[0]))
         rule.scores.append(ref_scores.detach().cpu().float().numpy().reshape(-1))
         return outs, scores, torch.zeros_like(x) if g is None else g, names
