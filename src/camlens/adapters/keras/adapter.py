@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass
@@ -77,8 +78,19 @@ def _channels_last_shape(shape: Sequence[int | None], op: Any) -> tuple[int | No
     return dims
 
 
-def _layer_names(layers: Sequence[Any]) -> tuple[tuple[Any, Any], ...]:
-    return tuple((op.name, getattr(op, "data_format", None)) for op in layers)
+def _layer_names(layers: Sequence[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """Every layer's name and ``data_format`` (``None`` where it has none), read by ``map``
+    (C): checked on every ``explain`` against the kept graph."""
+    dicts = list(map(vars, layers))
+    names = tuple(map(_NAME_OF, dicts))
+    if None in names:  # a layer whose name is a property of its class
+        names = tuple(getattr(op, "name", None) for op in layers)
+    return names, tuple(map(_DATA_FORMAT_OF, dicts))
+
+
+# a Keras layer keeps both in its __dict__
+_NAME_OF = operator.methodcaller("get", "name")
+_DATA_FORMAT_OF = operator.methodcaller("get", "data_format")
 
 
 @dataclass(frozen=True)
