@@ -16,6 +16,15 @@ of the others, in milliseconds:
 * ``predict``: Keras's compiled inference, ``model.predict_on_batch(x)`` (a ``tf.function`` on
   TensorFlow, ``jax.jit`` on JAX, ``no_grad`` on PyTorch);
 * ``gradcam`` and the ratios ``gradcam / forward``, ``gradcam / predict``;
+* ``by hand`` and ``gradcam / by hand``: the least a Grad-CAM can cost, written by hand for
+  this model and layer with none of camlens's checks: on native PyTorch a forward hook that
+  makes the layer's output a leaf, the forward pass under ``no_grad`` until there,
+  ``torch.autograd.grad`` of the top class's score to it, the weights, the weighted sum and the
+  upsampled, normalised map; on Keras/TensorFlow the recipe of the Keras examples (a model with
+  the layer's output and the prediction, a ``GradientTape``) in one ``tf.function``, then the
+  same map. Where ``gradcam / by hand`` is near 1, what is left is the gradient itself; the
+  rest of ``gradcam / predict`` is camlens's own work per call (checks, patches, the
+  Explanation). Other backends: ``-``;
 * ``param grads``: how many parameter gradients autograd computed during ``explain`` (a hook
   on every parameter counts them; PyTorch backends only: TensorFlow's tape watches only the
   probes, and JAX differentiates a function of the probes alone).
@@ -114,9 +123,14 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int, d
     if predict is not None:
         fns["predict"] = predict
     first = {name: seconds(fn) for name, fn in fns.items()}
+    layer = gradcam().sites[0].label
+    by_hand = _by_hand(backend, net, x, layer, size)
+    if by_hand is not None:
+        by_hand()  # its first call (tracing) is not reported
+        fns["by hand"] = by_hand
     times = interleaved(fns, repeat)
     grads, handles = _count_param_grads(params)
-    layer = gradcam().sites[0].label
+    gradcam()
     for h in handles:
         h.remove()
     best = {name: min(ts) for name, ts in times.items()}
@@ -131,6 +145,73 @@ def measure(backend: str, model_name: str, batch: int, repeat: int, size: int, d
         "param_grads": grads[0] if backend in ("torch", "torch-keras") else None,
         "device": ran_on,
     }
+
+
+def _map(acts: np.ndarray, grads: np.ndarray, size: int) -> np.ndarray:
+    """Grad-CAM of channels-last ``(N, h, w, C)`` activations and gradients, upsampled and
+    normalised as camlens does (its own resize and normalise: the floor is the work, not a
+    slower resize)."""
+    from camlens.viz import normalize, resize_bilinear
+
+    weights = grads.mean(axis=(1, 2))
+    cam = np.maximum(np.einsum("nhwc,nc->nhw", acts, weights), 0.0)
+    return normalize(resize_bilinear(cam, (size, size)))
+
+
+def _by_hand(backend: str, net: Any, x: Any, layer: str, size: int) -> Any:
+    """The hand-written Grad-CAM of the ``by hand`` column, or ``None`` on other backends."""
+    if backend == "torch":
+        import torch
+
+        module = dict(net.named_modules())[layer.split("#")[0]]
+        call = int(layer.split("#")[1]) if "#" in layer else 0  # "path#k": the call k, from 0
+
+        def run() -> Any:
+            seen: list[Any] = []
+
+            def hook(mod: Any, args: Any, out: Any) -> Any:
+                seen.append(out)
+                if len(seen) - 1 != call:
+                    return None
+                leaf = out.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)  # record from here on
+                seen[-1] = leaf
+                return leaf
+
+            handle = module.register_forward_hook(hook)
+            try:
+                with torch.no_grad():
+                    out = net(x)
+                    with torch.enable_grad():
+                        score = out.gather(1, out.argmax(1, keepdim=True)).sum()
+                        (g,) = torch.autograd.grad(score, [seen[call]])
+            finally:
+                handle.remove()
+            acts = seen[call].detach().permute(0, 2, 3, 1).cpu().numpy()
+            return _map(acts, g.permute(0, 2, 3, 1).cpu().numpy(), size)
+
+        return run
+    if backend != "tensorflow":
+        return None
+    import keras
+    import tensorflow as tf
+
+    if "/" in layer or "#" in layer:  # inside a nested model, or a shared layer's later call
+        return None
+    both = keras.Model(net.inputs, [net.get_layer(layer).output, net.output])
+
+    @tf.function(autograph=False)
+    def program(xs: Any) -> Any:
+        with tf.GradientTape() as tape:
+            acts, preds = both(xs, training=False)
+            score = tf.reduce_sum(tf.reduce_max(preds, axis=1))
+        return acts, tape.gradient(score, acts)
+
+    def run() -> Any:
+        acts, grads = program(tf.convert_to_tensor(x))
+        return _map(acts.numpy(), grads.numpy(), size)
+
+    return run
 
 
 def worker(backend: str, models: list[str], batches: list[int], repeat: int, size: int,
@@ -185,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}; {versions('numpy', 'keras', 'tensorflow-cpu', 'tensorflow', 'jax', 'torch')}")
     head = (
         f"{'backend':<17} {'model':<19} {'batch':>5} {'forward':>8} {'predict':>8} {'gradcam':>8} "
-        f"{'/forward':>8} {'/predict':>8} {'param grads':>11}  {'first: fwd/pred/cam':<22} layer" + ("  device" if args.device == "cuda" else "")
+        f"{'/forward':>8} {'/predict':>8} {'by hand':>8} {'/by hand':>8} {'param grads':>11}  {'first: fwd/pred/cam':<22} layer" + ("  device" if args.device == "cuda" else "")
     )
     print(head)
     print("-" * len(head))
@@ -202,11 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             best, first = r["best"], r["first"]
             fwd, pred, cam = best["forward"], best.get("predict"), best["gradcam"]
+            hand = best.get("by hand")
             grads = "-" if r["param_grads"] is None else str(r["param_grads"])
             firsts = "/".join(_ms(first.get(k)) for k in ("forward", "predict", "gradcam"))
             print(
                 f"{LABELS[backend]:<17} {r['model']:<19} {r['batch']:>5} {_ms(fwd):>8} {_ms(pred):>8} "
                 f"{_ms(cam):>8} {cam / fwd:>8.2f} {'-' if pred is None else f'{cam / pred:.2f}':>8} "
+                f"{_ms(hand):>8} {'-' if hand is None else f'{cam / hand:.2f}':>8} "
                 f"{grads:>11}  {firsts:<22} {r['layer']}" + (f"  {r['device']}" if args.device == "cuda" else ""),
                 flush=True,
             )
