@@ -117,13 +117,18 @@ def interleaved(
 
     Taking turns spreads the load of other processes over all the functions alike, so the
     ratios of their times are fair even on a busy machine; report the minimum (the run least
-    disturbed) or the median. A call of a minute or more cannot take turns at a finer grain:
-    its CPU time, which other processes inflate far less than its wall time, is the fairer
-    measure there."""
+    disturbed) or the median. Each round starts one function later than the one before, so
+    that no function always runs right after the same other one: a call that leaves much
+    memory to free (an eager Keras forward pass on torch records its autograd graph: half a
+    gigabyte at batch 8) slows the call after it, which made one function of a fixed order
+    look 1.5x slower than in another order. A call of a minute or more cannot take turns at a
+    finer grain: its CPU time, which other processes inflate far less than its wall time, is
+    the fairer measure there."""
     out: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            wall, used = cpu_seconds(fn)
+    names = list(fns)
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            wall, used = cpu_seconds(fns[name])
             out[name].append(wall)
             if cpu is not None:
                 cpu.setdefault(name, []).append(used)
