@@ -471,3 +471,43 @@ def test_no_crash_where_torch_export_would_load_triton_after_tensorflow(tmp_path
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split()[-3:] == ["layer", "c", "True"], proc.stdout
+
+
+def test_the_trace_reads_parameters_and_buffers_as_fx_does():
+    """camlens traces with its own fx Tracer, which finds the tensors ``forward`` reads as
+    attributes by identity instead of walking every parameter for each: the graph must be
+    fx's own, node for node (a parameter shared by two modules keeps its first name; a
+    buffer read in ``forward`` is a ``get_attr`` node too)."""
+    import torch
+    from torch.fx import symbolic_trace
+
+    from camlens.adapters.torch.adapter import _trace
+
+    class Conv(torch.nn.Conv2d):
+        def forward(self, x):  # reads self.weight and self.bias as attributes: get_attr nodes
+            return torch.nn.functional.conv2d(x, self.weight, self.bias, padding=1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = Conv(3, 4, 3)
+            self.b = Conv(4, 4, 3)
+            self.b.weight = torch.nn.Parameter(torch.randn(4, 4, 3, 3))
+            self.shared = Conv(4, 4, 3)
+            self.shared.weight = self.b.weight  # one parameter, two names: "b.weight" first
+            self.register_buffer("scale", torch.tensor(2.0))
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = self.shared(self.b(self.a(x))) * self.scale
+            return self.head(h.mean((2, 3)))
+
+    net = Net().eval()
+    ours, theirs = _trace(net), symbolic_trace(net)
+    assert [(n.op, n.target, n.name) for n in ours.graph.nodes] == [
+        (n.op, n.target, n.name) for n in theirs.graph.nodes]
+    assert ours.code == theirs.code
+    targets = {n.target for n in ours.graph.nodes if n.op == "get_attr"}
+    assert {"a.weight", "b.weight", "scale"} <= targets and "shared.weight" not in targets
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(ours(x), net(x))

@@ -187,8 +187,6 @@ class TorchAdapter:
                     "a PyTorch module has no input shape of its own: explain a batch first, or "
                     "call camlens.layers(model, input_shape=(1, 3, H, W))"
                 )
-            from torch.fx import symbolic_trace
-
             hit = _TRACES.get(self.model)
             if hit is not None and hit[0].matches(self):
                 _, self._graph, self._gm, node_module, fx_node, cf = hit
@@ -197,7 +195,7 @@ class TorchAdapter:
             key = _TraceKey(self)
             try:
                 with self._eval_mode():  # trace the inference branches
-                    traced = symbolic_trace(self.model)
+                    traced = _trace(self.model)
             except Exception as exc:  # fx raises many types on untraceable Python
                 exported = self._exported(key)
                 if exported is None:
@@ -1083,6 +1081,42 @@ def _module_settings(attrs: dict[str, Any]) -> tuple[Callable[[Any], tuple[Any, 
     plain = [k for k in public if is_plain_setting(attrs[k])]
     get = values_getter(plain)
     return get, get(attrs), tuple(k for k in public if k not in plain)
+
+
+def _trace(module: Any) -> Any:
+    """``torch.fx.symbolic_trace(module)``, with parameters and buffers found by identity in
+    one dict: fx's own tracer looks each one that ``forward`` reads as an attribute
+    (``F.conv2d(x, self.weight)`` in a custom convolution) up by walking every parameter of
+    the model, which was a third of tracing EfficientNet-Lite0 (49 reads of 74 parameters,
+    each walk through 186 modules). The graph is the same: each tensor gets the name fx would
+    give it, the first name under which ``named_parameters``/``named_buffers`` list it."""
+    import torch
+
+    class Tracer(torch.fx.Tracer):  # type: ignore[misc]
+        def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+            if self.param_shapes_constant or not isinstance(attr_val, torch.Tensor):
+                return super().getattr(attr, attr_val, parameter_proxy_cache)
+            if isinstance(attr_val, torch.nn.Parameter):
+                name = params.get(id(attr_val))
+                if name is not None:
+                    return self._proxy(name, parameter_proxy_cache)
+            if self.proxy_buffer_attributes:
+                name = buffers.get(id(attr_val))
+                if name is not None:
+                    return self._proxy(name, parameter_proxy_cache)
+            return attr_val
+
+        def _proxy(self, name: str, cache: dict[str, Any]) -> Any:
+            if name not in cache:
+                cache[name] = self.create_proxy("get_attr", name, (), {})
+            return cache[name]
+
+    # each tensor once, under its first name (named_parameters/named_buffers leave out repeats)
+    params = {id(t): name for name, t in module.named_parameters()}
+    buffers = {id(t): name for name, t in module.named_buffers()}
+    tracer = Tracer()
+    graph = tracer.trace(module)
+    return torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
 
 
 class TensorShape(NamedTuple):
