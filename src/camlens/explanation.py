@@ -420,12 +420,10 @@ def finish_maps(
     """Resize raw maps to the input size and normalise them to [0, 1]; a constant map becomes
     zeros with one warning that says where and why."""
     up = viz.resize_bilinear(raw, size)
-    # normalize_flagged reports the constant maps from the one min/max pass it makes anyway
-    # (none of normalize's generic warnings: this one says where); a percentile map that is
-    # mostly one value is zeros without a word, as ever
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        maps, constant, _ = normalize_flagged(up, mode=mode)
+    # normalize_flagged reports the constant maps from the one min/max pass it makes anyway,
+    # and warns of nothing itself (this warning says where); a percentile map that is mostly
+    # one value is zeros without a word, as ever
+    maps, constant, _ = normalize_flagged(up, mode=mode)
     if constant.any():
         warn(
             f"the map at {where} is constant for sample(s) {np.flatnonzero(constant).tolist()}: "

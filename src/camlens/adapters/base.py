@@ -21,7 +21,7 @@ from ..rules import ReluRule
 from ..targets import Target
 
 __all__ = ["SiteCapture", "Capture", "AttentionCapture", "ModelAdapter", "InputSpec", "check_inputs", "descendants", "glorot_uniform",
-           "is_plain_setting", "values_getter"]
+           "is_plain_setting", "values_getter", "read_each"]
 
 
 @dataclass
@@ -164,6 +164,16 @@ def values_getter(keys: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
         return operator.itemgetter(*keys)
     keys = tuple(keys)
     return lambda d: tuple(d[k] for k in keys)  # itemgetter of one key gives no tuple
+
+
+def read_each(getters: Sequence[Callable[[Any], Any]], dicts: Sequence[Any]) -> list[Any]:
+    """``[get(d) for get, d in zip(getters, dicts)]`` by ``map`` (C): each layer's own
+    :func:`values_getter` applied to its ``__dict__``, for every layer of a model at once."""
+    return list(map(_apply, getters, dicts))
+
+
+def _apply(get: Callable[[Any], Any], d: Any) -> Any:
+    return get(d)
 
 
 def glorot_uniform(shape: tuple[int, ...], torch_layout: bool, rng: np.random.Generator) -> np.ndarray:
